@@ -1,0 +1,62 @@
+# transformaly build, test and dependency targets.
+# `make deps` installs only what is missing; `make test` is what CI runs.
+
+ORT_VERSION    := 1.30.0
+ORT_TGZ_SHA256 := 6e3390d6b783e7be946fad629292799da28d0b42f84856e50d2c1b0383291e75
+ORT_LIB_SHA256 := ffb75a925ba05e47b235bb66e3e3911714a80b328a9c9425539feb204aa32a23
+ORT_DIR        := .deps/onnxruntime
+ORT_LIB        := $(ORT_DIR)/libonnxruntime.so.1
+APT_PACKAGES   := libopencv-dev mosquitto pkg-config gcc
+BIN            := bin/transformaly
+GO_TEST_FLAGS  ?= -timeout 25m
+
+.PHONY: all build deps apt-deps ort-lib test bench vet demo clean
+
+all: build
+
+build: $(BIN)
+
+$(BIN): deps FORCE
+	go build -o $(BIN) ./cmd/transformaly
+
+FORCE:
+
+deps: apt-deps ort-lib
+
+# Debian packages, installed only when one is missing.
+apt-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
+	fi
+
+ort-lib: $(ORT_LIB)
+
+# The CPU ONNX Runtime library, taken from the npm package with `npm pack`
+# (never `npm install`: its install script downloads CUDA files from a host
+# we cannot reach), checksum-verified before use.
+$(ORT_LIB):
+	@command -v npm >/dev/null || { echo "npm is needed to fetch ONNX Runtime (apt-get install npm)"; exit 1; }
+	rm -rf $(ORT_DIR)/tmp && mkdir -p $(ORT_DIR)/tmp
+	cd $(ORT_DIR)/tmp && npm pack --silent onnxruntime-node@$(ORT_VERSION) >/dev/null
+	echo "$(ORT_TGZ_SHA256)  $(ORT_DIR)/tmp/onnxruntime-node-$(ORT_VERSION).tgz" | sha256sum -c --quiet
+	tar -xzf $(ORT_DIR)/tmp/onnxruntime-node-$(ORT_VERSION).tgz -C $(ORT_DIR)/tmp package/bin/napi-v6/linux/x64/libonnxruntime.so.1
+	echo "$(ORT_LIB_SHA256)  $(ORT_DIR)/tmp/package/bin/napi-v6/linux/x64/libonnxruntime.so.1" | sha256sum -c --quiet
+	mv $(ORT_DIR)/tmp/package/bin/napi-v6/linux/x64/libonnxruntime.so.1 $(ORT_LIB)
+	rm -rf $(ORT_DIR)/tmp
+
+vet:
+	go vet ./...
+
+test: deps
+	go vet ./...
+	go test $(GO_TEST_FLAGS) ./...
+
+# Benchmarks print per-image latency, GFLOP/s and the fraction of the sgemm
+# peak measured in the same run.
+bench: deps
+	go test -run '^$$' -bench . -benchtime 3x -timeout 60m ./models/
+
+clean:
+	rm -rf bin

@@ -1,0 +1,200 @@
+package models
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/transformaly/transformaly/models/onnxpb"
+)
+
+// The ONNX graphs are written by hand on the generated protobuf types: no Go
+// library emits ONNX, and the training graphs of the fit issue need the same
+// builder for their backward passes.
+
+// Opset is the ONNX operator set every graph targets (LayerNormalization
+// arrived in 17; ReduceMean still takes its axes as an attribute).
+const Opset = 17
+
+// irVersion matches onnx.proto of ONNX 1.12.
+const irVersion = 8
+
+// Element types used in our graphs.
+const (
+	Float32 = int32(onnxpb.TensorProto_FLOAT)
+	Float16 = int32(onnxpb.TensorProto_FLOAT16)
+	Uint8   = int32(onnxpb.TensorProto_UINT8)
+	Int64   = int32(onnxpb.TensorProto_INT64)
+)
+
+// Graph accumulates nodes, initializers, inputs and outputs.
+type Graph struct {
+	nodes   []*onnxpb.NodeProto
+	inits   []*onnxpb.TensorProto
+	inputs  []*onnxpb.ValueInfoProto
+	outputs []*onnxpb.ValueInfoProto
+	counter int
+	consts  map[string]string // dedupe of small constants by key
+}
+
+// NewGraph starts an empty graph.
+func NewGraph() *Graph { return &Graph{consts: map[string]string{}} }
+
+// Dim is one dimension of a graph input or output: an int for a fixed size
+// or a string for a named dynamic one.
+type Dim any
+
+func valueInfo(name string, elem int32, dims []Dim) *onnxpb.ValueInfoProto {
+	shape := &onnxpb.TensorShapeProto{}
+	for _, d := range dims {
+		switch d := d.(type) {
+		case int:
+			shape.Dim = append(shape.Dim, &onnxpb.TensorShapeProto_Dimension{Value: &onnxpb.TensorShapeProto_Dimension_DimValue{DimValue: int64(d)}})
+		case string:
+			shape.Dim = append(shape.Dim, &onnxpb.TensorShapeProto_Dimension{Value: &onnxpb.TensorShapeProto_Dimension_DimParam{DimParam: d}})
+		default:
+			panic(fmt.Sprintf("graph dimension %v is neither int nor string", d))
+		}
+	}
+	return &onnxpb.ValueInfoProto{
+		Name: proto.String(name),
+		Type: &onnxpb.TypeProto{Value: &onnxpb.TypeProto_TensorType{TensorType: &onnxpb.TypeProto_Tensor{
+			ElemType: proto.Int32(elem), Shape: shape,
+		}}},
+	}
+}
+
+// Input declares a graph input and returns its name.
+func (g *Graph) Input(name string, elem int32, dims ...Dim) string {
+	g.inputs = append(g.inputs, valueInfo(name, elem, dims))
+	return name
+}
+
+// Output exposes value under name (through an Identity node when the names
+// differ).
+func (g *Graph) Output(name, value string, elem int32, dims ...Dim) {
+	if value != name {
+		g.nodes = append(g.nodes, &onnxpb.NodeProto{OpType: proto.String("Identity"), Input: []string{value}, Output: []string{name}, Name: proto.String(name)})
+	}
+	g.outputs = append(g.outputs, valueInfo(name, elem, dims))
+}
+
+func (g *Graph) fresh(hint string) string {
+	g.counter++
+	return fmt.Sprintf("%s_%d", hint, g.counter)
+}
+
+// Op adds a node with one output and returns the output's name.
+func (g *Graph) Op(op string, inputs []string, attrs ...*onnxpb.AttributeProto) string {
+	return g.OpN(op, inputs, 1, attrs...)[0]
+}
+
+// OpN adds a node with n outputs.
+func (g *Graph) OpN(op string, inputs []string, n int, attrs ...*onnxpb.AttributeProto) []string {
+	name := g.fresh(op)
+	outs := make([]string, n)
+	for i := range outs {
+		outs[i] = fmt.Sprintf("%s_out%d", name, i)
+	}
+	g.nodes = append(g.nodes, &onnxpb.NodeProto{OpType: proto.String(op), Name: proto.String(name), Input: inputs, Output: outs, Attribute: attrs})
+	return outs
+}
+
+// Weight adds a float32 initializer.
+func (g *Graph) Weight(name string, data []float32, shape ...int) string {
+	if shapeSize(shape) != len(data) {
+		panic(fmt.Sprintf("initializer %s: %d values for shape %v", name, len(data), shape))
+	}
+	raw := make([]byte, 4*len(data))
+	for i, x := range data {
+		binary.LittleEndian.PutUint32(raw[4*i:], math.Float32bits(x))
+	}
+	g.inits = append(g.inits, &onnxpb.TensorProto{Name: proto.String(name), DataType: proto.Int32(Float32), Dims: int64s(shape), RawData: raw})
+	return name
+}
+
+// Scalar is a float32 constant of shape [] shared across the graph.
+func (g *Graph) Scalar(x float32) string {
+	key := fmt.Sprintf("f32:%x", math.Float32bits(x))
+	if n, ok := g.consts[key]; ok {
+		return n
+	}
+	n := g.Weight(g.fresh("scalar"), []float32{x})
+	g.inits[len(g.inits)-1].Dims = nil
+	g.consts[key] = n
+	return n
+}
+
+// Ints is an int64 constant (shapes, indices, axes); a nil shape means a
+// rank-0 scalar.
+func (g *Graph) Ints(values []int64, shape ...int) string {
+	key := fmt.Sprintf("i64:%v:%v", values, shape)
+	if n, ok := g.consts[key]; ok {
+		return n
+	}
+	if shape == nil && len(values) != 1 {
+		shape = []int{len(values)}
+	}
+	raw := make([]byte, 8*len(values))
+	for i, x := range values {
+		binary.LittleEndian.PutUint64(raw[8*i:], uint64(x))
+	}
+	n := g.fresh("ints")
+	g.inits = append(g.inits, &onnxpb.TensorProto{Name: proto.String(n), DataType: proto.Int32(Int64), Dims: int64s(shape), RawData: raw})
+	g.consts[key] = n
+	return n
+}
+
+// Shape is a 1-D int64 constant for Reshape/Expand.
+func (g *Graph) Shape(dims ...int64) string { return g.Ints(dims, len(dims)) }
+
+func int64s(xs []int) []int64 {
+	out := make([]int64, len(xs))
+	for i, x := range xs {
+		out[i] = int64(x)
+	}
+	return out
+}
+
+// Attribute helpers.
+
+// AttrInt is an integer attribute.
+func AttrInt(name string, v int64) *onnxpb.AttributeProto {
+	return &onnxpb.AttributeProto{Name: proto.String(name), Type: onnxpb.AttributeProto_INT.Enum(), I: proto.Int64(v)}
+}
+
+// AttrInts is an integer-list attribute.
+func AttrInts(name string, v ...int64) *onnxpb.AttributeProto {
+	return &onnxpb.AttributeProto{Name: proto.String(name), Type: onnxpb.AttributeProto_INTS.Enum(), Ints: v}
+}
+
+// AttrFloat is a float attribute.
+func AttrFloat(name string, v float32) *onnxpb.AttributeProto {
+	return &onnxpb.AttributeProto{Name: proto.String(name), Type: onnxpb.AttributeProto_FLOAT.Enum(), F: proto.Float32(v)}
+}
+
+// Model serialises the graph as an ONNX model with the given metadata.
+func (g *Graph) Model(name string, metadata map[string]string) ([]byte, error) {
+	m := &onnxpb.ModelProto{
+		IrVersion:       proto.Int64(irVersion),
+		ProducerName:    proto.String("transformaly"),
+		ProducerVersion: proto.String(Version),
+		OpsetImport:     []*onnxpb.OperatorSetIdProto{{Domain: proto.String(""), Version: proto.Int64(Opset)}},
+		Graph: &onnxpb.GraphProto{
+			Name: proto.String(name), Node: g.nodes, Initializer: g.inits, Input: g.inputs, Output: g.outputs,
+		},
+	}
+	for _, k := range sortedKeys(metadata) {
+		m.MetadataProps = append(m.MetadataProps, &onnxpb.StringStringEntryProto{Key: proto.String(k), Value: proto.String(metadata[k])})
+	}
+	data, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+	if err != nil {
+		return nil, fmt.Errorf("serialise ONNX graph %s: %w", name, err)
+	}
+	return data, nil
+}
+
+// Version is the project's version, stamped into graphs and bundles.
+var Version = "0.1.0-dev"

@@ -1,0 +1,156 @@
+package models_test
+
+import (
+	"math"
+
+	"github.com/transformaly/transformaly/models"
+)
+
+// An independent, deliberately plain float64 ViT forward pass, written from
+// the timm reference, for checking the ONNX graphs: no Gemm layouts, no
+// fused ops, no batching.
+
+type refResult struct {
+	embedding []float64   // [Dim]
+	blockIO   [][]float64 // depth+1 token matrices [Tokens*Dim]: blockIO[i] is block i's input
+}
+
+func refForward(v *models.ViT, img []uint8) refResult {
+	c := v.Config
+	d, p, g := c.Dim, c.Patch, c.Grid()
+	x := make([]float64, c.Tokens()*d)
+	for o := range d {
+		x[o] = float64(v.ClsToken[o]) + float64(v.PosEmbed[o])
+	}
+	for gy := range g {
+		for gx := range g {
+			tok := 1 + gy*g + gx
+			for o := range d {
+				s := float64(v.PatchB[o])
+				for ch := range 3 {
+					for ky := range p {
+						for kx := range p {
+							pix := img[((gy*p+ky)*c.ImageSize+gx*p+kx)*3+ch]
+							norm := (float64(pix)/255 - 0.5) / 0.5
+							s += float64(v.PatchW[((o*3+ch)*p+ky)*p+kx]) * norm
+						}
+					}
+				}
+				x[tok*d+o] = s + float64(v.PosEmbed[tok*d+o])
+			}
+		}
+	}
+	res := refResult{blockIO: [][]float64{x}}
+	for _, b := range v.Blocks {
+		x = refBlock(c, b, x)
+		res.blockIO = append(res.blockIO, x)
+	}
+	res.embedding = refLayerNorm(x[:d], v.NormW, v.NormB, c.Eps)
+	return res
+}
+
+func refLayerNorm(x []float64, w, b []float32, eps float64) []float64 {
+	mean, vr := 0.0, 0.0
+	for _, a := range x {
+		mean += a
+	}
+	mean /= float64(len(x))
+	for _, a := range x {
+		vr += (a - mean) * (a - mean)
+	}
+	vr /= float64(len(x))
+	out := make([]float64, len(x))
+	for i, a := range x {
+		out[i] = (a-mean)/math.Sqrt(vr+eps)*float64(w[i]) + float64(b[i])
+	}
+	return out
+}
+
+// refLinear is W x + b for W stored [out, in].
+func refLinear(x []float64, w, b []float32, out int) []float64 {
+	in := len(x)
+	y := make([]float64, out)
+	for o := range out {
+		s := float64(b[o])
+		for i := range in {
+			s += float64(w[o*in+i]) * x[i]
+		}
+		y[o] = s
+	}
+	return y
+}
+
+func refBlock(c models.Config, b models.Block, x []float64) []float64 {
+	d, t, h := c.Dim, c.Tokens(), c.Heads
+	dh := d / h
+	q, k, vv := make([][]float64, t), make([][]float64, t), make([][]float64, t)
+	for i := range t {
+		qkv := refLinear(refLayerNorm(x[i*d:(i+1)*d], b.Norm1W, b.Norm1B, c.Eps), b.QKVW, b.QKVB, 3*d)
+		q[i], k[i], vv[i] = qkv[:d], qkv[d:2*d], qkv[2*d:]
+	}
+	ctx := make([][]float64, t)
+	for i := range t {
+		ctx[i] = make([]float64, d)
+		for hh := range h {
+			lo := hh * dh
+			scores := make([]float64, t)
+			maxS := math.Inf(-1)
+			for j := range t {
+				s := 0.0
+				for e := range dh {
+					s += q[i][lo+e] * k[j][lo+e]
+				}
+				scores[j] = s / math.Sqrt(float64(dh))
+				maxS = math.Max(maxS, scores[j])
+			}
+			sum := 0.0
+			for j := range scores {
+				scores[j] = math.Exp(scores[j] - maxS)
+				sum += scores[j]
+			}
+			for j := range t {
+				for e := range dh {
+					ctx[i][lo+e] += scores[j] / sum * vv[j][lo+e]
+				}
+			}
+		}
+	}
+	out := make([]float64, t*d)
+	for i := range t {
+		y := refLinear(ctx[i], b.ProjW, b.ProjB, d)
+		for e := range d {
+			ls := 1.0
+			if b.LayerScale1 != nil {
+				ls = float64(b.LayerScale1[e])
+			}
+			out[i*d+e] = x[i*d+e] + ls*y[e]
+		}
+		hid := refLinear(refLayerNorm(out[i*d:(i+1)*d], b.Norm2W, b.Norm2B, c.Eps), b.FC1W, b.FC1B, c.MLPDim)
+		for j, a := range hid {
+			hid[j] = 0.5 * a * (1 + math.Erf(a/math.Sqrt2))
+		}
+		y = refLinear(hid, b.FC2W, b.FC2B, d)
+		for e := range d {
+			ls := 1.0
+			if b.LayerScale2 != nil {
+				ls = float64(b.LayerScale2[e])
+			}
+			out[i*d+e] += ls * y[e]
+		}
+	}
+	return out
+}
+
+// refTokenErrors is the mean over channels of (student - teacher)^2 per token.
+func refTokenErrors(c models.Config, student, teacher []float64) []float64 {
+	d := c.Dim
+	out := make([]float64, c.Tokens())
+	for i := range out {
+		for e := range d {
+			diff := student[i*d+e] - teacher[i*d+e]
+			out[i] += diff * diff
+		}
+		out[i] /= float64(d)
+	}
+	return out
+}

@@ -1,0 +1,233 @@
+package models
+
+import (
+	"fmt"
+	"math"
+	"slices"
+	"sort"
+	"strconv"
+)
+
+// Graph input and output names shared by the teacher and detector graphs.
+const (
+	InputImages       = "images"       // uint8 [N, H, W, 3], RGB, already resized
+	OutputEmbedding   = "embedding"    // float32 [N, Dim]: CLS token after the final LayerNorm
+	OutputBlockErrors = "block_errors" // float32 [N, len(blocks)]: per-block MSE
+	OutputTokenErrors = "token_errors" // float32 [N, len(blocks), Tokens]: per-token MSE
+)
+
+// BlockInputName and BlockOutputName name the teacher graph's outputs that
+// expose block i's input and output, [N, Tokens, Dim].
+func BlockInputName(i int) string  { return "block_input_" + strconv.Itoa(i) }
+func BlockOutputName(i int) string { return "block_output_" + strconv.Itoa(i) }
+
+const batchDim = "batch"
+
+// blockValues names the graph values holding one block's parameters.
+type blockValues struct {
+	norm1W, norm1B, qkvW, qkvB, projW, projB string
+	norm2W, norm2B, fc1W, fc1B, fc2W, fc2B   string
+	ls1, ls2                                 string // "" without layer scale
+}
+
+func (g *Graph) blockWeights(prefix string, b Block, c Config) blockValues {
+	d, m := c.Dim, c.MLPDim
+	w := blockValues{
+		norm1W: g.Weight(prefix+".norm1.weight", b.Norm1W, d), norm1B: g.Weight(prefix+".norm1.bias", b.Norm1B, d),
+		qkvW: g.Weight(prefix+".qkv.weight", b.QKVW, 3*d, d), qkvB: g.Weight(prefix+".qkv.bias", b.QKVB, 3*d),
+		projW: g.Weight(prefix+".proj.weight", b.ProjW, d, d), projB: g.Weight(prefix+".proj.bias", b.ProjB, d),
+		norm2W: g.Weight(prefix+".norm2.weight", b.Norm2W, d), norm2B: g.Weight(prefix+".norm2.bias", b.Norm2B, d),
+		fc1W: g.Weight(prefix+".fc1.weight", b.FC1W, m, d), fc1B: g.Weight(prefix+".fc1.bias", b.FC1B, m),
+		fc2W: g.Weight(prefix+".fc2.weight", b.FC2W, d, m), fc2B: g.Weight(prefix+".fc2.bias", b.FC2B, d),
+	}
+	if b.LayerScale1 != nil {
+		w.ls1 = g.Weight(prefix+".ls1", b.LayerScale1, d)
+		w.ls2 = g.Weight(prefix+".ls2", b.LayerScale2, d)
+	}
+	return w
+}
+
+// linear is x @ W^T + b over 2-D activations [rows, in], with W in PyTorch's
+// [out, in] layout: one Gemm, the shape MLAS and cuBLAS run fastest.
+func (g *Graph) linear(x, w, b string) string {
+	return g.Op("Gemm", []string{x, w, b}, AttrInt("transB", 1))
+}
+
+func (g *Graph) layerNorm(x, w, b string, eps float64) string {
+	return g.Op("LayerNormalization", []string{x, w, b}, AttrInt("axis", -1), AttrFloat("epsilon", float32(eps)))
+}
+
+// gelu is the exact (erf) GELU written in the node pattern ORT fuses into
+// one Gelu kernel: x * 0.5 * (1 + erf(x / sqrt 2)).
+func (g *Graph) gelu(x string) string {
+	e := g.Op("Erf", []string{g.Op("Div", []string{x, g.Scalar(float32(math.Sqrt2))})})
+	return g.Op("Mul", []string{g.Op("Mul", []string{x, g.Op("Add", []string{e, g.Scalar(1)})}), g.Scalar(0.5)})
+}
+
+// block is one pre-norm transformer block over tokens kept 2-D as
+// [N*Tokens, Dim], so every projection is a single large Gemm.
+func (g *Graph) block(x string, w blockValues, c Config) string {
+	t, d, h := int64(c.Tokens()), int64(c.Dim), int64(c.Heads)
+	dh := d / h
+	qkv := g.linear(g.layerNorm(x, w.norm1W, w.norm1B, c.Eps), w.qkvW, w.qkvB) // [N*T, 3D]
+	qkv = g.Op("Reshape", []string{qkv, g.Shape(-1, t, 3, h, dh)})
+	qkv = g.Op("Transpose", []string{qkv}, AttrInts("perm", 2, 0, 3, 1, 4)) // [3, N, H, T, dh]
+	part := func(i int64) string {
+		return g.Op("Gather", []string{qkv, g.Ints([]int64{i})}, AttrInt("axis", 0)) // [N, H, T, dh]
+	}
+	q := g.Op("Mul", []string{part(0), g.Scalar(float32(1 / math.Sqrt(float64(dh))))})
+	kT := g.Op("Transpose", []string{part(1)}, AttrInts("perm", 0, 1, 3, 2))
+	attn := g.Op("Softmax", []string{g.Op("MatMul", []string{q, kT})}, AttrInt("axis", -1)) // [N, H, T, T]
+	ctx := g.Op("MatMul", []string{attn, part(2)})                                          // [N, H, T, dh]
+	ctx = g.Op("Transpose", []string{ctx}, AttrInts("perm", 0, 2, 1, 3))
+	ctx = g.Op("Reshape", []string{ctx, g.Shape(-1, d)})
+	y := g.linear(ctx, w.projW, w.projB)
+	if w.ls1 != "" {
+		y = g.Op("Mul", []string{y, w.ls1})
+	}
+	x = g.Op("Add", []string{x, y})
+	y = g.linear(g.gelu(g.linear(g.layerNorm(x, w.norm2W, w.norm2B, c.Eps), w.fc1W, w.fc1B)), w.fc2W, w.fc2B)
+	if w.ls2 != "" {
+		y = g.Op("Mul", []string{y, w.ls2})
+	}
+	return g.Op("Add", []string{x, y})
+}
+
+// embedTokens turns the uint8 image batch into the first block's input,
+// [N*Tokens, Dim]: normalise (x/255-0.5)/0.5, patchify by a strided Conv,
+// prepend the class token and add the position embedding.
+func (g *Graph) embedTokens(images string, v *ViT) string {
+	c := v.Config
+	x := g.Op("Cast", []string{images}, AttrInt("to", int64(Float32)))
+	x = g.Op("Sub", []string{g.Op("Mul", []string{x, g.Scalar(1 / 127.5)}), g.Scalar(1)})
+	x = g.Op("Transpose", []string{x}, AttrInts("perm", 0, 3, 1, 2)) // [N, 3, H, W]
+	pw := g.Weight("patch_embed.weight", v.PatchW, c.Dim, 3, c.Patch, c.Patch)
+	pb := g.Weight("patch_embed.bias", v.PatchB, c.Dim)
+	p := int64(c.Patch)
+	x = g.Op("Conv", []string{x, pw, pb}, AttrInts("kernel_shape", p, p), AttrInts("strides", p, p)) // [N, D, g, g]
+	x = g.Op("Reshape", []string{x, g.Shape(0, int64(c.Dim), -1)})
+	x = g.Op("Transpose", []string{x}, AttrInts("perm", 0, 2, 1)) // [N, g*g, D]
+	// A zero row padded in front of the patches, plus a position table whose
+	// first row already holds cls_token + pos_embed[0], places the class token
+	// without any batch-size-dependent Expand.
+	x = g.Op("Pad", []string{x, g.Ints([]int64{0, 1, 0, 0, 0, 0})})
+	pos := slices.Clone(v.PosEmbed)
+	for i := range c.Dim {
+		pos[i] += v.ClsToken[i]
+	}
+	x = g.Op("Add", []string{x, g.Weight("pos_embed_with_cls", pos, 1, c.Tokens(), c.Dim)})
+	return g.Op("Reshape", []string{x, g.Shape(-1, int64(c.Dim))})
+}
+
+// finalEmbedding is the CLS token of the last block's output after the
+// final LayerNorm (LayerNorm is per token, so normalising only CLS is exact).
+func (g *Graph) finalEmbedding(x string, v *ViT) string {
+	c := v.Config
+	x = g.Op("Reshape", []string{x, g.Shape(-1, int64(c.Tokens()), int64(c.Dim))})
+	cls := g.Op("Gather", []string{x, g.Ints([]int64{0})}, AttrInt("axis", 1)) // [N, D]
+	return g.layerNorm(cls, g.Weight("norm.weight", v.NormW, c.Dim), g.Weight("norm.bias", v.NormB, c.Dim), c.Eps)
+}
+
+// teacherBody runs the embedding and every block, returning the embedding
+// value and each block's input (ins[i]) and output (ins[i+1]) as 2-D values.
+func (g *Graph) teacherBody(images string, v *ViT) (embedding string, ins []string) {
+	x := g.embedTokens(images, v)
+	ins = []string{x}
+	for i, b := range v.Blocks {
+		x = g.block(x, g.blockWeights(fmt.Sprintf("teacher.%d", i), b, v.Config), v.Config)
+		ins = append(ins, x)
+	}
+	return g.finalEmbedding(x, v), ins
+}
+
+func (g *Graph) imagesInput(c Config) string {
+	return g.Input(InputImages, Uint8, batchDim, c.ImageSize, c.ImageSize, 3)
+}
+
+// checkBlocks validates a block index set against the teacher's depth.
+func checkBlocks(blocks []int, depth int) error {
+	seen := map[int]bool{}
+	for _, b := range blocks {
+		if b < 0 || b >= depth {
+			return fmt.Errorf("block %d is outside the teacher's blocks 0..%d", b, depth-1)
+		}
+		if seen[b] {
+			return fmt.Errorf("block %d is listed twice", b)
+		}
+		seen[b] = true
+	}
+	return nil
+}
+
+// TeacherGraph emits the teacher: images -> embedding, plus the input and
+// output of every block in blockIO (for training the students).
+func TeacherGraph(v *ViT, blockIO []int) ([]byte, error) {
+	if err := checkBlocks(blockIO, v.Depth); err != nil {
+		return nil, fmt.Errorf("teacher graph: %w", err)
+	}
+	g := NewGraph()
+	c := v.Config
+	emb, ins := g.teacherBody(g.imagesInput(c), v)
+	g.Output(OutputEmbedding, emb, Float32, batchDim, c.Dim)
+	tokens := func(x string) string {
+		return g.Op("Reshape", []string{x, g.Shape(-1, int64(c.Tokens()), int64(c.Dim))})
+	}
+	for _, i := range blockIO {
+		g.Output(BlockInputName(i), tokens(ins[i]), Float32, batchDim, c.Tokens(), c.Dim)
+		g.Output(BlockOutputName(i), tokens(ins[i+1]), Float32, batchDim, c.Tokens(), c.Dim)
+	}
+	return g.Model("transformaly_teacher", map[string]string{"config": c.Describe()})
+}
+
+// DetectorGraph emits teacher and students in one graph: images ->
+// embedding, per-block MSE [N, B] and per-token errors [N, B, Tokens], where
+// student k mimics teacher block blocks[k] fed the teacher's input of it.
+func DetectorGraph(v *ViT, blocks []int, students []Block) ([]byte, error) {
+	g := NewGraph()
+	if _, err := g.detectorBody(v, blocks, students); err != nil {
+		return nil, err
+	}
+	return g.Model("transformaly_detector", map[string]string{"config": v.Describe()})
+}
+
+// detectorOutputs are the values detectorBody leaves for scoring.
+type detectorOutputs struct{ embedding, blockErrors string }
+
+func (g *Graph) detectorBody(v *ViT, blocks []int, students []Block) (detectorOutputs, error) {
+	if len(blocks) == 0 || len(blocks) != len(students) {
+		return detectorOutputs{}, fmt.Errorf("detector graph: %d blocks but %d students", len(blocks), len(students))
+	}
+	if err := checkBlocks(blocks, v.Depth); err != nil {
+		return detectorOutputs{}, fmt.Errorf("detector graph: %w", err)
+	}
+	c := v.Config
+	emb, ins := g.teacherBody(g.imagesInput(c), v)
+	t := int64(c.Tokens())
+	var perBlock []string
+	for k, i := range blocks {
+		s := g.block(ins[i], g.blockWeights(fmt.Sprintf("student.%d", i), students[k], c), c)
+		diff := g.Op("Sub", []string{s, ins[i+1]})
+		// Mean over channels first, then over tokens: two short float32
+		// reductions instead of one long one keep the error accurate.
+		perToken := g.Op("ReduceMean", []string{g.Op("Mul", []string{diff, diff})}, AttrInts("axes", 1), AttrInt("keepdims", 0))
+		perBlock = append(perBlock, g.Op("Reshape", []string{perToken, g.Shape(-1, 1, t)}))
+	}
+	tokenErrors := perBlock[0]
+	if len(perBlock) > 1 {
+		tokenErrors = g.Op("Concat", perBlock, AttrInt("axis", 1))
+	}
+	blockErrors := g.Op("ReduceMean", []string{tokenErrors}, AttrInts("axes", 2), AttrInt("keepdims", 0))
+	g.Output(OutputEmbedding, emb, Float32, batchDim, c.Dim)
+	g.Output(OutputBlockErrors, blockErrors, Float32, batchDim, len(blocks))
+	g.Output(OutputTokenErrors, tokenErrors, Float32, batchDim, len(blocks), c.Tokens())
+	return detectorOutputs{embedding: emb, blockErrors: blockErrors}, nil
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

@@ -1,0 +1,134 @@
+package models_test
+
+import (
+	"math/rand/v2"
+	"path/filepath"
+	"testing"
+
+	"github.com/transformaly/transformaly/models"
+)
+
+const tolerance = 1e-4
+
+func TestTeacherGraphMatchesReference(t *testing.T) {
+	for _, cfg := range []models.Config{
+		smallConfig,
+		{Dim: 48, Depth: 2, Heads: 3, Patch: 4, ImageSize: 16, MLPDim: 96}, // 65 tokens, non-4x MLP
+	} {
+		t.Run(cfg.Describe(), func(t *testing.T) {
+			v, err := models.RandomViT(cfg, 7)
+			if err != nil {
+				t.Fatal(err)
+			}
+			blocks := make([]int, v.Depth)
+			outputs := []string{models.OutputEmbedding}
+			for i := range blocks {
+				blocks[i] = i
+				outputs = append(outputs, models.BlockInputName(i), models.BlockOutputName(i))
+			}
+			graph, err := models.TeacherGraph(v, blocks)
+			if err != nil {
+				t.Fatal(err)
+			}
+			const n = 3
+			size := v.ImageSize
+			images := randomImages(n, size, 11)
+			got := runGraph(t, graph, images, n, size, outputs...)
+			td := v.Tokens() * v.Dim
+			for img := range n {
+				ref := refForward(v, images[img*size*size*3:(img+1)*size*size*3])
+				if e := relErr(got[0][img*v.Dim:(img+1)*v.Dim], ref.embedding); e > tolerance {
+					t.Errorf("image %d: embedding relative error %.2g > %g", img, e, tolerance)
+				}
+				for i := range blocks {
+					if e := relErr(got[1+2*i][img*td:(img+1)*td], ref.blockIO[i]); e > tolerance {
+						t.Errorf("image %d: block %d input relative error %.2g", img, i, e)
+					}
+					if e := relErr(got[2+2*i][img*td:(img+1)*td], ref.blockIO[i+1]); e > tolerance {
+						t.Errorf("image %d: block %d output relative error %.2g", img, i, e)
+					}
+				}
+			}
+		})
+	}
+}
+
+func TestDetectorGraphMatchesReference(t *testing.T) {
+	v, err := models.RandomViT(smallConfig, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocks := []int{0, 2}
+	rng := rand.New(rand.NewPCG(5, 5))
+	students := []models.Block{models.XavierBlock(v.Config, rng), models.XavierBlock(v.Config, rng)}
+	graph, err := models.DetectorGraph(v, blocks, students)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 2
+	size := v.ImageSize
+	images := randomImages(n, size, 12)
+	got := runGraph(t, graph, images, n, size, models.OutputEmbedding, models.OutputBlockErrors, models.OutputTokenErrors)
+	tokens := v.Tokens()
+	for img := range n {
+		ref := refForward(v, images[img*size*size*3:(img+1)*size*size*3])
+		if e := relErr(got[0][img*v.Dim:(img+1)*v.Dim], ref.embedding); e > tolerance {
+			t.Errorf("image %d: embedding relative error %.2g", img, e)
+		}
+		var wantBlock, wantTokens []float64
+		for k, i := range blocks {
+			student := refBlock(v.Config, students[k], ref.blockIO[i])
+			tok := refTokenErrors(v.Config, student, ref.blockIO[i+1])
+			mean := 0.0
+			for _, x := range tok {
+				mean += x
+			}
+			wantTokens = append(wantTokens, tok...)
+			wantBlock = append(wantBlock, mean/float64(tokens))
+		}
+		if e := relErr(got[1][img*len(blocks):(img+1)*len(blocks)], wantBlock); e > tolerance {
+			t.Errorf("image %d: block errors %v, want %v (relative error %.2g)", img, got[1][img*len(blocks):(img+1)*len(blocks)], wantBlock, e)
+		}
+		if e := relErr(got[2][img*len(blocks)*tokens:(img+1)*len(blocks)*tokens], wantTokens); e > tolerance {
+			t.Errorf("image %d: token errors relative error %.2g", img, e)
+		}
+	}
+}
+
+func TestLayerScaleMatchesReference(t *testing.T) {
+	v, err := models.RandomViT(smallConfig, 9)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range v.Blocks {
+		v.Blocks[i].LayerScale1 = randomScale(v.Dim, uint64(i))
+		v.Blocks[i].LayerScale2 = randomScale(v.Dim, uint64(i+10))
+	}
+	path := filepath.Join(t.TempDir(), "model.safetensors")
+	if err := v.SaveTimm(path); err != nil {
+		t.Fatal(err)
+	}
+	loaded, err := models.LoadViT(path, models.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	graph, err := models.TeacherGraph(loaded, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	images := randomImages(1, v.ImageSize, 2)
+	got := runGraph(t, graph, images, 1, v.ImageSize, models.OutputEmbedding)
+	if e := relErr(got[0], refForward(v, images).embedding); e > tolerance {
+		t.Errorf("layer-scale embedding relative error %.2g", e)
+	}
+}
+
+// randomScale gives n values in [0.5, 1.5).
+func randomScale(n int, seed uint64) []float32 {
+	out := make([]float32, n)
+	rng := rand.New(rand.NewPCG(seed, 2))
+	for i := range out {
+		out[i] = float32(0.5 + rng.Float64())
+	}
+	return out
+}
