@@ -1,0 +1,294 @@
+package models_test
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/transformaly/transformaly/models"
+)
+
+// saveHuggingFace writes v in the Hugging Face transformers layout
+// (ViTForImageClassification when prefix is "vit.", ViTModel when ""), the
+// way save_pretrained names the tensors.
+func saveHuggingFace(t *testing.T, v *models.ViT, path, prefix string) {
+	t.Helper()
+	d, m, p := v.Dim, v.MLPDim, v.Patch
+	ts := map[string]models.Tensor{
+		prefix + "embeddings.patch_embeddings.projection.weight": {Shape: []int{d, 3, p, p}, Data: v.PatchW},
+		prefix + "embeddings.patch_embeddings.projection.bias":   {Shape: []int{d}, Data: v.PatchB},
+		prefix + "embeddings.cls_token":                          {Shape: []int{1, 1, d}, Data: v.ClsToken},
+		prefix + "embeddings.position_embeddings":                {Shape: []int{1, v.Tokens(), d}, Data: v.PosEmbed},
+		prefix + "layernorm.weight":                              {Shape: []int{d}, Data: v.NormW},
+		prefix + "layernorm.bias":                                {Shape: []int{d}, Data: v.NormB},
+	}
+	if prefix != "" {
+		ts["classifier.weight"] = models.Tensor{Shape: []int{10, d}, Data: make([]float32, 10*d)}
+		ts["classifier.bias"] = models.Tensor{Shape: []int{10}, Data: make([]float32, 10)}
+	}
+	for i, b := range v.Blocks {
+		n := func(s string) string { return fmt.Sprintf("%sencoder.layer.%d.%s", prefix, i, s) }
+		for j, part := range []string{"query", "key", "value"} {
+			ts[n("attention.attention."+part+".weight")] = models.Tensor{Shape: []int{d, d}, Data: b.QKVW[j*d*d : (j+1)*d*d]}
+			ts[n("attention.attention."+part+".bias")] = models.Tensor{Shape: []int{d}, Data: b.QKVB[j*d : (j+1)*d]}
+		}
+		ts[n("layernorm_before.weight")] = models.Tensor{Shape: []int{d}, Data: b.Norm1W}
+		ts[n("layernorm_before.bias")] = models.Tensor{Shape: []int{d}, Data: b.Norm1B}
+		ts[n("attention.output.dense.weight")] = models.Tensor{Shape: []int{d, d}, Data: b.ProjW}
+		ts[n("attention.output.dense.bias")] = models.Tensor{Shape: []int{d}, Data: b.ProjB}
+		ts[n("layernorm_after.weight")] = models.Tensor{Shape: []int{d}, Data: b.Norm2W}
+		ts[n("layernorm_after.bias")] = models.Tensor{Shape: []int{d}, Data: b.Norm2B}
+		ts[n("intermediate.dense.weight")] = models.Tensor{Shape: []int{m, d}, Data: b.FC1W}
+		ts[n("intermediate.dense.bias")] = models.Tensor{Shape: []int{m}, Data: b.FC1B}
+		ts[n("output.dense.weight")] = models.Tensor{Shape: []int{d, m}, Data: b.FC2W}
+		ts[n("output.dense.bias")] = models.Tensor{Shape: []int{d}, Data: b.FC2B}
+	}
+	if err := models.WriteSafetensors(path, ts, map[string]string{"format": "pt"}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func writeJSON(t *testing.T, path string, v any) {
+	t.Helper()
+	data, _ := json.Marshal(v)
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestBothLayoutsLoadToTheSameModel(t *testing.T) {
+	v, err := models.RandomViT(smallConfig, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	timmPath := filepath.Join(dir, "timm", "model.safetensors")
+	os.MkdirAll(filepath.Dir(timmPath), 0o755)
+	if err := v.SaveTimm(timmPath); err != nil {
+		t.Fatal(err)
+	}
+	fromTimm, err := models.LoadViT(timmPath, models.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fromTimm.Layout != models.LayoutTimm || fromTimm.Config != v.Config {
+		t.Fatalf("timm load: layout %s config %+v, want timm %+v", fromTimm.Layout, fromTimm.Config, v.Config)
+	}
+	images := randomImages(2, v.ImageSize, 4)
+	timmGraph, _ := models.TeacherGraph(fromTimm, nil)
+	want := runGraph(t, timmGraph, images, 2, v.ImageSize, models.OutputEmbedding)[0]
+
+	for _, prefix := range []string{"vit.", ""} {
+		t.Run("hf prefix "+prefix, func(t *testing.T) {
+			hfPath := filepath.Join(t.TempDir(), "model.safetensors")
+			saveHuggingFace(t, v, hfPath, prefix)
+			writeJSON(t, filepath.Join(filepath.Dir(hfPath), "config.json"),
+				map[string]any{"layer_norm_eps": 1e-6, "num_attention_heads": 4, "hidden_size": 64})
+			hf, err := models.LoadViT(hfPath, models.LoadOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if hf.Layout != models.LayoutHuggingFace || hf.Config != v.Config {
+				t.Fatalf("hf load: layout %s config %+v, want %+v", hf.Layout, hf.Config, v.Config)
+			}
+			if !reflect.DeepEqual(hf.Blocks, fromTimm.Blocks) || !reflect.DeepEqual(hf.PosEmbed, fromTimm.PosEmbed) {
+				t.Fatal("hf and timm weights differ")
+			}
+			g, _ := models.TeacherGraph(hf, nil)
+			got := runGraph(t, g, images, 2, v.ImageSize, models.OutputEmbedding)[0]
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("embeddings differ between layouts")
+			}
+		})
+	}
+}
+
+func TestHuggingFaceEpsilonAndHeads(t *testing.T) {
+	v, _ := models.RandomViT(smallConfig, 2)
+	path := filepath.Join(t.TempDir(), "model.safetensors")
+	saveHuggingFace(t, v, path, "vit.")
+	// No config.json: HF's default epsilon, heads from dim/64 = 1.
+	hf, err := models.LoadViT(path, models.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hf.Eps != 1e-12 || hf.Heads != 1 {
+		t.Errorf("without config.json: eps %g heads %d, want 1e-12 and 1", hf.Eps, hf.Heads)
+	}
+	// The heads flag wins.
+	hf, err = models.LoadViT(path, models.LoadOptions{Heads: 8})
+	if err != nil || hf.Heads != 8 {
+		t.Errorf("heads override: %v heads %d", err, hf.Heads)
+	}
+	// The epsilon matters: the embeddings differ measurably.
+	hf.Heads = 4
+	g1, _ := models.TeacherGraph(hf, nil)
+	hf.Eps = 1e-6
+	g2, _ := models.TeacherGraph(hf, nil)
+	img := randomImages(1, v.ImageSize, 3)
+	a := runGraph(t, g1, img, 1, v.ImageSize, models.OutputEmbedding)[0]
+	b := runGraph(t, g2, img, 1, v.ImageSize, models.OutputEmbedding)[0]
+	if reflect.DeepEqual(a, b) {
+		t.Error("epsilon 1e-12 and 1e-6 gave identical embeddings")
+	}
+}
+
+func TestPositionEmbeddingResize(t *testing.T) {
+	v, _ := models.RandomViT(smallConfig, 5) // grid 4
+	orig := append([]float32{}, v.PosEmbed...)
+	if err := v.ResizePositionEmbedding(v.ImageSize); err != nil {
+		t.Fatal(err)
+	}
+	if relErr(v.PosEmbed, toF64(orig)) > 1e-7 {
+		t.Error("resizing to the same size is not the identity")
+	}
+	// Upsampling 4x4 -> 8x8 and the class token row is kept.
+	if err := v.ResizePositionEmbedding(64); err != nil {
+		t.Fatal(err)
+	}
+	if v.ImageSize != 64 || len(v.PosEmbed) != (64+1)*v.Dim {
+		t.Fatalf("after resize: image %d, %d position values", v.ImageSize, len(v.PosEmbed))
+	}
+	if !reflect.DeepEqual(v.PosEmbed[:v.Dim], orig[:v.Dim]) {
+		t.Error("class token position changed")
+	}
+	if err := v.ResizePositionEmbedding(30); err == nil {
+		t.Error("resize to 30 with patch 8 accepted")
+	}
+}
+
+// A 2x1 -> 4x1 hand computation with PyTorch's antialiased bicubic filter
+// (a=-0.5): output 0 sits at source coordinate 0.25-0.5 and sees taps
+// 0 and 1 with raw weights W(0.25)=0.8671875 and W(1.25)=-0.0703125,
+// renormalised over the two in-range taps.
+func TestBicubicMatchesHandComputation(t *testing.T) {
+	cfg := models.Config{Dim: 1, Depth: 1, Heads: 1, Patch: 1, ImageSize: 2}
+	v, _ := models.RandomViT(cfg, 1)
+	// Grid 2x2 with values varying along x only: [0 1; 0 1].
+	v.PosEmbed = []float32{9, 0, 1, 0, 1}
+	if err := v.ResizePositionEmbedding(4); err != nil {
+		t.Fatal(err)
+	}
+	w0, w1 := 0.8671875, -0.0703125
+	want0 := w1 / (w0 + w1)
+	// Along y both rows are equal, so each output row equals the x pass.
+	got := v.PosEmbed[1:5]
+	if math.Abs(float64(got[0])-want0) > 1e-6 || math.Abs(float64(got[3])-(1-want0)) > 1e-6 {
+		t.Errorf("first row %v, want [%g ... %g]", got, want0, 1-want0)
+	}
+	if v.PosEmbed[0] != 9 {
+		t.Error("class token changed")
+	}
+}
+
+func toF64(xs []float32) []float64 {
+	out := make([]float64, len(xs))
+	for i, x := range xs {
+		out[i] = float64(x)
+	}
+	return out
+}
+
+// rewriteHeader edits a safetensors file's JSON header in place of a test.
+func rewriteHeader(t *testing.T, src, dst string, edit func(h map[string]map[string]any)) {
+	t.Helper()
+	data, _ := os.ReadFile(src)
+	n := binary.LittleEndian.Uint64(data)
+	var h map[string]map[string]any
+	if err := json.Unmarshal(data[8:8+n], &h); err != nil {
+		t.Fatal(err)
+	}
+	edit(h)
+	header, _ := json.Marshal(h)
+	out := binary.LittleEndian.AppendUint64(nil, uint64(len(header)))
+	out = append(append(out, header...), data[8+n:]...)
+	os.WriteFile(dst, out, 0o644)
+}
+
+func TestBadCheckpointsGiveClearErrors(t *testing.T) {
+	v, _ := models.RandomViT(smallConfig, 1)
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.safetensors")
+	if err := v.SaveTimm(good); err != nil {
+		t.Fatal(err)
+	}
+	data, _ := os.ReadFile(good)
+	cases := []struct {
+		name string
+		make func(path string)
+		want string
+	}{
+		{"missing file", func(string) {}, "no such file"},
+		{"truncated", func(p string) { os.WriteFile(p, data[:len(data)-100], 0o644) }, "truncated"},
+		{"tiny", func(p string) { os.WriteFile(p, data[:5], 0o644) }, "too short"},
+		{"not safetensors", func(p string) { os.WriteFile(p, []byte("PK\x03\x04 this is a zip file, not a checkpoint"), 0o644) }, "not a safetensors file"},
+		{"wrong dtype", func(p string) {
+			rewriteHeader(t, good, p, func(h map[string]map[string]any) { h["blocks.1.attn.proj.weight"]["dtype"] = "I32" })
+		}, `tensor "blocks.1.attn.proj.weight": dtype "I32"`},
+		{"missing tensor", func(p string) {
+			rewriteHeader(t, good, p, func(h map[string]map[string]any) { delete(h, "blocks.2.mlp.fc2.bias") })
+		}, `missing tensor "blocks.2.mlp.fc2.bias"`},
+		{"missing block", func(p string) {
+			rewriteHeader(t, good, p, func(h map[string]map[string]any) { delete(h, "blocks.1.norm1.weight") })
+		}, `missing tensor "blocks.1.norm1.weight"`},
+		{"inconsistent shape", func(p string) {
+			rewriteHeader(t, good, p, func(h map[string]map[string]any) { h["blocks.0.mlp.fc2.weight"]["shape"] = []int{128, 128} })
+		}, `tensor "blocks.0.mlp.fc2.weight" has shape [128 128], want [64 256]`},
+		{"offsets disagree with shape", func(p string) {
+			rewriteHeader(t, good, p, func(h map[string]map[string]any) { h["norm.bias"]["shape"] = []int{65} })
+		}, `tensor "norm.bias": offsets`},
+		{"unknown layout", func(p string) {
+			models.WriteSafetensors(p, map[string]models.Tensor{"fc.weight": {Shape: []int{2}, Data: []float32{1, 2}}}, nil)
+		}, "unrecognised checkpoint layout"},
+		{"unsupported variant", func(p string) {
+			ts, _, _ := models.ReadSafetensors(good)
+			ts["blocks.0.attn.q_norm.weight"] = models.Tensor{Shape: []int{16}, Data: make([]float32, 16)}
+			models.WriteSafetensors(p, ts, nil)
+		}, `tensor "blocks.0.attn.q_norm.weight" is not part of a plain ViT`},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			p := filepath.Join(dir, strings.ReplaceAll(c.name, " ", "_")+".safetensors")
+			c.make(p)
+			_, err := models.LoadViT(p, models.LoadOptions{})
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Errorf("got error %v, want one containing %q", err, c.want)
+			}
+		})
+	}
+}
+
+func TestHalfPrecisionCheckpoint(t *testing.T) {
+	// One F16 and one BF16 tensor with exactly representable values.
+	var raw []byte
+	for _, h := range []uint16{0x3c00, 0xc000, 0x3800, 0x0001} { // 1, -2, 0.5, 2^-24
+		raw = binary.LittleEndian.AppendUint16(raw, h)
+	}
+	for _, h := range []uint16{0x3f80, 0xc040} { // 1, -3
+		raw = binary.LittleEndian.AppendUint16(raw, h)
+	}
+	header, _ := json.Marshal(map[string]any{
+		"a": map[string]any{"dtype": "F16", "shape": []int{4}, "data_offsets": []int{0, 8}},
+		"b": map[string]any{"dtype": "BF16", "shape": []int{2}, "data_offsets": []int{8, 12}},
+	})
+	file := binary.LittleEndian.AppendUint64(nil, uint64(len(header)))
+	file = append(append(file, header...), raw...)
+	path := filepath.Join(t.TempDir(), "half.safetensors")
+	os.WriteFile(path, file, 0o644)
+	ts, _, err := models.ReadSafetensors(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []float32{1, -2, 0.5, float32(math.Pow(2, -24))}; !reflect.DeepEqual(ts["a"].Data, want) {
+		t.Errorf("F16 decoded %v, want %v", ts["a"].Data, want)
+	}
+	if want := []float32{1, -3}; !reflect.DeepEqual(ts["b"].Data, want) {
+		t.Errorf("BF16 decoded %v, want %v", ts["b"].Data, want)
+	}
+}
