@@ -231,3 +231,23 @@ func sortedKeys(m map[string]string) []string {
 	sort.Strings(keys)
 	return keys
 }
+
+// SgemmGraph is a single n x n x n float32 MatMul of two inputs "a" and "b"
+// into "c": the yardstick for how close the ViT graphs come to the
+// machine's matrix-multiply peak.
+func SgemmGraph(n int) ([]byte, error) {
+	g := NewGraph()
+	a := g.Input("a", Float32, n, n)
+	b := g.Input("b", Float32, n, n)
+	g.Output("c", g.Op("MatMul", []string{a, b}), Float32, n, n)
+	return g.Model("sgemm", nil)
+}
+
+// ForwardFLOPs counts the float32 operations (2 per multiply-add) of one
+// image through the teacher, and through each student block.
+func (c Config) ForwardFLOPs() (teacher, perBlock float64) {
+	t, d, m := float64(c.Tokens()), float64(c.Dim), float64(c.MLPDim)
+	patches := float64(c.Grid() * c.Grid())
+	perBlock = 2*t*(3*d*d+d*d+2*d*m) + 4*t*t*d
+	return 2*patches*d*3*float64(c.Patch*c.Patch) + float64(c.Depth)*perBlock, perBlock
+}

@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/transformaly/transformaly/internal/vitref"
 	"github.com/transformaly/transformaly/models"
 )
 
@@ -36,15 +37,15 @@ func TestTeacherGraphMatchesReference(t *testing.T) {
 			got := runGraph(t, graph, images, n, size, outputs...)
 			td := v.Tokens() * v.Dim
 			for img := range n {
-				ref := refForward(v, images[img*size*size*3:(img+1)*size*size*3])
-				if e := relErr(got[0][img*v.Dim:(img+1)*v.Dim], ref.embedding); e > tolerance {
+				ref := vitref.Forward(v, images[img*size*size*3:(img+1)*size*size*3])
+				if e := relErr(got[0][img*v.Dim:(img+1)*v.Dim], ref.Embedding); e > tolerance {
 					t.Errorf("image %d: embedding relative error %.2g > %g", img, e, tolerance)
 				}
 				for i := range blocks {
-					if e := relErr(got[1+2*i][img*td:(img+1)*td], ref.blockIO[i]); e > tolerance {
+					if e := relErr(got[1+2*i][img*td:(img+1)*td], ref.BlockIO[i]); e > tolerance {
 						t.Errorf("image %d: block %d input relative error %.2g", img, i, e)
 					}
-					if e := relErr(got[2+2*i][img*td:(img+1)*td], ref.blockIO[i+1]); e > tolerance {
+					if e := relErr(got[2+2*i][img*td:(img+1)*td], ref.BlockIO[i+1]); e > tolerance {
 						t.Errorf("image %d: block %d output relative error %.2g", img, i, e)
 					}
 				}
@@ -71,14 +72,14 @@ func TestDetectorGraphMatchesReference(t *testing.T) {
 	got := runGraph(t, graph, images, n, size, models.OutputEmbedding, models.OutputBlockErrors, models.OutputTokenErrors)
 	tokens := v.Tokens()
 	for img := range n {
-		ref := refForward(v, images[img*size*size*3:(img+1)*size*size*3])
-		if e := relErr(got[0][img*v.Dim:(img+1)*v.Dim], ref.embedding); e > tolerance {
+		ref := vitref.Forward(v, images[img*size*size*3:(img+1)*size*size*3])
+		if e := relErr(got[0][img*v.Dim:(img+1)*v.Dim], ref.Embedding); e > tolerance {
 			t.Errorf("image %d: embedding relative error %.2g", img, e)
 		}
 		var wantBlock, wantTokens []float64
 		for k, i := range blocks {
-			student := refBlock(v.Config, students[k], ref.blockIO[i])
-			tok := refTokenErrors(v.Config, student, ref.blockIO[i+1])
+			student := vitref.Block(v.Config, students[k], ref.BlockIO[i])
+			tok := vitref.TokenErrors(v.Config, student, ref.BlockIO[i+1])
 			mean := 0.0
 			for _, x := range tok {
 				mean += x
@@ -118,7 +119,7 @@ func TestLayerScaleMatchesReference(t *testing.T) {
 	}
 	images := randomImages(1, v.ImageSize, 2)
 	got := runGraph(t, graph, images, 1, v.ImageSize, models.OutputEmbedding)
-	if e := relErr(got[0], refForward(v, images).embedding); e > tolerance {
+	if e := relErr(got[0], vitref.Forward(v, images).Embedding); e > tolerance {
 		t.Errorf("layer-scale embedding relative error %.2g", e)
 	}
 }

@@ -1,4 +1,7 @@
-package models_test
+// Package vitref is an independent, deliberately plain float64 ViT forward
+// pass, written from the timm reference, against which tests check the ONNX
+// graphs: no Gemm layouts, no fused ops, no batching. Only tests import it.
+package vitref
 
 import (
 	"math"
@@ -6,16 +9,14 @@ import (
 	"github.com/transformaly/transformaly/models"
 )
 
-// An independent, deliberately plain float64 ViT forward pass, written from
-// the timm reference, for checking the ONNX graphs: no Gemm layouts, no
-// fused ops, no batching.
-
-type refResult struct {
-	embedding []float64   // [Dim]
-	blockIO   [][]float64 // depth+1 token matrices [Tokens*Dim]: blockIO[i] is block i's input
+// Result is one image's forward pass.
+type Result struct {
+	Embedding []float64   // [Dim]
+	BlockIO   [][]float64 // depth+1 token matrices [Tokens*Dim]: blockIO[i] is block i's input
 }
 
-func refForward(v *models.ViT, img []uint8) refResult {
+// Forward runs v on one packed RGB image of v.ImageSize squared.
+func Forward(v *models.ViT, img []uint8) Result {
 	c := v.Config
 	d, p, g := c.Dim, c.Patch, c.Grid()
 	x := make([]float64, c.Tokens()*d)
@@ -40,12 +41,12 @@ func refForward(v *models.ViT, img []uint8) refResult {
 			}
 		}
 	}
-	res := refResult{blockIO: [][]float64{x}}
+	res := Result{BlockIO: [][]float64{x}}
 	for _, b := range v.Blocks {
-		x = refBlock(c, b, x)
-		res.blockIO = append(res.blockIO, x)
+		x = Block(c, b, x)
+		res.BlockIO = append(res.BlockIO, x)
 	}
-	res.embedding = refLayerNorm(x[:d], v.NormW, v.NormB, c.Eps)
+	res.Embedding = refLayerNorm(x[:d], v.NormW, v.NormB, c.Eps)
 	return res
 }
 
@@ -80,7 +81,8 @@ func refLinear(x []float64, w, b []float32, out int) []float64 {
 	return y
 }
 
-func refBlock(c models.Config, b models.Block, x []float64) []float64 {
+// Block runs one transformer block on tokens [Tokens*Dim].
+func Block(c models.Config, b models.Block, x []float64) []float64 {
 	d, t, h := c.Dim, c.Tokens(), c.Heads
 	dh := d / h
 	q, k, vv := make([][]float64, t), make([][]float64, t), make([][]float64, t)
@@ -141,8 +143,8 @@ func refBlock(c models.Config, b models.Block, x []float64) []float64 {
 	return out
 }
 
-// refTokenErrors is the mean over channels of (student - teacher)^2 per token.
-func refTokenErrors(c models.Config, student, teacher []float64) []float64 {
+// TokenErrors is the mean over channels of (student - teacher)^2 per token.
+func TokenErrors(c models.Config, student, teacher []float64) []float64 {
 	d := c.Dim
 	out := make([]float64, c.Tokens())
 	for i := range out {

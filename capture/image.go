@@ -1,0 +1,88 @@
+// Package capture turns cameras, streams, video files, image folders and
+// single image files into RGB frames of the model's input size.
+package capture
+
+import (
+	"bytes"
+	"fmt"
+	"image"
+	_ "image/jpeg" // second-opinion decoders for ValidateImageFile
+	_ "image/png"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"gocv.io/x/gocv"
+)
+
+// ImageExtensions are the still-image file types read from folders.
+var ImageExtensions = map[string]bool{".png": true, ".jpg": true, ".jpeg": true, ".bmp": true}
+
+// ValidateImageFile catches the corrupt files OpenCV would decode into
+// garbage without an error: libjpeg only warns on a truncated or bit-flipped
+// JPEG, so JPEG and PNG files are decoded once by Go's own decoders as well.
+func ValidateImageFile(path string, data []byte) error {
+	ext := strings.ToLower(filepath.Ext(path))
+	switch ext {
+	case ".jpg", ".jpeg":
+		if !bytes.HasSuffix(bytes.TrimRight(data, "\x00\r\n "), []byte{0xff, 0xd9}) {
+			return fmt.Errorf("image %s: JPEG end marker missing (truncated file)", path)
+		}
+		fallthrough
+	case ".png":
+		if _, _, err := image.Decode(bytes.NewReader(data)); err != nil {
+			return fmt.Errorf("image %s: corrupt %s: %w", path, strings.TrimPrefix(ext, "."), err)
+		}
+	}
+	return nil
+}
+
+// ReadImageRGB reads an image file and returns it resized to size x size as
+// packed RGB bytes (resized with INTER_LINEAR; INTER_AREA when shrinking by
+// more than 2x, where linear interpolation aliases).
+func ReadImageRGB(path string, size int) ([]byte, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read image: %w", err)
+	}
+	if err := ValidateImageFile(path, data); err != nil {
+		return nil, err
+	}
+	img, err := gocv.IMDecode(data, gocv.IMReadColor)
+	if err != nil {
+		return nil, fmt.Errorf("decode image %s: %w", path, err)
+	}
+	defer img.Close()
+	if img.Empty() {
+		return nil, fmt.Errorf("decode image %s: not an image OpenCV can read", path)
+	}
+	out := make([]byte, size*size*3)
+	if err := ResizeToRGB(img, size, out); err != nil {
+		return nil, fmt.Errorf("image %s: %w", path, err)
+	}
+	return out, nil
+}
+
+// ResizeToRGB resizes a BGR Mat to size x size and writes packed RGB bytes to
+// dst (len size*size*3).
+func ResizeToRGB(src gocv.Mat, size int, dst []byte) error {
+	if len(dst) != size*size*3 {
+		return fmt.Errorf("resize: destination holds %d bytes, want %d", len(dst), size*size*3)
+	}
+	interp := gocv.InterpolationLinear
+	if src.Cols() > 2*size || src.Rows() > 2*size {
+		interp = gocv.InterpolationArea
+	}
+	resized := gocv.NewMat()
+	defer resized.Close()
+	gocv.Resize(src, &resized, image.Pt(size, size), 0, 0, interp)
+	rgb := gocv.NewMat()
+	defer rgb.Close()
+	gocv.CvtColor(resized, &rgb, gocv.ColorBGRToRGB)
+	b, err := rgb.DataPtrUint8()
+	if err != nil {
+		return fmt.Errorf("resize: %w", err)
+	}
+	copy(dst, b)
+	return nil
+}

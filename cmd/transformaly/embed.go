@@ -1,0 +1,158 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/pflag"
+
+	"github.com/transformaly/transformaly/capture"
+	"github.com/transformaly/transformaly/detector"
+	"github.com/transformaly/transformaly/models"
+)
+
+// teacherFlags name a ViT checkpoint and how to read it.
+type teacherFlags struct {
+	path      string
+	imageSize int
+	heads     int
+}
+
+func (t *teacherFlags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&t.path, "teacher", "", "ViT checkpoint: timm model.safetensors or Hugging Face ViT safetensors (required)")
+	fs.IntVar(&t.imageSize, "image-size", 0, "run the ViT at this input size, resizing its position embedding (default: the checkpoint's own)")
+	fs.IntVar(&t.heads, "heads", 0, "attention heads (default: from the checkpoint's metadata or config.json, else dim/64)")
+}
+
+func (t *teacherFlags) load() (*models.ViT, error) {
+	if t.path == "" {
+		return nil, usageError("--teacher is required")
+	}
+	v, err := models.LoadViT(t.path, models.LoadOptions{Heads: t.heads, ImageSize: t.imageSize})
+	if err != nil {
+		return nil, err
+	}
+	slog.Info("teacher loaded", "path", t.path, "layout", v.Layout, "config", v.Describe(), "parameters", v.Parameters())
+	return v, nil
+}
+
+func embedCommand(fs *pflag.FlagSet) func([]string) error {
+	var teacher teacherFlags
+	var rt runtimeFlags
+	teacher.register(fs)
+	asJSON := fs.Bool("json", false, `print one JSON object a line: {"path": ..., "embedding": [...]}`)
+	batch := fs.Int("batch-size", 8, "images per ONNX Runtime call")
+	rt.register(fs)
+	return func(args []string) error {
+		if len(args) == 0 {
+			return usageError("no images given")
+		}
+		if *batch < 1 {
+			return usageError("--batch-size must be at least 1")
+		}
+		v, err := teacher.load()
+		if err != nil {
+			return err
+		}
+		if err := rt.init(); err != nil {
+			return err
+		}
+		graph, err := models.TeacherGraph(v, nil)
+		if err != nil {
+			return err
+		}
+		runner, err := detector.NewRunner(graph, v.ImageSize, []string{models.OutputEmbedding}, detector.RunnerOptions{Threads: rt.threads})
+		if err != nil {
+			return err
+		}
+		defer runner.Close()
+		out := bufio.NewWriter(os.Stdout)
+		defer out.Flush()
+		failed := 0
+		for start := 0; start < len(args); start += *batch {
+			var paths []string
+			var pixels []byte
+			for _, p := range args[start:min(start+*batch, len(args))] {
+				img, err := capture.ReadImageRGB(p, v.ImageSize)
+				if err != nil {
+					slog.Error("skipping image", "err", err)
+					failed++
+					continue
+				}
+				paths = append(paths, p)
+				pixels = append(pixels, img...)
+			}
+			if len(paths) == 0 {
+				continue
+			}
+			res, err := runner.Run(pixels, len(paths))
+			if err != nil {
+				return err
+			}
+			for i, p := range paths {
+				emb := res[0].Data[i*v.Dim : (i+1)*v.Dim]
+				if err := printEmbedding(out, p, emb, *asJSON); err != nil {
+					return err
+				}
+			}
+		}
+		if failed > 0 {
+			return fmt.Errorf("%d of %d images could not be read", failed, len(args))
+		}
+		return nil
+	}
+}
+
+func printEmbedding(out *bufio.Writer, path string, emb []float32, asJSON bool) error {
+	if asJSON {
+		line, err := json.Marshal(struct {
+			Path      string    `json:"path"`
+			Embedding []float32 `json:"embedding"`
+		}{path, emb})
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(out, "%s\n", line)
+		return err
+	}
+	vals := make([]string, len(emb))
+	for i, x := range emb {
+		vals[i] = strconv.FormatFloat(float64(x), 'g', 7, 32)
+	}
+	_, err := fmt.Fprintf(out, "%s\t%s\n", path, strings.Join(vals, " "))
+	return err
+}
+
+func randomViTCommand(fs *pflag.FlagSet) func([]string) error {
+	var c models.Config
+	fs.IntVar(&c.Dim, "dim", 64, "embedding width")
+	fs.IntVar(&c.Depth, "depth", 6, "number of transformer blocks")
+	fs.IntVar(&c.Heads, "heads", 4, "attention heads (must divide --dim)")
+	fs.IntVar(&c.MLPDim, "mlp-dim", 0, "MLP hidden width (default 4 x dim)")
+	fs.IntVar(&c.Patch, "patch", 8, "patch size in pixels")
+	fs.IntVar(&c.ImageSize, "image-size", 64, "input image size in pixels (a multiple of --patch)")
+	seed := fs.Uint64("seed", 1, "random seed: the same seed gives the same weights")
+	out := fs.String("out", "", "output file, e.g. random-vit.safetensors (required)")
+	return func(args []string) error {
+		if len(args) > 0 {
+			return usageError("unexpected arguments %q", args)
+		}
+		if *out == "" {
+			return usageError("--out is required")
+		}
+		v, err := models.RandomViT(c, *seed)
+		if err != nil {
+			return usageError("%v", err)
+		}
+		if err := v.SaveTimm(*out); err != nil {
+			return err
+		}
+		slog.Info("random ViT written", "path", *out, "config", v.Describe(), "parameters", v.Parameters())
+		return nil
+	}
+}

@@ -1,0 +1,138 @@
+package detector_test
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"testing"
+	"time"
+
+	onnx "github.com/yalue/onnxruntime_go"
+
+	"github.com/transformaly/transformaly/detector"
+	"github.com/transformaly/transformaly/internal/ort"
+	"github.com/transformaly/transformaly/models"
+)
+
+func TestMain(m *testing.M) {
+	if err := ort.Init(""); err != nil {
+		println("ONNX Runtime is needed for these tests:", err.Error())
+		os.Exit(1)
+	}
+	os.Exit(m.Run())
+}
+
+// sgemmPeak measures ORT's float32 MatMul speed (GFLOP/s, best of 3) on a
+// 2048^3 product, so graph speeds can be reported as a fraction of it
+// measured minutes apart at most on this shared, noisy machine.
+func sgemmPeak(b *testing.B) float64 {
+	b.Helper()
+	const n = 2048
+	graph, err := models.SgemmGraph(n)
+	if err != nil {
+		b.Fatal(err)
+	}
+	so, err := ort.SessionOptions(0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer so.Destroy()
+	s, err := onnx.NewDynamicAdvancedSessionWithONNXData(graph, []string{"a", "b"}, []string{"c"}, so)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Destroy()
+	data := make([]float32, n*n)
+	for i := range data {
+		data[i] = float32(i%17) / 17
+	}
+	a, _ := onnx.NewTensor(onnx.NewShape(n, n), data)
+	defer a.Destroy()
+	c, _ := onnx.NewEmptyTensor[float32](onnx.NewShape(n, n))
+	defer c.Destroy()
+	best := time.Duration(1 << 62)
+	for range 4 {
+		start := time.Now()
+		if err := s.Run([]onnx.Value{a, a}, []onnx.Value{c}); err != nil {
+			b.Fatal(err)
+		}
+		best = min(best, time.Since(start))
+	}
+	return 2 * n * n * n / best.Seconds() / 1e9
+}
+
+var benchShapes = []struct {
+	name string
+	cfg  models.Config
+}{
+	{"ViT-S16-224", models.Config{Dim: 384, Depth: 12, Heads: 6, MLPDim: 1536, Patch: 16, ImageSize: 224, Eps: 1e-6}},
+	{"ViT-B16-224", models.Config{Dim: 768, Depth: 12, Heads: 12, MLPDim: 3072, Patch: 16, ImageSize: 224, Eps: 1e-6}},
+}
+
+// BenchmarkGraphs reports per-image latency, GFLOP/s and the fraction of
+// the sgemm peak for the teacher and the detector (students on blocks
+// 2..11) at batch 1 and 8.
+func BenchmarkGraphs(b *testing.B) {
+	for _, shape := range benchShapes {
+		v, err := models.RandomViT(shape.cfg, 1)
+		if err != nil {
+			b.Fatal(err)
+		}
+		blocks := []int{2, 3, 4, 5, 6, 7, 8, 9, 10, 11}
+		rng := rand.New(rand.NewPCG(1, 1))
+		students := make([]models.Block, len(blocks))
+		for i := range students {
+			students[i] = models.XavierBlock(v.Config, rng)
+		}
+		teacherFLOPs, blockFLOPs := v.ForwardFLOPs()
+		teacher, err := models.TeacherGraph(v, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		det, err := models.DetectorGraph(v, blocks, students)
+		if err != nil {
+			b.Fatal(err)
+		}
+		graphs := []struct {
+			kind    string
+			model   []byte
+			outputs []string
+			flops   float64
+		}{
+			{"teacher", teacher, []string{models.OutputEmbedding}, teacherFLOPs},
+			{"detector", det, []string{models.OutputEmbedding, models.OutputBlockErrors, models.OutputTokenErrors}, teacherFLOPs + float64(len(blocks))*blockFLOPs},
+		}
+		for _, g := range graphs {
+			for _, batch := range []int{1, 8} {
+				b.Run(fmt.Sprintf("%s/%s/batch%d", shape.name, g.kind, batch), func(b *testing.B) {
+					peak := sgemmPeak(b)
+					r, err := detector.NewRunner(g.model, v.ImageSize, g.outputs, detector.RunnerOptions{})
+					if err != nil {
+						b.Fatal(err)
+					}
+					defer r.Close()
+					images := make([]byte, batch*v.ImageSize*v.ImageSize*3)
+					for i := range images {
+						images[i] = byte(i * 7)
+					}
+					if _, err := r.Run(images, batch); err != nil { // warm-up
+						b.Fatal(err)
+					}
+					b.ResetTimer()
+					for range b.N {
+						if _, err := r.Run(images, batch); err != nil {
+							b.Fatal(err)
+						}
+					}
+					perImage := b.Elapsed().Seconds() / float64(b.N*batch)
+					gflops := g.flops / perImage / 1e9
+					b.ReportMetric(perImage*1e3, "ms/image")
+					b.ReportMetric(g.flops/1e9, "GFLOP/image")
+					b.ReportMetric(gflops, "GFLOP/s")
+					b.ReportMetric(peak, "peak-GFLOP/s")
+					b.ReportMetric(gflops/peak, "of-peak")
+				})
+			}
+		}
+	}
+}
