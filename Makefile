@@ -10,7 +10,7 @@ APT_PACKAGES   := libopencv-dev mosquitto pkg-config gcc
 BIN            := bin/transformaly
 GO_TEST_FLAGS  ?= -timeout 25m
 
-.PHONY: all build deps apt-deps ort-lib test bench vet demo clean
+.PHONY: all build deps apt-deps ort-lib test bench vet demo clean FORCE
 
 all: build
 
@@ -56,7 +56,11 @@ test: deps
 # Benchmarks print per-image latency, GFLOP/s and the fraction of the sgemm
 # peak measured in the same run.
 bench: deps
-	go test -run '^$$' -bench . -benchtime 3x -timeout 60m ./models/
+	go test -run '^$$' -bench . -benchtime 3x -timeout 60m ./detector/
 
 clean:
 	rm -rf bin
+
+demo: build
+	$(BIN) demo --dir demo
+	$(BIN) embed --teacher demo/teacher.safetensors --json demo/defective/missing-000[0-2].png | cut -c1-160

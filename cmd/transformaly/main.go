@@ -28,6 +28,7 @@ type command struct {
 // commands are listed in --help in this order.
 var commands = []command{
 	{"embed", "IMAGE...", "print the teacher's CLS embedding of each image", embedCommand},
+	{"demo", "", "generate a random teacher and synthetic inspection images to try the tool on", demoCommand},
 	{"random-vit", "", "write a seeded random ViT checkpoint (timm layout) for tests and demos", randomViTCommand},
 }
 
