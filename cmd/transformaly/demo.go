@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 
 	"github.com/spf13/pflag"
@@ -25,6 +26,9 @@ func writeDemoData(dir string, size, normals, defectsPerKind int) (demoData, err
 		teacher:   filepath.Join(dir, "teacher.safetensors"),
 		normalDir: filepath.Join(dir, "normal"),
 		defectDir: filepath.Join(dir, "defective"),
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return d, fmt.Errorf("create demo folder: %w", err)
 	}
 	v, err := models.RandomViT(models.Config{Dim: 96, Depth: 6, Heads: 4, Patch: 8, ImageSize: size}, 1)
 	if err != nil {
