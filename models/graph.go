@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
+	"slices"
 
 	"google.golang.org/protobuf/proto"
 
@@ -36,11 +37,17 @@ type Graph struct {
 	inputs  []*onnxpb.ValueInfoProto
 	outputs []*onnxpb.ValueInfoProto
 	counter int
-	consts  map[string]string // dedupe of small constants by key
+	consts  map[string]string  // dedupe of small constants by key
+	ints    map[string][]int64 // values of int64 constants, by name
+	// ranks holds each value's rank where known; the backward rules need it
+	// for axes and transposes, and dynamic shapes make full shapes unknown.
+	ranks map[string]int
 }
 
 // NewGraph starts an empty graph.
-func NewGraph() *Graph { return &Graph{consts: map[string]string{}} }
+func NewGraph() *Graph {
+	return &Graph{consts: map[string]string{}, ints: map[string][]int64{}, ranks: map[string]int{}}
+}
 
 // Dim is one dimension of a graph input or output: an int for a fixed size
 // or a string for a named dynamic one.
@@ -69,6 +76,7 @@ func valueInfo(name string, elem int32, dims []Dim) *onnxpb.ValueInfoProto {
 // Input declares a graph input and returns its name.
 func (g *Graph) Input(name string, elem int32, dims ...Dim) string {
 	g.inputs = append(g.inputs, valueInfo(name, elem, dims))
+	g.ranks[name] = len(dims)
 	return name
 }
 
@@ -98,8 +106,15 @@ func (g *Graph) OpN(op string, inputs []string, n int, attrs ...*onnxpb.Attribut
 	for i := range outs {
 		outs[i] = fmt.Sprintf("%s_out%d", name, i)
 	}
-	g.nodes = append(g.nodes, &onnxpb.NodeProto{OpType: proto.String(op), Name: proto.String(name), Input: inputs, Output: outs, Attribute: attrs})
-	return outs
+	node := &onnxpb.NodeProto{OpType: proto.String(op), Name: proto.String(name), Input: inputs, Output: outs, Attribute: attrs}
+	g.nodes = append(g.nodes, node)
+	if r := g.outputRank(node); r >= 0 {
+		for _, o := range outs {
+			g.ranks[o] = r
+		}
+	}
+	return slices.Clone(outs) // callers may reuse the slice; the node keeps its own
+
 }
 
 // Weight adds a float32 initializer.
@@ -112,6 +127,7 @@ func (g *Graph) Weight(name string, data []float32, shape ...int) string {
 		binary.LittleEndian.PutUint32(raw[4*i:], math.Float32bits(x))
 	}
 	g.inits = append(g.inits, &onnxpb.TensorProto{Name: proto.String(name), DataType: proto.Int32(Float32), Dims: int64s(shape), RawData: raw})
+	g.ranks[name] = len(shape)
 	return name
 }
 
@@ -123,6 +139,7 @@ func (g *Graph) Scalar(x float32) string {
 	}
 	n := g.Weight(g.fresh("scalar"), []float32{x})
 	g.inits[len(g.inits)-1].Dims = nil
+	g.ranks[n] = 0
 	g.consts[key] = n
 	return n
 }
@@ -144,11 +161,96 @@ func (g *Graph) Ints(values []int64, shape ...int) string {
 	n := g.fresh("ints")
 	g.inits = append(g.inits, &onnxpb.TensorProto{Name: proto.String(n), DataType: proto.Int32(Int64), Dims: int64s(shape), RawData: raw})
 	g.consts[key] = n
+	g.ints[n] = values
+	g.ranks[n] = len(shape)
 	return n
 }
 
 // Shape is a 1-D int64 constant for Reshape/Expand.
 func (g *Graph) Shape(dims ...int64) string { return g.Ints(dims, len(dims)) }
+
+// outputRank infers the rank of a node's outputs from its inputs' ranks for
+// the operators this project emits; -1 when unknown.
+func (g *Graph) outputRank(n *onnxpb.NodeProto) int {
+	in := func(i int) int {
+		if i >= len(n.Input) {
+			return -1
+		}
+		if r, ok := g.ranks[n.Input[i]]; ok {
+			return r
+		}
+		return -1
+	}
+	switch n.GetOpType() {
+	case "Add", "Sub", "Mul", "Div", "Sum", "Where", "Expand":
+		r := -1
+		for i := range n.Input {
+			r = max(r, in(i))
+		}
+		if n.GetOpType() == "Expand" {
+			if shape, ok := g.ints[n.Input[1]]; ok {
+				r = max(in(0), len(shape))
+			}
+		}
+		return r
+	case "Gemm":
+		return 2
+	case "MatMul":
+		return max(in(0), in(1))
+	case "Reshape":
+		if shape, ok := g.ints[n.Input[1]]; ok {
+			return len(shape)
+		}
+		return -1
+	case "Shape":
+		return 1
+	case "Size":
+		return 0
+	case "Squeeze", "Unsqueeze":
+		axes, ok := g.ints[n.Input[1]]
+		if !ok || in(0) < 0 {
+			return -1
+		}
+		if n.GetOpType() == "Squeeze" {
+			return in(0) - len(axes)
+		}
+		return in(0) + len(axes)
+	case "ReduceMean", "ReduceSum":
+		if attrInt(n, "keepdims", 1) == 1 || in(0) < 0 {
+			return in(0)
+		}
+		axes := attrInts(n, "axes")
+		if n.GetOpType() == "ReduceSum" && len(n.Input) > 1 {
+			axes = g.ints[n.Input[1]]
+		}
+		return in(0) - len(axes)
+	case "Gather":
+		if r, ok := g.ranks[n.Input[1]]; ok && in(0) >= 0 {
+			return in(0) - 1 + r
+		}
+		return -1
+	default: // elementwise, Transpose, Softmax, LayerNormalization, Split, Concat, Cast, Conv, Pad, Identity, Neg, Erf, Exp
+		return in(0)
+	}
+}
+
+func attrInt(n *onnxpb.NodeProto, name string, def int64) int64 {
+	for _, a := range n.Attribute {
+		if a.GetName() == name {
+			return a.GetI()
+		}
+	}
+	return def
+}
+
+func attrInts(n *onnxpb.NodeProto, name string) []int64 {
+	for _, a := range n.Attribute {
+		if a.GetName() == name {
+			return a.GetInts()
+		}
+	}
+	return nil
+}
 
 func int64s(xs []int) []int64 {
 	out := make([]int64, len(xs))

@@ -30,19 +30,58 @@ type blockValues struct {
 	ls1, ls2                                 string // "" without layer scale
 }
 
-func (g *Graph) blockWeights(prefix string, b Block, c Config) blockValues {
+// BlockParam is one parameter tensor of a block: its name suffix, shape and
+// where it lives in a Block.
+type BlockParam struct {
+	Name  string
+	Shape []int
+	Data  *[]float32
+	value *string // the blockValues field naming it in a graph
+}
+
+// blockParams lists b's parameters in a fixed order (layer scales only when
+// present), tying each to its field in Block and in blockValues.
+func blockParams(b *Block, c Config, w *blockValues) []BlockParam {
 	d, m := c.Dim, c.MLPDim
-	w := blockValues{
-		norm1W: g.Weight(prefix+".norm1.weight", b.Norm1W, d), norm1B: g.Weight(prefix+".norm1.bias", b.Norm1B, d),
-		qkvW: g.Weight(prefix+".qkv.weight", b.QKVW, 3*d, d), qkvB: g.Weight(prefix+".qkv.bias", b.QKVB, 3*d),
-		projW: g.Weight(prefix+".proj.weight", b.ProjW, d, d), projB: g.Weight(prefix+".proj.bias", b.ProjB, d),
-		norm2W: g.Weight(prefix+".norm2.weight", b.Norm2W, d), norm2B: g.Weight(prefix+".norm2.bias", b.Norm2B, d),
-		fc1W: g.Weight(prefix+".fc1.weight", b.FC1W, m, d), fc1B: g.Weight(prefix+".fc1.bias", b.FC1B, m),
-		fc2W: g.Weight(prefix+".fc2.weight", b.FC2W, d, m), fc2B: g.Weight(prefix+".fc2.bias", b.FC2B, d),
+	ps := []BlockParam{
+		{"norm1.weight", []int{d}, &b.Norm1W, &w.norm1W}, {"norm1.bias", []int{d}, &b.Norm1B, &w.norm1B},
+		{"qkv.weight", []int{3 * d, d}, &b.QKVW, &w.qkvW}, {"qkv.bias", []int{3 * d}, &b.QKVB, &w.qkvB},
+		{"proj.weight", []int{d, d}, &b.ProjW, &w.projW}, {"proj.bias", []int{d}, &b.ProjB, &w.projB},
+		{"norm2.weight", []int{d}, &b.Norm2W, &w.norm2W}, {"norm2.bias", []int{d}, &b.Norm2B, &w.norm2B},
+		{"fc1.weight", []int{m, d}, &b.FC1W, &w.fc1W}, {"fc1.bias", []int{m}, &b.FC1B, &w.fc1B},
+		{"fc2.weight", []int{d, m}, &b.FC2W, &w.fc2W}, {"fc2.bias", []int{d}, &b.FC2B, &w.fc2B},
 	}
 	if b.LayerScale1 != nil {
-		w.ls1 = g.Weight(prefix+".ls1", b.LayerScale1, d)
-		w.ls2 = g.Weight(prefix+".ls2", b.LayerScale2, d)
+		ps = append(ps, BlockParam{"ls1", []int{d}, &b.LayerScale1, &w.ls1}, BlockParam{"ls2", []int{d}, &b.LayerScale2, &w.ls2})
+	}
+	return ps
+}
+
+// Params lists the block's parameters in the order training graphs take
+// them.
+func (b *Block) Params(c Config) []BlockParam {
+	return blockParams(b, c, &blockValues{})
+}
+
+// blockWeights adds b's parameters to the graph as initializers.
+func (g *Graph) blockWeights(prefix string, b Block, c Config) blockValues {
+	var w blockValues
+	for _, p := range blockParams(&b, c, &w) {
+		*p.value = g.Weight(prefix+"."+p.Name, *p.Data, p.Shape...)
+	}
+	return w
+}
+
+// blockInputs declares a block's parameters as graph inputs named
+// prefix.<param>, for graphs that take the weights at run time (training).
+func (g *Graph) blockInputs(prefix string, b Block, c Config) blockValues {
+	var w blockValues
+	for _, p := range blockParams(&b, c, &w) {
+		dims := make([]Dim, len(p.Shape))
+		for i, d := range p.Shape {
+			dims[i] = d
+		}
+		*p.value = g.Input(prefix+"."+p.Name, Float32, dims...)
 	}
 	return w
 }
@@ -72,13 +111,14 @@ func (g *Graph) block(x string, w blockValues, c Config) string {
 	qkv := g.linear(g.layerNorm(x, w.norm1W, w.norm1B, c.Eps), w.qkvW, w.qkvB) // [N*T, 3D]
 	qkv = g.Op("Reshape", []string{qkv, g.Shape(-1, t, 3, h, dh)})
 	qkv = g.Op("Transpose", []string{qkv}, AttrInts("perm", 2, 0, 3, 1, 4)) // [3, N, H, T, dh]
-	part := func(i int64) string {
-		return g.Op("Gather", []string{qkv, g.Ints([]int64{i})}, AttrInt("axis", 0)) // [N, H, T, dh]
+	parts := g.OpN("Split", []string{qkv}, 3, AttrInt("axis", 0))
+	for i := range parts {
+		parts[i] = g.Op("Squeeze", []string{parts[i], g.Ints([]int64{0}, 1)}) // [N, H, T, dh]
 	}
-	q := g.Op("Mul", []string{part(0), g.Scalar(float32(1 / math.Sqrt(float64(dh))))})
-	kT := g.Op("Transpose", []string{part(1)}, AttrInts("perm", 0, 1, 3, 2))
+	q := g.Op("Mul", []string{parts[0], g.Scalar(float32(1 / math.Sqrt(float64(dh))))})
+	kT := g.Op("Transpose", []string{parts[1]}, AttrInts("perm", 0, 1, 3, 2))
 	attn := g.Op("Softmax", []string{g.Op("MatMul", []string{q, kT})}, AttrInt("axis", -1)) // [N, H, T, T]
-	ctx := g.Op("MatMul", []string{attn, part(2)})                                          // [N, H, T, dh]
+	ctx := g.Op("MatMul", []string{attn, parts[2]})                                         // [N, H, T, dh]
 	ctx = g.Op("Transpose", []string{ctx}, AttrInts("perm", 0, 2, 1, 3))
 	ctx = g.Op("Reshape", []string{ctx, g.Shape(-1, d)})
 	y := g.linear(ctx, w.projW, w.projB)
