@@ -259,7 +259,9 @@ func (g *Graph) vjp(n *onnxpb.NodeProto, dys []string, needs map[string]bool) ([
 		}
 		if n.GetOpType() == "ReduceMean" {
 			// 1/count = size(dy) / size(x), known only at run time.
-			toF := func(v string) string { return g.Op("Cast", []string{g.Op("Size", []string{v})}, AttrInt("to", int64(Float32))) }
+			toF := func(v string) string {
+				return g.Op("Cast", []string{g.Op("Size", []string{v})}, AttrInt("to", int64(Float32)))
+			}
 			grad = g.Op("Mul", []string{grad, g.Op("Div", []string{toF(dy), toF(in[0])})})
 		}
 		dx[0] = g.Op("Expand", []string{grad, g.Op("Shape", []string{in[0]})})

@@ -60,7 +60,7 @@ func TrainingGraph(v *ViT, blocks []int, withGrads bool) ([]byte, error) {
 		diff := g.Op("Sub", []string{s, ins[i+1]})
 		perToken := g.Op("ReduceMean", []string{g.Op("Mul", []string{diff, diff})}, AttrInts("axes", 1), AttrInt("keepdims", 0))
 		blockErr := g.Op("ReduceMean", []string{g.Op("Reshape", []string{perToken, g.Shape(-1, t)})}, AttrInts("axes", 1), AttrInt("keepdims", 0)) // [N]
-		loss := g.Op("ReduceMean", []string{blockErr}, AttrInts("axes", 0), AttrInt("keepdims", 1))                                                  // [1]
+		loss := g.Op("ReduceMean", []string{blockErr}, AttrInts("axes", 0), AttrInt("keepdims", 1))                                                // [1]
 		seeds[loss] = one
 		losses = append(losses, loss)
 		perImage = append(perImage, g.Op("Unsqueeze", []string{blockErr, g.Ints([]int64{1}, 1)}))
