@@ -5,9 +5,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"testing"
-	"time"
-
-	onnx "github.com/yalue/onnxruntime_go"
 
 	"github.com/transformaly/transformaly/detector"
 	"github.com/transformaly/transformaly/internal/ort"
@@ -22,43 +19,13 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// sgemmPeak measures ORT's float32 MatMul speed (GFLOP/s, best of 3) on a
-// 2048^3 product, so graph speeds can be reported as a fraction of it
-// measured minutes apart at most on this shared, noisy machine.
 func sgemmPeak(b *testing.B) float64 {
 	b.Helper()
-	const n = 2048
-	graph, err := models.SgemmGraph(n)
+	peak, err := detector.MeasureSgemmPeak(2048)
 	if err != nil {
 		b.Fatal(err)
 	}
-	so, err := ort.SessionOptions(0)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer so.Destroy()
-	s, err := onnx.NewDynamicAdvancedSessionWithONNXData(graph, []string{"a", "b"}, []string{"c"}, so)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer s.Destroy()
-	data := make([]float32, n*n)
-	for i := range data {
-		data[i] = float32(i%17) / 17
-	}
-	a, _ := onnx.NewTensor(onnx.NewShape(n, n), data)
-	defer a.Destroy()
-	c, _ := onnx.NewEmptyTensor[float32](onnx.NewShape(n, n))
-	defer c.Destroy()
-	best := time.Duration(1 << 62)
-	for range 4 {
-		start := time.Now()
-		if err := s.Run([]onnx.Value{a, a}, []onnx.Value{c}); err != nil {
-			b.Fatal(err)
-		}
-		best = min(best, time.Since(start))
-	}
-	return 2 * n * n * n / best.Seconds() / 1e9
+	return peak
 }
 
 var benchShapes = []struct {
