@@ -8,3 +8,5 @@ require (
 	gocv.io/x/gocv v0.32.0
 	google.golang.org/protobuf v1.36.12
 )
+
+require gonum.org/v1/gonum v0.17.0

@@ -27,6 +27,10 @@ type command struct {
 
 // commands are listed in --help in this order.
 var commands = []command{
+	{"fit", "", "train the students on normal images and write a detector bundle", fitCommand},
+	{"score", "IMAGE...", "score images with a bundle", scoreCommand},
+	{"eval", "", "measure a bundle's AUROC on labelled normal and anomalous images", evalCommand},
+	{"inspect", "BUNDLE", "print a bundle's metadata", inspectCommand},
 	{"embed", "IMAGE...", "print the teacher's CLS embedding of each image", embedCommand},
 	{"demo", "", "generate a random teacher and synthetic inspection images to try the tool on", demoCommand},
 	{"random-vit", "", "write a seeded random ViT checkpoint (timm layout) for tests and demos", randomViTCommand},

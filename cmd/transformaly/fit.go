@@ -1,0 +1,359 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"math"
+	"os"
+	"os/signal"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/pflag"
+	"gonum.org/v1/gonum/integrate"
+	"gonum.org/v1/gonum/stat"
+
+	"github.com/transformaly/transformaly/capture"
+	"github.com/transformaly/transformaly/detector"
+	"github.com/transformaly/transformaly/fit"
+	"github.com/transformaly/transformaly/models"
+)
+
+// parseBlocks reads "2-11", "0,3,5" or "3-5,8" (0-based teacher blocks).
+func parseBlocks(s string) ([]int, error) {
+	var out []int
+	for _, part := range strings.Split(s, ",") {
+		lo, hi, isRange := strings.Cut(strings.TrimSpace(part), "-")
+		a, err := strconv.Atoi(lo)
+		if err != nil {
+			return nil, fmt.Errorf("--blocks %q: %q is not a block number", s, lo)
+		}
+		b := a
+		if isRange {
+			if b, err = strconv.Atoi(hi); err != nil || b < a {
+				return nil, fmt.Errorf("--blocks %q: %q is not a range like 2-11", s, part)
+			}
+		}
+		for i := a; i <= b; i++ {
+			out = append(out, i)
+		}
+	}
+	return out, nil
+}
+
+func fitCommand(fs *pflag.FlagSet) func([]string) error {
+	var teacher teacherFlags
+	var rt runtimeFlags
+	teacher.register(fs)
+	normal := fs.String("normal", "", "folder of normal images (png, jpg, bmp; searched recursively) (required)")
+	out := fs.String("out", "", "bundle file to write, e.g. line3.tfy (required)")
+	valFraction := fs.Float64("val-fraction", 0.1, "share of the normal images held out to pick the best epoch and calibrate the threshold")
+	blocks := fs.String("blocks", "", "0-based teacher blocks that get a student, e.g. 2-11 (default: all but the first two)")
+	epochs := fs.Int("epochs", 30, "training epochs")
+	batch := fs.Int("batch-size", 16, "images per training step")
+	lr := fs.Float64("lr", 1e-4, "Adam learning rate")
+	seed := fs.Uint64("seed", 1, "seed for the split, the student initialisation and the shuffling")
+	whitening := fs.Float64("whitening", 0.9, "PCA explained-variance fraction kept for the embedding's Gaussian")
+	quantile := fs.Float64("threshold-quantile", 0.995, "quantile of held-out normal scores used as the default alert threshold")
+	resume := fs.Bool("resume", false, "continue an interrupted fit of the same --out from its last finished epoch")
+	rt.register(fs)
+	return func(args []string) error {
+		if len(args) > 0 {
+			return usageError("unexpected arguments %q", args)
+		}
+		if *normal == "" || *out == "" {
+			return usageError("--normal and --out are required")
+		}
+		if st, err := os.Stat(*normal); err != nil || !st.IsDir() {
+			return fmt.Errorf("--normal %s: not a readable folder", *normal)
+		}
+		v, err := teacher.load()
+		if err != nil {
+			return err
+		}
+		var blockList []int
+		if *blocks != "" {
+			if blockList, err = parseBlocks(*blocks); err != nil {
+				return usageError("%v", err)
+			}
+		}
+		if err := rt.init(); err != nil {
+			return err
+		}
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		info, err := fit.Run(ctx, fit.Options{
+			Teacher: v, TeacherPath: teacher.path, NormalDir: *normal, Blocks: blockList,
+			ValFraction: *valFraction, Epochs: *epochs, BatchSize: *batch, LR: *lr, Seed: *seed,
+			Whitening: *whitening, Quantile: *quantile, Threads: rt.threads, Out: *out, Resume: *resume,
+			Progress: progressLogger(),
+		})
+		if err != nil {
+			return err
+		}
+		slog.Info("bundle written", "path", *out, "threshold", info.Threshold, "train_images", info.Training.TrainImages,
+			"val_images", info.Training.ValImages, "seconds", math.Round(info.Training.Seconds))
+		return nil
+	}
+}
+
+// progressLogger logs training progress at most every 10 seconds, and every
+// finished epoch.
+func progressLogger() func(fit.Progress) {
+	var last time.Time
+	return func(p fit.Progress) {
+		switch {
+		case !math.IsNaN(p.ValLoss):
+			slog.Info("epoch finished", "epoch", fmt.Sprintf("%d/%d", p.Epoch, p.Epochs), "train_loss", p.TrainLoss, "val_loss", p.ValLoss)
+		case time.Since(last) >= 10*time.Second:
+			last = time.Now()
+			if p.Phase == "features" {
+				slog.Info("computing features", "batch", fmt.Sprintf("%d/%d", p.Batch, p.Batches))
+				return
+			}
+			slog.Info("training", "epoch", fmt.Sprintf("%d/%d", p.Epoch, p.Epochs), "batch", fmt.Sprintf("%d/%d", p.Batch, p.Batches),
+				"images_per_s", math.Round(p.ImagesPerSecond*10)/10, "train_loss", p.TrainLoss, "left", p.Remaining.Round(time.Second))
+		}
+	}
+}
+
+// scoreFiles scores image files in batches, calling fn for each readable
+// one; unreadable files are logged and counted.
+func scoreFiles(det *detector.Detector, paths []string, batch int, threshold float64, fn func(path string, r detector.Result) error) (failed int, err error) {
+	for start := 0; start < len(paths); start += batch {
+		var ok []string
+		var pixels []byte
+		for _, p := range paths[start:min(start+batch, len(paths))] {
+			img, err := capture.ReadImageRGB(p, det.Size())
+			if err != nil {
+				slog.Error("skipping image", "err", err)
+				failed++
+				continue
+			}
+			ok = append(ok, p)
+			pixels = append(pixels, img...)
+		}
+		if len(ok) == 0 {
+			continue
+		}
+		res, err := det.Score(pixels, len(ok), threshold)
+		if err != nil {
+			return failed, err
+		}
+		for i, p := range ok {
+			if err := fn(p, res[i]); err != nil {
+				return failed, err
+			}
+		}
+	}
+	return failed, nil
+}
+
+// modelFlags name a bundle.
+type modelFlags struct {
+	path      string
+	threshold float64
+}
+
+func (m *modelFlags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&m.path, "model", "", "bundle written by `transformaly fit` (required)")
+	fs.Float64Var(&m.threshold, "threshold", 0, "alert threshold on the score (default: the bundle's calibrated one)")
+}
+
+func (m *modelFlags) load(rt runtimeFlags) (*detector.Detector, error) {
+	if m.path == "" {
+		return nil, usageError("--model is required")
+	}
+	if err := rt.init(); err != nil {
+		return nil, err
+	}
+	return detector.Load(m.path, detector.RunnerOptions{Threads: rt.threads})
+}
+
+type scoreLine struct {
+	Path         string    `json:"path"`
+	Score        float64   `json:"score"`
+	LLPretrained float64   `json:"ll_pretrained"`
+	LLStudent    float64   `json:"ll_student"`
+	BlockErrors  []float32 `json:"block_errors"`
+	Anomalous    bool      `json:"anomalous"`
+	Threshold    float64   `json:"threshold"`
+	Embedding    []float32 `json:"embedding,omitempty"`
+}
+
+func scoreCommand(fs *pflag.FlagSet) func([]string) error {
+	var model modelFlags
+	var rt runtimeFlags
+	model.register(fs)
+	asJSON := fs.Bool("json", false, "print one JSON object a line: path, score, ll_pretrained, ll_student, block_errors, anomalous, threshold")
+	withEmbedding := fs.Bool("embedding", false, "include the teacher's embedding")
+	batch := fs.Int("batch-size", 8, "images per ONNX Runtime call")
+	rt.register(fs)
+	return func(args []string) error {
+		if len(args) == 0 {
+			return usageError("no images given")
+		}
+		det, err := model.load(rt)
+		if err != nil {
+			return err
+		}
+		defer det.Close()
+		threshold := model.threshold
+		if threshold <= 0 {
+			threshold = det.Info.Threshold
+		}
+		enc := json.NewEncoder(os.Stdout)
+		failed, err := scoreFiles(det, args, max(*batch, 1), threshold, func(p string, r detector.Result) error {
+			line := scoreLine{Path: p, Score: r.Score, LLPretrained: r.LLPretrained, LLStudent: r.LLStudent,
+				BlockErrors: r.BlockErrors, Anomalous: r.Anomalous, Threshold: threshold}
+			if *withEmbedding {
+				line.Embedding = r.Embedding
+			}
+			if *asJSON {
+				return enc.Encode(line)
+			}
+			verdict := "normal"
+			if r.Anomalous {
+				verdict = "ANOMALOUS"
+			}
+			_, err := fmt.Printf("%s\tscore=%.3f\t%s\tll_pretrained=%.3f\tll_student=%.3f\tblock_errors=%v\n", p, r.Score, verdict, r.LLPretrained, r.LLStudent, r.BlockErrors)
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		if failed > 0 {
+			return fmt.Errorf("%d of %d images could not be read", failed, len(args))
+		}
+		return nil
+	}
+}
+
+// evalReport is what eval prints.
+type evalReport struct {
+	AUROC           float64 `json:"auroc"`
+	AUROCPretrained float64 `json:"auroc_pretrained"`
+	AUROCStudent    float64 `json:"auroc_student"`
+	Threshold       float64 `json:"threshold"`
+	FalseAlarmRate  float64 `json:"false_alarm_rate"`
+	DetectionRate   float64 `json:"detection_rate"`
+	NormalImages    int     `json:"normal_images"`
+	AnomalousImages int     `json:"anomalous_images"`
+	SkippedImages   int     `json:"skipped_images"`
+}
+
+// AUROC is the area under the ROC curve of scores where higher means
+// anomalous (gonum's ROC, integrated with the trapezoidal rule).
+func AUROC(normal, anomalous []float64) float64 {
+	scores := append(append([]float64{}, normal...), anomalous...)
+	classes := make([]bool, len(scores))
+	for i := len(normal); i < len(scores); i++ {
+		classes[i] = true
+	}
+	idx := make([]int, len(scores))
+	for i := range idx {
+		idx[i] = i
+	}
+	sort.Slice(idx, func(a, b int) bool { return scores[idx[a]] < scores[idx[b]] })
+	sorted, sortedClasses := make([]float64, len(scores)), make([]bool, len(scores))
+	for i, j := range idx {
+		sorted[i], sortedClasses[i] = scores[j], classes[j]
+	}
+	tpr, fpr, _ := stat.ROC(nil, sorted, sortedClasses, nil)
+	return integrate.Trapezoidal(fpr, tpr)
+}
+
+func evalCommand(fs *pflag.FlagSet) func([]string) error {
+	var model modelFlags
+	var rt runtimeFlags
+	model.register(fs)
+	normalDir := fs.String("normal", "", "folder of normal test images (required)")
+	anomalousDir := fs.String("anomalous", "", "folder of anomalous test images (required)")
+	asJSON := fs.Bool("json", false, "print one JSON object: auroc, auroc_pretrained, auroc_student, false_alarm_rate, detection_rate, threshold and image counts")
+	batch := fs.Int("batch-size", 8, "images per ONNX Runtime call")
+	rt.register(fs)
+	return func(args []string) error {
+		if len(args) > 0 {
+			return usageError("unexpected arguments %q", args)
+		}
+		if *normalDir == "" || *anomalousDir == "" {
+			return usageError("--normal and --anomalous are required")
+		}
+		det, err := model.load(rt)
+		if err != nil {
+			return err
+		}
+		defer det.Close()
+		rep := evalReport{Threshold: model.threshold}
+		if rep.Threshold <= 0 {
+			rep.Threshold = det.Info.Threshold
+		}
+		type scores struct{ all, pre, stu []float64 }
+		var sets [2]scores
+		for i, dir := range []string{*normalDir, *anomalousDir} {
+			paths, err := fit.ListImages(dir)
+			if err != nil {
+				return err
+			}
+			if len(paths) == 0 {
+				return fmt.Errorf("no images (png, jpg, jpeg, bmp) under %s", dir)
+			}
+			failed, err := scoreFiles(det, paths, max(*batch, 1), rep.Threshold, func(_ string, r detector.Result) error {
+				sets[i].all = append(sets[i].all, r.Score)
+				sets[i].pre = append(sets[i].pre, -r.LLPretrained)
+				sets[i].stu = append(sets[i].stu, -r.LLStudent)
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			rep.SkippedImages += failed
+			if len(sets[i].all) == 0 {
+				return fmt.Errorf("no readable images under %s", dir)
+			}
+		}
+		rep.NormalImages, rep.AnomalousImages = len(sets[0].all), len(sets[1].all)
+		rep.AUROC = AUROC(sets[0].all, sets[1].all)
+		rep.AUROCPretrained = AUROC(sets[0].pre, sets[1].pre)
+		rep.AUROCStudent = AUROC(sets[0].stu, sets[1].stu)
+		rep.FalseAlarmRate = fractionAbove(sets[0].all, rep.Threshold)
+		rep.DetectionRate = fractionAbove(sets[1].all, rep.Threshold)
+		if *asJSON {
+			return json.NewEncoder(os.Stdout).Encode(rep)
+		}
+		fmt.Printf("images: %d normal, %d anomalous (%d skipped)\n", rep.NormalImages, rep.AnomalousImages, rep.SkippedImages)
+		fmt.Printf("AUROC: %.4f combined, %.4f pretrained feature, %.4f teacher-student feature\n", rep.AUROC, rep.AUROCPretrained, rep.AUROCStudent)
+		fmt.Printf("at threshold %.4g: false alarm rate %.4f, detection rate %.4f\n", rep.Threshold, rep.FalseAlarmRate, rep.DetectionRate)
+		return nil
+	}
+}
+
+func fractionAbove(xs []float64, t float64) float64 {
+	n := 0
+	for _, x := range xs {
+		if x > t {
+			n++
+		}
+	}
+	return float64(n) / float64(len(xs))
+}
+
+func inspectCommand(fs *pflag.FlagSet) func([]string) error {
+	return func(args []string) error {
+		if len(args) != 1 {
+			return usageError("give exactly one bundle file")
+		}
+		info, _, err := models.ReadBundle(args[0])
+		if err != nil {
+			return err
+		}
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(info)
+	}
+}

@@ -1,0 +1,79 @@
+package detector
+
+import (
+	"fmt"
+
+	"github.com/transformaly/transformaly/models"
+)
+
+// Detector scores images with a bundle: one ORT session over the scored
+// detector graph.
+type Detector struct {
+	Info   models.BundleInfo
+	Path   string
+	runner *Runner
+}
+
+// Result is one image's verdict.
+type Result struct {
+	Score        float64
+	LLPretrained float64
+	LLStudent    float64
+	BlockErrors  []float32
+	TokenErrors  []float32 // [blocks * tokens], for heatmaps
+	Embedding    []float32
+	Anomalous    bool
+}
+
+var detectorOutputs = []string{
+	models.OutputScore, models.OutputLLPretrained, models.OutputLLStudent,
+	models.OutputBlockErrors, models.OutputTokenErrors, models.OutputEmbedding,
+}
+
+// Load reads a bundle and opens its session.
+func Load(path string, opts RunnerOptions) (*Detector, error) {
+	info, model, err := models.ReadBundle(path)
+	if err != nil {
+		return nil, err
+	}
+	r, err := NewRunner(model, info.ImageSize, detectorOutputs, opts)
+	if err != nil {
+		return nil, fmt.Errorf("load bundle %s: %w", path, err)
+	}
+	return &Detector{Info: info, Path: path, runner: r}, nil
+}
+
+// Size is the image side length the bundle takes.
+func (d *Detector) Size() int { return d.Info.ImageSize }
+
+// Score runs n packed RGB images of Size() squared. threshold <= 0 uses the
+// bundle's own.
+func (d *Detector) Score(images []byte, n int, threshold float64) ([]Result, error) {
+	if threshold <= 0 {
+		threshold = d.Info.Threshold
+	}
+	out, err := d.runner.Run(images, n)
+	if err != nil {
+		return nil, err
+	}
+	nb := len(d.Info.Blocks)
+	tokens := len(out[4].Data) / max(n*nb, 1)
+	dim := len(out[5].Data) / n
+	res := make([]Result, n)
+	for i := range res {
+		r := Result{
+			Score:        float64(out[0].Data[i]),
+			LLPretrained: float64(out[1].Data[i]),
+			LLStudent:    float64(out[2].Data[i]),
+			BlockErrors:  out[3].Data[i*nb : (i+1)*nb],
+			TokenErrors:  out[4].Data[i*nb*tokens : (i+1)*nb*tokens],
+			Embedding:    out[5].Data[i*dim : (i+1)*dim],
+		}
+		r.Anomalous = r.Score > threshold
+		res[i] = r
+	}
+	return res, nil
+}
+
+// Close releases the session.
+func (d *Detector) Close() error { return d.runner.Close() }

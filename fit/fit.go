@@ -1,0 +1,376 @@
+package fit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"math/rand/v2"
+	"os"
+	"slices"
+	"sort"
+	"strconv"
+	"time"
+
+	"gonum.org/v1/gonum/mat"
+
+	"github.com/transformaly/transformaly/detector"
+	"github.com/transformaly/transformaly/models"
+)
+
+// Options are everything a fit needs.
+type Options struct {
+	Teacher     *models.ViT
+	TeacherPath string
+	NormalDir   string
+	Blocks      []int // 0-based teacher blocks with a student; nil: DefaultBlocks
+	ValFraction float64
+	Epochs      int
+	BatchSize   int
+	LR          float64
+	Seed        uint64
+	Whitening   float64 // PCA explained-variance fraction for feature 1
+	Quantile    float64 // of held-out normal scores, for the threshold
+	Threads     int
+	Out         string // bundle path
+	Resume      bool
+	// Progress, when set, is called after every batch and epoch.
+	Progress func(Progress)
+}
+
+// Progress reports where a fit is.
+type Progress struct {
+	Phase           string // "train" or "features"
+	Epoch, Epochs   int    // 1-based
+	Batch, Batches  int
+	ImagesPerSecond float64
+	TrainLoss       float64 // mean over this epoch's batches so far, summed over blocks
+	ValLoss         float64 // at the end of an epoch, summed over blocks (NaN otherwise)
+	Remaining       time.Duration
+}
+
+// ErrInterrupted is returned when the context ends a fit; finished epochs
+// are kept in the state file for Resume.
+var ErrInterrupted = errors.New("fit interrupted")
+
+// DefaultBlocks is the paper's choice adapted to the depth: every block but
+// the first two (blocks 2..11 of a 12-block ViT); all blocks of a ViT with
+// three or fewer.
+func DefaultBlocks(depth int) []int {
+	first := 2
+	if depth <= 3 {
+		first = 0
+	}
+	var b []int
+	for i := first; i < depth; i++ {
+		b = append(b, i)
+	}
+	return b
+}
+
+// StatePath is where an unfinished fit of the bundle out keeps its epochs.
+func StatePath(out string) string { return out + ".fit-state" }
+
+func (o *Options) check() error {
+	switch {
+	case o.Teacher == nil:
+		return errors.New("no teacher")
+	case o.Out == "":
+		return errors.New("no output bundle path")
+	case o.Epochs < 1:
+		return fmt.Errorf("epochs %d: need at least 1", o.Epochs)
+	case o.BatchSize < 1:
+		return fmt.Errorf("batch size %d: need at least 1", o.BatchSize)
+	case o.LR <= 0:
+		return fmt.Errorf("learning rate %g: must be positive", o.LR)
+	case o.ValFraction < 0 || o.ValFraction >= 1:
+		return fmt.Errorf("validation fraction %g: must be in [0, 1)", o.ValFraction)
+	case o.Quantile <= 0 || o.Quantile >= 1:
+		return fmt.Errorf("threshold quantile %g: must be in (0, 1)", o.Quantile)
+	}
+	if o.Blocks == nil {
+		o.Blocks = DefaultBlocks(o.Teacher.Depth)
+	}
+	return nil
+}
+
+// Run fits a detector and writes its bundle to o.Out.
+func Run(ctx context.Context, o Options) (models.BundleInfo, error) {
+	var info models.BundleInfo
+	if err := o.check(); err != nil {
+		return info, fmt.Errorf("fit: %w", err)
+	}
+	start := time.Now()
+	paths, err := ListImages(o.NormalDir)
+	if err != nil {
+		return info, err
+	}
+	if len(paths) == 0 {
+		return info, fmt.Errorf("fit: no images (png, jpg, jpeg, bmp) under %s", o.NormalDir)
+	}
+	slog.Info("reading normal images", "dir", o.NormalDir, "files", len(paths), "size", o.Teacher.ImageSize)
+	images, failed := LoadImages(ctx, paths, o.Teacher.ImageSize)
+	if ctx.Err() != nil {
+		return info, ErrInterrupted
+	}
+	if len(failed) > 0 {
+		slog.Warn("some images were skipped", "skipped", len(failed), "kept", images.Len())
+	}
+	if images.Len() < 4 {
+		return info, fmt.Errorf("fit: only %d readable images under %s; need at least 4", images.Len(), o.NormalDir)
+	}
+	train, val := split(images.Len(), o.ValFraction, o.Seed)
+	slog.Info("split", "train", len(train), "validation", len(val))
+
+	state, err := o.startState(images, train)
+	if err != nil {
+		return info, err
+	}
+	tr, err := NewTrainer(o.Teacher, o.Blocks, state.students, o.LR, o.Threads)
+	if err != nil {
+		return info, err
+	}
+	defer tr.Close()
+	tr.restore(state)
+	if err := o.train(ctx, tr, images, train, val, state); err != nil {
+		return info, err
+	}
+	students := state.best
+	if len(val) == 0 {
+		students = tr.Students
+	}
+
+	info, scoring, err := o.fitScoring(ctx, images, train, val, students)
+	if err != nil {
+		return info, err
+	}
+	info.Training.BestEpochs = state.bestEpochs
+	info.Training.ValLosses = state.bestVal
+	info.Training.Seconds = time.Since(start).Seconds()
+	graph, err := models.ScoredDetectorGraph(o.Teacher, o.Blocks, students, scoring, info)
+	if err != nil {
+		return info, err
+	}
+	if err := models.WriteBundle(o.Out, graph); err != nil {
+		return info, fmt.Errorf("write bundle: %w", err)
+	}
+	if err := os.Remove(StatePath(o.Out)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		slog.Warn("could not remove the fit state", "err", err)
+	}
+	return info, nil
+}
+
+// split shuffles 0..n-1 with the seed and holds out round(fraction*n) for
+// validation, keeping at least 2 for training.
+func split(n int, fraction float64, seed uint64) (train, val []int) {
+	idx := rand.New(rand.NewPCG(seed, 0xda7a)).Perm(n)
+	nVal := min(int(math.Round(fraction*float64(n))), n-2)
+	val, train = idx[:nVal], idx[nVal:]
+	sort.Ints(val)
+	sort.Ints(train)
+	return train, val
+}
+
+func (o *Options) train(ctx context.Context, tr *Trainer, images *Images, train, val []int, st *fitState) error {
+	batches := (len(train) + o.BatchSize - 1) / o.BatchSize
+	var buf []byte
+	epochStart := time.Now()
+	seen := 0
+	for epoch := st.epoch + 1; epoch <= o.Epochs; epoch++ {
+		order := slices.Clone(train)
+		rand.New(rand.NewPCG(o.Seed, uint64(epoch))).Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
+		lossSum := 0.0
+		for b := range batches {
+			if ctx.Err() != nil {
+				return fmt.Errorf("%w after %d finished epochs; run again with --resume to continue", ErrInterrupted, st.epoch)
+			}
+			idx := order[b*o.BatchSize : min((b+1)*o.BatchSize, len(order))]
+			buf = images.Batch(idx, buf)
+			losses, err := tr.Step(buf, len(idx))
+			if err != nil {
+				return err
+			}
+			for _, l := range losses {
+				lossSum += float64(l)
+			}
+			seen += len(idx)
+			rate := float64(seen) / time.Since(epochStart).Seconds()
+			left := (o.Epochs-epoch)*(len(train)+len(val)) + len(train) - (b*o.BatchSize + len(idx)) + len(val)
+			o.report(Progress{Phase: "train", Epoch: epoch, Epochs: o.Epochs, Batch: b + 1, Batches: batches,
+				ImagesPerSecond: rate, TrainLoss: lossSum / float64(b+1), ValLoss: math.NaN(),
+				Remaining: time.Duration(float64(left) / rate * float64(time.Second))})
+		}
+		valLoss, err := validate(tr, images, val, o.BatchSize)
+		if err != nil {
+			return err
+		}
+		st.epoch = epoch
+		st.finishEpoch(tr, epoch, valLoss)
+		if err := st.save(StatePath(o.Out), tr); err != nil {
+			return err
+		}
+		o.report(Progress{Phase: "train", Epoch: epoch, Epochs: o.Epochs, Batch: batches, Batches: batches,
+			TrainLoss: lossSum / float64(batches), ValLoss: sum(valLoss)})
+	}
+	return nil
+}
+
+func (o *Options) report(p Progress) {
+	if o.Progress != nil {
+		o.Progress(p)
+	}
+}
+
+func sum(xs []float64) float64 {
+	s := 0.0
+	for _, x := range xs {
+		s += x
+	}
+	return s
+}
+
+// validate returns each block's mean error over the validation images
+// (nil without any).
+func validate(tr *Trainer, images *Images, val []int, batch int) ([]float64, error) {
+	if len(val) == 0 {
+		return nil, nil
+	}
+	nb := len(tr.blocks)
+	loss := make([]float64, nb)
+	var buf []byte
+	for s := 0; s < len(val); s += batch {
+		idx := val[s:min(s+batch, len(val))]
+		buf = images.Batch(idx, buf)
+		errs, err := tr.BlockErrors(buf, len(idx))
+		if err != nil {
+			return nil, err
+		}
+		for i, e := range errs {
+			loss[i%nb] += float64(e) / float64(len(val))
+		}
+	}
+	return loss, nil
+}
+
+// features runs the detector graph of the final students over images and
+// returns the embeddings [n, dim] and block errors [n, blocks].
+func (o *Options) features(ctx context.Context, images *Images, idx []int, students []models.Block) (*mat.Dense, *mat.Dense, error) {
+	graph, err := models.DetectorGraph(o.Teacher, o.Blocks, students)
+	if err != nil {
+		return nil, nil, err
+	}
+	r, err := detector.NewRunner(graph, images.Size, []string{models.OutputEmbedding, models.OutputBlockErrors}, detector.RunnerOptions{Threads: o.Threads})
+	if err != nil {
+		return nil, nil, err
+	}
+	defer r.Close()
+	d, nb := o.Teacher.Dim, len(o.Blocks)
+	emb := mat.NewDense(len(idx), d, nil)
+	blk := mat.NewDense(len(idx), nb, nil)
+	var buf []byte
+	for s := 0; s < len(idx); s += o.BatchSize {
+		if ctx.Err() != nil {
+			return nil, nil, fmt.Errorf("%w while computing features; training is saved: run again with --resume", ErrInterrupted)
+		}
+		part := idx[s:min(s+o.BatchSize, len(idx))]
+		buf = images.Batch(part, buf)
+		out, err := r.Run(buf, len(part))
+		if err != nil {
+			return nil, nil, err
+		}
+		for i := range part {
+			for j := range d {
+				emb.Set(s+i, j, float64(out[0].Data[i*d+j]))
+			}
+			for j := range nb {
+				blk.Set(s+i, j, float64(out[1].Data[i*nb+j]))
+			}
+		}
+		o.report(Progress{Phase: "features", Batch: s/o.BatchSize + 1, Batches: (len(idx) + o.BatchSize - 1) / o.BatchSize, ValLoss: math.NaN()})
+	}
+	return emb, blk, nil
+}
+
+// covarianceRidge is the relative regularisation of both Gaussians.
+const covarianceRidge = 1e-6
+
+// scoreQuantiles are the held-out score quantiles recorded in a bundle.
+var scoreQuantiles = []float64{0.5, 0.9, 0.95, 0.99, 0.995, 0.999}
+
+// fitScoring fits the Gaussians on the training features and calibrates the
+// threshold on the held-out normal images (on the training images when
+// there are none, which underestimates it).
+func (o *Options) fitScoring(ctx context.Context, images *Images, train, val []int, students []models.Block) (models.BundleInfo, models.Scoring, error) {
+	var info models.BundleInfo
+	var scoring models.Scoring
+	emb, blk, err := o.features(ctx, images, train, students)
+	if err != nil {
+		return info, scoring, err
+	}
+	white, err := FitWhitening(emb, o.Whitening)
+	if err != nil {
+		return info, scoring, fmt.Errorf("fit feature 1 (pretrained): %w", err)
+	}
+	gPre, err := FitGaussian(white.Apply(emb), covarianceRidge)
+	if err != nil {
+		return info, scoring, fmt.Errorf("fit feature 1 (pretrained): %w", err)
+	}
+	gStu, err := FitGaussian(blk, covarianceRidge)
+	if err != nil {
+		return info, scoring, fmt.Errorf("fit feature 2 (teacher-student): %w", err)
+	}
+	if scoring.Pretrained, err = quadratic(white, gPre, o.Teacher.Dim); err != nil {
+		return info, scoring, err
+	}
+	if scoring.Student, err = quadratic(nil, gStu, len(o.Blocks)); err != nil {
+		return info, scoring, err
+	}
+	calib := val
+	if len(calib) == 0 {
+		slog.Warn("no held-out images: calibrating the threshold on training images (it will be too low); use --val-fraction")
+		calib = train
+	}
+	cEmb, cBlk, err := o.features(ctx, images, calib, students)
+	if err != nil {
+		return info, scoring, err
+	}
+	scores := make([]float64, len(calib))
+	for i := range calib {
+		scores[i] = -(scoring.Pretrained.LogLikelihood(row32(cEmb, i)) + scoring.Student.LogLikelihood(row32(cBlk, i)))
+	}
+	sort.Float64s(scores)
+	info = models.BundleInfo{
+		Format: models.BundleFormat, Version: models.Version, Created: time.Now().UTC(),
+		ImageSize: o.Teacher.ImageSize, Blocks: o.Blocks, PCAComponents: len(white.Variances),
+		ThresholdQuantile: o.Quantile, Threshold: quantile(scores, o.Quantile), ScoreQuantiles: map[string]float64{},
+		Training: models.TrainingInfo{Epochs: o.Epochs, BatchSize: o.BatchSize, LR: o.LR, Seed: o.Seed,
+			ValFraction: o.ValFraction, Whitening: o.Whitening, TrainImages: len(train), ValImages: len(val)},
+	}
+	for _, q := range scoreQuantiles {
+		info.ScoreQuantiles[strconv.FormatFloat(q, 'f', -1, 64)] = quantile(scores, q)
+	}
+	info.Teacher.Path, info.Teacher.Layout, info.Teacher.Checksum, info.Teacher.Config = o.TeacherPath, o.Teacher.Layout, o.Teacher.Checksum, o.Teacher.Config
+	slog.Info("scoring fitted", "pca_components", len(white.Variances), "explained", white.Explained, "threshold", info.Threshold)
+	return info, scoring, nil
+}
+
+func row32(m *mat.Dense, i int) []float32 {
+	_, c := m.Dims()
+	out := make([]float32, c)
+	for j := range c {
+		out[j] = float32(m.At(i, j))
+	}
+	return out
+}
+
+// quantile of sorted values, linearly interpolated (numpy's default).
+func quantile(sorted []float64, q float64) float64 {
+	if len(sorted) == 1 {
+		return sorted[0]
+	}
+	pos := q * float64(len(sorted)-1)
+	lo := int(math.Floor(pos))
+	hi := min(lo+1, len(sorted)-1)
+	return sorted[lo] + (pos-float64(lo))*(sorted[hi]-sorted[lo])
+}

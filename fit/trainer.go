@@ -1,0 +1,185 @@
+package fit
+
+import (
+	"errors"
+	"fmt"
+	"math"
+
+	onnx "github.com/yalue/onnxruntime_go"
+
+	"github.com/transformaly/transformaly/internal/ort"
+	"github.com/transformaly/transformaly/models"
+)
+
+// Adam's usual constants (PyTorch's defaults, as the paper uses).
+const (
+	adamBeta1 = 0.9
+	adamBeta2 = 0.999
+	adamEps   = 1e-8
+)
+
+// Trainer runs training steps for a set of student blocks in ONNX Runtime
+// and updates them with Adam in place. Parameter tensors are backed by the
+// students' own slices, so ORT always sees the current weights.
+type Trainer struct {
+	cfg      models.Config
+	blocks   []int
+	Students []models.Block
+
+	step, eval *onnx.DynamicAdvancedSession
+	inputs     []string // images, then every parameter
+	params     [][]float32
+	tensors    []*onnx.Tensor[float32]
+	grads      []*onnx.Tensor[float32]
+	losses     *onnx.Tensor[float32]
+	m, v       [][]float32
+	t          int // Adam steps taken
+	LR         float64
+}
+
+// NewTrainer opens the training-step session (forward and backward) and a
+// forward-only session for validation over the given students.
+func NewTrainer(teacher *models.ViT, blocks []int, students []models.Block, lr float64, threads int) (*Trainer, error) {
+	tr := &Trainer{cfg: teacher.Config, blocks: blocks, Students: students, LR: lr}
+	stepGraph, err := models.TrainingGraph(teacher, blocks, true)
+	if err != nil {
+		return nil, err
+	}
+	evalGraph, err := models.TrainingGraph(teacher, blocks, false)
+	if err != nil {
+		return nil, err
+	}
+	tr.inputs = []string{models.InputImages}
+	gradOutputs := []string{models.OutputLosses}
+	for k, b := range blocks {
+		for _, p := range tr.Students[k].Params(tr.cfg) {
+			name := models.StudentParamName(b, p.Name)
+			tr.inputs = append(tr.inputs, name)
+			gradOutputs = append(gradOutputs, models.GradName(name))
+			tr.params = append(tr.params, *p.Data)
+			t, err := onnx.NewTensor(shape(p.Shape), *p.Data)
+			if err != nil {
+				tr.Close()
+				return nil, fmt.Errorf("parameter tensor %s: %w", name, err)
+			}
+			tr.tensors = append(tr.tensors, t)
+			g, err := onnx.NewEmptyTensor[float32](shape(p.Shape))
+			if err != nil {
+				tr.Close()
+				return nil, fmt.Errorf("gradient tensor %s: %w", name, err)
+			}
+			tr.grads = append(tr.grads, g)
+			tr.m = append(tr.m, make([]float32, len(*p.Data)))
+			tr.v = append(tr.v, make([]float32, len(*p.Data)))
+		}
+	}
+	if tr.losses, err = onnx.NewEmptyTensor[float32](onnx.NewShape(int64(len(blocks)))); err != nil {
+		tr.Close()
+		return nil, err
+	}
+	so, err := ort.SessionOptions(threads)
+	if err != nil {
+		tr.Close()
+		return nil, err
+	}
+	defer so.Destroy()
+	if tr.step, err = onnx.NewDynamicAdvancedSessionWithONNXData(stepGraph, tr.inputs, gradOutputs, so); err != nil {
+		tr.Close()
+		return nil, fmt.Errorf("create training session: %w", err)
+	}
+	if tr.eval, err = onnx.NewDynamicAdvancedSessionWithONNXData(evalGraph, tr.inputs, []string{models.OutputBlockErrors}, so); err != nil {
+		tr.Close()
+		return nil, fmt.Errorf("create validation session: %w", err)
+	}
+	return tr, nil
+}
+
+func shape(dims []int) onnx.Shape {
+	s := make(onnx.Shape, len(dims))
+	for i, d := range dims {
+		s[i] = int64(d)
+	}
+	return s
+}
+
+func (tr *Trainer) values(images []byte, n int) ([]onnx.Value, *onnx.Tensor[uint8], error) {
+	s := int64(tr.cfg.ImageSize)
+	if len(images) != n*int(s*s)*3 {
+		return nil, nil, fmt.Errorf("training: %d image bytes for %d images of %dx%d", len(images), n, s, s)
+	}
+	img, err := onnx.NewTensor(onnx.NewShape(int64(n), s, s, 3), images)
+	if err != nil {
+		return nil, nil, fmt.Errorf("training: image tensor: %w", err)
+	}
+	vals := []onnx.Value{img}
+	for _, t := range tr.tensors {
+		vals = append(vals, t)
+	}
+	return vals, img, nil
+}
+
+// Step runs forward and backward on a batch, applies one Adam update to
+// every student and returns each block's loss on the batch (before the
+// update).
+func (tr *Trainer) Step(images []byte, n int) ([]float32, error) {
+	ins, img, err := tr.values(images, n)
+	if err != nil {
+		return nil, err
+	}
+	defer img.Destroy()
+	outs := []onnx.Value{tr.losses}
+	for _, g := range tr.grads {
+		outs = append(outs, g)
+	}
+	if err := tr.step.Run(ins, outs); err != nil {
+		return nil, fmt.Errorf("training step: %w", err)
+	}
+	tr.t++
+	// Bias-corrected Adam, as torch.optim.Adam.
+	c1 := 1 - math.Pow(adamBeta1, float64(tr.t))
+	c2 := 1 - math.Pow(adamBeta2, float64(tr.t))
+	stepSize := float32(tr.LR / c1)
+	sqrtC2 := float32(math.Sqrt(c2))
+	for i, p := range tr.params {
+		g, m, v := tr.grads[i].GetData(), tr.m[i], tr.v[i]
+		for j := range p {
+			m[j] = adamBeta1*m[j] + (1-adamBeta1)*g[j]
+			v[j] = adamBeta2*v[j] + (1-adamBeta2)*g[j]*g[j]
+			p[j] -= stepSize * m[j] / (float32(math.Sqrt(float64(v[j])))/sqrtC2 + adamEps)
+		}
+	}
+	return append([]float32(nil), tr.losses.GetData()...), nil
+}
+
+// BlockErrors runs the students forward on a batch and returns the
+// per-image, per-block MSE, [n * len(blocks)].
+func (tr *Trainer) BlockErrors(images []byte, n int) ([]float32, error) {
+	ins, img, err := tr.values(images, n)
+	if err != nil {
+		return nil, err
+	}
+	defer img.Destroy()
+	outs := []onnx.Value{nil}
+	if err := tr.eval.Run(ins, outs); err != nil {
+		return nil, fmt.Errorf("validation: %w", err)
+	}
+	defer outs[0].Destroy()
+	return append([]float32(nil), outs[0].(*onnx.Tensor[float32]).GetData()...), nil
+}
+
+// Close releases the sessions and tensors.
+func (tr *Trainer) Close() error {
+	var errs []error
+	for _, s := range []*onnx.DynamicAdvancedSession{tr.step, tr.eval} {
+		if s != nil {
+			errs = append(errs, s.Destroy())
+		}
+	}
+	for _, t := range append(append([]*onnx.Tensor[float32]{tr.losses}, tr.tensors...), tr.grads...) {
+		if t != nil {
+			errs = append(errs, t.Destroy())
+		}
+	}
+	tr.step, tr.eval, tr.losses, tr.tensors, tr.grads = nil, nil, nil, nil, nil
+	return errors.Join(errs...)
+}

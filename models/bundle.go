@@ -1,0 +1,193 @@
+package models
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/transformaly/transformaly/internal/atomicfile"
+	"github.com/transformaly/transformaly/models/onnxpb"
+)
+
+// A bundle is one ONNX file: the detector graph with the scoring baked in,
+// and the BundleInfo as JSON under the model's metadata key BundleMetadataKey.
+// Any ONNX tool (Netron, ORT) opens it as it is.
+
+// BundleMetadataKey is the ONNX metadata_props key holding the BundleInfo.
+const BundleMetadataKey = "transformaly.bundle"
+
+// BundleFormat is bumped when a bundle's meaning changes incompatibly.
+const BundleFormat = 1
+
+// Scored detector outputs, besides the detector's own.
+const (
+	OutputScore        = "score"         // float32 [N]: -(ll_pretrained + ll_student)
+	OutputLLPretrained = "ll_pretrained" // float32 [N]
+	OutputLLStudent    = "ll_student"    // float32 [N]
+)
+
+// QuadraticScore is a Gaussian log-likelihood of a feature x (row vector of
+// length In) after an affine map: ll(x) = Const - 0.5 * ||x W + B||^2. PCA
+// whitening, centring and the inverse Cholesky factor all fold into W and B.
+type QuadraticScore struct {
+	In, K int
+	W     []float32 // [In, K] row-major
+	B     []float32 // [K]
+	Const float64
+}
+
+// Scoring holds the two likelihoods of the method.
+type Scoring struct {
+	Pretrained QuadraticScore // over the CLS embedding
+	Student    QuadraticScore // over the per-block errors
+}
+
+func (g *Graph) quadraticLL(x string, q QuadraticScore, name string) string {
+	y := g.Op("Gemm", []string{x, g.Weight(name+".W", q.W, q.In, q.K), g.Weight(name+".B", q.B, q.K)})
+	sq := g.Op("ReduceSum", []string{g.Op("Mul", []string{y, y}), g.Ints([]int64{1}, 1)}, AttrInt("keepdims", 0))
+	return g.Op("Sub", []string{g.Scalar(float32(q.Const)), g.Op("Mul", []string{sq, g.Scalar(0.5)})})
+}
+
+// ScoredDetectorGraph is DetectorGraph plus the two log-likelihoods and the
+// anomaly score, with info stored as the bundle metadata.
+func ScoredDetectorGraph(v *ViT, blocks []int, students []Block, s Scoring, info BundleInfo) ([]byte, error) {
+	if s.Pretrained.In != v.Dim || s.Student.In != len(blocks) {
+		return nil, fmt.Errorf("scored detector graph: scoring takes %d and %d features, want %d and %d", s.Pretrained.In, s.Student.In, v.Dim, len(blocks))
+	}
+	g := NewGraph()
+	out, err := g.detectorBody(v, blocks, students)
+	if err != nil {
+		return nil, err
+	}
+	llPre := g.quadraticLL(out.embedding, s.Pretrained, "score.pretrained")
+	llStu := g.quadraticLL(out.blockErrors, s.Student, "score.student")
+	g.Output(OutputLLPretrained, llPre, Float32, batchDim)
+	g.Output(OutputLLStudent, llStu, Float32, batchDim)
+	g.Output(OutputScore, g.Op("Neg", []string{g.Op("Add", []string{llPre, llStu})}), Float32, batchDim)
+	meta, err := json.Marshal(info)
+	if err != nil {
+		return nil, fmt.Errorf("encode bundle metadata: %w", err)
+	}
+	return g.Model("transformaly_detector", map[string]string{BundleMetadataKey: string(meta)})
+}
+
+// BundleInfo is what a bundle says about itself.
+type BundleInfo struct {
+	Format    int       `json:"format"`
+	Version   string    `json:"version"`
+	Created   time.Time `json:"created"`
+	ImageSize int       `json:"image_size"`
+	Blocks    []int     `json:"blocks"`
+	Teacher   struct {
+		Path     string `json:"path"`
+		Layout   string `json:"layout"`
+		Checksum string `json:"sha256"`
+		Config   Config `json:"config"`
+	} `json:"teacher"`
+	Training      TrainingInfo `json:"training"`
+	PCAComponents int          `json:"pca_components"`
+	// Threshold is the default alert threshold on the score: the
+	// ThresholdQuantile of the held-out normal images' scores.
+	Threshold         float64            `json:"threshold"`
+	ThresholdQuantile float64            `json:"threshold_quantile"`
+	ScoreQuantiles    map[string]float64 `json:"score_quantiles"` // of held-out normal scores
+}
+
+// TrainingInfo records how the students were trained.
+type TrainingInfo struct {
+	Epochs      int       `json:"epochs"`
+	BatchSize   int       `json:"batch_size"`
+	LR          float64   `json:"lr"`
+	Seed        uint64    `json:"seed"`
+	ValFraction float64   `json:"val_fraction"`
+	Whitening   float64   `json:"whitening"`
+	TrainImages int       `json:"train_images"`
+	ValImages   int       `json:"val_images"`
+	BestEpochs  []int     `json:"best_epochs"` // per block, 1-based
+	ValLosses   []float64 `json:"val_losses"`  // per block, at its best epoch
+	Seconds     float64   `json:"seconds"`
+}
+
+// WriteBundle writes a scored detector graph atomically.
+func WriteBundle(path string, model []byte) error {
+	return atomicfile.Write(path, model)
+}
+
+// ReadBundle reads a bundle file: its metadata and the ONNX model bytes.
+// Only the top-level fields are scanned, so the (large) graph is not
+// decoded twice.
+func ReadBundle(path string) (BundleInfo, []byte, error) {
+	var info BundleInfo
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return info, nil, fmt.Errorf("read bundle: %w", err)
+	}
+	meta, err := onnxMetadata(data)
+	if err != nil {
+		return info, nil, fmt.Errorf("read bundle %s: not an ONNX model (%v)", path, err)
+	}
+	raw, ok := meta[BundleMetadataKey]
+	if !ok {
+		return info, nil, fmt.Errorf("read bundle %s: an ONNX model but not a transformaly bundle (no %s metadata); make one with `transformaly fit`", path, BundleMetadataKey)
+	}
+	if err := json.Unmarshal([]byte(raw), &info); err != nil {
+		return info, nil, fmt.Errorf("read bundle %s: metadata: %w", path, err)
+	}
+	if info.Format != BundleFormat {
+		return info, nil, fmt.Errorf("read bundle %s: format %d, this build reads format %d", path, info.Format, BundleFormat)
+	}
+	return info, data, nil
+}
+
+// onnxMetadata scans a serialized ModelProto's top-level fields for
+// metadata_props, checking that the bytes parse as protobuf and carry a graph.
+func onnxMetadata(data []byte) (map[string]string, error) {
+	const graphField, metadataField = 7, 14
+	meta := map[string]string{}
+	hasGraph := false
+	for len(data) > 0 {
+		num, typ, n := protowire.ConsumeTag(data)
+		if n < 0 {
+			return nil, protowire.ParseError(n)
+		}
+		m := protowire.ConsumeFieldValue(num, typ, data[n:])
+		if m < 0 {
+			return nil, protowire.ParseError(m)
+		}
+		switch {
+		case num == graphField && typ == protowire.BytesType:
+			hasGraph = true
+		case num == metadataField && typ == protowire.BytesType:
+			v, _ := protowire.ConsumeBytes(data[n : n+m])
+			var e onnxpb.StringStringEntryProto
+			if err := proto.Unmarshal(v, &e); err != nil {
+				return nil, err
+			}
+			meta[e.GetKey()] = e.GetValue()
+		}
+		data = data[n+m:]
+	}
+	if !hasGraph {
+		return nil, errors.New("no graph")
+	}
+	return meta, nil
+}
+
+// LogLikelihood evaluates the score in float64 on one feature vector, the
+// same function the graph computes in float32.
+func (q QuadraticScore) LogLikelihood(x []float32) float64 {
+	sq := 0.0
+	for j := range q.K {
+		y := float64(q.B[j])
+		for i := range q.In {
+			y += float64(x[i]) * float64(q.W[i*q.K+j])
+		}
+		sq += y * y
+	}
+	return q.Const - 0.5*sq
+}
