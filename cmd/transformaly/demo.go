@@ -15,7 +15,8 @@ import (
 // demoData is the synthetic inspection set and random teacher the demo uses.
 type demoData struct {
 	teacher   string
-	normalDir string
+	normalDir string // for fitting
+	testDir   string // unseen normal parts, for evaluation
 	defectDir string
 }
 
@@ -25,6 +26,7 @@ func writeDemoData(dir string, size, normals, defectsPerKind int) (demoData, err
 	d := demoData{
 		teacher:   filepath.Join(dir, "teacher.safetensors"),
 		normalDir: filepath.Join(dir, "normal"),
+		testDir:   filepath.Join(dir, "test-normal"),
 		defectDir: filepath.Join(dir, "defective"),
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -38,6 +40,9 @@ func writeDemoData(dir string, size, normals, defectsPerKind int) (demoData, err
 		return d, err
 	}
 	if _, err := synth.WriteParts(d.normalDir, size, synth.Normal, normals, 1); err != nil {
+		return d, err
+	}
+	if _, err := synth.WriteParts(d.testDir, size, synth.Normal, defectsPerKind*len(synth.Defects), 2); err != nil {
 		return d, err
 	}
 	for i, kind := range synth.Defects {

@@ -19,7 +19,7 @@ import (
 const (
 	Normal    = "normal"
 	Missing   = "missing"   // no washer on the belt
-	Foreign   = "foreign"   // a dark foreign object beside the washer
+	Foreign   = "foreign"   // a brass screw lying beside the washer
 	Recolored = "recolored" // a washer of the wrong material (red)
 )
 
@@ -50,8 +50,8 @@ func Part(size int, kind string, seed uint64) *image.NRGBA {
 				shade := 1 - 0.25*(r-inner)/(outer-inner)
 				c = [3]float64{metal[0] * shade, metal[1] * shade, metal[2] * shade}
 			}
-			if kind == Foreign && math.Abs(float64(x)-fx) < s*0.09 && math.Abs(float64(y)-fy) < s*0.05 {
-				c = [3]float64{25, 20, 15}
+			if kind == Foreign && math.Abs(float64(x)-fx) < s*0.12 && math.Abs(float64(y)-fy) < s*0.06 {
+				c = [3]float64{220, 180, 60}
 			}
 			var px [3]uint8
 			for i := range c {
