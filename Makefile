@@ -56,7 +56,7 @@ test: deps
 # Benchmarks print per-image latency, GFLOP/s and the fraction of the sgemm
 # peak measured in the same run.
 bench: deps
-	go test -run '^$$' -bench . -benchtime 3x -timeout 60m ./detector/
+	go test -run '^$$' -bench . -benchtime 3x -timeout 60m ./detector/ ./fit/
 
 clean:
 	rm -rf bin

@@ -147,6 +147,7 @@ func Run(ctx context.Context, o Options) (models.BundleInfo, error) {
 	}
 	info.Training.BestEpochs = state.bestEpochs
 	info.Training.ValLosses = state.bestVal
+	info.Training.StepSeconds = tr.StepTime.Seconds()
 	info.Training.Seconds = time.Since(start).Seconds()
 	graph, err := models.ScoredDetectorGraph(o.Teacher, o.Blocks, students, scoring, info)
 	if err != nil {

@@ -174,3 +174,34 @@ func TestDefaultBlocks(t *testing.T) {
 		t.Errorf("depth 3: %v, want 0..2", got)
 	}
 }
+
+// AUROC equals the Mann-Whitney probability that an anomalous score exceeds
+// a normal one (ties count half).
+func TestAUROCMatchesMannWhitney(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 3))
+	normal, anomalous := make([]float64, 37), make([]float64, 23)
+	for i := range normal {
+		normal[i] = float64(rng.IntN(20))
+	}
+	for i := range anomalous {
+		anomalous[i] = float64(rng.IntN(20) + 5)
+	}
+	wins := 0.0
+	for _, a := range anomalous {
+		for _, n := range normal {
+			switch {
+			case a > n:
+				wins++
+			case a == n:
+				wins += 0.5
+			}
+		}
+	}
+	want := wins / float64(len(normal)*len(anomalous))
+	if got := AUROC(normal, anomalous); math.Abs(got-want) > 1e-12 {
+		t.Errorf("AUROC %g, Mann-Whitney %g", got, want)
+	}
+	if got := AUROC([]float64{1, 2}, []float64{3, 4}); got != 1 {
+		t.Errorf("separable AUROC %g, want 1", got)
+	}
+}

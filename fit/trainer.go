@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"time"
 
 	onnx "github.com/yalue/onnxruntime_go"
 
@@ -35,6 +36,9 @@ type Trainer struct {
 	m, v       [][]float32
 	t          int // Adam steps taken
 	LR         float64
+	// StepTime is the time spent in Step (ORT and the Adam update), for
+	// telling training cost from everything around it.
+	StepTime time.Duration
 }
 
 // NewTrainer opens the training-step session (forward and backward) and a
@@ -122,6 +126,8 @@ func (tr *Trainer) values(images []byte, n int) ([]onnx.Value, *onnx.Tensor[uint
 // every student and returns each block's loss on the batch (before the
 // update).
 func (tr *Trainer) Step(images []byte, n int) ([]float32, error) {
+	start := time.Now()
+	defer func() { tr.StepTime += time.Since(start) }()
 	ins, img, err := tr.values(images, n)
 	if err != nil {
 		return nil, err

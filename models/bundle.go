@@ -108,9 +108,10 @@ type TrainingInfo struct {
 	Whitening   float64   `json:"whitening"`
 	TrainImages int       `json:"train_images"`
 	ValImages   int       `json:"val_images"`
-	BestEpochs  []int     `json:"best_epochs"` // per block, 1-based
-	ValLosses   []float64 `json:"val_losses"`  // per block, at its best epoch
-	Seconds     float64   `json:"seconds"`
+	BestEpochs  []int     `json:"best_epochs"`  // per block, 1-based
+	ValLosses   []float64 `json:"val_losses"`   // per block, at its best epoch
+	Seconds     float64   `json:"seconds"`      // the whole fit
+	StepSeconds float64   `json:"step_seconds"` // of which training steps
 }
 
 // WriteBundle writes a scored detector graph atomically.

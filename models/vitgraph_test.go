@@ -2,7 +2,9 @@ package models_test
 
 import (
 	"math/rand/v2"
+	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/transformaly/transformaly/internal/vitref"
@@ -132,4 +134,60 @@ func randomScale(n int, seed uint64) []float32 {
 		out[i] = float32(0.5 + rng.Float64())
 	}
 	return out
+}
+
+func randomQuadratic(in, k int, rng *rand.Rand) models.QuadraticScore {
+	q := models.QuadraticScore{In: in, K: k, W: make([]float32, in*k), B: make([]float32, k), Const: -3.5}
+	for i := range q.W {
+		q.W[i] = float32(rng.NormFloat64())
+	}
+	for i := range q.B {
+		q.B[i] = float32(rng.NormFloat64())
+	}
+	return q
+}
+
+// The scored detector's outputs are the two quadratic log-likelihoods of its
+// own features, evaluated here in float64, and the bundle reads back.
+func TestScoredDetectorGraphAndBundle(t *testing.T) {
+	v, _ := models.RandomViT(smallConfig, 6)
+	blocks := []int{1, 2}
+	rng := rand.New(rand.NewPCG(2, 2))
+	students := []models.Block{models.XavierBlock(v.Config, rng), models.XavierBlock(v.Config, rng)}
+	scoring := models.Scoring{Pretrained: randomQuadratic(v.Dim, 5, rng), Student: randomQuadratic(2, 2, rng)}
+	info := models.BundleInfo{Format: models.BundleFormat, ImageSize: v.ImageSize, Blocks: blocks, Threshold: 1.5}
+	graph, err := models.ScoredDetectorGraph(v, blocks, students, scoring, info)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 3
+	images := randomImages(n, v.ImageSize, 8)
+	got := runGraph(t, graph, images, n, v.ImageSize, models.OutputEmbedding, models.OutputBlockErrors,
+		models.OutputLLPretrained, models.OutputLLStudent, models.OutputScore)
+	for i := range n {
+		pre := scoring.Pretrained.LogLikelihood(got[0][i*v.Dim : (i+1)*v.Dim])
+		stu := scoring.Student.LogLikelihood(got[1][i*2 : (i+1)*2])
+		if e := relErr(got[2][i:i+1], []float64{pre}); e > 1e-5 {
+			t.Errorf("image %d: ll_pretrained %g, want %g", i, got[2][i], pre)
+		}
+		if e := relErr(got[3][i:i+1], []float64{stu}); e > 1e-5 {
+			t.Errorf("image %d: ll_student %g, want %g", i, got[3][i], stu)
+		}
+		if e := relErr(got[4][i:i+1], []float64{-(pre + stu)}); e > 1e-5 {
+			t.Errorf("image %d: score %g, want %g", i, got[4][i], -(pre + stu))
+		}
+	}
+	path := filepath.Join(t.TempDir(), "b.tfy")
+	if err := models.WriteBundle(path, graph); err != nil {
+		t.Fatal(err)
+	}
+	back, data, err := models.ReadBundle(path)
+	if err != nil || back.Threshold != 1.5 || len(data) != len(graph) || back.Blocks[1] != 2 {
+		t.Errorf("read back %+v (%d bytes), err %v", back, len(data), err)
+	}
+	plain, _ := models.TeacherGraph(v, nil)
+	os.WriteFile(path, plain, 0o644)
+	if _, _, err := models.ReadBundle(path); err == nil || !strings.Contains(err.Error(), "not a transformaly bundle") {
+		t.Errorf("a plain ONNX graph read as a bundle: %v", err)
+	}
 }

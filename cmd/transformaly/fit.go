@@ -8,15 +8,12 @@ import (
 	"math"
 	"os"
 	"os/signal"
-	"sort"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/spf13/pflag"
-	"gonum.org/v1/gonum/integrate"
-	"gonum.org/v1/gonum/stat"
 
 	"github.com/transformaly/transformaly/capture"
 	"github.com/transformaly/transformaly/detector"
@@ -247,27 +244,6 @@ type evalReport struct {
 	SkippedImages   int     `json:"skipped_images"`
 }
 
-// AUROC is the area under the ROC curve of scores where higher means
-// anomalous (gonum's ROC, integrated with the trapezoidal rule).
-func AUROC(normal, anomalous []float64) float64 {
-	scores := append(append([]float64{}, normal...), anomalous...)
-	classes := make([]bool, len(scores))
-	for i := len(normal); i < len(scores); i++ {
-		classes[i] = true
-	}
-	idx := make([]int, len(scores))
-	for i := range idx {
-		idx[i] = i
-	}
-	sort.Slice(idx, func(a, b int) bool { return scores[idx[a]] < scores[idx[b]] })
-	sorted, sortedClasses := make([]float64, len(scores)), make([]bool, len(scores))
-	for i, j := range idx {
-		sorted[i], sortedClasses[i] = scores[j], classes[j]
-	}
-	tpr, fpr, _ := stat.ROC(nil, sorted, sortedClasses, nil)
-	return integrate.Trapezoidal(fpr, tpr)
-}
-
 func evalCommand(fs *pflag.FlagSet) func([]string) error {
 	var model modelFlags
 	var rt runtimeFlags
@@ -318,9 +294,9 @@ func evalCommand(fs *pflag.FlagSet) func([]string) error {
 			}
 		}
 		rep.NormalImages, rep.AnomalousImages = len(sets[0].all), len(sets[1].all)
-		rep.AUROC = AUROC(sets[0].all, sets[1].all)
-		rep.AUROCPretrained = AUROC(sets[0].pre, sets[1].pre)
-		rep.AUROCStudent = AUROC(sets[0].stu, sets[1].stu)
+		rep.AUROC = fit.AUROC(sets[0].all, sets[1].all)
+		rep.AUROCPretrained = fit.AUROC(sets[0].pre, sets[1].pre)
+		rep.AUROCStudent = fit.AUROC(sets[0].stu, sets[1].stu)
 		rep.FalseAlarmRate = fractionAbove(sets[0].all, rep.Threshold)
 		rep.DetectionRate = fractionAbove(sets[1].all, rep.Threshold)
 		if *asJSON {

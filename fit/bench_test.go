@@ -1,0 +1,103 @@
+package fit_test
+
+import (
+	"context"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/transformaly/transformaly/detector"
+	"github.com/transformaly/transformaly/fit"
+	"github.com/transformaly/transformaly/internal/ort"
+	"github.com/transformaly/transformaly/internal/synth"
+	"github.com/transformaly/transformaly/models"
+)
+
+func TestMain(m *testing.M) {
+	if err := ort.Init(""); err != nil {
+		println("ONNX Runtime is needed for these tests:", err.Error())
+		os.Exit(1)
+	}
+	os.Exit(m.Run())
+}
+
+func peak(b *testing.B) float64 {
+	p, err := detector.MeasureSgemmPeak(2048)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return p
+}
+
+// BenchmarkTrainingStep reports GFLOP/s of one fit step for a ViT-S-shaped
+// student block (batch 8, 197 tokens): the teacher's embedding and block 0,
+// then the student's forward and backward pass (3 forwards' worth) and Adam.
+func BenchmarkTrainingStep(b *testing.B) {
+	cfg := models.Config{Dim: 384, Depth: 1, Heads: 6, MLPDim: 1536, Patch: 16, ImageSize: 224, Eps: 1e-6}
+	v, err := models.RandomViT(cfg, 1)
+	if err != nil {
+		b.Fatal(err)
+	}
+	const batch = 8
+	teacherFLOPs, blockFLOPs := v.ForwardFLOPs()
+	flops := batch * (teacherFLOPs + 3*blockFLOPs)
+	p := peak(b)
+	student := models.XavierBlock(v.Config, rand.New(rand.NewPCG(1, 1)))
+	tr, err := fit.NewTrainer(v, []int{0}, []models.Block{student}, 1e-4, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer tr.Close()
+	images := make([]byte, batch*224*224*3)
+	for i := range images {
+		images[i] = byte(i * 13)
+	}
+	// ORT plans its memory on the first run and first touches the planned
+	// arena on the second: warm up with both.
+	for range 2 {
+		if _, err := tr.Step(images, batch); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ResetTimer()
+	for range b.N {
+		if _, err := tr.Step(images, batch); err != nil {
+			b.Fatal(err)
+		}
+	}
+	perStep := b.Elapsed().Seconds() / float64(b.N)
+	b.ReportMetric(perStep*1e3, "ms/step")
+	b.ReportMetric(flops/perStep/1e9, "GFLOP/s")
+	b.ReportMetric(p, "peak-GFLOP/s")
+	b.ReportMetric(flops/perStep/1e9/p, "of-peak")
+}
+
+// BenchmarkFit runs a whole fit (a ViT-Ti-shaped teacher at 224, students on
+// blocks 2..11, 96 synthetic images, 3 epochs) and reports images/s and the
+// whole fit's time over the time its training steps alone took.
+func BenchmarkFit(b *testing.B) {
+	cfg := models.Config{Dim: 192, Depth: 12, Heads: 3, MLPDim: 768, Patch: 16, ImageSize: 224, Eps: 1e-6}
+	dir := b.TempDir()
+	v, err := models.RandomViT(cfg, 1)
+	if err != nil {
+		b.Fatal(err)
+	}
+	v.Checksum = "bench"
+	normal := filepath.Join(dir, "normal")
+	if _, err := synth.WriteParts(normal, 224, synth.Normal, 96, 1); err != nil {
+		b.Fatal(err)
+	}
+	const epochs = 3
+	for i := range b.N {
+		out := filepath.Join(dir, "b.tfy")
+		os.Remove(out)
+		info, err := fit.Run(context.Background(), fit.Options{Teacher: v, NormalDir: normal, ValFraction: 0.1,
+			Epochs: epochs, BatchSize: 16, LR: 1e-4, Seed: uint64(i), Whitening: 0.9, Quantile: 0.995, Out: out})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(float64(info.Training.TrainImages*epochs)/info.Training.Seconds, "train-images/s")
+		b.ReportMetric(info.Training.Seconds/info.Training.StepSeconds, "fit/steps")
+	}
+}
