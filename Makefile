@@ -63,4 +63,3 @@ clean:
 
 demo: build
 	$(BIN) demo --dir demo
-	$(BIN) embed --teacher demo/teacher.safetensors --json demo/defective/missing-000[0-2].png | cut -c1-160

@@ -265,48 +265,62 @@ func evalCommand(fs *pflag.FlagSet) func([]string) error {
 			return err
 		}
 		defer det.Close()
-		rep := evalReport{Threshold: model.threshold}
-		if rep.Threshold <= 0 {
-			rep.Threshold = det.Info.Threshold
+		rep, err := evaluate(det, *normalDir, *anomalousDir, model.threshold, max(*batch, 1))
+		if err != nil {
+			return err
 		}
-		type scores struct{ all, pre, stu []float64 }
-		var sets [2]scores
-		for i, dir := range []string{*normalDir, *anomalousDir} {
-			paths, err := fit.ListImages(dir)
-			if err != nil {
-				return err
-			}
-			if len(paths) == 0 {
-				return fmt.Errorf("no images (png, jpg, jpeg, bmp) under %s", dir)
-			}
-			failed, err := scoreFiles(det, paths, max(*batch, 1), rep.Threshold, func(_ string, r detector.Result) error {
-				sets[i].all = append(sets[i].all, r.Score)
-				sets[i].pre = append(sets[i].pre, -r.LLPretrained)
-				sets[i].stu = append(sets[i].stu, -r.LLStudent)
-				return nil
-			})
-			if err != nil {
-				return err
-			}
-			rep.SkippedImages += failed
-			if len(sets[i].all) == 0 {
-				return fmt.Errorf("no readable images under %s", dir)
-			}
-		}
-		rep.NormalImages, rep.AnomalousImages = len(sets[0].all), len(sets[1].all)
-		rep.AUROC = fit.AUROC(sets[0].all, sets[1].all)
-		rep.AUROCPretrained = fit.AUROC(sets[0].pre, sets[1].pre)
-		rep.AUROCStudent = fit.AUROC(sets[0].stu, sets[1].stu)
-		rep.FalseAlarmRate = fractionAbove(sets[0].all, rep.Threshold)
-		rep.DetectionRate = fractionAbove(sets[1].all, rep.Threshold)
 		if *asJSON {
 			return json.NewEncoder(os.Stdout).Encode(rep)
 		}
-		fmt.Printf("images: %d normal, %d anomalous (%d skipped)\n", rep.NormalImages, rep.AnomalousImages, rep.SkippedImages)
-		fmt.Printf("AUROC: %.4f combined, %.4f pretrained feature, %.4f teacher-student feature\n", rep.AUROC, rep.AUROCPretrained, rep.AUROCStudent)
-		fmt.Printf("at threshold %.4g: false alarm rate %.4f, detection rate %.4f\n", rep.Threshold, rep.FalseAlarmRate, rep.DetectionRate)
+		printReport(rep)
 		return nil
 	}
+}
+
+func printReport(rep evalReport) {
+	fmt.Printf("images: %d normal, %d anomalous (%d skipped)\n", rep.NormalImages, rep.AnomalousImages, rep.SkippedImages)
+	fmt.Printf("AUROC: %.4f combined, %.4f pretrained feature, %.4f teacher-student feature\n", rep.AUROC, rep.AUROCPretrained, rep.AUROCStudent)
+	fmt.Printf("at threshold %.4g: false alarm rate %.4f, detection rate %.4f\n", rep.Threshold, rep.FalseAlarmRate, rep.DetectionRate)
+}
+
+// evaluate scores every image under the two folders and measures AUROC and
+// the rates at the threshold (<= 0: the bundle's).
+func evaluate(det *detector.Detector, normalDir, anomalousDir string, threshold float64, batch int) (evalReport, error) {
+	rep := evalReport{Threshold: threshold}
+	if rep.Threshold <= 0 {
+		rep.Threshold = det.Info.Threshold
+	}
+	type scores struct{ all, pre, stu []float64 }
+	var sets [2]scores
+	for i, dir := range []string{normalDir, anomalousDir} {
+		paths, err := fit.ListImages(dir)
+		if err != nil {
+			return rep, err
+		}
+		if len(paths) == 0 {
+			return rep, fmt.Errorf("no images (png, jpg, jpeg, bmp) under %s", dir)
+		}
+		failed, err := scoreFiles(det, paths, batch, rep.Threshold, func(_ string, r detector.Result) error {
+			sets[i].all = append(sets[i].all, r.Score)
+			sets[i].pre = append(sets[i].pre, -r.LLPretrained)
+			sets[i].stu = append(sets[i].stu, -r.LLStudent)
+			return nil
+		})
+		if err != nil {
+			return rep, err
+		}
+		rep.SkippedImages += failed
+		if len(sets[i].all) == 0 {
+			return rep, fmt.Errorf("no readable images under %s", dir)
+		}
+	}
+	rep.NormalImages, rep.AnomalousImages = len(sets[0].all), len(sets[1].all)
+	rep.AUROC = fit.AUROC(sets[0].all, sets[1].all)
+	rep.AUROCPretrained = fit.AUROC(sets[0].pre, sets[1].pre)
+	rep.AUROCStudent = fit.AUROC(sets[0].stu, sets[1].stu)
+	rep.FalseAlarmRate = fractionAbove(sets[0].all, rep.Threshold)
+	rep.DetectionRate = fractionAbove(sets[1].all, rep.Threshold)
+	return rep, nil
 }
 
 func fractionAbove(xs []float64, t float64) float64 {
