@@ -8,6 +8,7 @@ ORT_DIR        := .deps/onnxruntime
 ORT_LIB        := $(ORT_DIR)/libonnxruntime.so.1
 APT_PACKAGES   := libopencv-dev mosquitto pkg-config gcc
 BIN            := bin/transformaly
+# -tags matprofile makes gocv count live Mats, so tests can assert none leak.
 GO_TEST_FLAGS  ?= -timeout 25m
 
 .PHONY: all build deps apt-deps ort-lib test bench vet demo clean FORCE
@@ -51,12 +52,12 @@ vet:
 
 test: deps
 	go vet ./...
-	go test $(GO_TEST_FLAGS) ./...
+	go test -tags matprofile $(GO_TEST_FLAGS) ./...
 
 # Benchmarks print per-image latency, GFLOP/s and the fraction of the sgemm
 # peak measured in the same run.
 bench: deps
-	go test -run '^$$' -bench . -benchtime 3x -timeout 60m ./detector/ ./fit/
+	go test -run '^$$' -bench . -benchtime 3x -timeout 60m ./capture/ ./detector/ ./fit/
 
 clean:
 	rm -rf bin

@@ -18,6 +18,8 @@ import (
 // ImageExtensions are the still-image file types read from folders.
 var ImageExtensions = map[string]bool{".png": true, ".jpg": true, ".jpeg": true, ".bmp": true}
 
+func lowerExt(name string) string { return strings.ToLower(filepath.Ext(name)) }
+
 // ValidateImageFile catches the corrupt files OpenCV would decode into
 // garbage without an error: libjpeg only warns on a truncated or bit-flipped
 // JPEG, so JPEG and PNG files are decoded once by Go's own decoders as well.
@@ -66,23 +68,7 @@ func ReadImageRGB(path string, size int) ([]byte, error) {
 // ResizeToRGB resizes a BGR Mat to size x size and writes packed RGB bytes to
 // dst (len size*size*3).
 func ResizeToRGB(src gocv.Mat, size int, dst []byte) error {
-	if len(dst) != size*size*3 {
-		return fmt.Errorf("resize: destination holds %d bytes, want %d", len(dst), size*size*3)
-	}
-	interp := gocv.InterpolationLinear
-	if src.Cols() > 2*size || src.Rows() > 2*size {
-		interp = gocv.InterpolationArea
-	}
-	resized := gocv.NewMat()
-	defer resized.Close()
-	gocv.Resize(src, &resized, image.Pt(size, size), 0, 0, interp)
-	rgb := gocv.NewMat()
-	defer rgb.Close()
-	gocv.CvtColor(resized, &rgb, gocv.ColorBGRToRGB)
-	b, err := rgb.DataPtrUint8()
-	if err != nil {
-		return fmt.Errorf("resize: %w", err)
-	}
-	copy(dst, b)
-	return nil
+	p := newPreprocessor(Transform{Size: size})
+	defer p.Close()
+	return p.Apply(src, dst)
 }

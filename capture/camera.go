@@ -1,0 +1,282 @@
+package capture
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	"gocv.io/x/gocv"
+)
+
+// State is a camera's condition.
+type State string
+
+// Camera states.
+const (
+	StateStarting     State = "starting"
+	StateOnline       State = "online"
+	StateReconnecting State = "reconnecting"
+	StateOffline      State = "offline" // stopped: ended, failed for good, or shut down
+)
+
+// Frame is one preprocessed frame.
+type Frame struct {
+	Camera string
+	Seq    uint64    // 1-based, per camera
+	Time   time.Time // when it was captured
+	RGB    []byte    // Size x Size x 3, owned by the receiver
+	Size   int
+}
+
+// Status is a camera's counters and state.
+type Status struct {
+	Name       string    `json:"name"`
+	State      State     `json:"state"`
+	Error      string    `json:"error,omitempty"` // the last failure
+	Frames     uint64    `json:"frames"`          // delivered to the mailbox
+	Dropped    uint64    `json:"dropped"`         // replaced before the consumer took them
+	Reconnects uint64    `json:"reconnects"`
+	LastFrame  time.Time `json:"last_frame"`
+	FPS        float64   `json:"fps"` // measured capture rate
+}
+
+// Camera runs one source in its own goroutine: it reconnects with growing
+// waits when reads fail or frames stop, and delivers preprocessed frames to
+// a one-slot mailbox where the newest frame wins.
+type Camera struct {
+	cfg      Config
+	frames   chan Frame
+	onChange func(Status)
+
+	mu     sync.Mutex
+	status Status
+}
+
+// NewCamera validates cfg; errors are permanent (they name what is wrong).
+// onChange, if set, is called on every state change (from the camera's
+// goroutine).
+func NewCamera(cfg Config, onChange func(Status)) (*Camera, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	return &Camera{cfg: cfg, frames: make(chan Frame, 1), onChange: onChange,
+		status: Status{Name: cfg.Name, State: StateStarting}}, nil
+}
+
+// Name is the camera's name.
+func (c *Camera) Name() string { return c.cfg.Name }
+
+// Frames is the mailbox: at most one frame waits, the newest.
+func (c *Camera) Frames() <-chan Frame { return c.frames }
+
+// Status returns a snapshot of the counters.
+func (c *Camera) Status() Status {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.status
+}
+
+func (c *Camera) setState(s State, err error) {
+	c.mu.Lock()
+	changed := c.status.State != s
+	c.status.State = s
+	if err != nil {
+		c.status.Error = err.Error()
+	}
+	snap := c.status
+	c.mu.Unlock()
+	if changed {
+		slog.Info("camera state", "camera", c.cfg.Name, "state", s, "err", err)
+		if c.onChange != nil {
+			c.onChange(snap)
+		}
+	}
+}
+
+// deliver puts a frame in the mailbox, replacing an untaken one.
+func (c *Camera) deliver(f Frame) {
+	select {
+	case c.frames <- f:
+		return
+	default:
+	}
+	dropped := false
+	select {
+	case <-c.frames:
+		dropped = true
+	default:
+	}
+	select {
+	case c.frames <- f:
+	default: // the consumer cannot have filled it; drop ours if it did
+		dropped = true
+	}
+	if dropped {
+		c.mu.Lock()
+		c.status.Dropped++
+		c.mu.Unlock()
+	}
+}
+
+// Run captures until ctx ends, the source ends (a file or folder without
+// Loop), or it fails for good. It returns nil on a normal end, and closes
+// the mailbox when it returns. Call it once.
+func (c *Camera) Run(ctx context.Context) error {
+	defer close(c.frames)
+	defer c.setState(StateOffline, nil)
+	done := make(chan struct{})
+	defer close(done)
+	go c.watchdog(done)
+	pre := newPreprocessor(Transform{ROI: c.cfg.ROI, Rotate: c.cfg.Rotate, FlipH: c.cfg.FlipH, FlipV: c.cfg.FlipV, Size: c.cfg.Size})
+	defer pre.Close()
+	frame := gocv.NewMat()
+	defer frame.Close()
+	wait := c.cfg.RetryStart
+	var seq uint64
+	for attempt := 0; ; attempt++ {
+		if ctx.Err() != nil {
+			return nil
+		}
+		if attempt > 0 {
+			c.mu.Lock()
+			c.status.Reconnects++
+			c.mu.Unlock()
+		}
+		src, err := openSource(c.cfg)
+		if err != nil {
+			if errors.Is(err, ErrPermanent) {
+				c.setState(StateOffline, err)
+				return err
+			}
+			c.setState(StateReconnecting, err)
+			if !sleep(ctx, wait) {
+				return nil
+			}
+			wait = min(2*wait, c.cfg.RetryMax)
+			continue
+		}
+		delivered, err := c.stream(ctx, src, pre, &frame, &seq)
+		src.Close()
+		if delivered {
+			wait = c.cfg.RetryStart // it worked for a while: start the waits afresh
+		}
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case errors.Is(err, io.EOF):
+			if !c.cfg.Loop {
+				slog.Info("camera source ended", "camera", c.cfg.Name)
+				return nil
+			}
+			continue // reopen from the start without waiting
+		case errors.Is(err, ErrPermanent):
+			c.setState(StateOffline, err)
+			return err
+		}
+		c.setState(StateReconnecting, err)
+		if !sleep(ctx, wait) {
+			return nil
+		}
+		wait = min(2*wait, c.cfg.RetryMax)
+	}
+}
+
+// stream reads frames from an open source until it fails, stalls or ends.
+// A read that blocks is bounded by FFMPEG's timeouts; a source that keeps
+// answering without producing frames is caught by the stall timeout.
+func (c *Camera) stream(ctx context.Context, src source, pre *preprocessor, frame *gocv.Mat, seq *uint64) (delivered bool, err error) {
+	pace := 0.0
+	if c.cfg.Pace {
+		pace = src.FrameRate()
+		if _, ok := src.(*folderSource); ok || pace <= 0 || pace > 1000 {
+			pace = c.cfg.FolderFPS
+		}
+	}
+	start := time.Now()
+	lastGood, lastSent := time.Now(), time.Time{}
+	paced := 0
+	for ctx.Err() == nil {
+		if err := src.Read(frame); err != nil {
+			return delivered, err
+		}
+		now := time.Now()
+		if now.Sub(lastGood) > c.cfg.StallTimeout {
+			return delivered, fmt.Errorf("no frame for %s", now.Sub(lastGood).Round(time.Millisecond))
+		}
+		lastGood = now
+		if pace > 0 {
+			paced++
+			if !sleep(ctx, time.Until(start.Add(time.Duration(float64(paced)/pace*float64(time.Second))))) {
+				return delivered, nil
+			}
+			now = time.Now()
+		}
+		if c.cfg.FPSLimit > 0 && !lastSent.IsZero() && now.Sub(lastSent).Seconds() < 1/c.cfg.FPSLimit {
+			continue
+		}
+		rgb := make([]byte, c.cfg.Size*c.cfg.Size*3)
+		if err := pre.Apply(*frame, rgb); err != nil {
+			return delivered, fmt.Errorf("%w: %w", err, ErrPermanent)
+		}
+		*seq++
+		c.mu.Lock()
+		if !c.status.LastFrame.IsZero() {
+			dt := now.Sub(c.status.LastFrame).Seconds()
+			if dt > 0 {
+				inst := 1 / dt
+				if c.status.FPS == 0 {
+					c.status.FPS = inst
+				} else {
+					c.status.FPS += 0.1 * (inst - c.status.FPS)
+				}
+			}
+		}
+		c.status.Frames++
+		c.status.LastFrame = now
+		c.mu.Unlock()
+		c.setState(StateOnline, nil)
+		delivered = true
+		lastSent = now
+		c.deliver(Frame{Camera: c.cfg.Name, Seq: *seq, Time: now, RGB: rgb, Size: c.cfg.Size})
+	}
+	return delivered, nil
+}
+
+// watchdog reports a stalled camera as reconnecting while its read is
+// still blocked (the read itself returns within FFMPEG's timeouts, and the
+// capture is then recreated by Run).
+func (c *Camera) watchdog(done <-chan struct{}) {
+	t := time.NewTicker(max(c.cfg.StallTimeout/4, 10*time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-t.C:
+			st := c.Status()
+			if st.State == StateOnline && time.Since(st.LastFrame) > c.cfg.StallTimeout {
+				c.setState(StateReconnecting, fmt.Errorf("no frame for %s", time.Since(st.LastFrame).Round(time.Second)))
+			}
+		}
+	}
+}
+
+// sleep waits d or until ctx ends; false if ctx ended.
+func sleep(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
