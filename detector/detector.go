@@ -77,3 +77,6 @@ func (d *Detector) Score(images []byte, n int, threshold float64) ([]Result, err
 
 // Close releases the session.
 func (d *Detector) Close() error { return d.runner.Close() }
+
+// Provider is the execution provider the bundle runs on.
+func (d *Detector) Provider() string { return d.runner.Provider() }

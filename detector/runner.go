@@ -3,7 +3,11 @@
 package detector
 
 import (
+	"errors"
 	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
 
 	onnx "github.com/yalue/onnxruntime_go"
 
@@ -21,30 +25,116 @@ type Output struct {
 // uint8 image batch [N, size, size, 3]. A Runner is not safe for concurrent
 // Run calls.
 type Runner struct {
-	session *onnx.DynamicAdvancedSession
-	outputs []string
-	size    int
+	session  *onnx.DynamicAdvancedSession
+	outputs  []string
+	size     int
+	provider string
 }
 
 // RunnerOptions configure a session.
 type RunnerOptions struct {
 	// Threads is the intra-op thread count (0: one per core).
 	Threads int
+	// Provider is auto (TensorRT, then CUDA, then CPU), tensorrt, cuda or
+	// cpu ("" means cpu).
+	Provider string
+	// CacheDir keeps TensorRT engine and timing caches between starts.
+	CacheDir string
 }
 
-// NewRunner opens a session over an ONNX graph that maps images to outputs.
+// providerOrder lists the execution providers to try for a preference.
+func providerOrder(pref string) ([]string, error) {
+	switch pref {
+	case "", "cpu":
+		return []string{"cpu"}, nil
+	case "cuda":
+		return []string{"cuda"}, nil
+	case "tensorrt":
+		return []string{"tensorrt"}, nil
+	case "auto":
+		// Only GPU providers whose libraries sit beside the core library are
+		// tried: probing a CPU-only build makes ORT print errors of its own.
+		var order []string
+		dir := filepath.Dir(ort.Library())
+		for _, p := range []string{"tensorrt", "cuda"} {
+			lib := filepath.Join(dir, "libonnxruntime_providers_"+p+".so")
+			if _, err := os.Stat(lib); err == nil {
+				order = append(order, p)
+			} else {
+				slog.Info("execution provider not installed", "provider", p, "looked_for", lib)
+			}
+		}
+		return append(order, "cpu"), nil
+	}
+	return nil, fmt.Errorf("execution provider %q is not auto, tensorrt, cuda or cpu", pref)
+}
+
+// NewRunner opens a session over an ONNX graph that maps images to outputs,
+// on the first execution provider of the preference that works; each
+// fallback is logged with its reason.
 func NewRunner(model []byte, size int, outputs []string, opts RunnerOptions) (*Runner, error) {
+	order, err := providerOrder(opts.Provider)
+	if err != nil {
+		return nil, err
+	}
+	var errs []error
+	for _, p := range order {
+		s, err := newSession(model, outputs, opts, p)
+		if err == nil {
+			if len(errs) > 0 {
+				slog.Info("execution provider chosen", "provider", p)
+			}
+			return &Runner{session: s, outputs: outputs, size: size, provider: p}, nil
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", p, err))
+		if len(order) > 1 {
+			slog.Warn("execution provider unusable, falling back", "provider", p, "reason", err)
+		}
+	}
+	return nil, fmt.Errorf("create ONNX Runtime session: %w", errors.Join(errs...))
+}
+
+func newSession(model []byte, outputs []string, opts RunnerOptions, provider string) (*onnx.DynamicAdvancedSession, error) {
 	so, err := ort.SessionOptions(opts.Threads)
 	if err != nil {
 		return nil, err
 	}
 	defer so.Destroy()
-	s, err := onnx.NewDynamicAdvancedSessionWithONNXData(model, []string{models.InputImages}, outputs, so)
-	if err != nil {
-		return nil, fmt.Errorf("create ONNX Runtime session: %w", err)
+	switch provider {
+	case "cuda":
+		cuda, err := onnx.NewCUDAProviderOptions()
+		if err != nil {
+			return nil, err
+		}
+		defer cuda.Destroy()
+		if err := so.AppendExecutionProviderCUDA(cuda); err != nil {
+			return nil, err
+		}
+	case "tensorrt":
+		trt, err := onnx.NewTensorRTProviderOptions()
+		if err != nil {
+			return nil, err
+		}
+		defer trt.Destroy()
+		settings := map[string]string{"trt_fp16_enable": "1"}
+		if opts.CacheDir != "" {
+			settings["trt_engine_cache_enable"] = "1"
+			settings["trt_engine_cache_path"] = opts.CacheDir
+			settings["trt_timing_cache_enable"] = "1"
+			settings["trt_timing_cache_path"] = opts.CacheDir
+		}
+		if err := trt.Update(settings); err != nil {
+			return nil, err
+		}
+		if err := so.AppendExecutionProviderTensorRT(trt); err != nil {
+			return nil, err
+		}
 	}
-	return &Runner{session: s, outputs: outputs, size: size}, nil
+	return onnx.NewDynamicAdvancedSessionWithONNXData(model, []string{models.InputImages}, outputs, so)
 }
+
+// Provider is the execution provider the session runs on.
+func (r *Runner) Provider() string { return r.provider }
 
 // Size is the image side length the graph takes.
 func (r *Runner) Size() int { return r.size }

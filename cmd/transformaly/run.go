@@ -1,0 +1,76 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/pflag"
+
+	"github.com/transformaly/transformaly/daemon"
+)
+
+// daemonFlags are the command-line overrides of the configuration file.
+type daemonFlags struct {
+	config   string
+	broker   string
+	metrics  string
+	stateDir string
+	provider string
+}
+
+func (f *daemonFlags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&f.config, "config", daemon.DefaultConfigPath, "YAML configuration file")
+	fs.StringVar(&f.broker, "broker", "", "MQTT broker URL or \"embedded\" (overrides mqtt.broker)")
+	fs.StringVar(&f.metrics, "metrics-address", "", "host:port of /metrics, /healthz and /readyz, or \"off\" (overrides metrics.address)")
+	fs.StringVar(&f.stateDir, "state-dir", "", "directory for the event queue (overrides state_directory)")
+	fs.StringVar(&f.provider, "provider", "", "execution provider: auto, tensorrt, cuda or cpu (overrides detector.provider)")
+}
+
+func (f *daemonFlags) override(c *daemon.Config) {
+	if f.broker != "" {
+		c.MQTT.Broker = f.broker
+	}
+	if f.metrics != "" {
+		c.Metrics.Address = f.metrics
+	}
+	if f.stateDir != "" {
+		c.StateDirectory = f.stateDir
+	}
+	if f.provider != "" {
+		c.Detector.Provider = f.provider
+	}
+}
+
+func runCommand(fs *pflag.FlagSet) func([]string) error {
+	var flags daemonFlags
+	var rt runtimeFlags
+	flags.register(fs)
+	check := fs.Bool("check-config", false, "validate the configuration (and that its bundles exist) and exit")
+	rt.register(fs)
+	return func(args []string) error {
+		if len(args) > 0 {
+			return usageError("unexpected arguments %q", args)
+		}
+		if *check {
+			if _, err := daemon.LoadAndValidate(flags.config, flags.override); err != nil {
+				return err
+			}
+			fmt.Printf("config %s is valid\n", flags.config)
+			return nil
+		}
+		if err := rt.init(); err != nil {
+			return err
+		}
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		return daemon.Run(ctx, daemon.Options{ConfigPath: flags.config, Override: func(c *daemon.Config) {
+			flags.override(c)
+			if rt.threads > 0 {
+				c.Detector.Threads = rt.threads
+			}
+		}})
+	}
+}

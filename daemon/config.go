@@ -1,0 +1,338 @@
+// Package daemon runs transformaly as a service: cameras in, scores, events
+// and snapshots out over MQTT, with metrics, health and systemd integration.
+package daemon
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/transformaly/transformaly/capture"
+)
+
+// DefaultConfigPath is where `transformaly run` looks without --config.
+const DefaultConfigPath = "/etc/transformaly/config.yaml"
+
+// Config is the daemon's YAML configuration.
+type Config struct {
+	// Defaults apply to every camera that does not set the key itself.
+	Defaults CameraConfig   `yaml:"defaults"`
+	Cameras  []CameraConfig `yaml:"cameras"`
+	MQTT     MQTTConfig     `yaml:"mqtt"`
+	Events   EventConfig    `yaml:"events"`
+	Detector DetectorConfig `yaml:"detector"`
+	Metrics  MetricsConfig  `yaml:"metrics"`
+	// StateDirectory holds the event queue (systemd StateDirectory).
+	StateDirectory string `yaml:"state_directory"`
+	// CacheDirectory holds TensorRT engine caches (systemd CacheDirectory).
+	CacheDirectory string `yaml:"cache_directory"`
+}
+
+// CameraConfig is one camera; pointer fields distinguish "unset" (take
+// the default) from an explicit zero.
+type CameraConfig struct {
+	Name         string         `yaml:"name"`
+	Source       string         `yaml:"source"`
+	Model        string         `yaml:"model"`     // bundle path
+	Threshold    *float64       `yaml:"threshold"` // override of the bundle's calibrated one
+	FPSLimit     *float64       `yaml:"fps_limit"`
+	ROI          string         `yaml:"roi"` // "x,y,width,height"
+	Rotate       *int           `yaml:"rotate"`
+	FlipH        *bool          `yaml:"flip_horizontal"`
+	FlipV        *bool          `yaml:"flip_vertical"`
+	Loop         *bool          `yaml:"loop"` // files and folders
+	Pace         *bool          `yaml:"pace"` // files and folders: real time
+	Width        int            `yaml:"width"`
+	Height       int            `yaml:"height"`
+	FPS          float64        `yaml:"fps"`
+	FourCC       string         `yaml:"fourcc"`
+	StallTimeout *time.Duration `yaml:"stall_timeout"`
+	RetryStart   *time.Duration `yaml:"retry_start"`
+	RetryMax     *time.Duration `yaml:"retry_max"`
+}
+
+// MQTTConfig says where and how to publish.
+type MQTTConfig struct {
+	// Broker is a URL (tcp://host:1883, ssl://host:8883, ws://...) or
+	// "embedded" for the in-process broker.
+	Broker          string `yaml:"broker"`
+	EmbeddedAddress string `yaml:"embedded_address"`
+	ClientID        string `yaml:"client_id"`
+	TopicPrefix     string `yaml:"topic_prefix"`
+	// ScoreQoS is the QoS of per-frame scores (events are always QoS 1).
+	ScoreQoS byte `yaml:"score_qos"`
+	// ScoreRate limits score messages per camera per second (0: every frame).
+	ScoreRate    float64 `yaml:"score_rate"`
+	Username     string  `yaml:"username"`
+	PasswordFile string  `yaml:"password_file"`
+	PasswordEnv  string  `yaml:"password_env"`
+	TLS          struct {
+		CAFile             string `yaml:"ca_file"`
+		CertFile           string `yaml:"cert_file"`
+		KeyFile            string `yaml:"key_file"`
+		InsecureSkipVerify bool   `yaml:"insecure_skip_verify"`
+	} `yaml:"tls"`
+	Snapshots           *bool  `yaml:"snapshots"`
+	HomeAssistant       bool   `yaml:"home_assistant"`
+	HomeAssistantPrefix string `yaml:"home_assistant_prefix"`
+	// StatsInterval is how often <prefix>/stats is published.
+	StatsInterval time.Duration `yaml:"stats_interval"`
+	// QueueLimit bounds the events kept while the broker is unreachable.
+	QueueLimit int `yaml:"queue_limit"`
+}
+
+// EventConfig shapes anomaly events out of per-frame verdicts.
+type EventConfig struct {
+	// MinFrames above the threshold, in a row, open an event (debounce).
+	MinFrames int `yaml:"min_frames"`
+	// EndFrames below the threshold, in a row, close it (hysteresis).
+	EndFrames int `yaml:"end_frames"`
+	// UpdateInterval bounds how often "update" messages are sent for a
+	// rising peak.
+	UpdateInterval time.Duration `yaml:"update_interval"`
+}
+
+// DetectorConfig sets up inference.
+type DetectorConfig struct {
+	Provider  string        `yaml:"provider"` // auto, tensorrt, cuda or cpu
+	MaxBatch  int           `yaml:"max_batch"`
+	BatchWait time.Duration `yaml:"batch_wait"`
+	Threads   int           `yaml:"threads"`
+}
+
+// MetricsConfig places the HTTP endpoint (/metrics, /healthz, /readyz).
+type MetricsConfig struct {
+	Address string `yaml:"address"` // "" or "off" disables
+}
+
+// DefaultConfig is what an empty file means.
+func DefaultConfig() Config {
+	return Config{
+		MQTT: MQTTConfig{Broker: "tcp://127.0.0.1:1883", EmbeddedAddress: "127.0.0.1:1883", ClientID: "transformaly",
+			TopicPrefix: "transformaly", HomeAssistantPrefix: "homeassistant", StatsInterval: 60 * time.Second, QueueLimit: 10000},
+		Events:         EventConfig{MinFrames: 2, EndFrames: 5, UpdateInterval: time.Second},
+		Detector:       DetectorConfig{Provider: "auto", MaxBatch: 8, BatchWait: 10 * time.Millisecond},
+		Metrics:        MetricsConfig{Address: "127.0.0.1:9108"},
+		StateDirectory: "/var/lib/transformaly",
+		CacheDirectory: "/var/cache/transformaly",
+	}
+}
+
+// LoadConfig reads a YAML file over the defaults. Unknown keys are errors.
+func LoadConfig(path string) (Config, error) {
+	cfg := DefaultConfig()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return cfg, fmt.Errorf("read config: %w", err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	// An empty file (io.EOF) stands for all defaults.
+	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
+		return cfg, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// Camera returns camera i with the defaults filled in.
+func (c Config) Camera(i int) CameraConfig {
+	cam, d := c.Cameras[i], c.Defaults
+	if cam.Model == "" {
+		cam.Model = d.Model
+	}
+	if cam.Threshold == nil {
+		cam.Threshold = d.Threshold
+	}
+	if cam.FPSLimit == nil {
+		cam.FPSLimit = d.FPSLimit
+	}
+	if cam.ROI == "" {
+		cam.ROI = d.ROI
+	}
+	if cam.Rotate == nil {
+		cam.Rotate = d.Rotate
+	}
+	if cam.FlipH == nil {
+		cam.FlipH = d.FlipH
+	}
+	if cam.FlipV == nil {
+		cam.FlipV = d.FlipV
+	}
+	if cam.Loop == nil {
+		cam.Loop = d.Loop
+	}
+	if cam.Pace == nil {
+		cam.Pace = d.Pace
+	}
+	if cam.StallTimeout == nil {
+		cam.StallTimeout = d.StallTimeout
+	}
+	if cam.RetryStart == nil {
+		cam.RetryStart = d.RetryStart
+	}
+	if cam.RetryMax == nil {
+		cam.RetryMax = d.RetryMax
+	}
+	return cam
+}
+
+func deref[T any](p *T) T {
+	var zero T
+	if p == nil {
+		return zero
+	}
+	return *p
+}
+
+// CaptureConfig turns a camera's settings into the capture package's, for
+// a model input of size.
+func (cam CameraConfig) CaptureConfig(size int) (capture.Config, error) {
+	cc := capture.Config{
+		Name: cam.Name, Source: cam.Source, Width: cam.Width, Height: cam.Height, FPS: cam.FPS, FourCC: cam.FourCC,
+		Loop: deref(cam.Loop), Pace: deref(cam.Pace), FPSLimit: deref(cam.FPSLimit), Rotate: deref(cam.Rotate),
+		FlipH: deref(cam.FlipH), FlipV: deref(cam.FlipV), Size: size,
+		StallTimeout: deref(cam.StallTimeout), RetryStart: deref(cam.RetryStart), RetryMax: deref(cam.RetryMax),
+	}
+	if cam.ROI != "" {
+		roi, err := capture.ParseROI(cam.ROI)
+		if err != nil {
+			return cc, err
+		}
+		cc.ROI = roi
+	}
+	return cc, nil
+}
+
+// Validate checks everything that can be checked without opening cameras
+// or the broker, and names the exact key of every problem.
+func (c Config) Validate() []error {
+	var errs []error
+	bad := func(key, format string, a ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, a...)))
+	}
+	if len(c.Cameras) == 0 {
+		bad("cameras", "no cameras configured")
+	}
+	names := map[string]int{}
+	for i := range c.Cameras {
+		cam := c.Camera(i)
+		key := func(k string) string { return fmt.Sprintf("cameras[%d].%s", i, k) }
+		switch {
+		case cam.Name == "":
+			bad(key("name"), "missing")
+		case strings.ContainsAny(cam.Name, "/+#") || strings.TrimSpace(cam.Name) != cam.Name:
+			bad(key("name"), "%q cannot be part of an MQTT topic (no /, +, # or surrounding spaces)", cam.Name)
+		default:
+			if j, dup := names[cam.Name]; dup {
+				bad(key("name"), "%q is already the name of cameras[%d]", cam.Name, j)
+			}
+			names[cam.Name] = i
+		}
+		if cam.Source == "" {
+			bad(key("source"), "missing")
+		} else if _, _, err := capture.ParseKind(cam.Source); err != nil {
+			bad(key("source"), "%v", strings.TrimSuffix(err.Error(), ": permanent"))
+		}
+		if cam.Model == "" {
+			bad(key("model"), "missing (set it here or in defaults.model)")
+		} else if st, err := os.Stat(cam.Model); err != nil || st.IsDir() {
+			bad(key("model"), "bundle %s is not a readable file", cam.Model)
+		}
+		if cam.ROI != "" {
+			if _, err := capture.ParseROI(cam.ROI); err != nil {
+				bad(key("roi"), "%v", err)
+			}
+		}
+		if r := deref(cam.Rotate); r != 0 && r != 90 && r != 180 && r != 270 {
+			bad(key("rotate"), "%d is not 0, 90, 180 or 270", r)
+		}
+		if deref(cam.FPSLimit) < 0 {
+			bad(key("fps_limit"), "must not be negative")
+		}
+		if t := cam.Threshold; t != nil && *t == 0 {
+			bad(key("threshold"), "0 is not a threshold (leave it out to use the bundle's)")
+		}
+		if cam.FourCC != "" && len(cam.FourCC) != 4 {
+			bad(key("fourcc"), "%q is not four characters", cam.FourCC)
+		}
+	}
+	m := c.MQTT
+	if m.Broker == "" {
+		bad("mqtt.broker", "missing (a URL such as tcp://host:1883, or embedded)")
+	} else if m.Broker == "embedded" {
+		if _, _, err := net.SplitHostPort(m.EmbeddedAddress); err != nil {
+			bad("mqtt.embedded_address", "%q is not host:port", m.EmbeddedAddress)
+		}
+	} else if u, err := url.Parse(m.Broker); err != nil || u.Host == "" {
+		bad("mqtt.broker", "%q is not a broker URL like tcp://host:1883", m.Broker)
+	} else if !map[string]bool{"tcp": true, "mqtt": true, "ssl": true, "tls": true, "mqtts": true, "ws": true, "wss": true}[u.Scheme] {
+		bad("mqtt.broker", "unknown scheme %q (tcp, ssl, ws, wss)", u.Scheme)
+	}
+	if m.ScoreQoS > 2 {
+		bad("mqtt.score_qos", "%d is not 0, 1 or 2", m.ScoreQoS)
+	}
+	if m.TopicPrefix == "" || strings.ContainsAny(m.TopicPrefix, "+#") {
+		bad("mqtt.topic_prefix", "%q must be non-empty without + or #", m.TopicPrefix)
+	}
+	if m.PasswordFile != "" && m.PasswordEnv != "" {
+		bad("mqtt.password_file", "set either password_file or password_env, not both")
+	}
+	if m.PasswordFile != "" {
+		if _, err := os.ReadFile(m.PasswordFile); err != nil {
+			bad("mqtt.password_file", "%v", err)
+		}
+	}
+	if m.PasswordEnv != "" && os.Getenv(m.PasswordEnv) == "" {
+		bad("mqtt.password_env", "environment variable %s is empty or unset", m.PasswordEnv)
+	}
+	for key, f := range map[string]string{"mqtt.tls.ca_file": m.TLS.CAFile, "mqtt.tls.cert_file": m.TLS.CertFile, "mqtt.tls.key_file": m.TLS.KeyFile} {
+		if f != "" {
+			if _, err := os.Stat(f); err != nil {
+				bad(key, "%v", err)
+			}
+		}
+	}
+	if (m.TLS.CertFile == "") != (m.TLS.KeyFile == "") {
+		bad("mqtt.tls.cert_file", "cert_file and key_file go together")
+	}
+	if m.QueueLimit < 1 {
+		bad("mqtt.queue_limit", "must be at least 1")
+	}
+	if m.StatsInterval < time.Second {
+		bad("mqtt.stats_interval", "must be at least 1s")
+	}
+	if c.Events.MinFrames < 1 {
+		bad("events.min_frames", "must be at least 1")
+	}
+	if c.Events.EndFrames < 1 {
+		bad("events.end_frames", "must be at least 1")
+	}
+	switch c.Detector.Provider {
+	case "auto", "tensorrt", "cuda", "cpu":
+	default:
+		bad("detector.provider", "%q is not auto, tensorrt, cuda or cpu", c.Detector.Provider)
+	}
+	if c.Detector.MaxBatch < 1 {
+		bad("detector.max_batch", "must be at least 1")
+	}
+	if c.Detector.BatchWait < 0 {
+		bad("detector.batch_wait", "must not be negative")
+	}
+	if a := c.Metrics.Address; a != "" && a != "off" {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			bad("metrics.address", "%q is not host:port", a)
+		}
+	}
+	if c.StateDirectory == "" {
+		bad("state_directory", "missing")
+	}
+	return errs
+}

@@ -1,0 +1,292 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	sd "github.com/coreos/go-systemd/v22/daemon"
+
+	"github.com/transformaly/transformaly/models"
+)
+
+// Daemon is a running transformaly service.
+type Daemon struct {
+	configPath string
+	override   func(*Config)
+	cfg        Config
+	queue      *Queue
+	pub        *Publisher
+	broker     *EmbeddedBroker
+	started    time.Time
+
+	mu   sync.Mutex
+	pipe *pipeline
+}
+
+// Options say where the configuration comes from.
+type Options struct {
+	ConfigPath string
+	// Override applies command-line flags over the file (also on reload).
+	Override func(*Config)
+	// Ready, if set, is called once the models are warm and the cameras
+	// started (after READY=1 is sent to systemd).
+	Ready func(*Daemon)
+}
+
+// LoadAndValidate reads the configuration, applies the overrides and
+// checks it; every problem is returned, each naming its key.
+func LoadAndValidate(path string, override func(*Config)) (Config, error) {
+	cfg, err := LoadConfig(path)
+	if err != nil {
+		return cfg, err
+	}
+	if override != nil {
+		override(&cfg)
+	}
+	if errs := cfg.Validate(); len(errs) > 0 {
+		return cfg, fmt.Errorf("config %s is invalid:\n  %w", path, joinLines(errs))
+	}
+	return cfg, nil
+}
+
+type lines []error
+
+func (l lines) Error() string {
+	s := ""
+	for i, e := range l {
+		if i > 0 {
+			s += "\n  "
+		}
+		s += e.Error()
+	}
+	return s
+}
+
+func joinLines(errs []error) error { return lines(errs) }
+
+func (d *Daemon) current() *pipeline {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.pipe
+}
+
+// Run runs the daemon until ctx ends: SIGHUP reloads the configuration and
+// bundles. On the way out it tells systemd STOPPING=1, closes open events,
+// publishes what is pending and marks the status "stopped".
+func Run(ctx context.Context, opts Options) error {
+	cfg, err := LoadAndValidate(opts.ConfigPath, opts.Override)
+	if err != nil {
+		return err
+	}
+	d := &Daemon{configPath: opts.ConfigPath, override: opts.Override, cfg: cfg, started: time.Now()}
+	if err := os.MkdirAll(cfg.StateDirectory, 0o750); err != nil {
+		return fmt.Errorf("state_directory: %w", err)
+	}
+	if d.queue, err = OpenQueue(filepath.Join(cfg.StateDirectory, "events"), cfg.MQTT.QueueLimit); err != nil {
+		return err
+	}
+	broker := cfg.MQTT.Broker
+	if broker == "embedded" {
+		if d.broker, err = StartEmbeddedBroker(cfg.MQTT.EmbeddedAddress); err != nil {
+			return err
+		}
+		defer d.broker.Close()
+		broker = "tcp://" + cfg.MQTT.EmbeddedAddress
+	}
+	if d.pub, err = NewPublisher(cfg.MQTT, broker, d.queue, nil); err != nil {
+		return err
+	}
+	d.pub.Start(ctx, broker)
+	defer d.pub.Close()
+	if a := cfg.Metrics.Address; a != "" && a != "off" {
+		stop, err := d.serveHTTP(a)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
+
+	pipe, err := buildPipeline(cfg, d.pub, nil)
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	d.pipe = pipe
+	d.mu.Unlock()
+	pipe.start(ctx)
+	notify(sd.SdNotifyReady)
+	slog.Info("transformaly running", "cameras", len(cfg.Cameras), "models", len(pipe.models), "version", models.Version)
+	if opts.Ready != nil {
+		opts.Ready(d)
+	}
+
+	loops, stopLoops := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); d.watchdog(loops) }()
+	go func() { defer wg.Done(); d.stats(loops) }()
+
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for running := true; running; {
+		select {
+		case <-ctx.Done():
+			running = false
+		case <-hup:
+			d.reload(ctx)
+		}
+	}
+
+	notify(sd.SdNotifyStopping)
+	slog.Info("stopping: closing open events and publishing what is pending")
+	stopLoops()
+	wg.Wait()
+	p := d.current()
+	p.stop()
+	p.flush()
+	d.pub.Drain(10 * time.Second)
+	return nil
+}
+
+// reload builds and warms a new pipeline from the configuration on disk,
+// then swaps it in; on any error the running one stays.
+func (d *Daemon) reload(ctx context.Context) {
+	notify("RELOADING=1")
+	defer notify(sd.SdNotifyReady)
+	slog.Info("reloading configuration and bundles", "config", d.configPath)
+	cfg, err := LoadAndValidate(d.configPath, d.override)
+	if err == nil && (cfg.MQTT.Broker != d.cfg.MQTT.Broker || cfg.StateDirectory != d.cfg.StateDirectory) {
+		err = errors.New("mqtt.broker and state_directory change only with a restart")
+	}
+	if err != nil {
+		slog.Error("reload refused; still running the previous configuration", "err", err)
+		return
+	}
+	old := d.current()
+	next, err := buildPipeline(cfg, d.pub, old.trackers())
+	if err != nil {
+		slog.Error("reload failed; still running the previous configuration", "err", err)
+		return
+	}
+	old.stop()
+	d.mu.Lock()
+	d.pipe, d.cfg = next, cfg
+	d.mu.Unlock()
+	next.start(ctx)
+	slog.Info("reloaded", "cameras", len(cfg.Cameras), "models", len(next.models))
+}
+
+func notify(state string) {
+	if _, err := sd.SdNotify(false, state); err != nil {
+		slog.Warn("sd_notify failed", "state", state, "err", err)
+	}
+}
+
+// watchdog sends WATCHDOG=1 at half the systemd interval, but only while
+// the detector loops are turning (each turn, busy or idle, beats): a hung
+// inference or pipeline stops the pings and systemd restarts the service.
+func (d *Daemon) watchdog(ctx context.Context) {
+	interval, err := sd.SdWatchdogEnabled(false)
+	if err != nil || interval <= 0 {
+		return
+	}
+	t := time.NewTicker(interval / 2)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if p := d.current(); p != nil && time.Since(time.Unix(0, p.heartbeat.Load())) < interval/2 {
+				notify(sd.SdNotifyWatchdog)
+			}
+		}
+	}
+}
+
+// CameraStats is one camera's part of <prefix>/stats.
+type CameraStats struct {
+	CaptureFPS   float64 `json:"capture_fps"`
+	ProcessedFPS float64 `json:"processed_fps"`
+	Dropped      uint64  `json:"dropped_frames"`
+	Reconnects   uint64  `json:"reconnects"`
+	State        string  `json:"state"`
+	InferenceP50 float64 `json:"inference_ms_p50"`
+	InferenceP99 float64 `json:"inference_ms_p99"`
+	LatencyP50   float64 `json:"latency_ms_p50"`
+	LatencyP99   float64 `json:"latency_ms_p99"`
+}
+
+// Stats is the payload of <prefix>/stats.
+type Stats struct {
+	Time      time.Time              `json:"time"`
+	UptimeS   float64                `json:"uptime_s"`
+	Version   string                 `json:"version"`
+	Providers map[string]string      `json:"providers"` // bundle -> execution provider
+	Cameras   map[string]CameraStats `json:"cameras"`
+	Queue     int                    `json:"event_queue"`
+}
+
+// Snapshot gathers the current figures; processed fps is measured since
+// the previous call with the same memory.
+func (d *Daemon) Snapshot(prev map[string]uint64, since time.Duration) (Stats, map[string]uint64) {
+	s := Stats{Time: time.Now().UTC(), UptimeS: time.Since(d.started).Seconds(), Version: models.Version,
+		Providers: map[string]string{}, Cameras: map[string]CameraStats{}, Queue: d.queue.Len()}
+	counts := map[string]uint64{}
+	p := d.current()
+	if p == nil {
+		return s, counts
+	}
+	for _, m := range p.models {
+		s.Providers[m.path] = m.det.Provider()
+	}
+	for _, c := range p.cameras {
+		st := c.cam.Status()
+		n := c.processed.Load()
+		counts[c.cfg.Name] = n
+		inf := c.latency.percentiles(0.5, 0.99)
+		lat := c.e2e.percentiles(0.5, 0.99)
+		s.Cameras[c.cfg.Name] = CameraStats{
+			CaptureFPS: st.FPS, ProcessedFPS: float64(n-prev[c.cfg.Name]) / since.Seconds(),
+			Dropped: st.Dropped + c.dropped.Load(), Reconnects: st.Reconnects, State: string(st.State),
+			InferenceP50: nanToZero(inf[0]), InferenceP99: nanToZero(inf[1]), LatencyP50: nanToZero(lat[0]), LatencyP99: nanToZero(lat[1]),
+		}
+	}
+	return s, counts
+}
+
+func nanToZero(x float64) float64 {
+	if x != x {
+		return 0
+	}
+	return x
+}
+
+func (d *Daemon) stats(ctx context.Context) {
+	interval := d.cfg.MQTT.StatsInterval
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	prev := map[string]uint64{}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			var s Stats
+			s, prev = d.Snapshot(prev, interval)
+			if b, err := json.Marshal(s); err == nil {
+				d.pub.Publish(d.pub.Topic("stats"), 0, false, b)
+			}
+		}
+	}
+}

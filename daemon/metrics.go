@@ -1,0 +1,114 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// collector exposes the running pipeline's figures; it reads whatever
+// pipeline is current, so a reload needs no re-registration.
+type collector struct {
+	d *Daemon
+
+	frames, dropped, processed, reconnects, events *prometheus.Desc
+	online, score, inferP50, inferP99                *prometheus.Desc
+	queue, connected, queueDropped                   *prometheus.Desc
+}
+
+func newCollector(d *Daemon) *collector {
+	cam := []string{"camera"}
+	return &collector{d: d,
+		frames:       prometheus.NewDesc("transformaly_frames_captured_total", "Frames delivered by the camera.", cam, nil),
+		dropped:      prometheus.NewDesc("transformaly_frames_dropped_total", "Frames replaced by newer ones before they were scored.", cam, nil),
+		processed:    prometheus.NewDesc("transformaly_frames_scored_total", "Frames scored by the detector.", cam, nil),
+		reconnects:   prometheus.NewDesc("transformaly_camera_reconnects_total", "Times the capture was recreated.", cam, nil),
+		events:       prometheus.NewDesc("transformaly_events_total", "Anomaly events opened.", cam, nil),
+		online:       prometheus.NewDesc("transformaly_camera_online", "1 while the camera delivers frames.", cam, nil),
+		score:        prometheus.NewDesc("transformaly_score", "Last anomaly score.", cam, nil),
+		inferP50:     prometheus.NewDesc("transformaly_inference_ms_p50", "Median detector batch time over recent frames.", cam, nil),
+		inferP99:     prometheus.NewDesc("transformaly_inference_ms_p99", "99th percentile detector batch time over recent frames.", cam, nil),
+		queue:        prometheus.NewDesc("transformaly_event_queue_length", "Events waiting for the broker.", nil, nil),
+		queueDropped: prometheus.NewDesc("transformaly_event_queue_dropped_total", "Events lost to the queue bound.", nil, nil),
+		connected:    prometheus.NewDesc("transformaly_mqtt_connected", "1 while connected to the broker.", nil, nil),
+	}
+}
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.frames, c.dropped, c.processed, c.reconnects, c.events, c.online, c.score, c.inferP50, c.inferP99, c.queue, c.queueDropped, c.connected} {
+		ch <- d
+	}
+}
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	p := c.d.current()
+	if p != nil {
+		for _, cam := range p.cameras {
+			st := cam.cam.Status()
+			n := cam.cfg.Name
+			online := 0.0
+			if st.State == "online" {
+				online = 1
+			}
+			pct := cam.latency.percentiles(0.5, 0.99)
+			ch <- prometheus.MustNewConstMetric(c.frames, prometheus.CounterValue, float64(st.Frames), n)
+			ch <- prometheus.MustNewConstMetric(c.dropped, prometheus.CounterValue, float64(st.Dropped+cam.dropped.Load()), n)
+			ch <- prometheus.MustNewConstMetric(c.processed, prometheus.CounterValue, float64(cam.processed.Load()), n)
+			ch <- prometheus.MustNewConstMetric(c.reconnects, prometheus.CounterValue, float64(st.Reconnects), n)
+			ch <- prometheus.MustNewConstMetric(c.events, prometheus.CounterValue, float64(cam.events.Load()), n)
+			ch <- prometheus.MustNewConstMetric(c.online, prometheus.GaugeValue, online, n)
+			ch <- prometheus.MustNewConstMetric(c.score, prometheus.GaugeValue, math.Float64frombits(cam.lastScore.Load()), n)
+			ch <- prometheus.MustNewConstMetric(c.inferP50, prometheus.GaugeValue, pct[0], n)
+			ch <- prometheus.MustNewConstMetric(c.inferP99, prometheus.GaugeValue, pct[1], n)
+		}
+	}
+	connected := 0.0
+	if c.d.pub.Connected() {
+		connected = 1
+	}
+	ch <- prometheus.MustNewConstMetric(c.queue, prometheus.GaugeValue, float64(c.d.queue.Len()))
+	ch <- prometheus.MustNewConstMetric(c.queueDropped, prometheus.CounterValue, float64(c.d.queue.Dropped()))
+	ch <- prometheus.MustNewConstMetric(c.connected, prometheus.GaugeValue, connected)
+}
+
+// serveHTTP starts /metrics, /healthz (the process answers) and /readyz
+// (models warmed and at least one camera online).
+func (d *Daemon) serveHTTP(address string) (func(), error) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(newCollector(d), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if p := d.current(); p != nil && p.ready() {
+			fmt.Fprintln(w, "ready")
+			return
+		}
+		http.Error(w, "not ready: models loading or no camera online", http.StatusServiceUnavailable)
+	})
+	ln, err := net.Listen("tcp", address)
+	if err != nil {
+		return nil, fmt.Errorf("metrics.address %s: %w", address, err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			slog.Error("metrics server stopped", "err", err)
+		}
+	}()
+	slog.Info("metrics and health endpoints listening", "address", ln.Addr().String())
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	}, nil
+}

@@ -1,0 +1,321 @@
+package daemon
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+)
+
+// Publisher owns the MQTT connection: status and Last Will, scores, the
+// persistent event queue, snapshots, availability, stats and Home
+// Assistant discovery.
+type Publisher struct {
+	cfg    MQTTConfig
+	client mqtt.Client
+	queue  *Queue
+
+	connected atomic.Bool
+	published atomic.Uint64 // score messages sent
+	skipped   atomic.Uint64 // score messages not sent while disconnected
+
+	mu           sync.Mutex
+	availability map[string]string // camera -> online/offline, republished on connect
+	discovery    []string          // cameras announced to Home Assistant
+	onConnect    func()
+
+	wg   sync.WaitGroup
+	stop context.CancelFunc
+}
+
+// Topic joins the prefix and parts.
+func (p *Publisher) Topic(parts ...string) string {
+	return p.cfg.TopicPrefix + "/" + strings.Join(parts, "/")
+}
+
+// password reads the broker password from its file or environment variable.
+func (c MQTTConfig) password() (string, error) {
+	switch {
+	case c.PasswordFile != "":
+		b, err := os.ReadFile(c.PasswordFile)
+		if err != nil {
+			return "", fmt.Errorf("mqtt.password_file: %w", err)
+		}
+		return strings.TrimRight(string(b), "\r\n"), nil
+	case c.PasswordEnv != "":
+		return os.Getenv(c.PasswordEnv), nil
+	}
+	return "", nil
+}
+
+func (c MQTTConfig) tlsConfig() (*tls.Config, error) {
+	t := c.TLS
+	if t.CAFile == "" && t.CertFile == "" && !t.InsecureSkipVerify {
+		return nil, nil
+	}
+	cfg := &tls.Config{InsecureSkipVerify: t.InsecureSkipVerify, MinVersion: tls.VersionTLS12} //nolint:gosec // the user asked for it
+	if t.CAFile != "" {
+		pem, err := os.ReadFile(t.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("mqtt.tls.ca_file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("mqtt.tls.ca_file %s: no PEM certificates in it", t.CAFile)
+		}
+		cfg.RootCAs = pool
+	}
+	if t.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("mqtt.tls.cert_file/key_file: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	return cfg, nil
+}
+
+// NewPublisher prepares the client; Start connects (retrying) in the
+// background so the daemon runs, and queues events, with the broker down.
+func NewPublisher(cfg MQTTConfig, broker string, queue *Queue, onConnect func()) (*Publisher, error) {
+	pw, err := cfg.password()
+	if err != nil {
+		return nil, err
+	}
+	tlsCfg, err := cfg.tlsConfig()
+	if err != nil {
+		return nil, err
+	}
+	p := &Publisher{cfg: cfg, queue: queue, availability: map[string]string{}, onConnect: onConnect}
+	opts := mqtt.NewClientOptions().
+		AddBroker(broker).
+		SetClientID(cfg.ClientID).
+		SetUsername(cfg.Username).
+		SetPassword(pw).
+		SetCleanSession(true).
+		SetKeepAlive(30*time.Second).
+		SetConnectTimeout(10*time.Second).
+		SetAutoReconnect(true).
+		SetMaxReconnectInterval(30*time.Second).
+		SetWill(p.Topic("status"), "offline", 1, true).
+		SetOrderMatters(false).
+		SetOnConnectHandler(func(mqtt.Client) { p.connectedNow() }).
+		SetConnectionLostHandler(func(_ mqtt.Client, err error) {
+			p.connected.Store(false)
+			slog.Warn("MQTT connection lost; reconnecting", "broker", broker, "err", err)
+		})
+	if tlsCfg != nil {
+		opts.SetTLSConfig(tlsCfg)
+	}
+	p.client = mqtt.NewClient(opts)
+	return p, nil
+}
+
+// describeConnectError turns paho's errors into what a user should do.
+func describeConnectError(err error) string {
+	msg := err.Error()
+	switch {
+	case strings.Contains(msg, "not Authorized"), strings.Contains(msg, "bad user name or password"):
+		return "the broker refused the username or password (check mqtt.username and the password file or variable)"
+	case strings.Contains(msg, "x509"), strings.Contains(msg, "tls"), strings.Contains(msg, "certificate"):
+		return "TLS handshake failed: " + msg + " (check mqtt.tls)"
+	case strings.Contains(msg, "connection refused"):
+		return "nothing listens at the broker address: " + msg
+	}
+	return msg
+}
+
+// Start connects in the background (retrying with growing waits) and runs
+// the event delivery loop until Close.
+func (p *Publisher) Start(ctx context.Context, broker string) {
+	ctx, p.stop = context.WithCancel(ctx)
+	p.wg.Add(2)
+	go func() {
+		defer p.wg.Done()
+		wait := time.Second
+		for ctx.Err() == nil {
+			tok := p.client.Connect()
+			if tok.WaitTimeout(15*time.Second) && tok.Error() == nil {
+				return // paho reconnects by itself from now on
+			}
+			err := tok.Error()
+			if err == nil {
+				err = errors.New("timed out")
+			}
+			slog.Error("MQTT connect failed; retrying", "broker", broker, "retry_in", wait, "err", describeConnectError(err))
+			select {
+			case <-ctx.Done():
+			case <-time.After(wait):
+			}
+			wait = min(2*wait, 30*time.Second)
+		}
+	}()
+	go func() {
+		defer p.wg.Done()
+		p.deliverEvents(ctx)
+	}()
+}
+
+func (p *Publisher) connectedNow() {
+	p.connected.Store(true)
+	slog.Info("MQTT connected", "prefix", p.cfg.TopicPrefix)
+	p.client.Publish(p.Topic("status"), 1, true, "online")
+	p.mu.Lock()
+	avail := make(map[string]string, len(p.availability))
+	for k, v := range p.availability {
+		avail[k] = v
+	}
+	cams := append([]string(nil), p.discovery...)
+	p.mu.Unlock()
+	for cam, state := range avail {
+		p.client.Publish(p.Topic(cam, "availability"), 1, true, state)
+	}
+	if p.cfg.HomeAssistant {
+		for _, cam := range cams {
+			p.announce(cam)
+		}
+	}
+	if p.onConnect != nil {
+		p.onConnect()
+	}
+	// Events queued while we were away go out now.
+	p.queue.signal()
+}
+
+// Connected reports the broker connection.
+func (p *Publisher) Connected() bool { return p.connected.Load() }
+
+// deliverEvents sends queued events one at a time, in order, removing each
+// only once the broker acknowledged it (QoS 1).
+func (p *Publisher) deliverEvents(ctx context.Context) {
+	for {
+		msg, ok, err := p.queue.Peek()
+		if err != nil {
+			slog.Error("event queue", "err", err)
+		}
+		if !ok || !p.connected.Load() {
+			select {
+			case <-ctx.Done():
+				return
+			case <-p.queue.Ready():
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		tok := p.client.Publish(msg.Topic, msg.QoS, false, []byte(msg.Payload))
+		if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			slog.Warn("event not acknowledged yet; will retry", "topic", msg.Topic, "err", tok.Error())
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		if err := p.queue.Remove(msg.Seq); err != nil {
+			slog.Error("event queue", "err", err)
+		}
+	}
+}
+
+// Drain waits until the event queue is empty, the broker is gone, or the
+// timeout passes; used on shutdown so pending events are published.
+func (p *Publisher) Drain(timeout time.Duration) {
+	deadline := time.Now().Add(timeout)
+	for p.queue.Len() > 0 && p.connected.Load() && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := p.queue.Len(); n > 0 {
+		slog.Warn("events left in the queue at shutdown; they go out at the next start", "events", n)
+	}
+}
+
+// Event queues an event for delivery.
+func (p *Publisher) Event(e Event) error {
+	b, err := json.Marshal(e)
+	if err != nil {
+		return err
+	}
+	return p.queue.Push(p.Topic(e.Camera, "event"), 1, b)
+}
+
+// Publish sends a best-effort message (scores, snapshots, stats): dropped
+// while disconnected, never queued.
+func (p *Publisher) Publish(topic string, qos byte, retained bool, payload []byte) bool {
+	if !p.connected.Load() {
+		p.skipped.Add(1)
+		return false
+	}
+	p.client.Publish(topic, qos, retained, payload)
+	p.published.Add(1)
+	return true
+}
+
+// Availability records and publishes a camera's online/offline state.
+func (p *Publisher) Availability(camera string, online bool) {
+	state := "offline"
+	if online {
+		state = "online"
+	}
+	p.mu.Lock()
+	changed := p.availability[camera] != state
+	p.availability[camera] = state
+	p.mu.Unlock()
+	if changed && p.connected.Load() {
+		p.client.Publish(p.Topic(camera, "availability"), 1, true, state)
+	}
+}
+
+// Discover registers a camera for Home Assistant discovery.
+func (p *Publisher) Discover(camera string) {
+	p.mu.Lock()
+	p.discovery = append(p.discovery, camera)
+	p.mu.Unlock()
+	if p.cfg.HomeAssistant && p.connected.Load() {
+		p.announce(camera)
+	}
+}
+
+// announce publishes Home Assistant discovery for a camera: a problem
+// binary_sensor (on while an event is open) and a score sensor, both
+// unavailable when the daemon's Last Will fires.
+func (p *Publisher) announce(camera string) {
+	id := p.cfg.ClientID + "_" + camera
+	device := map[string]any{"identifiers": []string{p.cfg.ClientID}, "name": "transformaly " + p.cfg.ClientID, "manufacturer": "transformaly"}
+	availability := []map[string]string{{"topic": p.Topic("status")}, {"topic": p.Topic(camera, "availability")}}
+	for kind, cfg := range map[string]map[string]any{
+		"binary_sensor": {"name": camera + " anomaly", "unique_id": id + "_problem", "device_class": "problem",
+			"state_topic": p.Topic(camera, "event"), "value_template": "{{ 'OFF' if value_json.type == 'end' else 'ON' }}"},
+		"sensor": {"name": camera + " anomaly score", "unique_id": id + "_score", "state_topic": p.Topic(camera, "score"),
+			"value_template": "{{ value_json.score | round(3) }}", "state_class": "measurement"},
+	} {
+		cfg["device"], cfg["availability"], cfg["availability_mode"] = device, availability, "all"
+		b, _ := json.Marshal(cfg)
+		topic := fmt.Sprintf("%s/%s/%s/%s/config", p.cfg.HomeAssistantPrefix, kind, p.cfg.ClientID, camera)
+		p.client.Publish(topic, 1, true, b)
+	}
+}
+
+// Close publishes "stopped", disconnects cleanly (so the Last Will does not
+// fire) and stops the background loops.
+func (p *Publisher) Close() {
+	if p.connected.Load() {
+		tok := p.client.Publish(p.Topic("status"), 1, true, "stopped")
+		tok.WaitTimeout(2 * time.Second)
+	}
+	if p.stop != nil {
+		p.stop()
+	}
+	p.client.Disconnect(500)
+	p.wg.Wait()
+}

@@ -1,0 +1,396 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"math"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/transformaly/transformaly/capture"
+	"github.com/transformaly/transformaly/detector"
+)
+
+// ScoreMessage is the payload of <prefix>/<camera>/score.
+type ScoreMessage struct {
+	Camera       string    `json:"camera"`
+	Frame        uint64    `json:"frame"`
+	Timestamp    time.Time `json:"timestamp"` // capture time
+	Score        float64   `json:"score"`
+	Threshold    float64   `json:"threshold"`
+	Anomalous    bool      `json:"anomalous"`
+	LLPretrained float64   `json:"ll_pretrained"`
+	LLStudent    float64   `json:"ll_student"`
+	InferenceMS  float64   `json:"inference_ms"`
+	LatencyMS    float64   `json:"latency_ms"` // capture to publish
+}
+
+// peakFrame is what a snapshot is drawn from.
+type peakFrame struct {
+	rgb    []byte
+	tokens []float32 // [blocks * tokens]
+	score  float64
+}
+
+// cameraRuntime is one camera inside a running pipeline.
+type cameraRuntime struct {
+	cfg       CameraConfig
+	cam       *capture.Camera
+	model     *modelRuntime
+	threshold float64
+	tracker   *tracker
+
+	processed atomic.Uint64
+	dropped   atomic.Uint64 // replaced while waiting for the detector
+	lastScore atomic.Uint64 // float64 bits
+	events    atomic.Uint64
+	lastSent  time.Time
+	peak      *peakFrame
+	latency   *window // inference ms
+	e2e       *window // capture-to-publish ms
+}
+
+// modelRuntime is one loaded bundle and the cameras it scores.
+type modelRuntime struct {
+	path    string
+	det     *detector.Detector
+	cameras []*cameraRuntime
+
+	mu      sync.Mutex
+	pending map[*cameraRuntime]capture.Frame // newest frame per camera
+	signal  chan struct{}
+}
+
+// pipeline is everything a configuration runs: replaced whole on reload.
+type pipeline struct {
+	cfg     Config
+	models  []*modelRuntime
+	cameras []*cameraRuntime
+	pub     *Publisher
+
+	heartbeat atomic.Int64 // unix nanos of the last detector loop turn
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+}
+
+// buildPipeline loads and warms every bundle and prepares the cameras; it
+// starts nothing, so a failed reload leaves the running pipeline alone.
+// Trackers are carried over by camera name so a reload does not split an
+// open event.
+func buildPipeline(cfg Config, pub *Publisher, trackers map[string]*tracker) (*pipeline, error) {
+	p := &pipeline{cfg: cfg, pub: pub}
+	byPath := map[string]*modelRuntime{}
+	for i := range cfg.Cameras {
+		cc := cfg.Camera(i)
+		m, ok := byPath[cc.Model]
+		if !ok {
+			det, err := detector.Load(cc.Model, detector.RunnerOptions{Threads: cfg.Detector.Threads, Provider: cfg.Detector.Provider, CacheDir: cfg.CacheDirectory})
+			if err != nil {
+				p.closeModels()
+				return nil, fmt.Errorf("cameras[%d].model: %w", i, err)
+			}
+			m = &modelRuntime{path: cc.Model, det: det, pending: map[*cameraRuntime]capture.Frame{}, signal: make(chan struct{}, 1)}
+			byPath[cc.Model] = m
+			p.models = append(p.models, m)
+			if err := warmUp(det, cfg.Detector.MaxBatch); err != nil {
+				p.closeModels()
+				return nil, fmt.Errorf("warm up %s: %w", cc.Model, err)
+			}
+			slog.Info("model loaded", "bundle", cc.Model, "provider", det.Provider(), "image_size", det.Size(), "threshold", det.Info.Threshold)
+		}
+		capCfg, err := cc.CaptureConfig(m.det.Size())
+		if err != nil {
+			p.closeModels()
+			return nil, fmt.Errorf("cameras[%d]: %w", i, err)
+		}
+		rt := &cameraRuntime{cfg: cc, model: m, threshold: m.det.Info.Threshold, latency: newWindow(1024), e2e: newWindow(1024)}
+		if cc.Threshold != nil {
+			rt.threshold = *cc.Threshold
+		}
+		if t, ok := trackers[cc.Name]; ok {
+			rt.tracker = t
+			t.cfg = cfg.Events
+		} else {
+			rt.tracker = newTracker(cc.Name, cfg.Events)
+		}
+		name := cc.Name
+		rt.cam, err = capture.NewCamera(capCfg, func(s capture.Status) {
+			pub.Availability(name, s.State == capture.StateOnline)
+		})
+		if err != nil {
+			p.closeModels()
+			return nil, fmt.Errorf("cameras[%d]: %w", i, err)
+		}
+		m.cameras = append(m.cameras, rt)
+		p.cameras = append(p.cameras, rt)
+	}
+	return p, nil
+}
+
+// warmUp runs the detector at batch 1 and the max batch, twice each: ORT
+// plans memory on the first run and touches it on the second, and TensorRT
+// builds its engines at the first run of a shape.
+func warmUp(det *detector.Detector, maxBatch int) error {
+	for _, n := range []int{maxBatch, 1} {
+		img := make([]byte, n*det.Size()*det.Size()*3)
+		for range 2 {
+			if _, err := det.Score(img, n, 0); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (p *pipeline) closeModels() {
+	for _, m := range p.models {
+		m.det.Close()
+	}
+}
+
+func (p *pipeline) beat() { p.heartbeat.Store(time.Now().UnixNano()) }
+
+// start runs the cameras and the detector loops.
+func (p *pipeline) start(ctx context.Context) {
+	ctx, p.cancel = context.WithCancel(ctx)
+	p.beat()
+	for _, c := range p.cameras {
+		p.pub.Discover(c.cfg.Name)
+		p.wg.Add(2)
+		go func() {
+			defer p.wg.Done()
+			if err := c.cam.Run(ctx); err != nil {
+				slog.Error("camera stopped", "camera", c.cfg.Name, "err", err)
+			}
+		}()
+		go func() {
+			defer p.wg.Done()
+			for f := range c.cam.Frames() {
+				c.model.put(c, f)
+			}
+		}()
+	}
+	for _, m := range p.models {
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			p.detectLoop(ctx, m)
+		}()
+	}
+}
+
+// stop ends the cameras and loops and releases the models.
+func (p *pipeline) stop() {
+	if p.cancel != nil {
+		p.cancel()
+	}
+	p.wg.Wait()
+	p.closeModels()
+}
+
+// put keeps the newest frame of a camera for the detector.
+func (m *modelRuntime) put(c *cameraRuntime, f capture.Frame) {
+	m.mu.Lock()
+	if _, waiting := m.pending[c]; waiting {
+		c.dropped.Add(1)
+	}
+	m.pending[c] = f
+	m.mu.Unlock()
+	select {
+	case m.signal <- struct{}{}:
+	default:
+	}
+}
+
+type pendingFrame struct {
+	cam   *cameraRuntime
+	frame capture.Frame
+}
+
+// take removes up to n waiting frames, oldest capture first.
+func (m *modelRuntime) take(n int) []pendingFrame {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]pendingFrame, 0, len(m.pending))
+	for c, f := range m.pending {
+		out = append(out, pendingFrame{c, f})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].frame.Time.Before(out[j].frame.Time) })
+	out = out[:min(n, len(out))]
+	for _, pf := range out {
+		delete(m.pending, pf.cam)
+	}
+	if len(m.pending) > 0 {
+		select {
+		case m.signal <- struct{}{}:
+		default:
+		}
+	}
+	return out
+}
+
+// detectLoop batches frames of the cameras sharing a bundle: it waits up
+// to batch_wait for more cameras' frames when the batch is not full, so a
+// GPU box with many cameras runs full batches.
+func (p *pipeline) detectLoop(ctx context.Context, m *modelRuntime) {
+	maxBatch := p.cfg.Detector.MaxBatch
+	var pixels []byte
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+			p.beat() // idle but alive
+			continue
+		case <-m.signal:
+		}
+		batch := m.take(maxBatch)
+		if len(batch) < maxBatch && len(batch) < len(m.cameras) && p.cfg.Detector.BatchWait > 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(p.cfg.Detector.BatchWait):
+			}
+			batch = append(batch, m.take(maxBatch-len(batch))...)
+		}
+		if len(batch) == 0 {
+			continue
+		}
+		pixels = pixels[:0]
+		for _, pf := range batch {
+			pixels = append(pixels, pf.frame.RGB...)
+		}
+		start := time.Now()
+		res, err := m.det.Score(pixels, len(batch), 0)
+		inferMS := float64(time.Since(start).Microseconds()) / 1000
+		if err != nil {
+			slog.Error("detector failed on a batch", "bundle", m.path, "frames", len(batch), "err", err)
+			continue
+		}
+		for i, pf := range batch {
+			p.handle(pf.cam, pf.frame, res[i], inferMS)
+		}
+		p.beat()
+	}
+}
+
+// handle publishes one scored frame and feeds its camera's event tracker.
+func (p *pipeline) handle(c *cameraRuntime, f capture.Frame, r detector.Result, inferMS float64) {
+	c.processed.Add(1)
+	c.lastScore.Store(math.Float64bits(r.Score))
+	c.latency.add(inferMS)
+	anomalous := r.Score > c.threshold
+	now := time.Now()
+	if rate := p.cfg.MQTT.ScoreRate; rate <= 0 || now.Sub(c.lastSent).Seconds() >= 1/rate {
+		c.lastSent = now
+		msg := ScoreMessage{Camera: c.cfg.Name, Frame: f.Seq, Timestamp: f.Time.UTC(), Score: r.Score, Threshold: c.threshold,
+			Anomalous: anomalous, LLPretrained: r.LLPretrained, LLStudent: r.LLStudent, InferenceMS: inferMS,
+			LatencyMS: float64(now.Sub(f.Time).Microseconds()) / 1000}
+		if b, err := json.Marshal(msg); err == nil {
+			p.pub.Publish(p.pub.Topic(c.cfg.Name, "score"), p.cfg.MQTT.ScoreQoS, false, b)
+		}
+	}
+	c.e2e.add(float64(time.Since(f.Time).Microseconds()) / 1000)
+	events, newPeak := c.tracker.observe(f.Seq, f.Time, r.Score, c.threshold)
+	if newPeak {
+		c.peak = &peakFrame{rgb: f.RGB, tokens: append([]float32(nil), r.TokenErrors...), score: r.Score}
+	}
+	for _, e := range events {
+		p.publishEvent(c, e)
+	}
+}
+
+func (p *pipeline) publishEvent(c *cameraRuntime, e Event) {
+	if err := p.pub.Event(e); err != nil {
+		slog.Error("could not queue an event", "camera", c.cfg.Name, "event", e.ID, "err", err)
+	}
+	if e.Type == EventNew {
+		c.events.Add(1)
+	}
+	slog.Info("anomaly event", "camera", c.cfg.Name, "type", e.Type, "id", e.ID, "peak_score", e.PeakScore, "frames_above", e.FramesAbove)
+	if e.Type == EventEnd && c.peak != nil {
+		if snapshotsEnabled(p.cfg.MQTT) {
+			jpg, err := snapshot(c.peak, len(c.model.det.Info.Blocks), c.model.det.Size())
+			if err != nil {
+				slog.Error("snapshot failed", "camera", c.cfg.Name, "err", err)
+			} else {
+				p.pub.Publish(p.pub.Topic(c.cfg.Name, "snapshot"), 1, true, jpg)
+			}
+		}
+		c.peak = nil
+	}
+}
+
+func snapshotsEnabled(m MQTTConfig) bool { return m.Snapshots == nil || *m.Snapshots }
+
+// flush ends open events (shutdown), publishing their end.
+func (p *pipeline) flush() {
+	now := time.Now()
+	for _, c := range p.cameras {
+		for _, e := range c.tracker.flush(now) {
+			p.publishEvent(c, e)
+		}
+	}
+}
+
+// trackers hands the event state to the next pipeline.
+func (p *pipeline) trackers() map[string]*tracker {
+	out := map[string]*tracker{}
+	for _, c := range p.cameras {
+		out[c.cfg.Name] = c.tracker
+	}
+	return out
+}
+
+// ready: models warmed (true once built) and at least one camera online.
+func (p *pipeline) ready() bool {
+	for _, c := range p.cameras {
+		if c.cam.Status().State == capture.StateOnline {
+			return true
+		}
+	}
+	return false
+}
+
+// window keeps the last n samples for percentiles.
+type window struct {
+	mu   sync.Mutex
+	vals []float64
+	next int
+	full bool
+}
+
+func newWindow(n int) *window { return &window{vals: make([]float64, n)} }
+
+func (w *window) add(v float64) {
+	w.mu.Lock()
+	w.vals[w.next] = v
+	w.next = (w.next + 1) % len(w.vals)
+	w.full = w.full || w.next == 0
+	w.mu.Unlock()
+}
+
+// percentiles returns the requested quantiles (NaN when empty).
+func (w *window) percentiles(qs ...float64) []float64 {
+	w.mu.Lock()
+	n := w.next
+	if w.full {
+		n = len(w.vals)
+	}
+	s := append([]float64(nil), w.vals[:n]...)
+	w.mu.Unlock()
+	sort.Float64s(s)
+	out := make([]float64, len(qs))
+	for i, q := range qs {
+		if len(s) == 0 {
+			out[i] = math.NaN()
+			continue
+		}
+		out[i] = s[min(int(q*float64(len(s))), len(s)-1)]
+	}
+	return out
+}
