@@ -10,6 +10,8 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -137,9 +139,60 @@ func LoadConfig(path string) (Config, error) {
 	dec.KnownFields(true)
 	// An empty file (io.EOF) stands for all defaults.
 	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
-		return cfg, fmt.Errorf("config %s: %w", path, err)
+		return cfg, fmt.Errorf("config %s:\n  %s", path, keyedYAMLError(data, err))
 	}
 	return cfg, nil
+}
+
+var yamlLine = regexp.MustCompile(`line (\d+): `)
+
+// keyedYAMLError rewrites the decoder's "line N: ..." messages to start with
+// the key at that line (cameras[0].stall_timeout), found by walking the
+// document.
+func keyedYAMLError(data []byte, err error) string {
+	var doc yaml.Node
+	if yaml.Unmarshal(data, &doc) != nil {
+		return err.Error()
+	}
+	keys := map[int]string{}
+	var walk func(n *yaml.Node, path string)
+	walk = func(n *yaml.Node, path string) {
+		switch n.Kind {
+		case yaml.DocumentNode:
+			for _, c := range n.Content {
+				walk(c, path)
+			}
+		case yaml.MappingNode:
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				k := n.Content[i].Value
+				if path != "" {
+					k = path + "." + k
+				}
+				keys[n.Content[i].Line] = k
+				if _, taken := keys[n.Content[i+1].Line]; !taken {
+					keys[n.Content[i+1].Line] = k
+				}
+				walk(n.Content[i+1], k)
+			}
+		case yaml.SequenceNode:
+			for i, c := range n.Content {
+				walk(c, fmt.Sprintf("%s[%d]", path, i))
+			}
+		}
+	}
+	walk(&doc, "")
+	var out []string
+	for _, line := range strings.Split(strings.TrimPrefix(err.Error(), "yaml: unmarshal errors:\n"), "\n") {
+		line = strings.TrimSpace(line)
+		if m := yamlLine.FindStringSubmatch(line); m != nil {
+			n, _ := strconv.Atoi(m[1])
+			if k, ok := keys[n]; ok {
+				line = k + " (" + strings.TrimSuffix(m[0], ": ") + "): " + line[len(m[0])+strings.Index(line, m[0]):]
+			}
+		}
+		out = append(out, line)
+	}
+	return strings.Join(out, "\n  ")
 }
 
 // Camera returns camera i with the defaults filled in.

@@ -105,7 +105,9 @@ func Run(ctx context.Context, opts Options) error {
 	if d.pub, err = NewPublisher(cfg.MQTT, broker, d.queue, nil); err != nil {
 		return err
 	}
-	d.pub.Start(ctx, broker)
+	// The publisher outlives ctx: on shutdown it still delivers the events
+	// that closing the pipeline produces; Close stops it.
+	d.pub.Start(context.Background(), broker)
 	defer d.pub.Close()
 	if a := cfg.Metrics.Address; a != "" && a != "off" {
 		stop, err := d.serveHTTP(a)

@@ -21,8 +21,8 @@ type collector struct {
 	d *Daemon
 
 	frames, dropped, processed, reconnects, events *prometheus.Desc
-	online, score, inferP50, inferP99                *prometheus.Desc
-	queue, connected, queueDropped                   *prometheus.Desc
+	online, score, inferP50, inferP99              *prometheus.Desc
+	queue, connected, queueDropped                 *prometheus.Desc
 }
 
 func newCollector(d *Daemon) *collector {

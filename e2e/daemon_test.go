@@ -1,0 +1,441 @@
+package e2e
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+type eventMsg struct {
+	Type      string `json:"type"`
+	ID        string `json:"id"`
+	Camera    string `json:"camera"`
+	PeakScore float64
+}
+
+func events(t *testing.T, msgs []message) []eventMsg {
+	t.Helper()
+	var out []eventMsg
+	for _, m := range msgs {
+		var e eventMsg
+		if err := json.Unmarshal(m.Payload, &e); err != nil {
+			t.Fatalf("event payload %q: %v", m.Payload, err)
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// checkEventSequences asserts new ... end pairs, one event at a time, no
+// duplicates, and returns the number of events.
+func checkEventSequences(t *testing.T, evs []eventMsg) int {
+	t.Helper()
+	open, n := "", 0
+	seen := map[string]bool{}
+	for _, e := range evs {
+		key := e.ID + "/" + e.Type
+		if e.Type != "update" && seen[key] {
+			t.Errorf("duplicate %s", key)
+		}
+		seen[key] = true
+		switch e.Type {
+		case "new":
+			if open != "" {
+				t.Errorf("event %s opened while %s is open", e.ID, open)
+			}
+			open = e.ID
+			n++
+		case "update":
+			if e.ID != open {
+				t.Errorf("update of %s while %q is open", e.ID, open)
+			}
+		case "end":
+			if e.ID != open {
+				t.Errorf("end of %s while %q is open", e.ID, open)
+			}
+			open = ""
+		default:
+			t.Errorf("unknown event type %q", e.Type)
+		}
+	}
+	if open != "" {
+		t.Errorf("event %s never ended", open)
+	}
+	return n
+}
+
+func TestDaemonScoresEventsAndSnapshots(t *testing.T) {
+	f := getDaemonFixture(t)
+	b := startMosquitto(t, "")
+	sub := subscribe(t, b.url(), "transformaly/#", "test-sub-1")
+	metricsPort := freePort(t)
+	d := startDaemon(t, fmt.Sprintf(`
+defaults:
+  model: %s
+  pace: true
+cameras:
+  - name: line1
+    source: %s
+  - name: line2
+    source: %s
+    roi: "0,0,96,96"
+mqtt:
+  broker: %s
+  stats_interval: 1s
+metrics:
+  address: 127.0.0.1:%d
+state_directory: %s
+`, f.bundle, f.video, f.video, b.url(), metricsPort, t.TempDir()))
+
+	eventually(t, "both cameras to finish the video", 60*time.Second, func() bool {
+		for _, cam := range []string{"line1", "line2"} {
+			av := sub.on("transformaly/" + cam + "/availability")
+			if len(av) < 2 || string(av[len(av)-1].Payload) != "offline" {
+				return false
+			}
+		}
+		return true
+	})
+	time.Sleep(500 * time.Millisecond) // the last events and snapshot
+
+	if st := sub.on("transformaly/status"); len(st) == 0 || string(st[0].Payload) != "online" || !st[0].Retained && len(st) > 1 {
+		t.Errorf("status messages %v, want online first", st)
+	}
+	for _, cam := range []string{"line1", "line2"} {
+		scores := sub.on("transformaly/" + cam + "/score")
+		if len(scores) < 100 { // 144 frames, paced: a few may be replaced by newer ones
+			t.Errorf("%s: %d scores for a 144-frame video", cam, len(scores))
+		}
+		var s map[string]any
+		if err := json.Unmarshal(scores[0].Payload, &s); err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range []string{"camera", "frame", "timestamp", "score", "threshold", "anomalous", "ll_pretrained", "ll_student", "inference_ms"} {
+			if _, ok := s[k]; !ok {
+				t.Errorf("%s score message lacks %q: %s", cam, k, scores[0].Payload)
+			}
+		}
+		if _, err := time.Parse(time.RFC3339Nano, s["timestamp"].(string)); err != nil {
+			t.Errorf("timestamp %v is not RFC 3339", s["timestamp"])
+		}
+		evs := events(t, sub.on("transformaly/"+cam+"/event"))
+		if n := checkEventSequences(t, evs); n != 3 {
+			t.Errorf("%s: %d events for 3 defective parts: %+v", cam, n, evs)
+		}
+		snaps := sub.on("transformaly/" + cam + "/snapshot")
+		if len(snaps) != 3 || len(snaps[0].Payload) < 100 || snaps[0].Payload[0] != 0xff || snaps[0].Payload[1] != 0xd8 {
+			t.Errorf("%s: %d snapshots, want 3 JPEGs", cam, len(snaps))
+		}
+	}
+	stats := sub.on("transformaly/stats")
+	if len(stats) == 0 {
+		t.Fatal("no stats published")
+	}
+	var st struct {
+		Version string                    `json:"version"`
+		Cameras map[string]map[string]any `json:"cameras"`
+	}
+	json.Unmarshal(stats[len(stats)-1].Payload, &st)
+	if st.Version == "" || len(st.Cameras) != 2 || st.Cameras["line1"]["inference_ms_p50"] == nil {
+		t.Errorf("stats %s", stats[len(stats)-1].Payload)
+	}
+	metrics := httpGet(t, fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort))
+	for _, want := range []string{`transformaly_frames_scored_total{camera="line1"}`, `transformaly_events_total{camera="line2"} 3`, "transformaly_mqtt_connected 1"} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	if h := httpGet(t, fmt.Sprintf("http://127.0.0.1:%d/healthz", metricsPort)); !strings.Contains(h, "ok") {
+		t.Errorf("/healthz: %q", h)
+	}
+	d.stop(t)
+	eventually(t, "status stopped", 5*time.Second, func() bool {
+		st := sub.on("transformaly/status")
+		return string(st[len(st)-1].Payload) == "stopped"
+	})
+}
+
+func httpGet(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+// writePasswordFile makes a mosquitto password file with mosquitto_passwd.
+func writePasswordFile(t *testing.T, path, user, password string) {
+	t.Helper()
+	tool := filepath.Join(filepath.Dir(mosquittoPath(t)), "mosquitto_passwd")
+	if _, err := os.Stat(tool); err != nil {
+		tool = "mosquitto_passwd"
+	}
+	if out, err := exec.Command(tool, "-c", "-b", path, user, password).CombinedOutput(); err != nil {
+		t.Fatalf("mosquitto_passwd: %v\n%s", err, out)
+	}
+}
+
+// testCA makes a CA; sign issues a server certificate for 127.0.0.1 from it.
+type testCA struct {
+	key  *ecdsa.PrivateKey
+	cert *x509.Certificate
+	pem  []byte
+}
+
+func newTestCA(t *testing.T, name string) testCA {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	return testCA{key: key, cert: cert, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
+}
+
+func (ca testCA) sign(t *testing.T, dir string) (certFile, keyFile string) {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "broker"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, KeyUsage: x509.KeyUsageDigitalSignature}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, _ := x509.MarshalECPrivateKey(key)
+	certFile, keyFile = filepath.Join(dir, "server.pem"), filepath.Join(dir, "server.key")
+	os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
+	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600)
+	return certFile, keyFile
+}
+
+func TestLastWillWhenKilled(t *testing.T) {
+	f := getDaemonFixture(t)
+	b := startMosquitto(t, "")
+	sub := subscribe(t, b.url(), "transformaly/status", "test-sub-2")
+	d := startDaemon(t, fmt.Sprintf(`
+cameras:
+  - {name: line1, source: %s, model: %s, loop: true, pace: true}
+mqtt: {broker: %s}
+metrics: {address: "off"}
+state_directory: %s
+`, f.loop, f.bundle, b.url(), t.TempDir()))
+	eventually(t, "online", 30*time.Second, func() bool {
+		st := sub.on("transformaly/status")
+		return len(st) > 0 && string(st[len(st)-1].Payload) == "online"
+	})
+	d.cmd.Process.Signal(syscall.SIGKILL)
+	eventually(t, "the Last Will", 10*time.Second, func() bool {
+		st := sub.on("transformaly/status")
+		return string(st[len(st)-1].Payload) == "offline"
+	})
+}
+
+func TestEventsSurviveBrokerOutage(t *testing.T) {
+	f := getDaemonFixture(t)
+	b := startMosquitto(t, "")
+	sub := subscribe(t, b.url(), "transformaly/+/event", "test-sub-3")
+	state := t.TempDir()
+	startDaemon(t, fmt.Sprintf(`
+cameras:
+  - {name: line1, source: %s, model: %s, loop: true, pace: true}
+mqtt: {broker: %s}
+metrics: {address: "off"}
+state_directory: %s
+`, f.loop, f.bundle, b.url(), state))
+	// One defect per 36-frame loop at 25 fps: an event every ~1.4 s.
+	eventually(t, "a first event", 30*time.Second, func() bool { return len(sub.on("transformaly/line1/event")) >= 2 })
+	b.stop()
+	// While the broker is down, events pile up on disk.
+	eventually(t, "events queued on disk", 30*time.Second, func() bool {
+		entries, _ := os.ReadDir(filepath.Join(state, "events"))
+		return len(entries) >= 4
+	})
+	before := len(sub.on("transformaly/line1/event"))
+	b.start()
+	eventually(t, "queued events delivered", 60*time.Second, func() bool {
+		entries, _ := os.ReadDir(filepath.Join(state, "events"))
+		return len(entries) == 0 && len(sub.on("transformaly/line1/event")) >= before+4
+	})
+	time.Sleep(300 * time.Millisecond)
+	evs := events(t, sub.on("transformaly/line1/event"))
+	// Cut at the last end, since the loop keeps producing events.
+	last := 0
+	for i, e := range evs {
+		if e.Type == "end" {
+			last = i + 1
+		}
+	}
+	if n := checkEventSequences(t, evs[:last]); n < 3 {
+		t.Errorf("%d complete events across the outage", n)
+	}
+}
+
+func TestBrokerAuthAndTLSErrorsAreLoggedAndRetried(t *testing.T) {
+	f := getDaemonFixture(t)
+	dir := t.TempDir()
+	pwFile := filepath.Join(dir, "passwd")
+	writePasswordFile(t, pwFile, "inspector", "right")
+	// A TLS listener whose certificate comes from a CA the daemon does not
+	// trust.
+	brokerCA, otherCA := newTestCA(t, "broker CA"), newTestCA(t, "other CA")
+	certFile, keyFile := brokerCA.sign(t, dir)
+	tlsPort := freePort(t)
+	b := startMosquitto(t, fmt.Sprintf("allow_anonymous false\npassword_file %s\nlistener %d 127.0.0.1\ncertfile %s\nkeyfile %s\n", pwFile, tlsPort, certFile, keyFile))
+	wrong := filepath.Join(dir, "wrong")
+	os.WriteFile(wrong, []byte("wrong\n"), 0o600)
+	d := startDaemon(t, fmt.Sprintf(`
+cameras:
+  - {name: line1, source: %s, model: %s, loop: true}
+mqtt: {broker: %s, username: inspector, password_file: %s}
+metrics: {address: "off"}
+state_directory: %s
+`, f.loop, f.bundle, b.url(), wrong, t.TempDir()))
+	eventually(t, "two refused attempts", 30*time.Second, func() bool {
+		return strings.Count(d.stderr.String(), "refused the username or password") >= 2
+	})
+	if strings.Contains(d.stderr.String(), "wrong") {
+		t.Error("the password appears in the log")
+	}
+
+	ca := filepath.Join(dir, "ca.pem")
+	os.WriteFile(ca, otherCA.pem, 0o644)
+	d2 := startDaemon(t, fmt.Sprintf(`
+cameras:
+  - {name: line1, source: %s, model: %s, loop: true}
+mqtt:
+  broker: ssl://127.0.0.1:%d
+  tls: {ca_file: %s}
+metrics: {address: "off"}
+state_directory: %s
+`, f.loop, f.bundle, tlsPort, ca, t.TempDir()))
+	eventually(t, "a TLS error line", 30*time.Second, func() bool {
+		return strings.Contains(d2.stderr.String(), "MQTT connect failed") && strings.Contains(d2.stderr.String(), "TLS")
+	})
+	// Both keep running (scoring, queueing) instead of crashing.
+	for _, x := range []*runningDaemon{d, d2} {
+		select {
+		case err := <-x.done:
+			t.Fatalf("daemon exited: %v", err)
+		default:
+		}
+	}
+}
+
+func TestCheckConfigNamesTheKey(t *testing.T) {
+	f := getDaemonFixture(t)
+	dir := t.TempDir()
+	for _, c := range []struct {
+		name, config, want string
+	}{
+		{"no cameras", "mqtt: {broker: embedded}\n", "cameras: no cameras configured"},
+		{"unknown key", "cameras: []\nmqtt: {brokr: x}\n", "field brokr not found"},
+		{"missing source", fmt.Sprintf("cameras: [{name: a, model: %s}]\n", f.bundle), "cameras[0].source: missing"},
+		{"missing file source", fmt.Sprintf("cameras: [{name: a, model: %s, source: /nope.mp4}]\n", f.bundle), "cameras[0].source"},
+		{"bad scheme", fmt.Sprintf("cameras: [{name: a, model: %s, source: \"gopher://x\"}]\n", f.bundle), "unknown URL scheme"},
+		{"bad roi", fmt.Sprintf("cameras: [{name: a, model: %s, source: %s, roi: \"1,2,3\"}]\n", f.bundle, f.video), "cameras[0].roi"},
+		{"duplicate names", fmt.Sprintf("defaults: {model: %s}\ncameras: [{name: a, source: %s}, {name: a, source: %s}]\n", f.bundle, f.video, f.video), "cameras[1].name"},
+		{"missing model", fmt.Sprintf("cameras: [{name: a, source: %s, model: /nope.tfy}]\n", f.video), "cameras[0].model"},
+		{"bad broker", fmt.Sprintf("cameras: [{name: a, source: %s, model: %s}]\nmqtt: {broker: \"localhost\"}\n", f.video, f.bundle), "mqtt.broker"},
+		{"bad qos", fmt.Sprintf("cameras: [{name: a, source: %s, model: %s}]\nmqtt: {score_qos: 3}\n", f.video, f.bundle), "mqtt.score_qos"},
+		{"unset password env", fmt.Sprintf("cameras: [{name: a, source: %s, model: %s}]\nmqtt: {password_env: TFY_NOPE_PW}\n", f.video, f.bundle), "mqtt.password_env"},
+		{"bad provider", fmt.Sprintf("cameras: [{name: a, source: %s, model: %s}]\ndetector: {provider: tpu}\n", f.video, f.bundle), "detector.provider"},
+		{"bad duration", fmt.Sprintf("cameras: [{name: a, source: %s, model: %s, stall_timeout: soon}]\n", f.video, f.bundle), "stall_timeout"},
+		{"bad metrics address", fmt.Sprintf("cameras: [{name: a, source: %s, model: %s}]\nmetrics: {address: nine}\n", f.video, f.bundle), "metrics.address"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			path := filepath.Join(dir, strings.ReplaceAll(c.name, " ", "-")+".yaml")
+			os.WriteFile(path, []byte(c.config), 0o644)
+			r := runBinary(t, nil, "run", "--check-config", "--config", path)
+			if r.code == 0 || !strings.Contains(r.stderr, c.want) {
+				t.Errorf("exit %d, stderr:\n%s\nwant %q", r.code, r.stderr, c.want)
+			}
+		})
+	}
+	good := filepath.Join(dir, "good.yaml")
+	os.WriteFile(good, []byte(fmt.Sprintf("cameras: [{name: a, source: %s, model: %s}]\nmqtt: {broker: embedded}\n", f.video, f.bundle)), 0o644)
+	if r := runBinary(t, nil, "run", "--check-config", "--config", good); r.code != 0 {
+		t.Errorf("a good config failed: %s", r.stderr)
+	}
+}
+
+// TestSystemdNotifyAndReload plays systemd: a datagram NOTIFY_SOCKET and a
+// watchdog interval, then SIGHUP with a changed config, then SIGTERM.
+func TestSystemdNotifyAndReload(t *testing.T) {
+	f := getDaemonFixture(t)
+	sock := filepath.Join(t.TempDir(), "notify.sock")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var notes lockedBuffer
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				return
+			}
+			notes.Write(append(buf[:n:n], '\n'))
+		}
+	}()
+	port, state := freePort(t), t.TempDir()
+	config := func(threshold string) string {
+		return fmt.Sprintf(`
+cameras:
+  - {name: line1, source: %s, model: %s, loop: true, pace: true%s}
+mqtt: {broker: embedded, embedded_address: "127.0.0.1:%d"}
+metrics: {address: "off"}
+state_directory: %s
+`, f.loop, f.bundle, threshold, port, state)
+	}
+	d := startDaemon(t, config(""), "NOTIFY_SOCKET="+sock, "WATCHDOG_USEC=400000")
+	eventually(t, "READY=1", 30*time.Second, func() bool { return strings.Contains(notes.String(), "READY=1") })
+	eventually(t, "WATCHDOG=1", 10*time.Second, func() bool { return strings.Contains(notes.String(), "WATCHDOG=1") })
+
+	// Reload with a new threshold: the daemon warms the bundle again and
+	// swaps the pipeline.
+	cfgPath := d.cmd.Args[len(d.cmd.Args)-1]
+	os.WriteFile(cfgPath, []byte(config(", threshold: 12345")), 0o644)
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	eventually(t, "reloaded", 30*time.Second, func() bool { return strings.Contains(d.stderr.String(), "msg=reloaded") })
+	if !strings.Contains(notes.String(), "RELOADING=1") {
+		t.Error("no RELOADING=1 around the reload")
+	}
+	// A broken config on reload keeps the running one.
+	os.WriteFile(cfgPath, []byte("cameras: [{name: x}]\n"), 0o644)
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	eventually(t, "reload refused", 30*time.Second, func() bool { return strings.Contains(d.stderr.String(), "reload refused") })
+
+	d.stop(t)
+	if !strings.Contains(notes.String(), "STOPPING=1") {
+		t.Errorf("no STOPPING=1; notifications:\n%s", notes.String())
+	}
+}
