@@ -11,7 +11,7 @@ BIN            := bin/transformaly
 # -tags matprofile makes gocv count live Mats, so tests can assert none leak.
 GO_TEST_FLAGS  ?= -timeout 25m
 
-.PHONY: all build deps apt-deps ort-lib test bench vet demo clean FORCE
+.PHONY: all build deps apt-deps ort-lib test bench vet demo install clean FORCE
 
 all: build
 
@@ -46,6 +46,21 @@ $(ORT_LIB):
 	echo "$(ORT_LIB_SHA256)  $(ORT_DIR)/tmp/package/bin/napi-v6/linux/x64/libonnxruntime.so.1" | sha256sum -c --quiet
 	mv $(ORT_DIR)/tmp/package/bin/napi-v6/linux/x64/libonnxruntime.so.1 $(ORT_LIB)
 	rm -rf $(ORT_DIR)/tmp
+
+PREFIX  ?= /usr/local
+DESTDIR ?=
+UNITDIR ?= /etc/systemd/system
+CONFDIR ?= /etc/transformaly
+
+# Binary, ONNX Runtime library, unit, example config (kept if present), docs.
+install: build
+	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/transformaly
+	install -D -m 0644 $(ORT_LIB) $(DESTDIR)$(PREFIX)/lib/transformaly/libonnxruntime.so.1
+	install -d $(DESTDIR)$(UNITDIR)
+	sed 's|/usr/local|$(PREFIX)|g' systemd/transformaly.service > $(DESTDIR)$(UNITDIR)/transformaly.service
+	test -e $(DESTDIR)$(CONFDIR)/config.yaml || install -D -m 0644 systemd/config.example.yaml $(DESTDIR)$(CONFDIR)/config.yaml
+	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/transformaly/README.md
+	@echo "installed; then: systemctl daemon-reload && systemctl enable --now transformaly"
 
 vet:
 	go vet ./...

@@ -8,9 +8,11 @@ import (
 	"os/signal"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"github.com/spf13/pflag"
 
+	"github.com/transformaly/transformaly/daemon"
 	"github.com/transformaly/transformaly/detector"
 	"github.com/transformaly/transformaly/fit"
 	"github.com/transformaly/transformaly/internal/synth"
@@ -61,10 +63,11 @@ func writeDemoData(dir string, size, normals, defectsPerKind int) (demoData, err
 
 func demoCommand(fs *pflag.FlagSet) func([]string) error {
 	var rt runtimeFlags
-	dir := fs.String("dir", "demo", "folder for the generated teacher, images and bundle")
-	size := fs.Int("image-size", 64, "image and model input size")
+	dir := fs.String("dir", "demo", "folder for the generated teacher, images, video, bundle and daemon state")
+	size := fs.Int("image-size", 64, "model input size")
 	normals := fs.Int("normal", 200, "number of normal images to generate for fitting")
 	epochs := fs.Int("epochs", 10, "training epochs")
+	port := fs.Int("mqtt-port", 18830, "port of the demo's embedded MQTT broker on 127.0.0.1 (subscribe to transformaly/# there)")
 	rt.register(fs)
 	return func(args []string) error {
 		if len(args) > 0 {
@@ -73,6 +76,9 @@ func demoCommand(fs *pflag.FlagSet) func([]string) error {
 		if err := rt.init(); err != nil {
 			return err
 		}
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		fmt.Println("1/3 Generating a random ViT teacher and synthetic washers (normal, missing, foreign screw, recoloured)...")
 		d, err := writeDemoData(*dir, *size, *normals, 10)
 		if err != nil {
 			return err
@@ -81,10 +87,9 @@ func demoCommand(fs *pflag.FlagSet) func([]string) error {
 		if err != nil {
 			return err
 		}
+		fmt.Printf("2/3 Fitting the students and Gaussians on %d normal images (%d epochs)...\n", *normals, *epochs)
 		bundle := filepath.Join(*dir, "demo.tfy")
 		os.Remove(fit.StatePath(bundle)) // a demo always starts afresh
-		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-		defer stop()
 		if _, err := fit.Run(ctx, fit.Options{Teacher: v, TeacherPath: d.teacher, NormalDir: d.normalDir, ValFraction: 0.1,
 			Epochs: *epochs, BatchSize: 16, LR: 1e-4, Seed: 1, Whitening: 0.9, Quantile: 0.995, Threads: rt.threads,
 			Out: bundle, Progress: progressLogger()}); err != nil {
@@ -94,17 +99,78 @@ func demoCommand(fs *pflag.FlagSet) func([]string) error {
 		if err != nil {
 			return err
 		}
-		defer det.Close()
 		rep, err := evaluate(det, d.testDir, d.defectDir, 0, 16)
+		det.Close()
 		if err != nil {
 			return err
 		}
-		fmt.Printf("\nDemo: a random ViT teacher (%s) and students fitted on %d synthetic normal washers.\n", v.Describe(), *normals)
-		fmt.Printf("Evaluated on unseen normal parts and on missing, foreign-object and recoloured parts:\n")
 		printReport(rep)
-		fmt.Printf("\nA random teacher sees only gross defects. For real lines, import a pretrained ViT\n"+
-			"(see README) and fit on your normal images:\n  transformaly fit --teacher model.safetensors --normal good-parts/ --out line.tfy\n"+
-			"Bundle: %s (transformaly inspect %s)\n", bundle, bundle)
+
+		fmt.Printf("3/3 Running the daemon on a synthetic inspection video, embedded MQTT broker on 127.0.0.1:%d...\n", *port)
+		if err := runDemoDaemon(ctx, *dir, bundle, *port, rt.threads); err != nil {
+			return err
+		}
+		fmt.Printf("\nA random teacher sees only gross defects. Real lines import a pretrained ViT and fit on\n"+
+			"their own normal images (see README):\n  transformaly fit --teacher vit_base_patch16_224/model.safetensors --normal good-parts/ --out line.tfy\n"+
+			"Demo bundle: %s (transformaly inspect %s); snapshots in %s\n", bundle, bundle, filepath.Join(*dir, "snapshots"))
 		return nil
 	}
+}
+
+// demoVideoKinds is the demo line: 30 parts, three of them defective.
+func demoVideoKinds() []string {
+	kinds := make([]string, 30)
+	for i := range kinds {
+		kinds[i] = synth.Normal
+	}
+	kinds[6], kinds[15], kinds[24] = synth.Missing, synth.Foreign, synth.Recolored
+	return kinds
+}
+
+// runDemoDaemon writes a video and a config, runs the daemon on it with
+// the embedded broker, and prints what a subscriber receives until the
+// video ends.
+func runDemoDaemon(ctx context.Context, dir, bundle string, port, threads int) error {
+	video := filepath.Join(dir, "line.avi")
+	if err := synth.WriteVideo(video, 128, 15, demoVideoKinds(), 6, 9); err != nil {
+		return err
+	}
+	snapshots := filepath.Join(dir, "snapshots")
+	if err := os.MkdirAll(snapshots, 0o755); err != nil {
+		return err
+	}
+	config := filepath.Join(dir, "config.yaml")
+	yaml := fmt.Sprintf(`# written by transformaly demo
+cameras:
+  - {name: line1, source: %q, model: %q, pace: true}
+mqtt: {broker: embedded, embedded_address: "127.0.0.1:%d", stats_interval: 5s}
+metrics: {address: "off"}
+state_directory: %q
+`, video, bundle, port, filepath.Join(dir, "state"))
+	if err := os.WriteFile(config, []byte(yaml), 0o644); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	return daemon.Run(ctx, daemon.Options{ConfigPath: config,
+		Override: func(c *daemon.Config) { c.Detector.Threads = threads },
+		Ready: func(d *daemon.Daemon) {
+			watch, err := newDemoWatcher(fmt.Sprintf("tcp://127.0.0.1:%d", port), snapshots)
+			if err != nil {
+				slog.Error("demo subscriber", "err", err)
+				cancel()
+				return
+			}
+			go func() {
+				defer watch.close()
+				// Stop once the video has played to its end.
+				for ctx.Err() == nil {
+					time.Sleep(200 * time.Millisecond)
+					if st, _ := d.Snapshot(nil, time.Second); st.Cameras["line1"].State == "offline" {
+						time.Sleep(500 * time.Millisecond)
+						cancel()
+					}
+				}
+			}()
+		}})
 }
