@@ -72,7 +72,7 @@ test: deps
 # Benchmarks print per-image latency, GFLOP/s and the fraction of the sgemm
 # peak measured in the same run.
 bench: deps
-	go test -run '^$$' -bench . -benchtime 3x -timeout 60m ./capture/ ./detector/ ./fit/
+	go test -run '^$$' -bench . -benchtime 3x -timeout 60m ./capture/ ./detector/ ./fit/ ./daemon/
 
 clean:
 	rm -rf bin

@@ -13,7 +13,8 @@ import (
 // installs and the demo: anyone who can reach its address may connect, so
 // it listens on 127.0.0.1 unless configured otherwise.
 type EmbeddedBroker struct {
-	server *mochi.Server
+	server   *mochi.Server
+	listener *listeners.TCP
 }
 
 // StartEmbeddedBroker listens on address (host:port).
@@ -23,7 +24,8 @@ func StartEmbeddedBroker(address string) (*EmbeddedBroker, error) {
 	if err := s.AddHook(new(auth.AllowHook), nil); err != nil {
 		return nil, fmt.Errorf("embedded broker: %w", err)
 	}
-	if err := s.AddListener(listeners.NewTCP(listeners.Config{ID: "tcp", Address: address})); err != nil {
+	l := listeners.NewTCP(listeners.Config{ID: "tcp", Address: address})
+	if err := s.AddListener(l); err != nil {
 		return nil, fmt.Errorf("embedded broker on %s: %w", address, err)
 	}
 	errc := make(chan error, 1)
@@ -35,9 +37,12 @@ func StartEmbeddedBroker(address string) (*EmbeddedBroker, error) {
 		}
 	default:
 	}
-	slog.Info("embedded MQTT broker listening", "address", address)
-	return &EmbeddedBroker{server: s}, nil
+	slog.Info("embedded MQTT broker listening", "address", l.Address())
+	return &EmbeddedBroker{server: s, listener: l}, nil
 }
+
+// Address is where the broker listens (the real port when asked for 0).
+func (b *EmbeddedBroker) Address() string { return b.listener.Address() }
 
 // Close stops the broker.
 func (b *EmbeddedBroker) Close() error { return b.server.Close() }

@@ -100,7 +100,7 @@ func Run(ctx context.Context, opts Options) error {
 			return err
 		}
 		defer d.broker.Close()
-		broker = "tcp://" + cfg.MQTT.EmbeddedAddress
+		broker = "tcp://" + d.broker.Address()
 	}
 	if d.pub, err = NewPublisher(cfg.MQTT, broker, d.queue, nil); err != nil {
 		return err

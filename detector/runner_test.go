@@ -1,0 +1,55 @@
+package detector_test
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/transformaly/transformaly/detector"
+	"github.com/transformaly/transformaly/models"
+)
+
+// On this CPU-only ONNX Runtime, auto falls back to the CPU provider and an
+// explicit GPU provider is an error that names it.
+func TestProviderSelectionAndFallback(t *testing.T) {
+	v, err := models.RandomViT(models.Config{Dim: 32, Depth: 1, Heads: 2, Patch: 8, ImageSize: 16}, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	graph, err := models.TeacherGraph(v, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		provider, want, wantErr string
+	}{
+		{"", "cpu", ""},
+		{"cpu", "cpu", ""},
+		{"auto", "cpu", ""},
+		{"cuda", "", "cuda"},
+		{"tensorrt", "", "tensorrt"},
+		{"tpu", "", `"tpu" is not auto, tensorrt, cuda or cpu`},
+	} {
+		r, err := detector.NewRunner(graph, 16, []string{models.OutputEmbedding}, detector.RunnerOptions{Provider: c.provider})
+		if c.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), c.wantErr) {
+				t.Errorf("provider %q: error %v, want one naming %q", c.provider, err, c.wantErr)
+			}
+			if r != nil {
+				r.Close()
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("provider %q: %v", c.provider, err)
+			continue
+		}
+		if r.Provider() != c.want {
+			t.Errorf("provider %q ran on %s, want %s", c.provider, r.Provider(), c.want)
+		}
+		out, err := r.Run(make([]byte, 16*16*3), 1)
+		if err != nil || len(out[0].Data) != 32 {
+			t.Errorf("provider %q: run %v", c.provider, err)
+		}
+		r.Close()
+	}
+}
