@@ -196,7 +196,11 @@ func (p *Publisher) connectedNow() {
 func (p *Publisher) Connected() bool { return p.connected.Load() }
 
 // deliverEvents sends queued events one at a time, in order, removing each
-// only once the broker acknowledged it (QoS 1).
+// only once its publish completed (QoS 1). A publish in flight when the
+// connection drops is not sent again by us: paho keeps it and resends it
+// on reconnect, completing the same token, so the broker sees one copy
+// (MQTT's at-least-once still allows a duplicate if an acknowledgement is
+// lost; events carry ids for that).
 func (p *Publisher) deliverEvents(ctx context.Context) {
 	for {
 		msg, ok, err := p.queue.Peek()
@@ -213,8 +217,13 @@ func (p *Publisher) deliverEvents(ctx context.Context) {
 			continue
 		}
 		tok := p.client.Publish(msg.Topic, msg.QoS, false, []byte(msg.Payload))
-		if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-			slog.Warn("event not acknowledged yet; will retry", "topic", msg.Topic, "err", tok.Error())
+		select {
+		case <-ctx.Done():
+			return
+		case <-tok.Done():
+		}
+		if err := tok.Error(); err != nil {
+			slog.Warn("event not delivered yet; will retry", "topic", msg.Topic, "err", err)
 			select {
 			case <-ctx.Done():
 				return

@@ -36,6 +36,19 @@ func Load(path string, opts RunnerOptions) (*Detector, error) {
 	if err != nil {
 		return nil, err
 	}
+	switch opts.Precision {
+	case "", models.FP32:
+	case models.FP16:
+		v, students, scoring, err := models.DecodeBundle(model)
+		if err != nil {
+			return nil, fmt.Errorf("load bundle %s: %w", path, err)
+		}
+		if model, err = models.ScoredDetectorGraph(v, info.Blocks, students, scoring, info, models.FP16); err != nil {
+			return nil, fmt.Errorf("load bundle %s: %w", path, err)
+		}
+	default:
+		return nil, fmt.Errorf("load bundle %s: precision %q is not fp32 or fp16", path, opts.Precision)
+	}
 	r, err := NewRunner(model, info.ImageSize, detectorOutputs, opts)
 	if err != nil {
 		return nil, fmt.Errorf("load bundle %s: %w", path, err)

@@ -40,6 +40,9 @@ type RunnerOptions struct {
 	Provider string
 	// CacheDir keeps TensorRT engine and timing caches between starts.
 	CacheDir string
+	// Precision of a bundle's detector graph: fp32 (as stored) or fp16
+	// (rebuilt from the bundle at load time; scores stay float32).
+	Precision string
 }
 
 // providerOrder lists the execution providers to try for a preference.

@@ -58,14 +58,21 @@ func TestFitEvalScoreInspect(t *testing.T) {
 		t.Error("the fit state file was left behind after a finished fit")
 	}
 
-	r = runBinary(t, nil, "eval", "--model", bundle, "--normal", f.testNormal, "--anomalous", f.defective, "--json")
+	r = runBinary(t, nil, "eval", "--model", bundle, "--normal", f.testNormal, "--anomalous", f.defective, "--json", "--compare-precision")
 	if r.code != 0 {
 		t.Fatalf("eval failed: %s", r.stderr)
 	}
-	var rep map[string]float64
-	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
-		t.Fatalf("eval --json: %v\n%s", err, r.stdout)
+	var full struct {
+		Precision map[string]float64 `json:"precision_compare"`
 	}
+	if err := json.Unmarshal([]byte(r.stdout), &full); err != nil || full.Precision == nil {
+		t.Fatalf("eval --json --compare-precision: %v\n%s", err, r.stdout)
+	}
+	if d := full.Precision["auroc_difference"]; d < -0.05 || d > 0.05 {
+		t.Errorf("fp16 changes the AUROC by %g", d)
+	}
+	var rep map[string]any
+	json.Unmarshal([]byte(r.stdout), &rep)
 	for _, k := range []string{"auroc", "auroc_pretrained", "auroc_student", "false_alarm_rate", "detection_rate", "threshold", "normal_images", "anomalous_images"} {
 		if _, ok := rep[k]; !ok {
 			t.Errorf("eval --json lacks %q", k)
@@ -73,10 +80,10 @@ func TestFitEvalScoreInspect(t *testing.T) {
 	}
 	// Random scores give 0.5 +- 0.1 on 20 vs 20 images; gross defects must
 	// be told apart clearly.
-	if rep["auroc"] < 0.9 {
+	if rep["auroc"].(float64) < 0.9 {
 		t.Errorf("AUROC %.3f on gross defects, want >= 0.9 (report %v)", rep["auroc"], rep)
 	}
-	if rep["normal_images"] != 20 || rep["anomalous_images"] != 20 {
+	if rep["normal_images"].(float64) != 20 || rep["anomalous_images"].(float64) != 20 {
 		t.Errorf("image counts %v/%v, want 20/20", rep["normal_images"], rep["anomalous_images"])
 	}
 

@@ -149,7 +149,7 @@ func Run(ctx context.Context, o Options) (models.BundleInfo, error) {
 	info.Training.ValLosses = state.bestVal
 	info.Training.StepSeconds = tr.StepTime.Seconds()
 	info.Training.Seconds = time.Since(start).Seconds()
-	graph, err := models.ScoredDetectorGraph(o.Teacher, o.Blocks, students, scoring, info)
+	graph, err := models.ScoredDetectorGraph(o.Teacher, o.Blocks, students, scoring, info, models.FP32)
 	if err != nil {
 		return info, err
 	}

@@ -1,9 +1,11 @@
 package models
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"time"
 
@@ -47,19 +49,34 @@ type Scoring struct {
 	Student    QuadraticScore // over the per-block errors
 }
 
+// quadraticLL evaluates a QuadraticScore in float32 (whatever the compute
+// type) under initializers named name.W, name.B and name.const.
 func (g *Graph) quadraticLL(x string, q QuadraticScore, name string) string {
-	y := g.Op("Gemm", []string{x, g.Weight(name+".W", q.W, q.In, q.K), g.Weight(name+".B", q.B, q.K)})
+	y := g.Op("Gemm", []string{x, g.Weight32(name+".W", q.W, q.In, q.K), g.Weight32(name+".B", q.B, q.K)})
 	sq := g.Op("ReduceSum", []string{g.Op("Mul", []string{y, y}), g.Ints([]int64{1}, 1)}, AttrInt("keepdims", 0))
-	return g.Op("Sub", []string{g.Scalar(float32(q.Const)), g.Op("Mul", []string{sq, g.Scalar(0.5)})})
+	return g.Op("Sub", []string{g.Weight32(name+".const", []float32{float32(q.Const)}, 1), g.Op("Mul", []string{sq, g.Scalar32(0.5)})})
 }
+
+// Precisions of the detector graph.
+const (
+	FP32 = "fp32"
+	FP16 = "fp16" // weights and activations in half precision; errors and scores in float32
+)
 
 // ScoredDetectorGraph is DetectorGraph plus the two log-likelihoods and the
 // anomaly score, with info stored as the bundle metadata.
-func ScoredDetectorGraph(v *ViT, blocks []int, students []Block, s Scoring, info BundleInfo) ([]byte, error) {
+func ScoredDetectorGraph(v *ViT, blocks []int, students []Block, s Scoring, info BundleInfo, precision string) ([]byte, error) {
 	if s.Pretrained.In != v.Dim || s.Student.In != len(blocks) {
 		return nil, fmt.Errorf("scored detector graph: scoring takes %d and %d features, want %d and %d", s.Pretrained.In, s.Student.In, v.Dim, len(blocks))
 	}
 	g := NewGraph()
+	switch precision {
+	case FP32, "":
+	case FP16:
+		g.compute = Float16
+	default:
+		return nil, fmt.Errorf("scored detector graph: precision %q is not fp32 or fp16", precision)
+	}
 	out, err := g.detectorBody(v, blocks, students)
 	if err != nil {
 		return nil, err
@@ -191,4 +208,84 @@ func (q QuadraticScore) LogLikelihood(x []float32) float64 {
 		sq += y * y
 	}
 	return q.Const - 0.5*sq
+}
+
+// DecodeBundle rebuilds the teacher, students and scoring from a float32
+// bundle's initializers (by the names the graph builder gives them), so
+// variants such as the FP16 graph can be made from a bundle alone. The class
+// token comes back folded into the first position-embedding row.
+func DecodeBundle(model []byte) (*ViT, []Block, Scoring, error) {
+	var m onnxpb.ModelProto
+	var s Scoring
+	if err := proto.Unmarshal(model, &m); err != nil {
+		return nil, nil, s, fmt.Errorf("decode bundle: %w", err)
+	}
+	var info BundleInfo
+	for _, p := range m.GetMetadataProps() {
+		if p.GetKey() == BundleMetadataKey {
+			if err := json.Unmarshal([]byte(p.GetValue()), &info); err != nil {
+				return nil, nil, s, fmt.Errorf("decode bundle metadata: %w", err)
+			}
+		}
+	}
+	weights := map[string]Tensor{}
+	for _, t := range m.GetGraph().GetInitializer() {
+		if t.GetDataType() != Float32 {
+			continue
+		}
+		raw := t.GetRawData()
+		data := make([]float32, len(raw)/4)
+		for i := range data {
+			data[i] = math.Float32frombits(binary.LittleEndian.Uint32(raw[4*i:]))
+		}
+		shape := make([]int, len(t.GetDims()))
+		for i, d := range t.GetDims() {
+			shape[i] = int(d)
+		}
+		weights[t.GetName()] = Tensor{Shape: shape, Data: data}
+	}
+	c := info.Teacher.Config
+	r := newWeightReader(weights)
+	v := &ViT{Config: c, Layout: info.Teacher.Layout, Checksum: info.Teacher.Checksum}
+	v.PatchW = r.take("patch_embed.weight", c.Dim, 3, c.Patch, c.Patch)
+	v.PatchB = r.take("patch_embed.bias", c.Dim)
+	v.PosEmbed = r.take("pos_embed_with_cls", 1, c.Tokens(), c.Dim)
+	v.ClsToken = make([]float32, c.Dim)
+	v.NormW, v.NormB = r.take("norm.weight", c.Dim), r.take("norm.bias", c.Dim)
+	readBlock := func(prefix string) Block {
+		var b Block
+		if has(weights, prefix+".ls1") {
+			b.LayerScale1, b.LayerScale2 = []float32{}, []float32{}
+		}
+		for _, p := range b.Params(c) {
+			*p.Data = r.take(prefix+"."+p.Name, p.Shape...)
+		}
+		return b
+	}
+	for i := range c.Depth {
+		v.Blocks = append(v.Blocks, readBlock(fmt.Sprintf("teacher.%d", i)))
+	}
+	var students []Block
+	for _, b := range info.Blocks {
+		students = append(students, readBlock(fmt.Sprintf("student.%d", b)))
+	}
+	for _, q := range []struct {
+		name string
+		dst  *QuadraticScore
+	}{{"score.pretrained", &s.Pretrained}, {"score.student", &s.Student}} {
+		w, ok := weights[q.name+".W"]
+		if !ok || len(w.Shape) != 2 {
+			return nil, nil, s, fmt.Errorf("decode bundle: missing tensor %q", q.name+".W")
+		}
+		q.dst.In, q.dst.K = w.Shape[0], w.Shape[1]
+		q.dst.W = w.Data
+		q.dst.B = r.take(q.name+".B", q.dst.K)
+		if cst := r.take(q.name+".const", 1); cst != nil {
+			q.dst.Const = float64(cst[0])
+		}
+	}
+	if r.err != nil {
+		return nil, nil, s, fmt.Errorf("decode bundle: %w", r.err)
+	}
+	return v, students, s, nil
 }

@@ -42,11 +42,24 @@ type Graph struct {
 	// ranks holds each value's rank where known; the backward rules need it
 	// for axes and transposes, and dynamic shapes make full shapes unknown.
 	ranks map[string]int
+	// compute is the element type of weights and activations: Float32, or
+	// Float16 for the half-precision variant of a graph.
+	compute int32
 }
 
 // NewGraph starts an empty graph.
 func NewGraph() *Graph {
-	return &Graph{consts: map[string]string{}, ints: map[string][]int64{}, ranks: map[string]int{}}
+	return &Graph{consts: map[string]string{}, ints: map[string][]int64{}, ranks: map[string]int{}, compute: Float32}
+}
+
+// toF32 casts a compute-typed value to float32 (a no-op in float32 graphs):
+// errors, reductions and scores stay in float32 in half-precision graphs,
+// where squares of small differences would underflow.
+func (g *Graph) toF32(x string) string {
+	if g.compute == Float32 {
+		return x
+	}
+	return g.Op("Cast", []string{x}, AttrInt("to", int64(Float32)))
 }
 
 // Dim is one dimension of a graph input or output: an int for a fixed size
@@ -117,31 +130,86 @@ func (g *Graph) OpN(op string, inputs []string, n int, attrs ...*onnxpb.Attribut
 
 }
 
-// Weight adds a float32 initializer.
+// Weight adds an initializer of the graph's compute type.
 func (g *Graph) Weight(name string, data []float32, shape ...int) string {
+	return g.weightAs(name, data, g.compute, shape...)
+}
+
+// Weight32 adds a float32 initializer whatever the compute type.
+func (g *Graph) Weight32(name string, data []float32, shape ...int) string {
+	return g.weightAs(name, data, Float32, shape...)
+}
+
+func (g *Graph) weightAs(name string, data []float32, elem int32, shape ...int) string {
 	if shapeSize(shape) != len(data) {
 		panic(fmt.Sprintf("initializer %s: %d values for shape %v", name, len(data), shape))
 	}
-	raw := make([]byte, 4*len(data))
-	for i, x := range data {
-		binary.LittleEndian.PutUint32(raw[4*i:], math.Float32bits(x))
+	var raw []byte
+	if elem == Float16 {
+		raw = make([]byte, 2*len(data))
+		for i, x := range data {
+			binary.LittleEndian.PutUint16(raw[2*i:], Float32ToFloat16(x))
+		}
+	} else {
+		raw = make([]byte, 4*len(data))
+		for i, x := range data {
+			binary.LittleEndian.PutUint32(raw[4*i:], math.Float32bits(x))
+		}
 	}
-	g.inits = append(g.inits, &onnxpb.TensorProto{Name: proto.String(name), DataType: proto.Int32(Float32), Dims: int64s(shape), RawData: raw})
+	g.inits = append(g.inits, &onnxpb.TensorProto{Name: proto.String(name), DataType: proto.Int32(elem), Dims: int64s(shape), RawData: raw})
 	g.ranks[name] = len(shape)
 	return name
 }
 
-// Scalar is a float32 constant of shape [] shared across the graph.
-func (g *Graph) Scalar(x float32) string {
-	key := fmt.Sprintf("f32:%x", math.Float32bits(x))
+// Scalar is a constant of shape [] and the compute type, shared across the
+// graph.
+func (g *Graph) Scalar(x float32) string { return g.scalarAs(x, g.compute) }
+
+// Scalar32 is a float32 constant of shape [] whatever the compute type.
+func (g *Graph) Scalar32(x float32) string { return g.scalarAs(x, Float32) }
+
+func (g *Graph) scalarAs(x float32, elem int32) string {
+	key := fmt.Sprintf("f%d:%x", elem, math.Float32bits(x))
 	if n, ok := g.consts[key]; ok {
 		return n
 	}
-	n := g.Weight(g.fresh("scalar"), []float32{x})
+	n := g.weightAs(g.fresh("scalar"), []float32{x}, elem)
 	g.inits[len(g.inits)-1].Dims = nil
 	g.ranks[n] = 0
 	g.consts[key] = n
 	return n
+}
+
+// Float32ToFloat16 rounds to the nearest IEEE half (ties to even),
+// saturating to infinity.
+func Float32ToFloat16(f float32) uint16 {
+	b := math.Float32bits(f)
+	sign := uint16(b>>16) & 0x8000
+	exp := int((b>>23)&0xff) - 127 + 15
+	mant := b & 0x7fffff
+	switch {
+	case (b>>23)&0xff == 0xff: // inf or NaN
+		if mant != 0 {
+			return sign | 0x7e00
+		}
+		return sign | 0x7c00
+	case exp >= 0x1f:
+		return sign | 0x7c00
+	case exp <= 0:
+		if exp < -10 {
+			return sign
+		}
+		mant |= 0x800000
+		shift := uint(14 - exp)
+		half := uint32(1) << (shift - 1)
+		rounded := (mant + half - 1 + (mant>>shift)&1) >> shift
+		return sign | uint16(rounded)
+	}
+	rounded := uint32(exp)<<10 | mant>>13
+	if rem := mant & 0x1fff; rem > 0x1000 || rem == 0x1000 && rounded&1 == 1 {
+		rounded++ // may carry into the exponent, which is right
+	}
+	return sign | uint16(rounded)
 }
 
 // Ints is an int64 constant (shapes, indices, axes); a nil shape means a

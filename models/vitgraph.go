@@ -138,7 +138,7 @@ func (g *Graph) block(x string, w blockValues, c Config) string {
 // prepend the class token and add the position embedding.
 func (g *Graph) embedTokens(images string, v *ViT) string {
 	c := v.Config
-	x := g.Op("Cast", []string{images}, AttrInt("to", int64(Float32)))
+	x := g.Op("Cast", []string{images}, AttrInt("to", int64(g.compute)))
 	x = g.Op("Sub", []string{g.Op("Mul", []string{x, g.Scalar(1 / 127.5)}), g.Scalar(1)})
 	x = g.Op("Transpose", []string{x}, AttrInts("perm", 0, 3, 1, 2)) // [N, 3, H, W]
 	pw := g.Weight("patch_embed.weight", v.PatchW, c.Dim, 3, c.Patch, c.Patch)
@@ -246,7 +246,7 @@ func (g *Graph) detectorBody(v *ViT, blocks []int, students []Block) (detectorOu
 	var perBlock []string
 	for k, i := range blocks {
 		s := g.block(ins[i], g.blockWeights(fmt.Sprintf("student.%d", i), students[k], c), c)
-		diff := g.Op("Sub", []string{s, ins[i+1]})
+		diff := g.Op("Sub", []string{g.toF32(s), g.toF32(ins[i+1])})
 		// Mean over channels first, then over tokens: two short float32
 		// reductions instead of one long one keep the error accurate.
 		perToken := g.Op("ReduceMean", []string{g.Op("Mul", []string{diff, diff})}, AttrInts("axes", 1), AttrInt("keepdims", 0))
@@ -257,6 +257,7 @@ func (g *Graph) detectorBody(v *ViT, blocks []int, students []Block) (detectorOu
 		tokenErrors = g.Op("Concat", perBlock, AttrInt("axis", 1))
 	}
 	blockErrors := g.Op("ReduceMean", []string{tokenErrors}, AttrInts("axes", 2), AttrInt("keepdims", 0))
+	emb = g.toF32(emb)
 	g.Output(OutputEmbedding, emb, Float32, batchDim, c.Dim)
 	g.Output(OutputBlockErrors, blockErrors, Float32, batchDim, len(blocks))
 	g.Output(OutputTokenErrors, tokenErrors, Float32, batchDim, len(blocks), c.Tokens())

@@ -155,21 +155,29 @@ func scoreFiles(det *detector.Detector, paths []string, batch int, threshold flo
 type modelFlags struct {
 	path      string
 	threshold float64
+	provider  string
+	precision string
 }
 
 func (m *modelFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&m.path, "model", "", "bundle written by `transformaly fit` (required)")
 	fs.Float64Var(&m.threshold, "threshold", 0, "alert threshold on the score (default: the bundle's calibrated one)")
+	fs.StringVar(&m.provider, "provider", "cpu", "execution provider: auto (TensorRT, then CUDA, then CPU), tensorrt, cuda or cpu")
+	fs.StringVar(&m.precision, "precision", models.FP32, "detector precision: fp32, or fp16 (weights and activations in half precision, scores in float32)")
 }
 
 func (m *modelFlags) load(rt runtimeFlags) (*detector.Detector, error) {
+	return m.loadAs(rt, m.precision)
+}
+
+func (m *modelFlags) loadAs(rt runtimeFlags, precision string) (*detector.Detector, error) {
 	if m.path == "" {
 		return nil, usageError("--model is required")
 	}
 	if err := rt.init(); err != nil {
 		return nil, err
 	}
-	return detector.Load(m.path, detector.RunnerOptions{Threads: rt.threads})
+	return detector.Load(m.path, detector.RunnerOptions{Threads: rt.threads, Provider: m.provider, Precision: precision})
 }
 
 type scoreLine struct {
@@ -242,6 +250,31 @@ type evalReport struct {
 	NormalImages    int     `json:"normal_images"`
 	AnomalousImages int     `json:"anomalous_images"`
 	SkippedImages   int     `json:"skipped_images"`
+	// Precision compares FP16 against FP32 (with --compare-precision).
+	Precision *precisionReport `json:"precision_compare,omitempty"`
+}
+
+// precisionReport says what FP16 costs on the evaluated images.
+type precisionReport struct {
+	AUROCFP32          float64 `json:"auroc_fp32"`
+	AUROCFP16          float64 `json:"auroc_fp16"`
+	AUROCDifference    float64 `json:"auroc_difference"`
+	MaxScoreDifference float64 `json:"max_score_difference"`
+	MeanScoreDiff      float64 `json:"mean_score_difference"`
+	VerdictsChanged    int     `json:"verdicts_changed"`
+}
+
+func comparePrecision(full evalReport, fullScores []float64, half evalReport, halfScores []float64) *precisionReport {
+	p := &precisionReport{AUROCFP32: full.AUROC, AUROCFP16: half.AUROC, AUROCDifference: half.AUROC - full.AUROC}
+	for i := range fullScores {
+		d := math.Abs(fullScores[i] - halfScores[i])
+		p.MaxScoreDifference = math.Max(p.MaxScoreDifference, d)
+		p.MeanScoreDiff += d / float64(len(fullScores))
+		if (fullScores[i] > full.Threshold) != (halfScores[i] > full.Threshold) {
+			p.VerdictsChanged++
+		}
+	}
+	return p
 }
 
 func evalCommand(fs *pflag.FlagSet) func([]string) error {
@@ -251,6 +284,7 @@ func evalCommand(fs *pflag.FlagSet) func([]string) error {
 	normalDir := fs.String("normal", "", "folder of normal test images (required)")
 	anomalousDir := fs.String("anomalous", "", "folder of anomalous test images (required)")
 	asJSON := fs.Bool("json", false, "print one JSON object: auroc, auroc_pretrained, auroc_student, false_alarm_rate, detection_rate, threshold and image counts")
+	compare := fs.Bool("compare-precision", false, "also score with the FP16 detector and report its AUROC and score differences against FP32")
 	batch := fs.Int("batch-size", 8, "images per ONNX Runtime call")
 	rt.register(fs)
 	return func(args []string) error {
@@ -265,9 +299,21 @@ func evalCommand(fs *pflag.FlagSet) func([]string) error {
 			return err
 		}
 		defer det.Close()
-		rep, err := evaluate(det, *normalDir, *anomalousDir, model.threshold, max(*batch, 1))
+		rep, scores, err := evaluate(det, *normalDir, *anomalousDir, model.threshold, max(*batch, 1))
 		if err != nil {
 			return err
+		}
+		if *compare {
+			half, err := model.loadAs(rt, models.FP16)
+			if err != nil {
+				return err
+			}
+			defer half.Close()
+			halfRep, halfScores, err := evaluate(half, *normalDir, *anomalousDir, model.threshold, max(*batch, 1))
+			if err != nil {
+				return err
+			}
+			rep.Precision = comparePrecision(rep, scores, halfRep, halfScores)
 		}
 		if *asJSON {
 			return json.NewEncoder(os.Stdout).Encode(rep)
@@ -281,11 +327,15 @@ func printReport(rep evalReport) {
 	fmt.Printf("images: %d normal, %d anomalous (%d skipped)\n", rep.NormalImages, rep.AnomalousImages, rep.SkippedImages)
 	fmt.Printf("AUROC: %.4f combined, %.4f pretrained feature, %.4f teacher-student feature\n", rep.AUROC, rep.AUROCPretrained, rep.AUROCStudent)
 	fmt.Printf("at threshold %.4g: false alarm rate %.4f, detection rate %.4f\n", rep.Threshold, rep.FalseAlarmRate, rep.DetectionRate)
+	if p := rep.Precision; p != nil {
+		fmt.Printf("fp16 vs fp32: AUROC %.4f vs %.4f (%+.4f), score difference max %.4g mean %.4g, %d verdicts changed\n",
+			p.AUROCFP16, p.AUROCFP32, p.AUROCDifference, p.MaxScoreDifference, p.MeanScoreDiff, p.VerdictsChanged)
+	}
 }
 
 // evaluate scores every image under the two folders and measures AUROC and
 // the rates at the threshold (<= 0: the bundle's).
-func evaluate(det *detector.Detector, normalDir, anomalousDir string, threshold float64, batch int) (evalReport, error) {
+func evaluate(det *detector.Detector, normalDir, anomalousDir string, threshold float64, batch int) (evalReport, []float64, error) {
 	rep := evalReport{Threshold: threshold}
 	if rep.Threshold <= 0 {
 		rep.Threshold = det.Info.Threshold
@@ -295,10 +345,10 @@ func evaluate(det *detector.Detector, normalDir, anomalousDir string, threshold 
 	for i, dir := range []string{normalDir, anomalousDir} {
 		paths, err := fit.ListImages(dir)
 		if err != nil {
-			return rep, err
+			return rep, nil, err
 		}
 		if len(paths) == 0 {
-			return rep, fmt.Errorf("no images (png, jpg, jpeg, bmp) under %s", dir)
+			return rep, nil, fmt.Errorf("no images (png, jpg, jpeg, bmp) under %s", dir)
 		}
 		failed, err := scoreFiles(det, paths, batch, rep.Threshold, func(_ string, r detector.Result) error {
 			sets[i].all = append(sets[i].all, r.Score)
@@ -307,11 +357,11 @@ func evaluate(det *detector.Detector, normalDir, anomalousDir string, threshold 
 			return nil
 		})
 		if err != nil {
-			return rep, err
+			return rep, nil, err
 		}
 		rep.SkippedImages += failed
 		if len(sets[i].all) == 0 {
-			return rep, fmt.Errorf("no readable images under %s", dir)
+			return rep, nil, fmt.Errorf("no readable images under %s", dir)
 		}
 	}
 	rep.NormalImages, rep.AnomalousImages = len(sets[0].all), len(sets[1].all)
@@ -320,7 +370,7 @@ func evaluate(det *detector.Detector, normalDir, anomalousDir string, threshold 
 	rep.AUROCStudent = fit.AUROC(sets[0].stu, sets[1].stu)
 	rep.FalseAlarmRate = fractionAbove(sets[0].all, rep.Threshold)
 	rep.DetectionRate = fractionAbove(sets[1].all, rep.Threshold)
-	return rep, nil
+	return rep, append(sets[0].all, sets[1].all...), nil
 }
 
 func fractionAbove(xs []float64, t float64) float64 {
