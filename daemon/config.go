@@ -104,11 +104,13 @@ type EventConfig struct {
 
 // DetectorConfig sets up inference.
 type DetectorConfig struct {
-	Provider  string        `yaml:"provider"`  // auto, tensorrt, cuda or cpu
-	Precision string        `yaml:"precision"` // fp32 or fp16 (the detector graph; scores stay float32)
-	MaxBatch  int           `yaml:"max_batch"`
-	BatchWait time.Duration `yaml:"batch_wait"`
-	Threads   int           `yaml:"threads"`
+	Provider  string `yaml:"provider"`  // auto, tensorrt, cuda or cpu
+	Precision string `yaml:"precision"` // "" (fp16 kernels on TensorRT only), fp32 or fp16
+	// ProviderLibrary is an execution-provider plugin library.
+	ProviderLibrary string        `yaml:"provider_library"`
+	MaxBatch        int           `yaml:"max_batch"`
+	BatchWait       time.Duration `yaml:"batch_wait"`
+	Threads         int           `yaml:"threads"`
 }
 
 // MetricsConfig places the HTTP endpoint (/metrics, /healthz, /readyz).
@@ -122,7 +124,7 @@ func DefaultConfig() Config {
 		MQTT: MQTTConfig{Broker: "tcp://127.0.0.1:1883", EmbeddedAddress: "127.0.0.1:1883", ClientID: "transformaly",
 			TopicPrefix: "transformaly", HomeAssistantPrefix: "homeassistant", StatsInterval: 60 * time.Second, QueueLimit: 10000},
 		Events:         EventConfig{MinFrames: 2, EndFrames: 5, UpdateInterval: time.Second},
-		Detector:       DetectorConfig{Provider: "auto", Precision: "fp32", MaxBatch: 8, BatchWait: 10 * time.Millisecond},
+		Detector:       DetectorConfig{Provider: "auto", MaxBatch: 8, BatchWait: 10 * time.Millisecond},
 		Metrics:        MetricsConfig{Address: "127.0.0.1:9108"},
 		StateDirectory: "/var/lib/transformaly",
 		CacheDirectory: "/var/cache/transformaly",
@@ -374,8 +376,13 @@ func (c Config) Validate() []error {
 	default:
 		bad("detector.provider", "%q is not auto, tensorrt, cuda or cpu", c.Detector.Provider)
 	}
-	if p := c.Detector.Precision; p != "fp32" && p != "fp16" {
+	if p := c.Detector.Precision; p != "" && p != "fp32" && p != "fp16" {
 		bad("detector.precision", "%q is not fp32 or fp16", p)
+	}
+	if l := c.Detector.ProviderLibrary; l != "" {
+		if _, err := os.Stat(l); err != nil {
+			bad("detector.provider_library", "%v", err)
+		}
 	}
 	if c.Detector.MaxBatch < 1 {
 		bad("detector.max_batch", "must be at least 1")

@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 
 	onnx "github.com/yalue/onnxruntime_go"
 
@@ -43,6 +45,10 @@ type RunnerOptions struct {
 	// Precision of a bundle's detector graph: fp32 (as stored) or fp16
 	// (rebuilt from the bundle at load time; scores stay float32).
 	Precision string
+	// ProviderLibrary is an execution-provider plugin library (for example
+	// libonnxruntime_providers_cuda.so of a matching GPU build) registered
+	// with ONNX Runtime and used through its EP devices.
+	ProviderLibrary string
 }
 
 // providerOrder lists the execution providers to try for a preference.
@@ -80,6 +86,20 @@ func NewRunner(model []byte, size int, outputs []string, opts RunnerOptions) (*R
 	if err != nil {
 		return nil, err
 	}
+	if order[0] == "cpu" && opts.Provider != "auto" {
+		opts.ProviderLibrary = "" // a plugin has nothing to offer the CPU provider
+	}
+	if opts.ProviderLibrary != "" {
+		if err := RegisterPlugin(opts.ProviderLibrary); err != nil {
+			if opts.Provider != "auto" {
+				return nil, err
+			}
+			slog.Warn("execution provider plugin unusable, falling back", "reason", err)
+			opts.ProviderLibrary = ""
+		} else if opts.Provider == "auto" {
+			order = append([]string{"tensorrt", "cuda"}, order...)
+		}
+	}
 	var errs []error
 	for _, p := range order {
 		s, err := newSession(model, outputs, opts, p)
@@ -103,6 +123,14 @@ func newSession(model []byte, outputs []string, opts RunnerOptions, provider str
 		return nil, err
 	}
 	defer so.Destroy()
+	if opts.ProviderLibrary != "" {
+		if devices := pluginDevices(provider); len(devices) > 0 {
+			if err := so.AppendExecutionProviderV2(devices, providerSettings(provider, opts)); err != nil {
+				return nil, err
+			}
+			return onnx.NewDynamicAdvancedSessionWithONNXData(model, []string{models.InputImages}, outputs, so)
+		}
+	}
 	switch provider {
 	case "cuda":
 		cuda, err := onnx.NewCUDAProviderOptions()
@@ -119,14 +147,7 @@ func newSession(model []byte, outputs []string, opts RunnerOptions, provider str
 			return nil, err
 		}
 		defer trt.Destroy()
-		settings := map[string]string{"trt_fp16_enable": "1"}
-		if opts.CacheDir != "" {
-			settings["trt_engine_cache_enable"] = "1"
-			settings["trt_engine_cache_path"] = opts.CacheDir
-			settings["trt_timing_cache_enable"] = "1"
-			settings["trt_timing_cache_path"] = opts.CacheDir
-		}
-		if err := trt.Update(settings); err != nil {
+		if err := trt.Update(providerSettings(provider, opts)); err != nil {
 			return nil, err
 		}
 		if err := so.AppendExecutionProviderTensorRT(trt); err != nil {
@@ -134,6 +155,69 @@ func newSession(model []byte, outputs []string, opts RunnerOptions, provider str
 		}
 	}
 	return onnx.NewDynamicAdvancedSessionWithONNXData(model, []string{models.InputImages}, outputs, so)
+}
+
+// providerSettings are the options of a GPU provider: TensorRT with FP16
+// kernels allowed unless fp32 is asked for, and its engine and timing
+// caches in the cache directory so restarts do not rebuild engines.
+func providerSettings(provider string, opts RunnerOptions) map[string]string {
+	if provider != "tensorrt" {
+		return nil
+	}
+	fp16 := "1"
+	if opts.Precision == models.FP32 {
+		fp16 = "0"
+	}
+	settings := map[string]string{"trt_fp16_enable": fp16}
+	if opts.CacheDir != "" {
+		settings["trt_engine_cache_enable"] = "1"
+		settings["trt_engine_cache_path"] = opts.CacheDir
+		settings["trt_timing_cache_enable"] = "1"
+		settings["trt_timing_cache_path"] = opts.CacheDir
+	}
+	return settings
+}
+
+var plugins struct {
+	sync.Mutex
+	registered map[string]error
+}
+
+// RegisterPlugin registers an execution-provider plugin library once per
+// process; a missing file or a library ORT refuses is an error naming it.
+func RegisterPlugin(path string) error {
+	plugins.Lock()
+	defer plugins.Unlock()
+	if plugins.registered == nil {
+		plugins.registered = map[string]error{}
+	}
+	if err, done := plugins.registered[path]; done {
+		return err
+	}
+	var err error
+	if _, statErr := os.Stat(path); statErr != nil {
+		err = fmt.Errorf("provider library %s: %w", path, statErr)
+	} else if regErr := onnx.RegisterExecutionProviderLibrary("transformaly_"+filepath.Base(path), path); regErr != nil {
+		err = fmt.Errorf("provider library %s: ONNX Runtime refused it (it must match the core library's version %s exactly): %w", path, ort.Version(), regErr)
+	}
+	plugins.registered[path] = err
+	return err
+}
+
+// pluginDevices are the EP devices registered plugins offer for a provider.
+func pluginDevices(provider string) []onnx.EpDevice {
+	devices, err := onnx.GetEpDevices()
+	if err != nil {
+		return nil
+	}
+	want := map[string]string{"cuda": "cuda", "tensorrt": "tensorrt"}[provider]
+	var out []onnx.EpDevice
+	for _, d := range devices {
+		if want != "" && strings.Contains(strings.ToLower(d.EpName()), want) {
+			out = append(out, d)
+		}
+	}
+	return out
 }
 
 // Provider is the execution provider the session runs on.

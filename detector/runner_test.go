@@ -1,6 +1,8 @@
 package detector_test
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -19,17 +21,22 @@ func TestProviderSelectionAndFallback(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	notAPlugin := filepath.Join(t.TempDir(), "libonnxruntime_providers_cuda.so")
+	os.WriteFile(notAPlugin, []byte("not a shared library"), 0o644)
 	for _, c := range []struct {
-		provider, want, wantErr string
+		provider, library, want, wantErr string
 	}{
-		{"", "cpu", ""},
-		{"cpu", "cpu", ""},
-		{"auto", "cpu", ""},
-		{"cuda", "", "cuda"},
-		{"tensorrt", "", "tensorrt"},
-		{"tpu", "", `"tpu" is not auto, tensorrt, cuda or cpu`},
+		{"", "", "cpu", ""},
+		{"cpu", "", "cpu", ""},
+		{"auto", "", "cpu", ""},
+		{"cuda", "", "", "cuda"},
+		{"tensorrt", "", "", "tensorrt"},
+		{"tpu", "", "", `"tpu" is not auto, tensorrt, cuda or cpu`},
+		{"auto", "/nonexistent/libonnxruntime_providers_cuda.so", "cpu", ""},
+		{"cuda", "/nonexistent/libonnxruntime_providers_cuda.so", "", "provider library /nonexistent/libonnxruntime_providers_cuda.so: stat"},
+		{"cuda", notAPlugin, "", "ONNX Runtime refused it"},
 	} {
-		r, err := detector.NewRunner(graph, 16, []string{models.OutputEmbedding}, detector.RunnerOptions{Provider: c.provider})
+		r, err := detector.NewRunner(graph, 16, []string{models.OutputEmbedding}, detector.RunnerOptions{Provider: c.provider, ProviderLibrary: c.library})
 		if c.wantErr != "" {
 			if err == nil || !strings.Contains(err.Error(), c.wantErr) {
 				t.Errorf("provider %q: error %v, want one naming %q", c.provider, err, c.wantErr)

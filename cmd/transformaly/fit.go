@@ -153,17 +153,19 @@ func scoreFiles(det *detector.Detector, paths []string, batch int, threshold flo
 
 // modelFlags name a bundle.
 type modelFlags struct {
-	path      string
-	threshold float64
-	provider  string
-	precision string
+	path            string
+	threshold       float64
+	provider        string
+	precision       string
+	providerLibrary string
 }
 
 func (m *modelFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&m.path, "model", "", "bundle written by `transformaly fit` (required)")
 	fs.Float64Var(&m.threshold, "threshold", 0, "alert threshold on the score (default: the bundle's calibrated one)")
 	fs.StringVar(&m.provider, "provider", "cpu", "execution provider: auto (TensorRT, then CUDA, then CPU), tensorrt, cuda or cpu")
-	fs.StringVar(&m.precision, "precision", models.FP32, "detector precision: fp32, or fp16 (weights and activations in half precision, scores in float32)")
+	fs.StringVar(&m.precision, "precision", "", "detector precision: fp32, or fp16 (weights and activations in half precision, scores in float32); default fp32 with FP16 kernels allowed on TensorRT")
+	fs.StringVar(&m.providerLibrary, "provider-library", "", "execution-provider plugin library (e.g. libonnxruntime_providers_cuda.so matching the core library's version)")
 }
 
 func (m *modelFlags) load(rt runtimeFlags) (*detector.Detector, error) {
@@ -177,7 +179,7 @@ func (m *modelFlags) loadAs(rt runtimeFlags, precision string) (*detector.Detect
 	if err := rt.init(); err != nil {
 		return nil, err
 	}
-	return detector.Load(m.path, detector.RunnerOptions{Threads: rt.threads, Provider: m.provider, Precision: precision})
+	return detector.Load(m.path, detector.RunnerOptions{Threads: rt.threads, Provider: m.provider, Precision: precision, ProviderLibrary: m.providerLibrary})
 }
 
 type scoreLine struct {

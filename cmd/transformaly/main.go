@@ -32,6 +32,7 @@ var commands = []command{
 	{"score", "IMAGE...", "score images with a bundle", scoreCommand},
 	{"eval", "", "measure a bundle's AUROC on labelled normal and anomalous images", evalCommand},
 	{"inspect", "BUNDLE", "print a bundle's metadata", inspectCommand},
+	{"doctor", "", "say which execution providers (TensorRT, CUDA, CPU) work here, and why the others do not", doctorCommand},
 	{"embed", "IMAGE...", "print the teacher's CLS embedding of each image", embedCommand},
 	{"demo", "", "generate a random teacher and synthetic parts, fit a detector and evaluate it: no camera, no downloads", demoCommand},
 	{"random-vit", "", "write a seeded random ViT checkpoint (timm layout) for tests and demos", randomViTCommand},
