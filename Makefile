@@ -1,6 +1,7 @@
 # transformaly build, test and dependency targets.
 # `make deps` installs only what is missing; `make test` is what CI runs.
 
+SHELL          := /bin/bash
 ORT_VERSION    := 1.30.0
 ORT_TGZ_SHA256 := 6e3390d6b783e7be946fad629292799da28d0b42f84856e50d2c1b0383291e75
 ORT_LIB_SHA256 := ffb75a925ba05e47b235bb66e3e3911714a80b328a9c9425539feb204aa32a23
@@ -70,9 +71,13 @@ test: deps
 	go test -tags matprofile $(GO_TEST_FLAGS) ./...
 
 # Benchmarks print per-image latency, GFLOP/s and the fraction of the sgemm
-# peak measured in the same run.
+# peak measured in the same run; the table and bench/bench.json follow.
+# BENCH_FULL=1 adds batch 32; TRANSFORMALY_BENCH_PROVIDERS=cpu,cuda,tensorrt
+# adds GPU providers where present.
 bench: deps
-	go test -run '^$$' -bench . -benchtime 3x -timeout 60m ./capture/ ./detector/ ./fit/ ./daemon/
+	mkdir -p bench
+	set -o pipefail; go test -run '^$$' -bench . -benchtime 2x -timeout 90m ./capture/ ./detector/ ./fit/ ./e2e/ | tee bench/bench.txt
+	go run ./internal/benchreport -json bench/bench.json < bench/bench.txt
 
 clean:
 	rm -rf bin

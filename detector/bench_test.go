@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"strings"
 	"testing"
 
 	"github.com/transformaly/transformaly/detector"
@@ -34,11 +35,32 @@ var benchShapes = []struct {
 }{
 	{"ViT-S16-224", models.Config{Dim: 384, Depth: 12, Heads: 6, MLPDim: 1536, Patch: 16, ImageSize: 224, Eps: 1e-6}},
 	{"ViT-B16-224", models.Config{Dim: 768, Depth: 12, Heads: 12, MLPDim: 3072, Patch: 16, ImageSize: 224, Eps: 1e-6}},
+	{"ViT-S16-384", models.Config{Dim: 384, Depth: 12, Heads: 6, MLPDim: 1536, Patch: 16, ImageSize: 384, Eps: 1e-6}},
+	{"ViT-B16-384", models.Config{Dim: 768, Depth: 12, Heads: 12, MLPDim: 3072, Patch: 16, ImageSize: 384, Eps: 1e-6}},
+}
+
+// benchProviders are the execution providers to measure: the CPU, plus
+// those listed in $TRANSFORMALY_BENCH_PROVIDERS (e.g. "cuda,tensorrt" on a
+// GPU box; fp16 variants are measured on those).
+func benchProviders() []string {
+	if env := os.Getenv("TRANSFORMALY_BENCH_PROVIDERS"); env != "" {
+		return strings.Split(env, ",")
+	}
+	return []string{"cpu"}
+}
+
+// benchBatches are 1 and 8, and 32 with BENCH_FULL=1 (minutes per model on
+// a CPU).
+func benchBatches(provider string) []int {
+	if os.Getenv("BENCH_FULL") != "" || provider != "cpu" {
+		return []int{1, 8, 32}
+	}
+	return []int{1, 8}
 }
 
 // BenchmarkGraphs reports per-image latency, GFLOP/s and the fraction of
-// the sgemm peak for the teacher and the detector (students on blocks
-// 2..11) at batch 1 and 8.
+// the sgemm peak for the teacher and the scored detector (students on
+// blocks 2..11), per provider, precision and batch size.
 func BenchmarkGraphs(b *testing.B) {
 	for _, shape := range benchShapes {
 		v, err := models.RandomViT(shape.cfg, 1)
@@ -56,54 +78,85 @@ func BenchmarkGraphs(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		det, err := models.DetectorGraph(v, blocks, students)
-		if err != nil {
-			b.Fatal(err)
-		}
-		graphs := []struct {
-			kind    string
-			model   []byte
-			outputs []string
-			flops   float64
-		}{
-			{"teacher", teacher, []string{models.OutputEmbedding}, teacherFLOPs},
-			{"detector", det, []string{models.OutputEmbedding, models.OutputBlockErrors, models.OutputTokenErrors}, teacherFLOPs + float64(len(blocks))*blockFLOPs},
-		}
-		for _, g := range graphs {
-			for _, batch := range []int{1, 8} {
-				b.Run(fmt.Sprintf("%s/%s/batch%d", shape.name, g.kind, batch), func(b *testing.B) {
-					peak := sgemmPeak(b)
-					r, err := detector.NewRunner(g.model, v.ImageSize, g.outputs, detector.RunnerOptions{})
-					if err != nil {
-						b.Fatal(err)
+		for _, provider := range benchProviders() {
+			precisions := []string{models.FP32}
+			if provider != "cpu" {
+				precisions = append(precisions, models.FP16)
+			}
+			for _, precision := range precisions {
+				det, err := models.ScoredDetectorGraph(v, blocks, students, identityScoring(v.Dim, len(blocks)), models.BundleInfo{}, precision)
+				if err != nil {
+					b.Fatal(err)
+				}
+				graphs := []struct {
+					kind    string
+					model   []byte
+					outputs []string
+					flops   float64
+				}{
+					{"teacher", teacher, []string{models.OutputEmbedding}, teacherFLOPs},
+					{"detector", det, []string{models.OutputScore, models.OutputTokenErrors}, teacherFLOPs + float64(len(blocks))*blockFLOPs},
+				}
+				for _, g := range graphs {
+					if g.kind == "teacher" && precision == models.FP16 {
+						continue
 					}
-					defer r.Close()
-					images := make([]byte, batch*v.ImageSize*v.ImageSize*3)
-					for i := range images {
-						images[i] = byte(i * 7)
+					for _, batch := range benchBatches(provider) {
+						name := fmt.Sprintf("%s/%s/%s-%s/batch%d", shape.name, g.kind, provider, precision, batch)
+						b.Run(name, func(b *testing.B) {
+							benchGraph(b, g.model, v.ImageSize, g.outputs, batch, g.flops, detector.RunnerOptions{Provider: provider, Precision: precision})
+						})
 					}
-					// ORT plans its memory on the first run and first touches
-					// the planned arena on the second: warm up with both.
-					for range 2 {
-						if _, err := r.Run(images, batch); err != nil {
-							b.Fatal(err)
-						}
-					}
-					b.ResetTimer()
-					for range b.N {
-						if _, err := r.Run(images, batch); err != nil {
-							b.Fatal(err)
-						}
-					}
-					perImage := b.Elapsed().Seconds() / float64(b.N*batch)
-					gflops := g.flops / perImage / 1e9
-					b.ReportMetric(perImage*1e3, "ms/image")
-					b.ReportMetric(g.flops/1e9, "GFLOP/image")
-					b.ReportMetric(gflops, "GFLOP/s")
-					b.ReportMetric(peak, "peak-GFLOP/s")
-					b.ReportMetric(gflops/peak, "of-peak")
-				})
+				}
 			}
 		}
 	}
+}
+
+// identityScoring is a placeholder scoring of the right shape: the
+// benchmark times the graph, not the fit.
+func identityScoring(dim, blocks int) models.Scoring {
+	q := func(in int) models.QuadraticScore {
+		s := models.QuadraticScore{In: in, K: in, W: make([]float32, in*in), B: make([]float32, in)}
+		for i := range in {
+			s.W[i*in+i] = 1
+		}
+		return s
+	}
+	return models.Scoring{Pretrained: q(dim), Student: q(blocks)}
+}
+
+func benchGraph(b *testing.B, model []byte, size int, outputs []string, batch int, flops float64, opts detector.RunnerOptions) {
+	peak := sgemmPeak(b)
+	r, err := detector.NewRunner(model, size, outputs, opts)
+	if err != nil {
+		b.Skipf("provider %s unusable here: %v", opts.Provider, err)
+	}
+	defer r.Close()
+	images := make([]byte, batch*size*size*3)
+	for i := range images {
+		images[i] = byte(i * 7)
+	}
+	// ORT plans its memory on the first run and first touches the planned
+	// arena on the second (TensorRT builds its engine on the first): warm
+	// up with both.
+	for range 2 {
+		if _, err := r.Run(images, batch); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ResetTimer()
+	for range b.N {
+		if _, err := r.Run(images, batch); err != nil {
+			b.Fatal(err)
+		}
+	}
+	perImage := b.Elapsed().Seconds() / float64(b.N*batch)
+	gflops := flops / perImage / 1e9
+	b.ReportMetric(perImage*1e3, "ms/image")
+	b.ReportMetric(1/perImage, "images/s")
+	b.ReportMetric(flops/1e9, "GFLOP/image")
+	b.ReportMetric(gflops, "GFLOP/s")
+	b.ReportMetric(peak, "peak-GFLOP/s")
+	b.ReportMetric(gflops/peak, "of-peak")
 }

@@ -18,7 +18,7 @@ import (
 	"github.com/transformaly/transformaly/internal/synth"
 )
 
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -37,7 +37,7 @@ type mosquittoBroker struct {
 	log  *lockedBuffer
 }
 
-func mosquittoPath(t *testing.T) string {
+func mosquittoPath(t testing.TB) string {
 	for _, p := range []string{"/usr/sbin/mosquitto", "/usr/bin/mosquitto"} {
 		if _, err := os.Stat(p); err == nil {
 			return p
@@ -138,7 +138,7 @@ type subscriber struct {
 	client mqtt.Client
 }
 
-func subscribe(t *testing.T, brokerURL, filter, clientID string) *subscriber {
+func subscribe(t testing.TB, brokerURL, filter, clientID string) *subscriber {
 	t.Helper()
 	s := &subscriber{}
 	opts := mqtt.NewClientOptions().AddBroker(brokerURL).SetClientID(clientID).SetCleanSession(false).
@@ -198,7 +198,7 @@ func defectVideoKinds() []string {
 	return kinds
 }
 
-func getDaemonFixture(t *testing.T) daemonFixture {
+func getDaemonFixture(t testing.TB) daemonFixture {
 	t.Helper()
 	fixtureOnce.Do(func() {
 		fixtureDir, fixtureErr = os.MkdirTemp("", "transformaly-daemon-e2e-")
@@ -241,7 +241,7 @@ type runningDaemon struct {
 	done   chan error
 }
 
-func startDaemon(t *testing.T, config string, env ...string) *runningDaemon {
+func startDaemon(t testing.TB, config string, env ...string) *runningDaemon {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "config.yaml")
 	if err := os.WriteFile(path, []byte(config), 0o644); err != nil {
@@ -265,7 +265,7 @@ func startDaemon(t *testing.T, config string, env ...string) *runningDaemon {
 }
 
 // stop sends SIGTERM and waits for a clean exit.
-func (d *runningDaemon) stop(t *testing.T) {
+func (d *runningDaemon) stop(t testing.TB) {
 	t.Helper()
 	d.cmd.Process.Signal(syscall.SIGTERM)
 	select {
@@ -279,7 +279,7 @@ func (d *runningDaemon) stop(t *testing.T) {
 	}
 }
 
-func eventually(t *testing.T, what string, limit time.Duration, cond func() bool) {
+func eventually(t testing.TB, what string, limit time.Duration, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(limit)
 	for !cond() {
