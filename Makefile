@@ -12,7 +12,7 @@ BIN            := bin/transformaly
 # -tags matprofile makes gocv count live Mats, so tests can assert none leak.
 GO_TEST_FLAGS  ?= -timeout 25m
 
-.PHONY: all build deps apt-deps ort-lib test bench vet demo install clean FORCE
+.PHONY: all build deps apt-deps ort-lib test bench vet demo install gpu-deps gpu-check clean FORCE
 
 all: build
 
@@ -78,6 +78,30 @@ bench: deps
 	mkdir -p bench
 	set -o pipefail; go test -run '^$$' -bench . -benchtime 2x -timeout 90m ./capture/ ./detector/ ./fit/ ./e2e/ | tee bench/bench.txt
 	go run ./internal/benchreport -json bench/bench.json < bench/bench.txt
+
+# GPU ONNX Runtime for `make gpu-check`: a core library and the CUDA and
+# TensorRT provider libraries of the same version (1.29.0, CUDA 13,
+# TensorRT 10), from the npm packages that carry them (Unity package
+# version 0.4.9), loaded through the plugin route. Not needed for CPU boxes.
+GPU_PKG_VERSION := 0.4.9
+GPU_DIR         := .deps/onnxruntime-gpu
+gpu-deps:
+	@command -v npm >/dev/null || { echo "npm is needed (apt-get install npm)"; exit 1; }
+	rm -rf $(GPU_DIR)/tmp && mkdir -p $(GPU_DIR)/tmp $(GPU_DIR)/core $(GPU_DIR)/providers
+	cd $(GPU_DIR)/tmp && npm pack --silent com.github.asus4.onnxruntime@$(GPU_PKG_VERSION) com.github.asus4.onnxruntime.linux-x64-gpu@$(GPU_PKG_VERSION) >/dev/null
+	cd $(GPU_DIR)/tmp && sha256sum *.tgz
+	mkdir -p $(GPU_DIR)/tmp/core $(GPU_DIR)/tmp/gpu
+	tar -xzf $(GPU_DIR)/tmp/com.github.asus4.onnxruntime-$(GPU_PKG_VERSION).tgz -C $(GPU_DIR)/tmp/core
+	tar -xzf $(GPU_DIR)/tmp/com.github.asus4.onnxruntime.linux-x64-gpu-$(GPU_PKG_VERSION).tgz -C $(GPU_DIR)/tmp/gpu
+	find $(GPU_DIR)/tmp/core -path '*inux*' -name 'libonnxruntime.so*' -exec cp {} $(GPU_DIR)/core/ \;
+	find $(GPU_DIR)/tmp/gpu -name 'libonnxruntime_providers_*.so' -exec cp {} $(GPU_DIR)/providers/ \;
+	rm -rf $(GPU_DIR)/tmp
+	ls -la $(GPU_DIR)/core $(GPU_DIR)/providers
+
+# Runs the detector on CUDA and TensorRT against the CPU and prints the
+# benchmark table (see scripts/gpu-check.sh); about 8 minutes at most.
+gpu-check:
+	scripts/gpu-check.sh
 
 clean:
 	rm -rf bin

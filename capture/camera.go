@@ -148,20 +148,11 @@ func (c *Camera) Run(ctx context.Context) error {
 			c.mu.Unlock()
 		}
 		src, err := openSource(c.cfg)
-		if err != nil {
-			if errors.Is(err, ErrPermanent) {
-				c.setState(StateOffline, err)
-				return err
-			}
-			c.setState(StateReconnecting, err)
-			if !sleep(ctx, wait) {
-				return nil
-			}
-			wait = min(2*wait, c.cfg.RetryMax)
-			continue
+		delivered := false
+		if err == nil {
+			delivered, err = c.stream(ctx, src, pre, &frame, &seq)
+			src.Close()
 		}
-		delivered, err := c.stream(ctx, src, pre, &frame, &seq)
-		src.Close()
 		if delivered {
 			wait = c.cfg.RetryStart // it worked for a while: start the waits afresh
 		}

@@ -204,40 +204,27 @@ func (c Config) Camera(i int) CameraConfig {
 	if cam.Model == "" {
 		cam.Model = d.Model
 	}
-	if cam.Threshold == nil {
-		cam.Threshold = d.Threshold
-	}
-	if cam.FPSLimit == nil {
-		cam.FPSLimit = d.FPSLimit
-	}
 	if cam.ROI == "" {
 		cam.ROI = d.ROI
 	}
-	if cam.Rotate == nil {
-		cam.Rotate = d.Rotate
-	}
-	if cam.FlipH == nil {
-		cam.FlipH = d.FlipH
-	}
-	if cam.FlipV == nil {
-		cam.FlipV = d.FlipV
-	}
-	if cam.Loop == nil {
-		cam.Loop = d.Loop
-	}
-	if cam.Pace == nil {
-		cam.Pace = d.Pace
-	}
-	if cam.StallTimeout == nil {
-		cam.StallTimeout = d.StallTimeout
-	}
-	if cam.RetryStart == nil {
-		cam.RetryStart = d.RetryStart
-	}
-	if cam.RetryMax == nil {
-		cam.RetryMax = d.RetryMax
-	}
+	inherit(&cam.Threshold, d.Threshold)
+	inherit(&cam.FPSLimit, d.FPSLimit)
+	inherit(&cam.Rotate, d.Rotate)
+	inherit(&cam.FlipH, d.FlipH)
+	inherit(&cam.FlipV, d.FlipV)
+	inherit(&cam.Loop, d.Loop)
+	inherit(&cam.Pace, d.Pace)
+	inherit(&cam.StallTimeout, d.StallTimeout)
+	inherit(&cam.RetryStart, d.RetryStart)
+	inherit(&cam.RetryMax, d.RetryMax)
 	return cam
+}
+
+// inherit takes the default when the camera leaves a key unset.
+func inherit[T any](v **T, def *T) {
+	if *v == nil {
+		*v = def
+	}
 }
 
 func deref[T any](p *T) T {

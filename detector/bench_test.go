@@ -8,17 +8,11 @@ import (
 	"testing"
 
 	"github.com/transformaly/transformaly/detector"
-	"github.com/transformaly/transformaly/internal/ort"
+	"github.com/transformaly/transformaly/internal/ort/orttest"
 	"github.com/transformaly/transformaly/models"
 )
 
-func TestMain(m *testing.M) {
-	if err := ort.Init(""); err != nil {
-		println("ONNX Runtime is needed for these tests:", err.Error())
-		os.Exit(1)
-	}
-	os.Exit(m.Run())
-}
+func TestMain(m *testing.M) { orttest.Main(m) }
 
 func sgemmPeak(b *testing.B) float64 {
 	b.Helper()

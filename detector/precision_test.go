@@ -3,6 +3,8 @@ package detector_test
 import (
 	"context"
 	"math"
+	"math/rand/v2"
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -61,6 +63,72 @@ func TestFP16VariantMatchesFP32(t *testing.T) {
 		}
 		if i >= 2 && full[i].Anomalous != half[i].Anomalous {
 			t.Errorf("image %d: verdicts differ between fp32 and fp16", i)
+		}
+	}
+}
+
+// TestGPUMatchesCPU runs only on a GPU box (TRANSFORMALY_GPU=1, see
+// scripts/gpu-check.sh): each GPU provider that opens must score a random
+// detector like the CPU provider, within 1e-3 of the score spread in fp32
+// (TF32 and kernel choices differ) and 5e-2 in fp16.
+func TestGPUMatchesCPU(t *testing.T) {
+	if os.Getenv("TRANSFORMALY_GPU") == "" {
+		t.Skip("set TRANSFORMALY_GPU=1 on a GPU box (scripts/gpu-check.sh)")
+	}
+	v, err := models.RandomViT(models.Config{Dim: 192, Depth: 6, Heads: 3, Patch: 16, ImageSize: 224}, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocks := []int{2, 3, 4, 5}
+	rng := rand.New(rand.NewPCG(4, 4))
+	var students []models.Block
+	for range blocks {
+		students = append(students, models.XavierBlock(v.Config, rng))
+	}
+	images := make([]byte, 8*224*224*3)
+	for i := range images {
+		images[i] = byte(rng.IntN(256))
+	}
+	run := func(provider, precision string) []float32 {
+		graph, err := models.ScoredDetectorGraph(v, blocks, students, identityScoring(v.Dim, len(blocks)), models.BundleInfo{}, precision)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := detector.NewRunner(graph, 224, []string{models.OutputScore}, detector.RunnerOptions{Provider: provider, Precision: precision,
+			ProviderLibrary: os.Getenv("TRANSFORMALY_PROVIDER_LIBRARY")})
+		if err != nil {
+			t.Logf("%s %s: not usable: %v", provider, precision, err)
+			return nil
+		}
+		defer r.Close()
+		out, err := r.Run(images, 8)
+		if err != nil {
+			t.Fatalf("%s %s: %v", provider, precision, err)
+		}
+		return out[0].Data
+	}
+	want := run("cpu", models.FP32)
+	spread := 0.0
+	for _, x := range want {
+		spread = math.Max(spread, math.Abs(float64(x-want[0])))
+	}
+	for _, provider := range []string{"cuda", "tensorrt"} {
+		for _, c := range []struct {
+			precision string
+			tol       float64
+		}{{models.FP32, 1e-3}, {models.FP16, 5e-2}} {
+			got := run(provider, c.precision)
+			if got == nil {
+				continue
+			}
+			worst := 0.0
+			for i := range want {
+				worst = math.Max(worst, math.Abs(float64(got[i]-want[i])))
+			}
+			t.Logf("%s %s: max score difference %.3g (score spread %.3g, tolerance %.0e of it)", provider, c.precision, worst, spread, c.tol)
+			if worst > c.tol*math.Max(spread, 1) {
+				t.Errorf("%s %s: scores differ from the CPU by %g", provider, c.precision, worst)
+			}
 		}
 	}
 }

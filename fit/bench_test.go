@@ -9,18 +9,12 @@ import (
 
 	"github.com/transformaly/transformaly/detector"
 	"github.com/transformaly/transformaly/fit"
-	"github.com/transformaly/transformaly/internal/ort"
+	"github.com/transformaly/transformaly/internal/ort/orttest"
 	"github.com/transformaly/transformaly/internal/synth"
 	"github.com/transformaly/transformaly/models"
 )
 
-func TestMain(m *testing.M) {
-	if err := ort.Init(""); err != nil {
-		println("ONNX Runtime is needed for these tests:", err.Error())
-		os.Exit(1)
-	}
-	os.Exit(m.Run())
-}
+func TestMain(m *testing.M) { orttest.Main(m) }
 
 func peak(b *testing.B) float64 {
 	p, err := detector.MeasureSgemmPeak(2048)

@@ -3,22 +3,16 @@ package models_test
 import (
 	"math"
 	"math/rand/v2"
-	"os"
 	"testing"
 
 	onnx "github.com/yalue/onnxruntime_go"
 
 	"github.com/transformaly/transformaly/internal/ort"
+	"github.com/transformaly/transformaly/internal/ort/orttest"
 	"github.com/transformaly/transformaly/models"
 )
 
-func TestMain(m *testing.M) {
-	if err := ort.Init(""); err != nil {
-		println("ONNX Runtime is needed for these tests:", err.Error())
-		os.Exit(1)
-	}
-	os.Exit(m.Run())
-}
+func TestMain(m *testing.M) { orttest.Main(m) }
 
 // smallConfig is the random ViT most tests use: 17 tokens of width 64.
 var smallConfig = models.Config{Dim: 64, Depth: 3, Heads: 4, Patch: 8, ImageSize: 32}
