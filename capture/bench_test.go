@@ -30,7 +30,7 @@ func BenchmarkDecodePreprocess(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			for i := range 20 {
+			for i := range 60 {
 				m := solid(res.w, res.h, color.RGBA{uint8(i * 10), 100, 50, 0})
 				gocv.Circle(&m, image.Pt(res.w/2, res.h/2), res.h/4, color.RGBA{255, 255, 255, 0}, -1)
 				vw.Write(m)
