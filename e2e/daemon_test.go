@@ -84,6 +84,7 @@ func TestDaemonScoresEventsAndSnapshots(t *testing.T) {
 	f := getDaemonFixture(t)
 	b := startMosquitto(t, "")
 	sub := subscribe(t, b.url(), "transformaly/#", "test-sub-1")
+	ha := subscribe(t, b.url(), "homeassistant/#", "test-sub-ha")
 	metricsPort := freePort(t)
 	d := startDaemon(t, fmt.Sprintf(`
 defaults:
@@ -98,6 +99,7 @@ cameras:
 mqtt:
   broker: %s
   stats_interval: 1s
+  home_assistant: true
 metrics:
   address: 127.0.0.1:%d
 state_directory: %s
@@ -163,6 +165,17 @@ state_directory: %s
 	}
 	if h := httpGet(t, fmt.Sprintf("http://127.0.0.1:%d/healthz", metricsPort)); !strings.Contains(h, "ok") {
 		t.Errorf("/healthz: %q", h)
+	}
+	// Both videos ended: no camera online, so not ready.
+	if r := httpGet(t, fmt.Sprintf("http://127.0.0.1:%d/readyz", metricsPort)); !strings.Contains(r, "not ready") {
+		t.Errorf("/readyz with every camera offline: %q", r)
+	}
+	for _, topic := range []string{"homeassistant/binary_sensor/transformaly/line1/config", "homeassistant/sensor/transformaly/line2/config"} {
+		msgs := ha.on(topic)
+		var cfg map[string]any
+		if len(msgs) == 0 || !msgs[0].Retained && len(msgs) > 1 || json.Unmarshal(msgs[0].Payload, &cfg) != nil || cfg["state_topic"] == nil {
+			t.Errorf("Home Assistant discovery %s: %v", topic, msgs)
+		}
 	}
 	d.stop(t)
 	eventually(t, "status stopped", 5*time.Second, func() bool {
