@@ -49,6 +49,7 @@ func Load(path string, opts RunnerOptions) (*Detector, error) {
 	default:
 		return nil, fmt.Errorf("load bundle %s: precision %q is not fp32 or fp16", path, opts.Precision)
 	}
+	opts.ImageSize = info.ImageSize
 	r, err := NewRunner(model, info.ImageSize, detectorOutputs, opts)
 	if err != nil {
 		return nil, fmt.Errorf("load bundle %s: %w", path, err)

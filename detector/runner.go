@@ -45,6 +45,8 @@ type RunnerOptions struct {
 	// Precision of a bundle's detector graph: fp32 (as stored) or fp16
 	// (rebuilt from the bundle at load time; scores stay float32).
 	Precision string
+	// ImageSize and MaxBatch shape TensorRT's optimisation profile.
+	ImageSize, MaxBatch int
 	// ProviderLibrary is an execution-provider plugin library (for example
 	// libonnxruntime_providers_cuda.so of a matching GPU build) registered
 	// with ONNX Runtime and used through its EP devices.
@@ -82,9 +84,29 @@ func providerOrder(pref string) ([]string, error) {
 // on the first execution provider of the preference that works; each
 // fallback is logged with its reason.
 func NewRunner(model []byte, size int, outputs []string, opts RunnerOptions) (*Runner, error) {
+	var r *Runner
+	provider, err := OpenOnProvider(opts, func(so *onnx.SessionOptions, p string) error {
+		s, err := onnx.NewDynamicAdvancedSessionWithONNXData(model, []string{models.InputImages}, outputs, so)
+		if err == nil {
+			r = &Runner{session: s, outputs: outputs, size: size}
+		}
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create ONNX Runtime session: %w", err)
+	}
+	r.provider = provider
+	return r, nil
+}
+
+// OpenOnProvider calls open with session options for each execution
+// provider of the preference in turn until one opens, logging each
+// fallback with its reason, and returns the provider that worked. The
+// training sessions of a fit open the same way as the detector's.
+func OpenOnProvider(opts RunnerOptions, open func(so *onnx.SessionOptions, provider string) error) (string, error) {
 	order, err := providerOrder(opts.Provider)
 	if err != nil {
-		return nil, err
+		return "", err
 	}
 	if order[0] == "cpu" && opts.Provider != "auto" {
 		opts.ProviderLibrary = "" // a plugin has nothing to offer the CPU provider
@@ -92,7 +114,7 @@ func NewRunner(model []byte, size int, outputs []string, opts RunnerOptions) (*R
 	if opts.ProviderLibrary != "" {
 		if err := RegisterPlugin(opts.ProviderLibrary); err != nil {
 			if opts.Provider != "auto" {
-				return nil, err
+				return "", err
 			}
 			slog.Warn("execution provider plugin unusable, falling back", "reason", err)
 			opts.ProviderLibrary = ""
@@ -102,59 +124,61 @@ func NewRunner(model []byte, size int, outputs []string, opts RunnerOptions) (*R
 	}
 	var errs []error
 	for _, p := range order {
-		s, err := newSession(model, outputs, opts, p)
+		err := withProvider(opts, p, func(so *onnx.SessionOptions) error { return open(so, p) })
 		if err == nil {
 			if len(errs) > 0 {
 				slog.Info("execution provider chosen", "provider", p)
 			}
-			return &Runner{session: s, outputs: outputs, size: size, provider: p}, nil
+			return p, nil
 		}
 		errs = append(errs, fmt.Errorf("%s: %w", p, err))
 		if len(order) > 1 {
 			slog.Warn("execution provider unusable, falling back", "provider", p, "reason", err)
 		}
 	}
-	return nil, fmt.Errorf("create ONNX Runtime session: %w", errors.Join(errs...))
+	return "", errors.Join(errs...)
 }
 
-func newSession(model []byte, outputs []string, opts RunnerOptions, provider string) (*onnx.DynamicAdvancedSession, error) {
+// withProvider makes session options with one provider appended and hands
+// them to open.
+func withProvider(opts RunnerOptions, provider string, open func(*onnx.SessionOptions) error) error {
 	so, err := ort.SessionOptions(opts.Threads)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer so.Destroy()
 	if opts.ProviderLibrary != "" {
 		if devices := pluginDevices(provider); len(devices) > 0 {
 			if err := so.AppendExecutionProviderV2(devices, providerSettings(provider, opts)); err != nil {
-				return nil, err
+				return err
 			}
-			return onnx.NewDynamicAdvancedSessionWithONNXData(model, []string{models.InputImages}, outputs, so)
+			return open(so)
 		}
 	}
 	switch provider {
 	case "cuda":
 		cuda, err := onnx.NewCUDAProviderOptions()
 		if err != nil {
-			return nil, err
+			return err
 		}
 		defer cuda.Destroy()
 		if err := so.AppendExecutionProviderCUDA(cuda); err != nil {
-			return nil, err
+			return err
 		}
 	case "tensorrt":
 		trt, err := onnx.NewTensorRTProviderOptions()
 		if err != nil {
-			return nil, err
+			return err
 		}
 		defer trt.Destroy()
 		if err := trt.Update(providerSettings(provider, opts)); err != nil {
-			return nil, err
+			return err
 		}
 		if err := so.AppendExecutionProviderTensorRT(trt); err != nil {
-			return nil, err
+			return err
 		}
 	}
-	return onnx.NewDynamicAdvancedSessionWithONNXData(model, []string{models.InputImages}, outputs, so)
+	return open(so)
 }
 
 // providerSettings are the options of a GPU provider: TensorRT with FP16
@@ -169,6 +193,16 @@ func providerSettings(provider string, opts RunnerOptions) map[string]string {
 		fp16 = "0"
 	}
 	settings := map[string]string{"trt_fp16_enable": fp16}
+	if opts.ImageSize > 0 && opts.MaxBatch > 0 {
+		// One fixed profile over the batch sizes used (1 to the max batch),
+		// so no batch shape triggers an engine rebuild while running.
+		shape := func(n int) string {
+			return fmt.Sprintf("%s:%dx%dx%dx3", models.InputImages, n, opts.ImageSize, opts.ImageSize)
+		}
+		settings["trt_profile_min_shapes"] = shape(1)
+		settings["trt_profile_opt_shapes"] = shape(opts.MaxBatch)
+		settings["trt_profile_max_shapes"] = shape(opts.MaxBatch)
+	}
 	if opts.CacheDir != "" {
 		settings["trt_engine_cache_enable"] = "1"
 		settings["trt_engine_cache_path"] = opts.CacheDir

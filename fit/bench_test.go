@@ -40,7 +40,7 @@ func BenchmarkTrainingStep(b *testing.B) {
 	flops := batch * (teacherFLOPs + 3*blockFLOPs)
 	p := peak(b)
 	student := models.XavierBlock(v.Config, rand.New(rand.NewPCG(1, 1)))
-	tr, err := fit.NewTrainer(v, []int{0}, []models.Block{student}, 1e-4, 0)
+	tr, err := fit.NewTrainer(v, []int{0}, []models.Block{student}, 1e-4, detector.RunnerOptions{})
 	if err != nil {
 		b.Fatal(err)
 	}

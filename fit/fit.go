@@ -33,6 +33,7 @@ type Options struct {
 	Whitening   float64 // PCA explained-variance fraction for feature 1
 	Quantile    float64 // of held-out normal scores, for the threshold
 	Threads     int
+	Provider    string // execution provider preference (auto, tensorrt, cuda, cpu); "" is cpu
 	Out         string // bundle path
 	Resume      bool
 	// Progress, when set, is called after every batch and epoch.
@@ -127,11 +128,12 @@ func Run(ctx context.Context, o Options) (models.BundleInfo, error) {
 	if err != nil {
 		return info, err
 	}
-	tr, err := NewTrainer(o.Teacher, o.Blocks, state.students, o.LR, o.Threads)
+	tr, err := NewTrainer(o.Teacher, o.Blocks, state.students, o.LR, o.runnerOptions())
 	if err != nil {
 		return info, err
 	}
 	defer tr.Close()
+	slog.Info("training", "provider", tr.Provider, "blocks", o.Blocks, "epochs", o.Epochs, "batch_size", o.BatchSize)
 	tr.restore(state)
 	if err := o.train(ctx, tr, images, train, val, state); err != nil {
 		return info, err
@@ -217,6 +219,12 @@ func (o *Options) train(ctx context.Context, tr *Trainer, images *Images, train,
 	return nil
 }
 
+// runnerOptions are the ORT settings of every session of the fit; fp32
+// throughout (TensorRT's FP16 kernels are left off for training).
+func (o *Options) runnerOptions() detector.RunnerOptions {
+	return detector.RunnerOptions{Threads: o.Threads, Provider: o.Provider, Precision: models.FP32}
+}
+
 func (o *Options) report(p Progress) {
 	if o.Progress != nil {
 		o.Progress(p)
@@ -261,7 +269,7 @@ func (o *Options) features(ctx context.Context, images *Images, idx []int, stude
 	if err != nil {
 		return nil, nil, err
 	}
-	r, err := detector.NewRunner(graph, images.Size, []string{models.OutputEmbedding, models.OutputBlockErrors}, detector.RunnerOptions{Threads: o.Threads})
+	r, err := detector.NewRunner(graph, images.Size, []string{models.OutputEmbedding, models.OutputBlockErrors}, o.runnerOptions())
 	if err != nil {
 		return nil, nil, err
 	}

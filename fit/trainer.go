@@ -8,7 +8,7 @@ import (
 
 	onnx "github.com/yalue/onnxruntime_go"
 
-	"github.com/transformaly/transformaly/internal/ort"
+	"github.com/transformaly/transformaly/detector"
 	"github.com/transformaly/transformaly/models"
 )
 
@@ -39,11 +39,14 @@ type Trainer struct {
 	// StepTime is the time spent in Step (ORT and the Adam update), for
 	// telling training cost from everything around it.
 	StepTime time.Duration
+	// Provider is the execution provider the training runs on.
+	Provider string
 }
 
 // NewTrainer opens the training-step session (forward and backward) and a
-// forward-only session for validation over the given students.
-func NewTrainer(teacher *models.ViT, blocks []int, students []models.Block, lr float64, threads int) (*Trainer, error) {
+// forward-only session for validation over the given students, on the
+// first execution provider of opts that works (CPU, CUDA or TensorRT).
+func NewTrainer(teacher *models.ViT, blocks []int, students []models.Block, lr float64, opts detector.RunnerOptions) (*Trainer, error) {
 	tr := &Trainer{cfg: teacher.Config, blocks: blocks, Students: students, LR: lr}
 	stepGraph, err := models.TrainingGraph(teacher, blocks, true)
 	if err != nil {
@@ -81,20 +84,25 @@ func NewTrainer(teacher *models.ViT, blocks []int, students []models.Block, lr f
 		tr.Close()
 		return nil, err
 	}
-	so, err := ort.SessionOptions(threads)
+	opts.ImageSize = 0 // no TensorRT batch profile: training batches vary
+	provider, err := detector.OpenOnProvider(opts, func(so *onnx.SessionOptions, _ string) error {
+		step, err := onnx.NewDynamicAdvancedSessionWithONNXData(stepGraph, tr.inputs, gradOutputs, so)
+		if err != nil {
+			return fmt.Errorf("training session: %w", err)
+		}
+		eval, err := onnx.NewDynamicAdvancedSessionWithONNXData(evalGraph, tr.inputs, []string{models.OutputBlockErrors}, so)
+		if err != nil {
+			step.Destroy()
+			return fmt.Errorf("validation session: %w", err)
+		}
+		tr.step, tr.eval = step, eval
+		return nil
+	})
 	if err != nil {
 		tr.Close()
-		return nil, err
+		return nil, fmt.Errorf("create training sessions: %w", err)
 	}
-	defer so.Destroy()
-	if tr.step, err = onnx.NewDynamicAdvancedSessionWithONNXData(stepGraph, tr.inputs, gradOutputs, so); err != nil {
-		tr.Close()
-		return nil, fmt.Errorf("create training session: %w", err)
-	}
-	if tr.eval, err = onnx.NewDynamicAdvancedSessionWithONNXData(evalGraph, tr.inputs, []string{models.OutputBlockErrors}, so); err != nil {
-		tr.Close()
-		return nil, fmt.Errorf("create validation session: %w", err)
-	}
+	tr.Provider = provider
 	return tr, nil
 }
 

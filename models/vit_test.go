@@ -292,3 +292,41 @@ func TestHalfPrecisionCheckpoint(t *testing.T) {
 		t.Errorf("BF16 decoded %v, want %v", ts["b"].Data, want)
 	}
 }
+
+// Float32ToFloat16 rounds to the nearest half, ties to even, and
+// round-trips every value a half can hold.
+func TestFloat32ToFloat16(t *testing.T) {
+	for _, c := range []struct {
+		in   float32
+		want uint16
+	}{
+		{1, 0x3c00}, {-2, 0xc000}, {0.5, 0x3800}, {65504, 0x7bff}, {1e6, 0x7c00}, {0, 0},
+		{float32(math.Pow(2, -24)), 0x0001},       // smallest subnormal
+		{float32(math.Pow(2, -25)), 0x0000},       // halfway to it: ties to even (zero)
+		{1 + float32(math.Pow(2, -11)), 0x3c00},   // halfway between 1 and the next half: to even
+		{1 + 3*float32(math.Pow(2, -11)), 0x3c02}, // halfway above an odd mantissa: up
+		{float32(math.Inf(-1)), 0xfc00},
+	} {
+		if got := models.Float32ToFloat16(c.in); got != c.want {
+			t.Errorf("Float32ToFloat16(%g) = %#04x, want %#04x", c.in, got, c.want)
+		}
+	}
+	// Every finite half converts back to itself through float32.
+	for h := uint16(0); h < 0x7c00; h++ {
+		f := halfToFloat(h)
+		if got := models.Float32ToFloat16(f); got != h {
+			t.Fatalf("half %#04x -> %g -> %#04x", h, f, got)
+		}
+	}
+}
+
+// halfToFloat decodes a finite half by its definition: (1024 + m) * 2^(e-25)
+// for normal numbers, m * 2^-24 for subnormal ones.
+func halfToFloat(h uint16) float32 {
+	return float32(math.Ldexp(float64(h&0x3ff)+func() float64 {
+		if h>>10 == 0 {
+			return 0
+		}
+		return 1024
+	}(), int(max(h>>10, 1))-25))
+}
