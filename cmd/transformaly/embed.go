@@ -11,7 +11,6 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/transformaly/transformaly/capture"
 	"github.com/transformaly/transformaly/detector"
 	"github.com/transformaly/transformaly/models"
 )
@@ -73,33 +72,20 @@ func embedCommand(fs *pflag.FlagSet) func([]string) error {
 		defer runner.Close()
 		out := bufio.NewWriter(os.Stdout)
 		defer out.Flush()
-		failed := 0
-		for start := 0; start < len(args); start += *batch {
-			var paths []string
-			var pixels []byte
-			for _, p := range args[start:min(start+*batch, len(args))] {
-				img, err := capture.ReadImageRGB(p, v.ImageSize)
-				if err != nil {
-					slog.Error("skipping image", "err", err)
-					failed++
-					continue
-				}
-				paths = append(paths, p)
-				pixels = append(pixels, img...)
-			}
-			if len(paths) == 0 {
-				continue
-			}
+		failed, err := imageBatches(args, v.ImageSize, *batch, func(paths []string, pixels []byte) error {
 			res, err := runner.Run(pixels, len(paths))
 			if err != nil {
 				return err
 			}
 			for i, p := range paths {
-				emb := res[0].Data[i*v.Dim : (i+1)*v.Dim]
-				if err := printEmbedding(out, p, emb, *asJSON); err != nil {
+				if err := printEmbedding(out, p, res[0].Data[i*v.Dim:(i+1)*v.Dim], *asJSON); err != nil {
 					return err
 				}
 			}
+			return nil
+		})
+		if err != nil {
+			return err
 		}
 		if failed > 0 {
 			return fmt.Errorf("%d of %d images could not be read", failed, len(args))

@@ -120,14 +120,15 @@ func progressLogger() func(fit.Progress) {
 	}
 }
 
-// scoreFiles scores image files in batches, calling fn for each readable
-// one; unreadable files are logged and counted.
-func scoreFiles(det *detector.Detector, paths []string, batch int, threshold float64, fn func(path string, r detector.Result) error) (failed int, err error) {
+// imageBatches reads image files in batches of packed RGB at size, calling
+// fn with each batch's readable files; unreadable files are logged and
+// counted.
+func imageBatches(paths []string, size, batch int, fn func(ok []string, pixels []byte) error) (failed int, err error) {
 	for start := 0; start < len(paths); start += batch {
 		var ok []string
 		var pixels []byte
 		for _, p := range paths[start:min(start+batch, len(paths))] {
-			img, err := capture.ReadImageRGB(p, det.Size())
+			img, err := capture.ReadImageRGB(p, size)
 			if err != nil {
 				slog.Error("skipping image", "err", err)
 				failed++
@@ -136,20 +137,30 @@ func scoreFiles(det *detector.Detector, paths []string, batch int, threshold flo
 			ok = append(ok, p)
 			pixels = append(pixels, img...)
 		}
-		if len(ok) == 0 {
-			continue
-		}
-		res, err := det.Score(pixels, len(ok), threshold)
-		if err != nil {
-			return failed, err
-		}
-		for i, p := range ok {
-			if err := fn(p, res[i]); err != nil {
+		if len(ok) > 0 {
+			if err := fn(ok, pixels); err != nil {
 				return failed, err
 			}
 		}
 	}
 	return failed, nil
+}
+
+// scoreFiles scores image files in batches, calling fn for each readable
+// one.
+func scoreFiles(det *detector.Detector, paths []string, batch int, threshold float64, fn func(path string, r detector.Result) error) (failed int, err error) {
+	return imageBatches(paths, det.Size(), batch, func(ok []string, pixels []byte) error {
+		res, err := det.Score(pixels, len(ok), threshold)
+		if err != nil {
+			return err
+		}
+		for i, p := range ok {
+			if err := fn(p, res[i]); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
 // modelFlags name a bundle.
