@@ -135,7 +135,7 @@ func Run(ctx context.Context, opts Options) error {
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { defer wg.Done(); d.watchdog(loops) }()
-	go func() { defer wg.Done(); d.stats(loops) }()
+	go func() { defer wg.Done(); d.stats(loops, cfg.MQTT.StatsInterval) }()
 
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -274,8 +274,9 @@ func nanToZero(x float64) float64 {
 	return x
 }
 
-func (d *Daemon) stats(ctx context.Context) {
-	interval := d.cfg.MQTT.StatsInterval
+// stats publishes <prefix>/stats every interval (MQTT settings change only
+// with a restart).
+func (d *Daemon) stats(ctx context.Context, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	prev := map[string]uint64{}

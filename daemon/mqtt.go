@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -288,6 +289,10 @@ func (p *Publisher) Availability(camera string, online bool) {
 // Discover registers a camera for Home Assistant discovery.
 func (p *Publisher) Discover(camera string) {
 	p.mu.Lock()
+	if slices.Contains(p.discovery, camera) {
+		p.mu.Unlock()
+		return // announced already (a reload)
+	}
 	p.discovery = append(p.discovery, camera)
 	p.mu.Unlock()
 	if p.cfg.HomeAssistant && p.connected.Load() {

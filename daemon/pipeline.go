@@ -112,8 +112,7 @@ func buildPipeline(cfg Config, pub *Publisher, trackers map[string]*tracker) (*p
 			rt.threshold = *cc.Threshold
 		}
 		if t, ok := trackers[cc.Name]; ok {
-			rt.tracker = t
-			t.cfg = cfg.Events
+			rt.tracker = t // its settings change in start, once the old pipeline has stopped
 		} else {
 			rt.tracker = newTracker(cc.Name, cfg.Events)
 		}
@@ -159,6 +158,7 @@ func (p *pipeline) start(ctx context.Context) {
 	ctx, p.cancel = context.WithCancel(ctx)
 	p.beat()
 	for _, c := range p.cameras {
+		c.tracker.cfg = p.cfg.Events
 		p.pub.Discover(c.cfg.Name)
 		p.wg.Add(2)
 		go func() {

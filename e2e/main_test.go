@@ -19,7 +19,11 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	binary = filepath.Join(dir, "transformaly")
-	build := exec.Command("go", "build", "-o", binary, "../cmd/transformaly")
+	args := []string{"build", "-o", binary}
+	if os.Getenv("E2E_RACE") != "" { // E2E_RACE=1: the binary under the race detector
+		args = append(args, "-race")
+	}
+	build := exec.Command("go", append(args, "../cmd/transformaly")...)
 	build.Stderr = os.Stderr
 	if err := build.Run(); err != nil {
 		println("building the binary failed:", err.Error())
