@@ -8,6 +8,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strconv"
@@ -34,8 +35,11 @@ type Options struct {
 	Quantile    float64 // of held-out normal scores, for the threshold
 	Threads     int
 	Provider    string // execution provider preference (auto, tensorrt, cuda, cpu); "" is cpu
-	Out         string // bundle path
-	Resume      bool
+	// MemoryBudget bounds the decoded images kept in memory (bytes; 0:
+	// DefaultMemoryBudget); beyond it they go to a temporary file beside Out.
+	MemoryBudget int64
+	Out          string // bundle path
+	Resume       bool
 	// Progress, when set, is called after every batch and epoch.
 	Progress func(Progress)
 }
@@ -50,6 +54,9 @@ type Progress struct {
 	ValLoss         float64 // at the end of an epoch, summed over blocks (NaN otherwise)
 	Remaining       time.Duration
 }
+
+// DefaultMemoryBudget keeps about 7,000 images of 224x224 in memory.
+const DefaultMemoryBudget = 1 << 30
 
 // ErrInterrupted is returned when the context ends a fit; finished epochs
 // are kept in the state file for Resume.
@@ -111,7 +118,15 @@ func Run(ctx context.Context, o Options) (models.BundleInfo, error) {
 		return info, fmt.Errorf("fit: no images (png, jpg, jpeg, bmp) under %s", o.NormalDir)
 	}
 	slog.Info("reading normal images", "dir", o.NormalDir, "files", len(paths), "size", o.Teacher.ImageSize)
-	images, failed := LoadImages(ctx, paths, o.Teacher.ImageSize)
+	budget := o.MemoryBudget
+	if budget <= 0 {
+		budget = DefaultMemoryBudget
+	}
+	images, failed, err := LoadImages(ctx, paths, o.Teacher.ImageSize, budget, filepath.Dir(o.Out))
+	if err != nil {
+		return info, err
+	}
+	defer images.Close()
 	if ctx.Err() != nil {
 		return info, ErrInterrupted
 	}
@@ -189,7 +204,10 @@ func (o *Options) train(ctx context.Context, tr *Trainer, images *Images, train,
 				return fmt.Errorf("%w after %d finished epochs; run again with --resume to continue", ErrInterrupted, st.epoch)
 			}
 			idx := order[b*o.BatchSize : min((b+1)*o.BatchSize, len(order))]
-			buf = images.Batch(idx, buf)
+			var err error
+			if buf, err = images.Batch(idx, buf); err != nil {
+				return err
+			}
 			losses, err := tr.Step(buf, len(idx))
 			if err != nil {
 				return err
@@ -250,7 +268,10 @@ func validate(tr *Trainer, images *Images, val []int, batch int) ([]float64, err
 	var buf []byte
 	for s := 0; s < len(val); s += batch {
 		idx := val[s:min(s+batch, len(val))]
-		buf = images.Batch(idx, buf)
+		var err error
+		if buf, err = images.Batch(idx, buf); err != nil {
+			return nil, err
+		}
 		errs, err := tr.BlockErrors(buf, len(idx))
 		if err != nil {
 			return nil, err
@@ -283,7 +304,9 @@ func (o *Options) features(ctx context.Context, images *Images, idx []int, stude
 			return nil, nil, fmt.Errorf("%w while computing features; training is saved: run again with --resume", ErrInterrupted)
 		}
 		part := idx[s:min(s+o.BatchSize, len(idx))]
-		buf = images.Batch(part, buf)
+		if buf, err = images.Batch(part, buf); err != nil {
+			return nil, nil, err
+		}
 		out, err := r.Run(buf, len(part))
 		if err != nil {
 			return nil, nil, err

@@ -59,6 +59,7 @@ func fitCommand(fs *pflag.FlagSet) func([]string) error {
 	quantile := fs.Float64("threshold-quantile", 0.995, "quantile of held-out normal scores used as the default alert threshold")
 	resume := fs.Bool("resume", false, "continue an interrupted fit of the same --out from its last finished epoch")
 	provider := fs.String("provider", "cpu", "execution provider for training: auto (TensorRT, then CUDA, then CPU), cuda or cpu")
+	memoryMB := fs.Int64("max-image-memory-mb", fit.DefaultMemoryBudget>>20, "decoded images kept in memory; beyond this they go to a temporary file beside --out")
 	rt.register(fs)
 	return func(args []string) error {
 		if len(args) > 0 {
@@ -88,7 +89,7 @@ func fitCommand(fs *pflag.FlagSet) func([]string) error {
 		info, err := fit.Run(ctx, fit.Options{
 			Teacher: v, TeacherPath: teacher.path, NormalDir: *normal, Blocks: blockList,
 			ValFraction: *valFraction, Epochs: *epochs, BatchSize: *batch, LR: *lr, Seed: *seed,
-			Whitening: *whitening, Quantile: *quantile, Threads: rt.threads, Provider: *provider, Out: *out, Resume: *resume,
+			Whitening: *whitening, Quantile: *quantile, Threads: rt.threads, Provider: *provider, MemoryBudget: *memoryMB << 20, Out: *out, Resume: *resume,
 			Progress: progressLogger(),
 		})
 		if err != nil {
