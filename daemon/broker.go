@@ -3,6 +3,7 @@ package daemon
 import (
 	"fmt"
 	"log/slog"
+	"os"
 
 	mochi "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/auth"
@@ -19,7 +20,9 @@ type EmbeddedBroker struct {
 
 // StartEmbeddedBroker listens on address (host:port).
 func StartEmbeddedBroker(address string) (*EmbeddedBroker, error) {
-	logger := slog.Default().With("component", "embedded-broker")
+	// The broker's own chatter (hooks, listeners, client churn) is kept to
+	// warnings.
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})).With("component", "embedded-broker")
 	s := mochi.New(&mochi.Options{Logger: logger, InlineClient: false})
 	if err := s.AddHook(new(auth.AllowHook), nil); err != nil {
 		return nil, fmt.Errorf("embedded broker: %w", err)
