@@ -12,7 +12,7 @@ BIN            := bin/transformaly
 # -tags matprofile makes gocv count live Mats, so tests can assert none leak.
 GO_TEST_FLAGS  ?= -timeout 25m
 
-.PHONY: all build deps apt-deps ort-lib test bench vet demo install gpu-deps gpu-check clean FORCE
+.PHONY: all build deps apt-deps ort-lib test bench vet demo install gpu-deps gpu-parts gpu-check clean FORCE
 
 all: build
 
@@ -82,21 +82,30 @@ bench: deps
 # GPU ONNX Runtime for `make gpu-check`: a core library and the CUDA and
 # TensorRT provider libraries of the same version (1.29.0, CUDA 13,
 # TensorRT 10), from the npm packages that carry them (Unity package
-# version 0.4.9), loaded through the plugin route. Not needed for CPU boxes.
-GPU_PKG_VERSION := 0.4.9
-GPU_DIR         := .deps/onnxruntime-gpu
+# version 0.4.9), all in one folder so both the classic provider route and
+# the plugin route find them. Not needed for CPU boxes.
+GPU_PKG_VERSION    := 0.4.9
+GPU_CORE_SHA256    := e59788788818fdde1b2e522e766a21ba0f7d8391de55737abf81e32cc801785d
+GPU_PROVIDERS_SHA256 := 2b459e0c17f340c92970c10ed86de4f37a3009f93c14053e6ad4334cbb6be412
+GPU_DIR            := .deps/onnxruntime-gpu
 gpu-deps:
 	@command -v npm >/dev/null || { echo "npm is needed (apt-get install npm)"; exit 1; }
-	rm -rf $(GPU_DIR)/tmp && mkdir -p $(GPU_DIR)/tmp $(GPU_DIR)/core $(GPU_DIR)/providers
+	rm -rf $(GPU_DIR)/tmp && mkdir -p $(GPU_DIR)/tmp
 	cd $(GPU_DIR)/tmp && npm pack --silent com.github.asus4.onnxruntime@$(GPU_PKG_VERSION) com.github.asus4.onnxruntime.linux-x64-gpu@$(GPU_PKG_VERSION) >/dev/null
-	cd $(GPU_DIR)/tmp && sha256sum *.tgz
-	mkdir -p $(GPU_DIR)/tmp/core $(GPU_DIR)/tmp/gpu
-	tar -xzf $(GPU_DIR)/tmp/com.github.asus4.onnxruntime-$(GPU_PKG_VERSION).tgz -C $(GPU_DIR)/tmp/core
-	tar -xzf $(GPU_DIR)/tmp/com.github.asus4.onnxruntime.linux-x64-gpu-$(GPU_PKG_VERSION).tgz -C $(GPU_DIR)/tmp/gpu
-	find $(GPU_DIR)/tmp/core -path '*inux*' -name 'libonnxruntime.so*' -exec cp {} $(GPU_DIR)/core/ \;
-	find $(GPU_DIR)/tmp/gpu -name 'libonnxruntime_providers_*.so' -exec cp {} $(GPU_DIR)/providers/ \;
+	echo "$(GPU_CORE_SHA256)  $(GPU_DIR)/tmp/com.github.asus4.onnxruntime-$(GPU_PKG_VERSION).tgz" | sha256sum -c --quiet
+	echo "$(GPU_PROVIDERS_SHA256)  $(GPU_DIR)/tmp/com.github.asus4.onnxruntime.linux-x64-gpu-$(GPU_PKG_VERSION).tgz" | sha256sum -c --quiet
+	for t in $(GPU_DIR)/tmp/*.tgz; do tar -xzf $$t -C $(GPU_DIR)/tmp --wildcards 'package/Plugins/Linux/x64/*.so'; done
+	mv $(GPU_DIR)/tmp/package/Plugins/Linux/x64/*.so $(GPU_DIR)/
 	rm -rf $(GPU_DIR)/tmp
-	ls -la $(GPU_DIR)/core $(GPU_DIR)/providers
+	ls -la $(GPU_DIR)
+
+# The CUDA provider (230 MB) is too big to carry to a device machine at
+# once: zstd and split it into parts of at most 60 MB (scripts/gpu-check.sh
+# joins them again).
+gpu-parts: gpu-deps
+	zstd -19 -T0 -q -f $(GPU_DIR)/libonnxruntime_providers_cuda.so -o $(GPU_DIR)/providers_cuda.zst
+	split -b 60M -d $(GPU_DIR)/providers_cuda.zst $(GPU_DIR)/providers_cuda.zst.part-
+	rm $(GPU_DIR)/providers_cuda.zst
 
 # Runs the detector on CUDA and TensorRT against the CPU and prints the
 # benchmark table (see scripts/gpu-check.sh); about 8 minutes at most.

@@ -229,10 +229,14 @@ func RegisterPlugin(path string) error {
 		return err
 	}
 	var err error
+	// ORT resolves a relative path against its own library's folder.
+	abs, absErr := filepath.Abs(path)
 	if _, statErr := os.Stat(path); statErr != nil {
 		err = fmt.Errorf("provider library %s: %w", path, statErr)
-	} else if regErr := onnx.RegisterExecutionProviderLibrary("transformaly_"+filepath.Base(path), path); regErr != nil {
-		err = fmt.Errorf("provider library %s: ONNX Runtime refused it (it must match the core library's version %s exactly): %w", path, ort.Version(), regErr)
+	} else if absErr != nil {
+		err = fmt.Errorf("provider library %s: %w", path, absErr)
+	} else if regErr := onnx.RegisterExecutionProviderLibrary("transformaly_"+filepath.Base(path), abs); regErr != nil {
+		err = fmt.Errorf("provider library %s: ONNX Runtime %s could not load it (a plugin must come from the same ONNX Runtime version, and its CUDA/cuDNN/TensorRT libraries must be found): %w", path, ort.Version(), regErr)
 	}
 	plugins.registered[path] = err
 	return err

@@ -34,7 +34,7 @@ func TestProviderSelectionAndFallback(t *testing.T) {
 		{"tpu", "", "", `"tpu" is not auto, tensorrt, cuda or cpu`},
 		{"auto", "/nonexistent/libonnxruntime_providers_cuda.so", "cpu", ""},
 		{"cuda", "/nonexistent/libonnxruntime_providers_cuda.so", "", "provider library /nonexistent/libonnxruntime_providers_cuda.so: stat"},
-		{"cuda", notAPlugin, "", "ONNX Runtime refused it"},
+		{"cuda", notAPlugin, "", "could not load it"},
 	} {
 		r, err := detector.NewRunner(graph, 16, []string{models.OutputEmbedding}, detector.RunnerOptions{Provider: c.provider, ProviderLibrary: c.library})
 		if c.wantErr != "" {

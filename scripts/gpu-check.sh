@@ -10,8 +10,12 @@ out=${OUT:-/tmp/transformaly-gpu-check}
 mkdir -p "$out"
 
 gpu_dir=.deps/onnxruntime-gpu
-export TRANSFORMALY_ORT_LIB=${TRANSFORMALY_ORT_LIB:-$(ls "$gpu_dir"/core/libonnxruntime.so* 2>/dev/null | head -1)}
-export TRANSFORMALY_PROVIDER_LIBRARY=${TRANSFORMALY_PROVIDER_LIBRARY:-$(ls "$gpu_dir"/providers/libonnxruntime_providers_cuda.so 2>/dev/null | head -1)}
+# The CUDA provider may have travelled in parts (make gpu-parts).
+if [ ! -e "$gpu_dir/libonnxruntime_providers_cuda.so" ] && ls "$gpu_dir"/providers_cuda.zst.part-* >/dev/null 2>&1; then
+  cat "$gpu_dir"/providers_cuda.zst.part-* | zstd -d -q -o "$gpu_dir/libonnxruntime_providers_cuda.so"
+fi
+export TRANSFORMALY_ORT_LIB=${TRANSFORMALY_ORT_LIB:-$(ls "$gpu_dir"/libonnxruntime.so* 2>/dev/null | head -1)}
+export TRANSFORMALY_PROVIDER_LIBRARY=${TRANSFORMALY_PROVIDER_LIBRARY:-$(ls "$gpu_dir"/libonnxruntime_providers_cuda.so 2>/dev/null | head -1)}
 if [ -z "$TRANSFORMALY_ORT_LIB" ]; then
   echo "no GPU-capable ONNX Runtime: run make gpu-deps, or set TRANSFORMALY_ORT_LIB" >&2
   exit 1
@@ -27,7 +31,7 @@ for base in site.getsitepackages():
 print(":".join(sorted(dirs)))
 PY
 )
-export LD_LIBRARY_PATH="$gpu_dir/providers:$gpu_dir/core${extra:+:$extra}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export LD_LIBRARY_PATH="$gpu_dir${extra:+:$extra}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || echo "nvidia-smi failed"
 
 if command -v go >/dev/null; then

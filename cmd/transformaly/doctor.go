@@ -115,8 +115,8 @@ func plainReason(err error) string {
 		return "TensorRT (libnvinfer) is missing: " + msg
 	case strings.Contains(msg, "CUDA driver version is insufficient"):
 		return "the NVIDIA driver is older than the CUDA runtime the provider was built for: " + msg
-	case strings.Contains(msg, "refused it"):
-		return "the plugin does not match the core library version: " + msg
+	case strings.Contains(msg, "not enabled in this build"):
+		return "this core library was built without it; give the provider's plugin library with --provider-library: " + msg
 	}
 	return msg
 }
