@@ -366,9 +366,11 @@ func (c Config) Validate() []error {
 	if p := c.Detector.Precision; p != "" && p != "fp32" && p != "fp16" {
 		bad("detector.precision", "%q is not fp32 or fp16", p)
 	}
-	if l := c.Detector.ProviderLibrary; l != "" {
-		if _, err := os.Stat(l); err != nil {
-			bad("detector.provider_library", "%v", err)
+	if libs := c.Detector.ProviderLibrary; libs != "" {
+		for _, l := range strings.Split(libs, ",") {
+			if _, err := os.Stat(strings.TrimSpace(l)); err != nil {
+				bad("detector.provider_library", "%v", err)
+			}
 		}
 	}
 	if c.Detector.MaxBatch < 1 {

@@ -112,6 +112,7 @@ func TestGPUMatchesCPU(t *testing.T) {
 	for _, x := range want {
 		spread = math.Max(spread, math.Abs(float64(x-want[0])))
 	}
+	usable := 0
 	for _, provider := range []string{"cuda", "tensorrt"} {
 		for _, c := range []struct {
 			precision string
@@ -121,6 +122,7 @@ func TestGPUMatchesCPU(t *testing.T) {
 			if got == nil {
 				continue
 			}
+			usable++
 			worst := 0.0
 			for i := range want {
 				worst = math.Max(worst, math.Abs(float64(got[i]-want[i])))
@@ -130,5 +132,8 @@ func TestGPUMatchesCPU(t *testing.T) {
 				t.Errorf("%s %s: scores differ from the CPU by %g", provider, c.precision, worst)
 			}
 		}
+	}
+	if usable == 0 {
+		t.Error("TRANSFORMALY_GPU is set but no GPU provider could be used (see the reasons above, or transformaly doctor)")
 	}
 }

@@ -47,9 +47,10 @@ type RunnerOptions struct {
 	Precision string
 	// ImageSize and MaxBatch shape TensorRT's optimisation profile.
 	ImageSize, MaxBatch int
-	// ProviderLibrary is an execution-provider plugin library (for example
-	// libonnxruntime_providers_cuda.so of a matching GPU build) registered
-	// with ONNX Runtime and used through its EP devices.
+	// ProviderLibrary is one or more execution-provider plugin libraries,
+	// comma-separated (for example libonnxruntime_providers_cuda.so and
+	// ..._tensorrt.so of a matching GPU build), registered with ONNX Runtime
+	// and used through its EP devices.
 	ProviderLibrary string
 }
 
@@ -112,7 +113,11 @@ func OpenOnProvider(opts RunnerOptions, open func(so *onnx.SessionOptions, provi
 		opts.ProviderLibrary = "" // a plugin has nothing to offer the CPU provider
 	}
 	if opts.ProviderLibrary != "" {
-		if err := RegisterPlugin(opts.ProviderLibrary); err != nil {
+		var err error
+		for _, lib := range strings.Split(opts.ProviderLibrary, ",") {
+			err = errors.Join(err, RegisterPlugin(strings.TrimSpace(lib)))
+		}
+		if err != nil {
 			if opts.Provider != "auto" {
 				return "", err
 			}

@@ -15,7 +15,7 @@ if [ ! -e "$gpu_dir/libonnxruntime_providers_cuda.so" ] && ls "$gpu_dir"/provide
   cat "$gpu_dir"/providers_cuda.zst.part-* | zstd -d -q -o "$gpu_dir/libonnxruntime_providers_cuda.so"
 fi
 export TRANSFORMALY_ORT_LIB=${TRANSFORMALY_ORT_LIB:-$(ls "$gpu_dir"/libonnxruntime.so* 2>/dev/null | head -1)}
-export TRANSFORMALY_PROVIDER_LIBRARY=${TRANSFORMALY_PROVIDER_LIBRARY:-$(ls "$gpu_dir"/libonnxruntime_providers_cuda.so 2>/dev/null | head -1)}
+export TRANSFORMALY_PROVIDER_LIBRARY=${TRANSFORMALY_PROVIDER_LIBRARY:-$(ls "$gpu_dir"/libonnxruntime_providers_{cuda,tensorrt}.so 2>/dev/null | paste -sd, -)}
 if [ -z "$TRANSFORMALY_ORT_LIB" ]; then
   echo "no GPU-capable ONNX Runtime: run make gpu-deps, or set TRANSFORMALY_ORT_LIB" >&2
   exit 1

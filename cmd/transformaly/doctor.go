@@ -19,7 +19,7 @@ import (
 func doctorCommand(fs *pflag.FlagSet) func([]string) error {
 	var rt runtimeFlags
 	rt.register(fs)
-	library := fs.String("provider-library", "", "also try this execution-provider plugin library")
+	library := fs.String("provider-library", "", "also try these execution-provider plugin libraries (comma-separated)")
 	return func(args []string) error {
 		if len(args) > 0 {
 			return usageError("unexpected arguments %q", args)

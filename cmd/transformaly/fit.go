@@ -178,7 +178,7 @@ func (m *modelFlags) register(fs *pflag.FlagSet) {
 	fs.Float64Var(&m.threshold, "threshold", 0, "alert threshold on the score (default: the bundle's calibrated one)")
 	fs.StringVar(&m.provider, "provider", "cpu", "execution provider: auto (TensorRT, then CUDA, then CPU), tensorrt, cuda or cpu")
 	fs.StringVar(&m.precision, "precision", "", "detector precision: fp32, or fp16 (weights and activations in half precision, scores in float32); default fp32 with FP16 kernels allowed on TensorRT")
-	fs.StringVar(&m.providerLibrary, "provider-library", "", "execution-provider plugin library (e.g. libonnxruntime_providers_cuda.so matching the core library's version)")
+	fs.StringVar(&m.providerLibrary, "provider-library", "", "execution-provider plugin libraries, comma-separated (e.g. libonnxruntime_providers_cuda.so of the core library's exact version)")
 }
 
 func (m *modelFlags) load(rt runtimeFlags) (*detector.Detector, error) {

@@ -28,7 +28,7 @@ func (f *daemonFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.metrics, "metrics-address", "", "host:port of /metrics, /healthz and /readyz, or \"off\" (overrides metrics.address)")
 	fs.StringVar(&f.stateDir, "state-dir", "", "directory for the event queue (overrides state_directory)")
 	fs.StringVar(&f.provider, "provider", "", "execution provider: auto, tensorrt, cuda or cpu (overrides detector.provider)")
-	fs.StringVar(&f.library, "provider-library", "", "execution-provider plugin library (overrides detector.provider_library)")
+	fs.StringVar(&f.library, "provider-library", "", "execution-provider plugin libraries, comma-separated (overrides detector.provider_library)")
 }
 
 func (f *daemonFlags) override(c *daemon.Config) {
