@@ -3,17 +3,10 @@
 package detector
 
 import (
-	"errors"
 	"fmt"
-	"log/slog"
-	"os"
-	"path/filepath"
-	"strings"
-	"sync"
 
 	onnx "github.com/yalue/onnxruntime_go"
 
-	"github.com/transformaly/transformaly/internal/ort"
 	"github.com/transformaly/transformaly/models"
 )
 
@@ -54,33 +47,6 @@ type RunnerOptions struct {
 	ProviderLibrary string
 }
 
-// providerOrder lists the execution providers to try for a preference.
-func providerOrder(pref string) ([]string, error) {
-	switch pref {
-	case "", "cpu":
-		return []string{"cpu"}, nil
-	case "cuda":
-		return []string{"cuda"}, nil
-	case "tensorrt":
-		return []string{"tensorrt"}, nil
-	case "auto":
-		// Only GPU providers whose libraries sit beside the core library are
-		// tried: probing a CPU-only build makes ORT print errors of its own.
-		var order []string
-		dir := filepath.Dir(ort.Library())
-		for _, p := range []string{"tensorrt", "cuda"} {
-			lib := filepath.Join(dir, "libonnxruntime_providers_"+p+".so")
-			if _, err := os.Stat(lib); err == nil {
-				order = append(order, p)
-			} else {
-				slog.Info("execution provider not installed", "provider", p, "looked_for", lib)
-			}
-		}
-		return append(order, "cpu"), nil
-	}
-	return nil, fmt.Errorf("execution provider %q is not auto, tensorrt, cuda or cpu", pref)
-}
-
 // NewRunner opens a session over an ONNX graph that maps images to outputs,
 // on the first execution provider of the preference that works; each
 // fallback is logged with its reason.
@@ -99,172 +65,6 @@ func NewRunner(model []byte, size int, outputs []string, opts RunnerOptions) (*R
 	r.provider = provider
 	return r, nil
 }
-
-// OpenOnProvider calls open with session options for each execution
-// provider of the preference in turn until one opens, logging each
-// fallback with its reason, and returns the provider that worked. The
-// training sessions of a fit open the same way as the detector's.
-func OpenOnProvider(opts RunnerOptions, open func(so *onnx.SessionOptions, provider string) error) (string, error) {
-	order, err := providerOrder(opts.Provider)
-	if err != nil {
-		return "", err
-	}
-	if order[0] == "cpu" && opts.Provider != "auto" {
-		opts.ProviderLibrary = "" // a plugin has nothing to offer the CPU provider
-	}
-	if opts.ProviderLibrary != "" {
-		var err error
-		for _, lib := range strings.Split(opts.ProviderLibrary, ",") {
-			err = errors.Join(err, RegisterPlugin(strings.TrimSpace(lib)))
-		}
-		if err != nil {
-			if opts.Provider != "auto" {
-				return "", err
-			}
-			slog.Warn("execution provider plugin unusable, falling back", "reason", err)
-			opts.ProviderLibrary = ""
-		} else if opts.Provider == "auto" {
-			order = append([]string{"tensorrt", "cuda"}, order...)
-		}
-	}
-	var errs []error
-	for _, p := range order {
-		err := withProvider(opts, p, func(so *onnx.SessionOptions) error { return open(so, p) })
-		if err == nil {
-			if len(errs) > 0 {
-				slog.Info("execution provider chosen", "provider", p)
-			}
-			return p, nil
-		}
-		errs = append(errs, fmt.Errorf("%s: %w", p, err))
-		if len(order) > 1 {
-			slog.Warn("execution provider unusable, falling back", "provider", p, "reason", err)
-		}
-	}
-	return "", errors.Join(errs...)
-}
-
-// withProvider makes session options with one provider appended and hands
-// them to open.
-func withProvider(opts RunnerOptions, provider string, open func(*onnx.SessionOptions) error) error {
-	so, err := ort.SessionOptions(opts.Threads)
-	if err != nil {
-		return err
-	}
-	defer so.Destroy()
-	if opts.ProviderLibrary != "" {
-		if devices := pluginDevices(provider); len(devices) > 0 {
-			if err := so.AppendExecutionProviderV2(devices, providerSettings(provider, opts)); err != nil {
-				return err
-			}
-			return open(so)
-		}
-	}
-	switch provider {
-	case "cuda":
-		cuda, err := onnx.NewCUDAProviderOptions()
-		if err != nil {
-			return err
-		}
-		defer cuda.Destroy()
-		if err := so.AppendExecutionProviderCUDA(cuda); err != nil {
-			return err
-		}
-	case "tensorrt":
-		trt, err := onnx.NewTensorRTProviderOptions()
-		if err != nil {
-			return err
-		}
-		defer trt.Destroy()
-		if err := trt.Update(providerSettings(provider, opts)); err != nil {
-			return err
-		}
-		if err := so.AppendExecutionProviderTensorRT(trt); err != nil {
-			return err
-		}
-	}
-	return open(so)
-}
-
-// providerSettings are the options of a GPU provider: TensorRT with FP16
-// kernels allowed unless fp32 is asked for, and its engine and timing
-// caches in the cache directory so restarts do not rebuild engines.
-func providerSettings(provider string, opts RunnerOptions) map[string]string {
-	if provider != "tensorrt" {
-		return nil
-	}
-	fp16 := "1"
-	if opts.Precision == models.FP32 {
-		fp16 = "0"
-	}
-	settings := map[string]string{"trt_fp16_enable": fp16}
-	if opts.ImageSize > 0 && opts.MaxBatch > 0 {
-		// One fixed profile over the batch sizes used (1 to the max batch),
-		// so no batch shape triggers an engine rebuild while running.
-		shape := func(n int) string {
-			return fmt.Sprintf("%s:%dx%dx%dx3", models.InputImages, n, opts.ImageSize, opts.ImageSize)
-		}
-		settings["trt_profile_min_shapes"] = shape(1)
-		settings["trt_profile_opt_shapes"] = shape(opts.MaxBatch)
-		settings["trt_profile_max_shapes"] = shape(opts.MaxBatch)
-	}
-	if opts.CacheDir != "" {
-		settings["trt_engine_cache_enable"] = "1"
-		settings["trt_engine_cache_path"] = opts.CacheDir
-		settings["trt_timing_cache_enable"] = "1"
-		settings["trt_timing_cache_path"] = opts.CacheDir
-	}
-	return settings
-}
-
-var plugins struct {
-	sync.Mutex
-	registered map[string]error
-}
-
-// RegisterPlugin registers an execution-provider plugin library once per
-// process; a missing file or a library ORT refuses is an error naming it.
-func RegisterPlugin(path string) error {
-	plugins.Lock()
-	defer plugins.Unlock()
-	if plugins.registered == nil {
-		plugins.registered = map[string]error{}
-	}
-	if err, done := plugins.registered[path]; done {
-		return err
-	}
-	var err error
-	// ORT resolves a relative path against its own library's folder.
-	abs, absErr := filepath.Abs(path)
-	if _, statErr := os.Stat(path); statErr != nil {
-		err = fmt.Errorf("provider library %s: %w", path, statErr)
-	} else if absErr != nil {
-		err = fmt.Errorf("provider library %s: %w", path, absErr)
-	} else if regErr := onnx.RegisterExecutionProviderLibrary("transformaly_"+filepath.Base(path), abs); regErr != nil {
-		err = fmt.Errorf("provider library %s: ONNX Runtime %s could not load it (a plugin must come from the same ONNX Runtime version, and its CUDA/cuDNN/TensorRT libraries must be found): %w", path, ort.Version(), regErr)
-	}
-	plugins.registered[path] = err
-	return err
-}
-
-// pluginDevices are the EP devices registered plugins offer for a provider.
-func pluginDevices(provider string) []onnx.EpDevice {
-	devices, err := onnx.GetEpDevices()
-	if err != nil {
-		return nil
-	}
-	want := map[string]string{"cuda": "cuda", "tensorrt": "tensorrt"}[provider]
-	var out []onnx.EpDevice
-	for _, d := range devices {
-		if want != "" && strings.Contains(strings.ToLower(d.EpName()), want) {
-			out = append(out, d)
-		}
-	}
-	return out
-}
-
-// Provider is the execution provider the session runs on.
-func (r *Runner) Provider() string { return r.provider }
 
 // Size is the image side length the graph takes.
 func (r *Runner) Size() int { return r.size }
