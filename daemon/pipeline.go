@@ -314,7 +314,7 @@ func (p *pipeline) publishEvent(c *cameraRuntime, e Event) {
 	slog.Info("anomaly event", "camera", c.cfg.Name, "type", e.Type, "id", e.ID, "peak_score", e.PeakScore, "frames_above", e.FramesAbove)
 	if e.Type == EventEnd && c.peak != nil {
 		if snapshotsEnabled(p.cfg.MQTT) {
-			jpg, err := snapshot(c.peak, len(c.model.det.Info.Blocks), c.model.det.Size())
+			jpg, err := detector.HeatmapJPEG(c.peak.rgb, c.peak.tokens, len(c.model.det.Info.Blocks), c.model.det.Size())
 			if err != nil {
 				slog.Error("snapshot failed", "camera", c.cfg.Name, "err", err)
 			} else {

@@ -88,7 +88,8 @@ func TestFitEvalScoreInspect(t *testing.T) {
 	}
 
 	imgs, _ := filepath.Glob(filepath.Join(f.defective, "*.png"))
-	r = runBinary(t, nil, "score", "--model", bundle, "--json", "--embedding", imgs[0], imgs[1])
+	heat := filepath.Join(f.dir, "heat")
+	r = runBinary(t, nil, "score", "--model", bundle, "--json", "--embedding", "--heatmap", heat, imgs[0], imgs[1])
 	if r.code != 0 {
 		t.Fatalf("score failed: %s", r.stderr)
 	}
@@ -115,6 +116,12 @@ func TestFitEvalScoreInspect(t *testing.T) {
 	}
 	if lines != 2 {
 		t.Errorf("score printed %d lines for 2 images", lines)
+	}
+	for _, img := range imgs[:2] {
+		name := strings.TrimSuffix(filepath.Base(img), ".png") + ".heatmap.jpg"
+		if b, err := os.ReadFile(filepath.Join(heat, name)); err != nil || len(b) < 100 || b[0] != 0xff || b[1] != 0xd8 {
+			t.Errorf("heatmap %s: %v", name, err)
+		}
 	}
 
 	r = runBinary(t, nil, "inspect", bundle)

@@ -8,6 +8,7 @@ import (
 	"math"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -150,13 +151,20 @@ func imageBatches(paths []string, size, batch int, fn func(ok []string, pixels [
 // scoreFiles scores image files in batches, calling fn for each readable
 // one.
 func scoreFiles(det *detector.Detector, paths []string, batch int, threshold float64, fn func(path string, r detector.Result) error) (failed int, err error) {
+	return scoreFilesWithPixels(det, paths, batch, threshold, func(p string, _ []byte, r detector.Result) error { return fn(p, r) })
+}
+
+// scoreFilesWithPixels is scoreFiles that also hands over each image as the
+// model saw it (packed RGB at the model's size).
+func scoreFilesWithPixels(det *detector.Detector, paths []string, batch int, threshold float64, fn func(path string, rgb []byte, r detector.Result) error) (failed int, err error) {
+	n := det.Size() * det.Size() * 3
 	return imageBatches(paths, det.Size(), batch, func(ok []string, pixels []byte) error {
 		res, err := det.Score(pixels, len(ok), threshold)
 		if err != nil {
 			return err
 		}
 		for i, p := range ok {
-			if err := fn(p, res[i]); err != nil {
+			if err := fn(p, pixels[i*n:(i+1)*n], res[i]); err != nil {
 				return err
 			}
 		}
@@ -212,6 +220,7 @@ func scoreCommand(fs *pflag.FlagSet) func([]string) error {
 	model.register(fs)
 	asJSON := fs.Bool("json", false, "print one JSON object a line: path, score, ll_pretrained, ll_student, block_errors, anomalous, threshold")
 	withEmbedding := fs.Bool("embedding", false, "include the teacher's embedding")
+	heatmaps := fs.String("heatmap", "", "write each image with its per-patch anomaly heatmap as DIR/<name>.heatmap.jpg")
 	batch := fs.Int("batch-size", 8, "images per ONNX Runtime call")
 	rt.register(fs)
 	return func(args []string) error {
@@ -227,8 +236,23 @@ func scoreCommand(fs *pflag.FlagSet) func([]string) error {
 		if threshold <= 0 {
 			threshold = det.Info.Threshold
 		}
+		if *heatmaps != "" {
+			if err := os.MkdirAll(*heatmaps, 0o755); err != nil {
+				return fmt.Errorf("--heatmap: %w", err)
+			}
+		}
 		enc := json.NewEncoder(os.Stdout)
-		failed, err := scoreFiles(det, args, max(*batch, 1), threshold, func(p string, r detector.Result) error {
+		failed, err := scoreFilesWithPixels(det, args, max(*batch, 1), threshold, func(p string, rgb []byte, r detector.Result) error {
+			if *heatmaps != "" {
+				jpg, err := detector.HeatmapJPEG(rgb, r.TokenErrors, len(det.Info.Blocks), det.Size())
+				if err != nil {
+					return err
+				}
+				out := filepath.Join(*heatmaps, strings.TrimSuffix(filepath.Base(p), filepath.Ext(p))+".heatmap.jpg")
+				if err := os.WriteFile(out, jpg, 0o644); err != nil {
+					return fmt.Errorf("--heatmap: %w", err)
+				}
+			}
 			line := scoreLine{Path: p, Score: r.Score, LLPretrained: r.LLPretrained, LLStudent: r.LLStudent,
 				BlockErrors: r.BlockErrors, Anomalous: r.Anomalous, Threshold: threshold}
 			if *withEmbedding {

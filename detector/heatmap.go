@@ -1,4 +1,4 @@
-package daemon
+package detector
 
 import (
 	"fmt"
@@ -8,24 +8,24 @@ import (
 	"gocv.io/x/gocv"
 )
 
-// snapshotMinSide is the smallest side of a snapshot: model inputs can be
-// tiny (the demo's are 64 px), and a heatmap must be readable.
-const snapshotMinSide = 256
+// heatmapMinSide is the smallest side of a heatmap image: model inputs can
+// be tiny (the demo's are 64 px), and a heatmap must be readable.
+const heatmapMinSide = 256
 
-// snapshot draws the event's peak frame with the per-patch anomaly heatmap
-// (the students' token errors averaged over blocks, class token left out)
-// blended over it, as a JPEG.
-func snapshot(pf *peakFrame, blocks, size int) ([]byte, error) {
-	tokens := len(pf.tokens) / blocks
+// HeatmapJPEG draws a packed RGB image of size x size with the per-patch
+// anomaly heatmap (the students' token errors, [blocks * tokens], averaged
+// over blocks, class token left out) blended over it, as a JPEG.
+func HeatmapJPEG(rgbImage []byte, tokenErrors []float32, blocks, size int) ([]byte, error) {
+	tokens := len(tokenErrors) / blocks
 	grid := int(math.Round(math.Sqrt(float64(tokens - 1))))
 	if grid*grid+1 != tokens {
-		return nil, fmt.Errorf("snapshot: %d tokens per block is not a square grid plus one", tokens)
+		return nil, fmt.Errorf("heatmap: %d tokens per block is not a square grid plus one", tokens)
 	}
 	heat := make([]float64, grid*grid)
 	lo, hi := math.Inf(1), math.Inf(-1)
 	for i := range heat {
 		for b := range blocks {
-			heat[i] += float64(pf.tokens[b*tokens+1+i]) / float64(blocks)
+			heat[i] += float64(tokenErrors[b*tokens+1+i]) / float64(blocks)
 		}
 		lo, hi = math.Min(lo, heat[i]), math.Max(hi, heat[i])
 	}
@@ -35,7 +35,7 @@ func snapshot(pf *peakFrame, blocks, size int) ([]byte, error) {
 			raw[i] = byte(255 * (v - lo) / (hi - lo))
 		}
 	}
-	side := max(size, snapshotMinSide)
+	side := max(size, heatmapMinSide)
 	small, err := gocv.NewMatFromBytes(grid, grid, gocv.MatTypeCV8U, raw)
 	if err != nil {
 		return nil, err
@@ -48,7 +48,7 @@ func snapshot(pf *peakFrame, blocks, size int) ([]byte, error) {
 	defer colored.Close()
 	gocv.ApplyColorMap(big, &colored, gocv.ColormapJet)
 
-	rgb, err := gocv.NewMatFromBytes(size, size, gocv.MatTypeCV8UC3, pf.rgb)
+	rgb, err := gocv.NewMatFromBytes(size, size, gocv.MatTypeCV8UC3, rgbImage)
 	if err != nil {
 		return nil, err
 	}
@@ -64,7 +64,7 @@ func snapshot(pf *peakFrame, blocks, size int) ([]byte, error) {
 	gocv.AddWeighted(frame, 0.6, colored, 0.4, 0, &blend)
 	buf, err := gocv.IMEncode(gocv.JPEGFileExt, blend)
 	if err != nil {
-		return nil, fmt.Errorf("snapshot: encode JPEG: %w", err)
+		return nil, fmt.Errorf("heatmap: encode JPEG: %w", err)
 	}
 	defer buf.Close()
 	return append([]byte(nil), buf.GetBytes()...), nil
