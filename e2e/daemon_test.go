@@ -23,10 +23,11 @@ import (
 )
 
 type eventMsg struct {
-	Type      string `json:"type"`
-	ID        string `json:"id"`
-	Camera    string `json:"camera"`
-	PeakScore float64
+	Type      string    `json:"type"`
+	ID        string    `json:"id"`
+	Camera    string    `json:"camera"`
+	StartTime time.Time `json:"start_time"`
+	PeakScore float64   `json:"peak_score"`
 }
 
 func events(t *testing.T, msgs []message) []eventMsg {
@@ -284,6 +285,7 @@ state_directory: %s
 `, f.loop, f.bundle, b.url(), state))
 	// One defect per 36-frame loop at 25 fps: an event every ~1.4 s.
 	eventually(t, "a first event", 30*time.Second, func() bool { return len(sub.on("transformaly/line1/event")) >= 2 })
+	stopped := time.Now()
 	b.stop()
 	// While the broker is down, events pile up on disk.
 	eventually(t, "events queued on disk", 30*time.Second, func() bool {
@@ -297,16 +299,23 @@ state_directory: %s
 		return len(entries) == 0 && len(sub.on("transformaly/line1/event")) >= before+4
 	})
 	time.Sleep(300 * time.Millisecond)
-	evs := events(t, sub.on("transformaly/line1/event"))
-	// Cut at the last end, since the loop keeps producing events.
+	// Events born while the broker was down arrive once each, in order. (One
+	// in flight at the moment the broker died may come twice: MQTT QoS 1 is
+	// at-least-once when an acknowledgement is lost.)
+	var during []eventMsg
+	for _, e := range events(t, sub.on("transformaly/line1/event")) {
+		if e.StartTime.After(stopped) {
+			during = append(during, e)
+		}
+	}
 	last := 0
-	for i, e := range evs {
+	for i, e := range during {
 		if e.Type == "end" {
 			last = i + 1
 		}
 	}
-	if n := checkEventSequences(t, evs[:last]); n < 3 {
-		t.Errorf("%d complete events across the outage", n)
+	if n := checkEventSequences(t, during[:last]); n < 2 {
+		t.Errorf("%d complete events born during the outage: %+v", n, during)
 	}
 }
 
