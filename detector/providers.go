@@ -28,6 +28,8 @@ func providerOrder(pref string) ([]string, error) {
 		return []string{"cuda"}, nil
 	case "tensorrt":
 		return []string{"tensorrt"}, nil
+	case "cuda,cpu": // what training asks for by auto: TensorRT does not train
+		return []string{"cuda", "cpu"}, nil
 	case "auto":
 		// Only GPU providers whose libraries sit beside the core library are
 		// tried: probing a CPU-only build makes ORT print errors of its own.
@@ -55,7 +57,8 @@ func OpenOnProvider(opts RunnerOptions, open func(so *onnx.SessionOptions, provi
 	if err != nil {
 		return "", err
 	}
-	if order[0] == "cpu" && opts.Provider != "auto" {
+	fallback := len(order) > 1 || opts.Provider == "auto"
+	if order[0] == "cpu" && !fallback {
 		opts.ProviderLibrary = "" // a plugin has nothing to offer the CPU provider
 	}
 	if opts.ProviderLibrary != "" {
@@ -64,13 +67,15 @@ func OpenOnProvider(opts RunnerOptions, open func(so *onnx.SessionOptions, provi
 			err = errors.Join(err, RegisterPlugin(strings.TrimSpace(lib)))
 		}
 		if err != nil {
-			if opts.Provider != "auto" {
+			if !fallback {
 				return "", err
 			}
 			slog.Warn("execution provider plugin unusable, falling back", "reason", err)
 			opts.ProviderLibrary = ""
 		} else if opts.Provider == "auto" {
 			order = unique(append([]string{"tensorrt", "cuda"}, order...)) // plugins first, once each
+		} else if fallback {
+			order = unique(append([]string{"cuda"}, order...))
 		}
 	}
 	var errs []error

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	onnx "github.com/yalue/onnxruntime_go"
+
 	"github.com/transformaly/transformaly/detector"
 	"github.com/transformaly/transformaly/models"
 )
@@ -58,5 +60,18 @@ func TestProviderSelectionAndFallback(t *testing.T) {
 			t.Errorf("provider %q: run %v", c.provider, err)
 		}
 		r.Close()
+	}
+}
+
+// Training's auto ("cuda,cpu") falls back to the CPU here, where the CUDA
+// provider cannot even be appended; "cuda" alone is an error.
+func TestTrainingProviderFallback(t *testing.T) {
+	opened := 0
+	open := func(*onnx.SessionOptions, string) error { opened++; return nil }
+	if p, err := detector.OpenOnProvider(detector.RunnerOptions{Provider: "cuda,cpu"}, open); err != nil || p != "cpu" || opened != 1 {
+		t.Errorf("cuda,cpu: provider %q, %d opens, err %v; want cpu", p, opened, err)
+	}
+	if _, err := detector.OpenOnProvider(detector.RunnerOptions{Provider: "cuda"}, open); err == nil {
+		t.Error("cuda alone succeeded on a CPU-only ONNX Runtime")
 	}
 }

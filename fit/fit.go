@@ -34,7 +34,7 @@ type Options struct {
 	Whitening   float64 // PCA explained-variance fraction for feature 1
 	Quantile    float64 // of held-out normal scores, for the threshold
 	Threads     int
-	Provider    string // execution provider preference (auto, tensorrt, cuda, cpu); "" is cpu
+	Provider    string // execution provider preference: auto (CUDA, else CPU), cuda or cpu; "" is cpu
 	// MemoryBudget bounds the decoded images kept in memory (bytes; 0:
 	// DefaultMemoryBudget); beyond it they go to a temporary file beside Out.
 	MemoryBudget int64
@@ -240,7 +240,11 @@ func (o *Options) train(ctx context.Context, tr *Trainer, images *Images, train,
 // runnerOptions are the ORT settings of every session of the fit; fp32
 // throughout (TensorRT's FP16 kernels are left off for training).
 func (o *Options) runnerOptions() detector.RunnerOptions {
-	return detector.RunnerOptions{Threads: o.Threads, Provider: o.Provider, Precision: models.FP32}
+	provider := o.Provider
+	if provider == "auto" {
+		provider = "cuda,cpu" // TensorRT builds inference engines; it does not train
+	}
+	return detector.RunnerOptions{Threads: o.Threads, Provider: provider, Precision: models.FP32}
 }
 
 func (o *Options) report(p Progress) {

@@ -34,7 +34,7 @@ var commands = []command{
 	{"inspect", "BUNDLE", "print a bundle's metadata", inspectCommand},
 	{"doctor", "", "say which execution providers (TensorRT, CUDA, CPU) work here, and why the others do not", doctorCommand},
 	{"embed", "IMAGE...", "print the teacher's CLS embedding of each image", embedCommand},
-	{"demo", "", "generate a random teacher and synthetic parts, fit a detector and evaluate it: no camera, no downloads", demoCommand},
+	{"demo", "", "the whole product on synthetic parts: random teacher, fit, eval, then the daemon on a video with an embedded broker", demoCommand},
 	{"random-vit", "", "write a seeded random ViT checkpoint (timm layout) for tests and demos", randomViTCommand},
 }
 
