@@ -9,7 +9,8 @@ ORT_DIR        := .deps/onnxruntime
 ORT_LIB        := $(ORT_DIR)/libonnxruntime.so.1
 APT_PACKAGES   := libopencv-dev mosquitto pkg-config gcc
 BIN            := bin/transformaly
-# -tags matprofile makes gocv count live Mats, so tests can assert none leak.
+# -tags matprofile makes gocv count live Mats, so tests can assert none leak;
+# -count=1 because the e2e tests run a binary the test cache cannot see.
 GO_TEST_FLAGS  ?= -timeout 25m
 
 .PHONY: all build deps apt-deps ort-lib test bench vet demo install gpu-deps gpu-parts gpu-check clean FORCE
@@ -68,7 +69,7 @@ vet:
 
 test: deps
 	go vet ./...
-	go test -tags matprofile $(GO_TEST_FLAGS) ./...
+	go test -count=1 -tags matprofile $(GO_TEST_FLAGS) ./...
 
 # Benchmarks print per-image latency, GFLOP/s and the fraction of the sgemm
 # peak measured in the same run; the table and bench/bench.json follow.
