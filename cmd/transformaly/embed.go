@@ -84,13 +84,7 @@ func embedCommand(fs *pflag.FlagSet) func([]string) error {
 			}
 			return nil
 		})
-		if err != nil {
-			return err
-		}
-		if failed > 0 {
-			return fmt.Errorf("%d of %d images could not be read", failed, len(args))
-		}
-		return nil
+		return unreadable(failed, len(args), err)
 	}
 }
 

@@ -148,6 +148,18 @@ func imageBatches(paths []string, size, batch int, fn func(ok []string, pixels [
 	return failed, nil
 }
 
+// unreadable ends a command over image files: the batch error if any, else
+// a failure when some files could not be read (after the others were done).
+func unreadable(failed, total int, err error) error {
+	if err != nil {
+		return err
+	}
+	if failed > 0 {
+		return fmt.Errorf("%d of %d images could not be read", failed, total)
+	}
+	return nil
+}
+
 // scoreFiles scores image files in batches, calling fn for each readable
 // one.
 func scoreFiles(det *detector.Detector, paths []string, batch int, threshold float64, fn func(path string, r detector.Result) error) (failed int, err error) {
@@ -268,13 +280,7 @@ func scoreCommand(fs *pflag.FlagSet) func([]string) error {
 			_, err := fmt.Printf("%s\tscore=%.3f\t%s\tll_pretrained=%.3f\tll_student=%.3f\tblock_errors=%v\n", p, r.Score, verdict, r.LLPretrained, r.LLStudent, r.BlockErrors)
 			return err
 		})
-		if err != nil {
-			return err
-		}
-		if failed > 0 {
-			return fmt.Errorf("%d of %d images could not be read", failed, len(args))
-		}
-		return nil
+		return unreadable(failed, len(args), err)
 	}
 }
 
