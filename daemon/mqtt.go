@@ -35,6 +35,8 @@ type Publisher struct {
 	discovery    []string          // cameras announced to Home Assistant
 	onConnect    func()
 
+	lost chan struct{} // the connection dropped; Start's loop reconnects
+
 	wg   sync.WaitGroup
 	stop context.CancelFunc
 }
@@ -97,7 +99,13 @@ func NewPublisher(cfg MQTTConfig, broker string, queue *Queue, onConnect func())
 	if err != nil {
 		return nil, err
 	}
-	p := &Publisher{cfg: cfg, queue: queue, availability: map[string]string{}, onConnect: onConnect}
+	p := &Publisher{cfg: cfg, queue: queue, availability: map[string]string{}, onConnect: onConnect, lost: make(chan struct{}, 1)}
+	// Reconnection is ours, not paho's: on an automatic reconnect paho
+	// resends its stored publishes concurrently with the OnConnect handler,
+	// and re-reads its store while doing so, so an event published right
+	// after the reconnect went out twice (seen in CI). Without auto-reconnect
+	// a lost connection fails every in-flight publish, and the persistent
+	// queue, which still holds that event, sends it again once reconnected.
 	opts := mqtt.NewClientOptions().
 		AddBroker(broker).
 		SetClientID(cfg.ClientID).
@@ -106,14 +114,17 @@ func NewPublisher(cfg MQTTConfig, broker string, queue *Queue, onConnect func())
 		SetCleanSession(true).
 		SetKeepAlive(30*time.Second).
 		SetConnectTimeout(10*time.Second).
-		SetAutoReconnect(true).
-		SetMaxReconnectInterval(30*time.Second).
+		SetAutoReconnect(false).
 		SetWill(p.Topic("status"), "offline", 1, true).
 		SetOrderMatters(false).
 		SetOnConnectHandler(func(mqtt.Client) { p.connectedNow() }).
 		SetConnectionLostHandler(func(_ mqtt.Client, err error) {
 			p.connected.Store(false)
 			slog.Warn("MQTT connection lost; reconnecting", "broker", broker, "err", err)
+			select {
+			case p.lost <- struct{}{}:
+			default:
+			}
 		})
 	if tlsCfg != nil {
 		opts.SetTLSConfig(tlsCfg)
@@ -136,35 +147,49 @@ func describeConnectError(err error) string {
 	return msg
 }
 
-// Start connects in the background (retrying with growing waits) and runs
-// the event delivery loop until Close.
+// Start connects in the background, reconnects whenever the connection
+// drops (retrying with growing waits) and runs the event delivery loop,
+// until Close.
 func (p *Publisher) Start(ctx context.Context, broker string) {
 	ctx, p.stop = context.WithCancel(ctx)
 	p.wg.Add(2)
 	go func() {
 		defer p.wg.Done()
-		wait := time.Second
-		for ctx.Err() == nil {
-			tok := p.client.Connect()
-			if tok.WaitTimeout(15*time.Second) && tok.Error() == nil {
-				return // paho reconnects by itself from now on
-			}
-			err := tok.Error()
-			if err == nil {
-				err = errors.New("timed out")
-			}
-			slog.Error("MQTT connect failed; retrying", "broker", broker, "retry_in", wait, "err", describeConnectError(err))
-			select {
-			case <-ctx.Done():
-			case <-time.After(wait):
-			}
-			wait = min(2*wait, 30*time.Second)
-		}
+		p.keepConnected(ctx, broker)
 	}()
 	go func() {
 		defer p.wg.Done()
 		p.deliverEvents(ctx)
 	}()
+}
+
+func (p *Publisher) keepConnected(ctx context.Context, broker string) {
+	const firstWait, maxWait = time.Second, 30 * time.Second
+	wait := firstWait
+	for ctx.Err() == nil {
+		tok := p.client.Connect()
+		// paho gives up on an attempt after its ConnectTimeout (10 s).
+		if tok.WaitTimeout(15*time.Second) && tok.Error() == nil {
+			wait = firstWait
+			select {
+			case <-ctx.Done():
+				return
+			case <-p.lost:
+				continue // reconnect at once; waits grow only on failures
+			}
+		}
+		err := tok.Error()
+		if err == nil {
+			err = errors.New("timed out")
+		}
+		slog.Error("MQTT connect failed; retrying", "broker", broker, "retry_in", wait, "err", describeConnectError(err))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, maxWait)
+	}
 }
 
 func (p *Publisher) connectedNow() {
@@ -197,11 +222,10 @@ func (p *Publisher) connectedNow() {
 func (p *Publisher) Connected() bool { return p.connected.Load() }
 
 // deliverEvents sends queued events one at a time, in order, removing each
-// only once its publish completed (QoS 1). A publish in flight when the
-// connection drops is not sent again by us: paho keeps it and resends it
-// on reconnect, completing the same token, so the broker sees one copy
-// (MQTT's at-least-once still allows a duplicate if an acknowledgement is
-// lost; events carry ids for that).
+// only once the broker acknowledged it (QoS 1). A publish in flight when the
+// connection drops fails, and the same event is sent again after the
+// reconnect: the broker may then hold it twice (MQTT's at-least-once when
+// an acknowledgement is lost; events carry ids for that), never zero times.
 func (p *Publisher) deliverEvents(ctx context.Context) {
 	for {
 		msg, ok, err := p.queue.Peek()

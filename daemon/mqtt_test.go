@@ -1,0 +1,144 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+	mochi "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// Events born while the daemon is cut off from the broker must arrive once
+// each and in order after every reconnect. paho's own auto-reconnect resent
+// its stored publishes concurrently with the reconnect handler and
+// duplicated such an event now and then; this cuts the connection several
+// times to give that race room.
+func TestPublisherDeliversQueuedEventsOnceAcrossReconnects(t *testing.T) {
+	// A broker that refuses connections while the test says so: a cut
+	// connection would otherwise be back before the test sees it go.
+	gate := new(connectionGate)
+	broker := mochi.New(&mochi.Options{Logger: slog.New(slog.DiscardHandler)})
+	if err := broker.AddHook(gate, nil); err != nil {
+		t.Fatal(err)
+	}
+	listener := listeners.NewTCP(listeners.Config{ID: "tcp", Address: "127.0.0.1:0"})
+	if err := broker.AddListener(listener); err != nil {
+		t.Fatal(err)
+	}
+	go broker.Serve()
+	defer broker.Close()
+	url := "tcp://" + listener.Address()
+
+	var mu sync.Mutex
+	var received []int
+	sub := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(url).SetClientID("test-sub"))
+	if tok := sub.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscriber connect: %v", tok.Error())
+	}
+	defer sub.Disconnect(100)
+	tok := sub.Subscribe("tfy/+/event", 1, func(_ mqtt.Client, m mqtt.Message) {
+		var e Event
+		if err := json.Unmarshal(m.Payload(), &e); err != nil {
+			t.Errorf("event payload %q: %v", m.Payload(), err)
+			return
+		}
+		mu.Lock()
+		received = append(received, int(e.PeakFrame))
+		mu.Unlock()
+	})
+	if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscribe: %v", tok.Error())
+	}
+
+	queue, err := OpenQueue(filepath.Join(t.TempDir(), "events"), 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := MQTTConfig{ClientID: "tfy-test", TopicPrefix: "tfy"}
+	pub, err := NewPublisher(cfg, url, queue, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub.Start(context.Background(), url)
+	defer pub.Close()
+	waitFor(t, "the publisher to connect", pub.Connected)
+
+	const rounds, perRound = 6, 3
+	sent := 0
+	for range rounds {
+		// After a reconnect the broker may still list the old connection
+		// for a moment.
+		var cl *mochi.Client
+		waitFor(t, "the broker to list the publisher's connection", func() bool {
+			c, ok := broker.Clients.Get(cfg.ClientID)
+			cl = c
+			return ok && !c.Closed()
+		})
+		gate.refuse.Store(true)
+		cl.Stop(errors.New("cut by the test"))
+		waitFor(t, "the publisher to see the cut", func() bool { return !pub.Connected() })
+		for range perRound {
+			sent++
+			if err := pub.Event(Event{Camera: "cam", Type: EventNew, ID: fmt.Sprint(sent), PeakFrame: uint64(sent)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		gate.refuse.Store(false)
+		waitFor(t, "the queue to drain after the reconnect", func() bool { return pub.Connected() && queue.Len() == 0 })
+	}
+	waitFor(t, "every event at the subscriber", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(received) >= sent
+	})
+	time.Sleep(200 * time.Millisecond) // room for a late duplicate
+	mu.Lock()
+	defer mu.Unlock()
+	if len(received) != sent {
+		t.Errorf("%d events sent, %d received: %v", sent, len(received), received)
+	}
+	for i, n := range received {
+		if n != i+1 {
+			t.Fatalf("event %d arrived as number %d: %v", n, i+1, received)
+		}
+	}
+}
+
+// connectionGate lets everyone in, except while refuse is set.
+type connectionGate struct {
+	mochi.HookBase
+	refuse atomic.Bool
+}
+
+func (g *connectionGate) ID() string { return "connection-gate" }
+
+func (g *connectionGate) Provides(b byte) bool {
+	return b == mochi.OnConnectAuthenticate || b == mochi.OnACLCheck
+}
+
+func (g *connectionGate) OnConnectAuthenticate(*mochi.Client, packets.Packet) bool {
+	return !g.refuse.Load()
+}
+
+func (g *connectionGate) OnACLCheck(*mochi.Client, string, bool) bool { return true }
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
