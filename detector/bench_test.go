@@ -78,7 +78,11 @@ func BenchmarkGraphs(b *testing.B) {
 				precisions = append(precisions, models.FP16)
 			}
 			for _, precision := range precisions {
-				det, err := models.ScoredDetectorGraph(v, blocks, students, identityScoring(v.Dim, len(blocks)), models.BundleInfo{}, precision)
+				m, err := models.ScoredDetectorGraph(v, blocks, students, identityScoring(v.Dim, len(blocks)), models.BundleInfo{}, precision)
+				if err != nil {
+					b.Fatal(err)
+				}
+				det, err := models.Serialize(m)
 				if err != nil {
 					b.Fatal(err)
 				}

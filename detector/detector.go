@@ -32,29 +32,42 @@ var detectorOutputs = []string{
 
 // Load reads a bundle and opens its session.
 func Load(path string, opts RunnerOptions) (*Detector, error) {
-	info, model, err := models.ReadBundle(path)
+	info, mf, err := models.ReadBundle(path)
 	if err != nil {
 		return nil, err
 	}
+	opts.ImageSize = info.ImageSize
+	var r *Runner
 	switch opts.Precision {
 	case "", models.FP32:
+		r, err = NewFileRunner(mf, info.ImageSize, detectorOutputs, opts)
 	case models.FP16:
-		v, students, scoring, err := models.DecodeBundle(model)
-		if err != nil {
-			return nil, fmt.Errorf("load bundle %s: %w", path, err)
-		}
-		if model, err = models.ScoredDetectorGraph(v, info.Blocks, students, scoring, info, models.FP16); err != nil {
-			return nil, fmt.Errorf("load bundle %s: %w", path, err)
+		var model []byte
+		model, err = fp16Model(info, mf)
+		if err == nil {
+			r, err = NewRunner(model, info.ImageSize, detectorOutputs, opts)
 		}
 	default:
-		return nil, fmt.Errorf("load bundle %s: precision %q is not fp32 or fp16", path, opts.Precision)
+		err = fmt.Errorf("precision %q is not fp32 or fp16", opts.Precision)
 	}
-	opts.ImageSize = info.ImageSize
-	r, err := NewRunner(model, info.ImageSize, detectorOutputs, opts)
 	if err != nil {
 		return nil, fmt.Errorf("load bundle %s: %w", path, err)
 	}
 	return &Detector{Info: info, Path: path, runner: r}, nil
+}
+
+// fp16Model rebuilds a bundle's detector in half precision (half the size:
+// a bundle of up to 4 GB fits in memory this way).
+func fp16Model(info models.BundleInfo, mf models.ModelFile) ([]byte, error) {
+	v, students, scoring, err := models.DecodeBundle(info, mf)
+	if err != nil {
+		return nil, err
+	}
+	m, err := models.ScoredDetectorGraph(v, info.Blocks, students, scoring, info, models.FP16)
+	if err != nil {
+		return nil, err
+	}
+	return models.Serialize(m)
 }
 
 // Size is the image side length the bundle takes.

@@ -90,7 +90,11 @@ func TestGPUMatchesCPU(t *testing.T) {
 		images[i] = byte(rng.IntN(256))
 	}
 	run := func(provider, precision string) []float32 {
-		graph, err := models.ScoredDetectorGraph(v, blocks, students, identityScoring(v.Dim, len(blocks)), models.BundleInfo{}, precision)
+		m, err := models.ScoredDetectorGraph(v, blocks, students, identityScoring(v.Dim, len(blocks)), models.BundleInfo{}, precision)
+		if err != nil {
+			t.Fatal(err)
+		}
+		graph, err := models.Serialize(m)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -103,6 +103,11 @@ func withProvider(opts RunnerOptions, provider string, open func(*onnx.SessionOp
 		return err
 	}
 	defer so.Destroy()
+	if opts.externalDataDir != "" {
+		if err := so.AddSessionConfigEntry("session.model_external_initializers_file_folder_path", opts.externalDataDir); err != nil {
+			return err
+		}
+	}
 	if opts.ProviderLibrary != "" {
 		if devices := pluginDevices(provider); len(devices) > 0 {
 			if err := so.AppendExecutionProviderV2(devices, providerSettings(provider, opts)); err != nil {

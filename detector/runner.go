@@ -45,6 +45,10 @@ type RunnerOptions struct {
 	// ..._tensorrt.so of a matching GPU build), registered with ONNX Runtime
 	// and used through its EP devices.
 	ProviderLibrary string
+
+	// externalDataDir is where ONNX Runtime finds the model's external
+	// data (set by NewFileRunner).
+	externalDataDir string
 }
 
 // NewRunner opens a session over an ONNX graph that maps images to outputs,
@@ -64,6 +68,17 @@ func NewRunner(model []byte, size int, outputs []string, opts RunnerOptions) (*R
 	}
 	r.provider = provider
 	return r, nil
+}
+
+// NewFileRunner is NewRunner over a model read from a file, its weights
+// read by ONNX Runtime from that file.
+func NewFileRunner(mf models.ModelFile, size int, outputs []string, opts RunnerOptions) (*Runner, error) {
+	dir, err := mf.ExternalDataDir()
+	if err != nil {
+		return nil, err
+	}
+	opts.externalDataDir = dir
+	return NewRunner(mf.Proto, size, outputs, opts)
 }
 
 // Size is the image side length the graph takes.

@@ -294,7 +294,18 @@ func (o *Options) features(ctx context.Context, images *Images, idx []int, stude
 	if err != nil {
 		return nil, nil, err
 	}
-	r, err := detector.NewRunner(graph, images.Size, []string{models.OutputEmbedding, models.OutputBlockErrors}, o.runnerOptions())
+	// Through a model file beside the bundle: teacher and students can be
+	// too big for a model in memory (see models.WriteModelFile).
+	path := filepath.Join(filepath.Dir(o.Out), "."+filepath.Base(o.Out)+".features.onnx")
+	if err := models.WriteModelFile(path, graph); err != nil {
+		return nil, nil, err
+	}
+	defer os.Remove(path)
+	mf, err := models.ReadModelFile(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	r, err := detector.NewFileRunner(mf, images.Size, []string{models.OutputEmbedding, models.OutputBlockErrors}, o.runnerOptions())
 	if err != nil {
 		return nil, nil, err
 	}

@@ -1,30 +1,29 @@
 package models
 
 import (
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
-	"os"
 	"time"
 
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/transformaly/transformaly/internal/atomicfile"
 	"github.com/transformaly/transformaly/models/onnxpb"
 )
 
-// A bundle is one ONNX file: the detector graph with the scoring baked in,
-// and the BundleInfo as JSON under the model's metadata key BundleMetadataKey.
-// Any ONNX tool (Netron, ORT) opens it as it is.
+// A bundle is one ONNX model file (WriteModelFile: weights as external data
+// inside the same file, so any size fits): the detector graph with the
+// scoring baked in, and the BundleInfo as JSON under the model's metadata
+// key BundleMetadataKey. ONNX tools open it by its path as they would any
+// model with external data.
 
 // BundleMetadataKey is the ONNX metadata_props key holding the BundleInfo.
 const BundleMetadataKey = "transformaly.bundle"
 
-// BundleFormat is bumped when a bundle's meaning changes incompatibly.
-const BundleFormat = 1
+// BundleFormat is bumped when a bundle's meaning or layout changes
+// incompatibly (2: weights as external data in the same file).
+const BundleFormat = 2
 
 // Scored detector outputs, besides the detector's own.
 const (
@@ -64,8 +63,9 @@ const (
 )
 
 // ScoredDetectorGraph is DetectorGraph plus the two log-likelihoods and the
-// anomaly score, with info stored as the bundle metadata.
-func ScoredDetectorGraph(v *ViT, blocks []int, students []Block, s Scoring, info BundleInfo, precision string) ([]byte, error) {
+// anomaly score, with info stored as the bundle metadata. WriteBundle stores
+// it; Serialize makes a model to open from memory.
+func ScoredDetectorGraph(v *ViT, blocks []int, students []Block, s Scoring, info BundleInfo, precision string) (*onnxpb.ModelProto, error) {
 	if s.Pretrained.In != v.Dim || s.Student.In != len(blocks) {
 		return nil, fmt.Errorf("scored detector graph: scoring takes %d and %d features, want %d and %d", s.Pretrained.In, s.Student.In, v.Dim, len(blocks))
 	}
@@ -90,7 +90,7 @@ func ScoredDetectorGraph(v *ViT, blocks []int, students []Block, s Scoring, info
 	if err != nil {
 		return nil, fmt.Errorf("encode bundle metadata: %w", err)
 	}
-	return g.Model("transformaly_detector", map[string]string{BundleMetadataKey: string(meta)})
+	return g.Proto("transformaly_detector", map[string]string{BundleMetadataKey: string(meta)}), nil
 }
 
 // BundleInfo is what a bundle says about itself.
@@ -132,34 +132,29 @@ type TrainingInfo struct {
 }
 
 // WriteBundle writes a scored detector graph atomically.
-func WriteBundle(path string, model []byte) error {
-	return atomicfile.Write(path, model)
+func WriteBundle(path string, m *onnxpb.ModelProto) error {
+	return WriteModelFile(path, m)
 }
 
-// ReadBundle reads a bundle file: its metadata and the ONNX model bytes.
-// Only the top-level fields are scanned, so the (large) graph is not
-// decoded twice.
-func ReadBundle(path string) (BundleInfo, []byte, error) {
+// ReadBundle reads a bundle file's metadata and model, leaving the weights
+// in the file.
+func ReadBundle(path string) (BundleInfo, ModelFile, error) {
 	var info BundleInfo
-	data, err := os.ReadFile(path)
+	mf, err := ReadModelFile(path)
 	if err != nil {
-		return info, nil, fmt.Errorf("read bundle: %w", err)
+		return info, mf, fmt.Errorf("read bundle: %w", err)
 	}
-	meta, err := onnxMetadata(data)
-	if err != nil {
-		return info, nil, fmt.Errorf("read bundle %s: not an ONNX model (%v)", path, err)
-	}
-	raw, ok := meta[BundleMetadataKey]
+	raw, ok := mf.Metadata[BundleMetadataKey]
 	if !ok {
-		return info, nil, fmt.Errorf("read bundle %s: an ONNX model but not a transformaly bundle (no %s metadata); make one with `transformaly fit`", path, BundleMetadataKey)
+		return info, mf, fmt.Errorf("read bundle %s: an ONNX model but not a transformaly bundle (no %s metadata); make one with `transformaly fit`", path, BundleMetadataKey)
 	}
 	if err := json.Unmarshal([]byte(raw), &info); err != nil {
-		return info, nil, fmt.Errorf("read bundle %s: metadata: %w", path, err)
+		return info, mf, fmt.Errorf("read bundle %s: metadata: %w", path, err)
 	}
 	if info.Format != BundleFormat {
-		return info, nil, fmt.Errorf("read bundle %s: format %d, this build reads format %d", path, info.Format, BundleFormat)
+		return info, mf, fmt.Errorf("read bundle %s: format %d, this build reads format %d (fit it again with this version)", path, info.Format, BundleFormat)
 	}
-	return info, data, nil
+	return info, mf, nil
 }
 
 // onnxMetadata scans a serialized ModelProto's top-level fields for
@@ -214,37 +209,16 @@ func (q QuadraticScore) LogLikelihood(x []float32) float64 {
 // bundle's initializers (by the names the graph builder gives them), so
 // variants such as the FP16 graph can be made from a bundle alone. The class
 // token comes back folded into the first position-embedding row.
-func DecodeBundle(model []byte) (*ViT, []Block, Scoring, error) {
-	var m onnxpb.ModelProto
+func DecodeBundle(info BundleInfo, mf ModelFile) (*ViT, []Block, Scoring, error) {
 	var s Scoring
-	if err := proto.Unmarshal(model, &m); err != nil {
+	weights, err := mf.Float32Initializers()
+	if err != nil {
 		return nil, nil, s, fmt.Errorf("decode bundle: %w", err)
 	}
-	var info BundleInfo
-	for _, p := range m.GetMetadataProps() {
-		if p.GetKey() == BundleMetadataKey {
-			if err := json.Unmarshal([]byte(p.GetValue()), &info); err != nil {
-				return nil, nil, s, fmt.Errorf("decode bundle metadata: %w", err)
-			}
-		}
-	}
-	weights := map[string]Tensor{}
-	for _, t := range m.GetGraph().GetInitializer() {
-		if t.GetDataType() != Float32 {
-			continue
-		}
-		raw := t.GetRawData()
-		data := make([]float32, len(raw)/4)
-		for i := range data {
-			data[i] = math.Float32frombits(binary.LittleEndian.Uint32(raw[4*i:]))
-		}
-		shape := make([]int, len(t.GetDims()))
-		for i, d := range t.GetDims() {
-			shape[i] = int(d)
-		}
-		weights[t.GetName()] = Tensor{Shape: shape, Data: data}
-	}
 	c := info.Teacher.Config
+	if c.Dim <= 0 || c.Patch <= 0 || c.ImageSize <= 0 || c.Depth <= 0 {
+		return nil, nil, s, fmt.Errorf("decode bundle: its metadata has no teacher architecture (%+v)", c)
+	}
 	r := newWeightReader(weights)
 	v := &ViT{Config: c, Layout: info.Teacher.Layout, Checksum: info.Teacher.Checksum}
 	v.PatchW = r.take("patch_embed.weight", c.Dim, 3, c.Patch, c.Patch)

@@ -345,8 +345,14 @@ func AttrFloat(name string, v float32) *onnxpb.AttributeProto {
 	return &onnxpb.AttributeProto{Name: proto.String(name), Type: onnxpb.AttributeProto_FLOAT.Enum(), F: proto.Float32(v)}
 }
 
-// Model serialises the graph as an ONNX model with the given metadata.
+// Model serialises the graph as an ONNX model with the given metadata, for
+// a session opened from memory.
 func (g *Graph) Model(name string, metadata map[string]string) ([]byte, error) {
+	return Serialize(g.Proto(name, metadata))
+}
+
+// Proto is the graph as an ONNX ModelProto with the given metadata.
+func (g *Graph) Proto(name string, metadata map[string]string) *onnxpb.ModelProto {
 	m := &onnxpb.ModelProto{
 		IrVersion:       proto.Int64(irVersion),
 		ProducerName:    proto.String("transformaly"),
@@ -359,11 +365,7 @@ func (g *Graph) Model(name string, metadata map[string]string) ([]byte, error) {
 	for _, k := range sortedKeys(metadata) {
 		m.MetadataProps = append(m.MetadataProps, &onnxpb.StringStringEntryProto{Key: proto.String(k), Value: proto.String(metadata[k])})
 	}
-	data, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
-	if err != nil {
-		return nil, fmt.Errorf("serialise ONNX graph %s: %w", name, err)
-	}
-	return data, nil
+	return m
 }
 
 // Version is the project's version, stamped into graphs and bundles.

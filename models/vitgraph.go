@@ -6,6 +6,8 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+
+	"github.com/transformaly/transformaly/models/onnxpb"
 )
 
 // Graph input and output names shared by the teacher and detector graphs.
@@ -222,12 +224,14 @@ func TeacherGraph(v *ViT, blockIO []int) ([]byte, error) {
 // DetectorGraph emits teacher and students in one graph: images ->
 // embedding, per-block MSE [N, B] and per-token errors [N, B, Tokens], where
 // student k mimics teacher block blocks[k] fed the teacher's input of it.
-func DetectorGraph(v *ViT, blocks []int, students []Block) ([]byte, error) {
+// Teacher and students together may pass 2 GiB (ViT-L): WriteModelFile
+// stores the model whatever its size.
+func DetectorGraph(v *ViT, blocks []int, students []Block) (*onnxpb.ModelProto, error) {
 	g := NewGraph()
 	if _, err := g.detectorBody(v, blocks, students); err != nil {
 		return nil, err
 	}
-	return g.Model("transformaly_detector", map[string]string{"config": v.Describe()})
+	return g.Proto("transformaly_detector", map[string]string{"config": v.Describe()}), nil
 }
 
 // detectorOutputs are the values detectorBody leaves for scoring.

@@ -64,7 +64,11 @@ func TestDetectorGraphMatchesReference(t *testing.T) {
 	blocks := []int{0, 2}
 	rng := rand.New(rand.NewPCG(5, 5))
 	students := []models.Block{models.XavierBlock(v.Config, rng), models.XavierBlock(v.Config, rng)}
-	graph, err := models.DetectorGraph(v, blocks, students)
+	m, err := models.DetectorGraph(v, blocks, students)
+	if err != nil {
+		t.Fatal(err)
+	}
+	graph, err := models.Serialize(m)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,7 +160,11 @@ func TestScoredDetectorGraphAndBundle(t *testing.T) {
 	students := []models.Block{models.XavierBlock(v.Config, rng), models.XavierBlock(v.Config, rng)}
 	scoring := models.Scoring{Pretrained: randomQuadratic(v.Dim, 5, rng), Student: randomQuadratic(2, 2, rng)}
 	info := models.BundleInfo{Format: models.BundleFormat, ImageSize: v.ImageSize, Blocks: blocks, Threshold: 1.5}
-	graph, err := models.ScoredDetectorGraph(v, blocks, students, scoring, info, models.FP32)
+	m, err := models.ScoredDetectorGraph(v, blocks, students, scoring, info, models.FP32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	graph, err := models.Serialize(m)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -178,12 +186,12 @@ func TestScoredDetectorGraphAndBundle(t *testing.T) {
 		}
 	}
 	path := filepath.Join(t.TempDir(), "b.tfy")
-	if err := models.WriteBundle(path, graph); err != nil {
+	if err := models.WriteBundle(path, m); err != nil {
 		t.Fatal(err)
 	}
-	back, data, err := models.ReadBundle(path)
-	if err != nil || back.Threshold != 1.5 || len(data) != len(graph) || back.Blocks[1] != 2 {
-		t.Errorf("read back %+v (%d bytes), err %v", back, len(data), err)
+	back, _, err := models.ReadBundle(path)
+	if err != nil || back.Threshold != 1.5 || back.Blocks[1] != 2 {
+		t.Errorf("read back %+v, err %v", back, err)
 	}
 	plain, _ := models.TeacherGraph(v, nil)
 	os.WriteFile(path, plain, 0o644)

@@ -1,0 +1,261 @@
+package models
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"strconv"
+
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/transformaly/transformaly/internal/atomicfile"
+	"github.com/transformaly/transformaly/models/onnxpb"
+)
+
+// Model files keep their weights outside the protobuf: a protobuf message
+// (and so an ONNX model held in one) cannot exceed 2 GiB, and a ViT-L
+// teacher with its students is 2.3 GB in float32. ONNX's answer is
+// "external data": initializers that name a file, an offset and a length.
+// To keep a model (a bundle above all) one file, that file is the model
+// itself. It opens with one protobuf field that ModelProto does not define
+// (number weightsField, which every protobuf parser skips) holding the raw
+// weights, and the ModelProto's own fields follow, so the whole file still
+// parses as the ModelProto; each large initializer points at its bytes
+// inside that first field by absolute file offset. ONNX Runtime reads them
+// from the file (see ExternalDataDir), and any ONNX tool that opens the file
+// by its path finds them too, until it is renamed.
+
+const (
+	weightsField protowire.Number = 1000
+	// externalMin is the smallest initializer kept in the weights field
+	// (ONNX's own default threshold); smaller ones stay inline.
+	externalMin = 1024
+	// weightAlign aligns each initializer's bytes in the file, for
+	// memory-mapped reads straight into vector instructions.
+	weightAlign = 64
+	// maxProtoSize is protobuf's limit on one serialised message.
+	maxProtoSize = 1<<31 - 1
+)
+
+// Serialize encodes a model to hand to ONNX Runtime from memory. A model over
+// protobuf's 2 GiB limit cannot travel that way; WriteModelFile stores any
+// size.
+func Serialize(m *onnxpb.ModelProto) ([]byte, error) {
+	if n := proto.Size(m); n > maxProtoSize {
+		return nil, fmt.Errorf("serialise ONNX graph %s: %.2f GB is over protobuf's 2 GiB limit for an in-memory model (a smaller teacher or fewer --blocks fit)",
+			m.GetGraph().GetName(), float64(n)/1e9)
+	}
+	data, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+	if err != nil {
+		return nil, fmt.Errorf("serialise ONNX graph %s: %w", m.GetGraph().GetName(), err)
+	}
+	return data, nil
+}
+
+// WriteModelFile writes m atomically as one file with its large initializers
+// stored as external data inside it (see above). m is left as it was.
+func WriteModelFile(path string, m *onnxpb.ModelProto) error {
+	var external []*onnxpb.TensorProto
+	for _, t := range m.GetGraph().GetInitializer() {
+		if len(t.GetRawData()) >= externalMin {
+			external = append(external, t)
+		}
+	}
+	// The weights field's header (tag and length) comes before the first
+	// offset and its length depends on the padding those offsets need: try
+	// header sizes until the layout agrees with itself.
+	tag := protowire.SizeTag(weightsField)
+	header := tag + 1
+	var offsets []int64
+	var end int64
+	for {
+		offsets, end = offsets[:0], int64(header)
+		for _, t := range external {
+			end = (end + weightAlign - 1) / weightAlign * weightAlign
+			offsets = append(offsets, end)
+			end += int64(len(t.GetRawData()))
+		}
+		h := tag + protowire.SizeVarint(uint64(end-int64(header)))
+		if h == header {
+			break
+		}
+		header = h
+	}
+	raw := make([][]byte, len(external))
+	location := filepath.Base(path)
+	for i, t := range external {
+		raw[i] = t.RawData
+		t.RawData = nil
+		t.DataLocation = onnxpb.TensorProto_EXTERNAL.Enum()
+		t.ExternalData = []*onnxpb.StringStringEntryProto{
+			{Key: proto.String("location"), Value: proto.String(location)},
+			{Key: proto.String("offset"), Value: proto.String(strconv.FormatInt(offsets[i], 10))},
+			{Key: proto.String("length"), Value: proto.String(strconv.Itoa(len(raw[i])))},
+		}
+	}
+	defer func() {
+		for i, t := range external {
+			t.RawData, t.DataLocation, t.ExternalData = raw[i], nil, nil
+		}
+	}()
+	rest, err := Serialize(m)
+	if err != nil {
+		return err
+	}
+	err = atomicfile.WriteFunc(path, func(w io.Writer) error {
+		b := protowire.AppendTag(nil, weightsField, protowire.BytesType)
+		b = protowire.AppendVarint(b, uint64(end-int64(header)))
+		if _, err := w.Write(b); err != nil {
+			return err
+		}
+		pos := int64(header)
+		var pad [weightAlign]byte
+		for i := range external {
+			if _, err := w.Write(pad[:offsets[i]-pos]); err != nil {
+				return err
+			}
+			if _, err := w.Write(raw[i]); err != nil {
+				return err
+			}
+			pos = offsets[i] + int64(len(raw[i]))
+		}
+		_, err := w.Write(rest)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("write model %s: %w", path, err)
+	}
+	return nil
+}
+
+// ModelFile is a model read back from a file: its protobuf without the
+// weights field, ready for ONNX Runtime with ExternalDataDir.
+type ModelFile struct {
+	Path string
+	// Proto is the ModelProto, its external data named after the file as
+	// it is called now.
+	Proto    []byte
+	Metadata map[string]string
+}
+
+// ExternalDataDir is the folder ONNX Runtime must look in for the model's
+// external data (session option session.model_external_initializers_file_folder_path).
+func (f ModelFile) ExternalDataDir() (string, error) {
+	return filepath.Abs(filepath.Dir(f.Path))
+}
+
+// ReadModelFile reads a model file without reading its weights: those stay
+// in the file for ONNX Runtime (or Tensors) to read.
+func ReadModelFile(path string) (ModelFile, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return ModelFile{}, err
+	}
+	defer f.Close()
+	head := make([]byte, 16)
+	n, err := io.ReadFull(f, head)
+	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
+		return ModelFile{}, fmt.Errorf("read %s: %w", path, err)
+	}
+	head = head[:n]
+	start := int64(0)
+	if num, typ, tn := protowire.ConsumeTag(head); tn > 0 && num == weightsField && typ == protowire.BytesType {
+		size, vn := protowire.ConsumeVarint(head[tn:])
+		if vn < 0 {
+			return ModelFile{}, fmt.Errorf("read %s: damaged weights header", path)
+		}
+		start = int64(tn+vn) + int64(size)
+	}
+	st, err := f.Stat()
+	if err != nil {
+		return ModelFile{}, err
+	}
+	if start > st.Size() {
+		return ModelFile{}, fmt.Errorf("read %s: truncated (%d bytes, its weights alone take %d)", path, st.Size(), start)
+	}
+	rest := make([]byte, st.Size()-start)
+	if _, err := f.ReadAt(rest, start); err != nil {
+		return ModelFile{}, fmt.Errorf("read %s: %w", path, err)
+	}
+	meta, err := onnxMetadata(rest)
+	if err != nil {
+		return ModelFile{}, fmt.Errorf("read %s: not an ONNX model (%v)", path, err)
+	}
+	mf := ModelFile{Path: path, Proto: rest, Metadata: meta}
+	if start == 0 {
+		return mf, nil // all inline
+	}
+	// Point the external data at the file under its current name.
+	var m onnxpb.ModelProto
+	if err := proto.Unmarshal(rest, &m); err != nil {
+		return ModelFile{}, fmt.Errorf("read %s: %w", path, err)
+	}
+	for _, t := range m.GetGraph().GetInitializer() {
+		for _, e := range t.GetExternalData() {
+			if e.GetKey() == "location" {
+				e.Value = proto.String(filepath.Base(path))
+			}
+		}
+	}
+	if mf.Proto, err = Serialize(&m); err != nil {
+		return ModelFile{}, fmt.Errorf("read %s: %w", path, err)
+	}
+	return mf, nil
+}
+
+// Float32Initializers reads every float32 initializer, inline or external,
+// by name.
+func (f ModelFile) Float32Initializers() (map[string]Tensor, error) {
+	var m onnxpb.ModelProto
+	if err := proto.Unmarshal(f.Proto, &m); err != nil {
+		return nil, fmt.Errorf("decode %s: %w", f.Path, err)
+	}
+	file, err := os.Open(f.Path)
+	if err != nil {
+		return nil, err
+	}
+	defer file.Close()
+	weights := map[string]Tensor{}
+	for _, t := range m.GetGraph().GetInitializer() {
+		if t.GetDataType() != Float32 {
+			continue
+		}
+		raw := t.GetRawData()
+		if t.GetDataLocation() == onnxpb.TensorProto_EXTERNAL {
+			var off, length int64
+			for _, e := range t.GetExternalData() {
+				switch e.GetKey() {
+				case "offset":
+					off, err = strconv.ParseInt(e.GetValue(), 10, 64)
+				case "length":
+					length, err = strconv.ParseInt(e.GetValue(), 10, 64)
+				}
+				if err != nil {
+					return nil, fmt.Errorf("decode %s: initializer %s: %w", f.Path, t.GetName(), err)
+				}
+			}
+			raw = make([]byte, length)
+			if _, err := file.ReadAt(raw, off); err != nil {
+				return nil, fmt.Errorf("decode %s: initializer %s: %w", f.Path, t.GetName(), err)
+			}
+		}
+		shape := make([]int, len(t.GetDims()))
+		for i, d := range t.GetDims() {
+			shape[i] = int(d)
+		}
+		if 4*shapeSize(shape) != len(raw) {
+			return nil, fmt.Errorf("decode %s: initializer %s: %d bytes for shape %v", f.Path, t.GetName(), len(raw), shape)
+		}
+		data := make([]float32, len(raw)/4)
+		for i := range data {
+			data[i] = math.Float32frombits(binary.LittleEndian.Uint32(raw[4*i:]))
+		}
+		weights[t.GetName()] = Tensor{Shape: shape, Data: data}
+	}
+	return weights, nil
+}

@@ -1,0 +1,124 @@
+package models_test
+
+import (
+	"bytes"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/transformaly/transformaly/models"
+	"github.com/transformaly/transformaly/models/onnxpb"
+)
+
+// A bundle keeps its large initializers as ONNX external data inside its
+// own file: the file still parses as a ModelProto, each external
+// initializer's location, offset and length find its exact bytes, and the
+// weights decode back to what went in, under any file name.
+func TestBundleFileHoldsItsOwnExternalData(t *testing.T) {
+	v, _ := models.RandomViT(smallConfig, 7)
+	blocks := []int{1, 2}
+	rng := rand.New(rand.NewPCG(3, 3))
+	students := []models.Block{models.XavierBlock(v.Config, rng), models.XavierBlock(v.Config, rng)}
+	scoring := models.Scoring{Pretrained: randomQuadratic(v.Dim, 4, rng), Student: randomQuadratic(2, 2, rng)}
+	info := models.BundleInfo{Format: models.BundleFormat, ImageSize: v.ImageSize, Blocks: blocks, Threshold: 2}
+	info.Teacher.Config = v.Config
+	m, err := models.ScoredDetectorGraph(v, blocks, students, scoring, info, models.FP32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inline, err := models.Serialize(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "line.tfy")
+	if err := models.WriteBundle(path, m); err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := models.Serialize(m); !bytes.Equal(again, inline) {
+		t.Error("WriteBundle changed the model it was given")
+	}
+
+	file, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stored onnxpb.ModelProto
+	if err := proto.Unmarshal(file, &stored); err != nil {
+		t.Fatalf("the bundle file does not parse as an ONNX model: %v", err)
+	}
+	external := 0
+	for i, want := range m.GetGraph().GetInitializer() {
+		got := stored.GetGraph().GetInitializer()[i]
+		if got.GetName() != want.GetName() {
+			t.Fatalf("initializer %d: %s, want %s", i, got.GetName(), want.GetName())
+		}
+		if got.GetDataLocation() != onnxpb.TensorProto_EXTERNAL {
+			if !bytes.Equal(got.GetRawData(), want.GetRawData()) || len(want.GetRawData()) >= 1024 {
+				t.Errorf("inline initializer %s (%d bytes) differs or should be external", want.GetName(), len(want.GetRawData()))
+			}
+			continue
+		}
+		external++
+		kv := map[string]string{}
+		for _, e := range got.GetExternalData() {
+			kv[e.GetKey()] = e.GetValue()
+		}
+		off, _ := strconv.Atoi(kv["offset"])
+		n, _ := strconv.Atoi(kv["length"])
+		if kv["location"] != "line.tfy" || off%64 != 0 || n != len(want.GetRawData()) || off+n > len(file) ||
+			!bytes.Equal(file[off:off+n], want.GetRawData()) {
+			t.Fatalf("external initializer %s: %v does not find its %d bytes", want.GetName(), kv, len(want.GetRawData()))
+		}
+	}
+	if external < 10 {
+		t.Errorf("only %d initializers external", external)
+	}
+
+	renamed := filepath.Join(dir, "renamed.tfy")
+	if err := os.Rename(path, renamed); err != nil {
+		t.Fatal(err)
+	}
+	back, mf, err := models.ReadBundle(renamed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(mf.Proto), "renamed.tfy") || strings.Contains(string(mf.Proto), "line.tfy") {
+		t.Error("the external data does not name the file as it is called now")
+	}
+	v2, students2, scoring2, err := models.DecodeBundle(back, mf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	same := func(what string, a, b []float32) {
+		if !slices.Equal(a, b) {
+			t.Errorf("%s differs after the round trip", what)
+		}
+	}
+	same("patch embedding", v.PatchW, v2.PatchW)
+	same("final norm", v.NormW, v2.NormW)
+	for i := range v.Blocks {
+		for j, p := range v.Blocks[i].Params(v.Config) {
+			same(p.Name, *p.Data, *v2.Blocks[i].Params(v.Config)[j].Data)
+		}
+	}
+	for k := range students {
+		for j, p := range students[k].Params(v.Config) {
+			same("student "+p.Name, *p.Data, *students2[k].Params(v.Config)[j].Data)
+		}
+	}
+	same("pretrained scoring", scoring.Pretrained.W, scoring2.Pretrained.W)
+	same("student scoring", scoring.Student.B, scoring2.Student.B)
+
+	// A truncated bundle is one clear error.
+	os.WriteFile(renamed, file[:len(file)/2], 0o644)
+	if _, _, err := models.ReadBundle(renamed); err == nil || !strings.Contains(err.Error(), "truncated") {
+		t.Errorf("truncated bundle: %v", err)
+	}
+}
