@@ -157,6 +157,12 @@ func Run(ctx context.Context, o Options) (models.BundleInfo, error) {
 	if len(val) == 0 {
 		students = tr.Students
 	}
+	// The training sessions hold the teacher's weights and Adam's moments:
+	// let them go before the feature pass needs as much again (a ViT-L fit
+	// otherwise peaks past 24 GB).
+	if err := tr.Close(); err != nil {
+		slog.Warn("closing the training sessions", "err", err)
+	}
 
 	info, scoring, err := o.fitScoring(ctx, images, train, val, students)
 	if err != nil {
@@ -287,29 +293,34 @@ func validate(tr *Trainer, images *Images, val []int, batch int) ([]float64, err
 	return loss, nil
 }
 
-// features runs the detector graph of the final students over images and
-// returns the embeddings [n, dim] and block errors [n, blocks].
-func (o *Options) features(ctx context.Context, images *Images, idx []int, students []models.Block) (*mat.Dense, *mat.Dense, error) {
+// featureRunner opens the detector graph of the final students, through a
+// model file beside the bundle: teacher and students together can be too
+// big for a model in memory (see models.WriteModelFile). The file goes
+// when the runner is closed.
+func (o *Options) featureRunner(students []models.Block, size int) (*detector.Runner, func(), error) {
 	graph, err := models.DetectorGraph(o.Teacher, o.Blocks, students)
 	if err != nil {
 		return nil, nil, err
 	}
-	// Through a model file beside the bundle: teacher and students can be
-	// too big for a model in memory (see models.WriteModelFile).
 	path := filepath.Join(filepath.Dir(o.Out), "."+filepath.Base(o.Out)+".features.onnx")
 	if err := models.WriteModelFile(path, graph); err != nil {
 		return nil, nil, err
 	}
-	defer os.Remove(path)
 	mf, err := models.ReadModelFile(path)
-	if err != nil {
-		return nil, nil, err
+	if err == nil {
+		var r *detector.Runner
+		if r, err = detector.NewFileRunner(mf, size, []string{models.OutputEmbedding, models.OutputBlockErrors}, o.runnerOptions()); err == nil {
+			return r, func() { r.Close(); os.Remove(path) }, nil
+		}
 	}
-	r, err := detector.NewFileRunner(mf, images.Size, []string{models.OutputEmbedding, models.OutputBlockErrors}, o.runnerOptions())
-	if err != nil {
-		return nil, nil, err
-	}
-	defer r.Close()
+	os.Remove(path)
+	return nil, nil, err
+}
+
+// features runs the detector graph of the final students over images and
+// returns the embeddings [n, dim] and block errors [n, blocks].
+func (o *Options) features(ctx context.Context, r *detector.Runner, images *Images, idx []int) (*mat.Dense, *mat.Dense, error) {
+	var err error
 	d, nb := o.Teacher.Dim, len(o.Blocks)
 	emb := mat.NewDense(len(idx), d, nil)
 	blk := mat.NewDense(len(idx), nb, nil)
@@ -351,7 +362,12 @@ var scoreQuantiles = []float64{0.5, 0.9, 0.95, 0.99, 0.995, 0.999}
 func (o *Options) fitScoring(ctx context.Context, images *Images, train, val []int, students []models.Block) (models.BundleInfo, models.Scoring, error) {
 	var info models.BundleInfo
 	var scoring models.Scoring
-	emb, blk, err := o.features(ctx, images, train, students)
+	r, closeRunner, err := o.featureRunner(students, images.Size)
+	if err != nil {
+		return info, scoring, err
+	}
+	defer closeRunner()
+	emb, blk, err := o.features(ctx, r, images, train)
 	if err != nil {
 		return info, scoring, err
 	}
@@ -362,6 +378,10 @@ func (o *Options) fitScoring(ctx context.Context, images *Images, train, val []i
 	gPre, err := FitGaussian(white.Apply(emb), covarianceRidge)
 	if err != nil {
 		return info, scoring, fmt.Errorf("fit feature 1 (pretrained): %w", err)
+	}
+	if len(train) <= 2*len(o.Blocks) {
+		slog.Warn("few training images for the teacher-student Gaussian: its covariance is barely (or not) determined and scores will swing; add normal images",
+			"train_images", len(train), "features", len(o.Blocks))
 	}
 	gStu, err := FitGaussian(blk, covarianceRidge)
 	if err != nil {
@@ -378,7 +398,7 @@ func (o *Options) fitScoring(ctx context.Context, images *Images, train, val []i
 		slog.Warn("no held-out images: calibrating the threshold on training images (it will be too low); use --val-fraction")
 		calib = train
 	}
-	cEmb, cBlk, err := o.features(ctx, images, calib, students)
+	cEmb, cBlk, err := o.features(ctx, r, images, calib)
 	if err != nil {
 		return info, scoring, err
 	}
@@ -387,6 +407,10 @@ func (o *Options) fitScoring(ctx context.Context, images *Images, train, val []i
 		scores[i] = -(scoring.Pretrained.LogLikelihood(row32(cEmb, i)) + scoring.Student.LogLikelihood(row32(cBlk, i)))
 	}
 	sort.Float64s(scores)
+	if need := int(math.Ceil(1 / (1 - o.Quantile))); len(calib) < need {
+		slog.Warn("few held-out images for the threshold: its quantile is about their largest score, so it is noisy; check it with `transformaly eval` or add normal images",
+			"held_out", len(calib), "quantile", o.Quantile, "images_for_a_stable_quantile", need)
+	}
 	info = models.BundleInfo{
 		Format: models.BundleFormat, Version: models.Version, Created: time.Now().UTC(),
 		ImageSize: o.Teacher.ImageSize, Blocks: o.Blocks, PCAComponents: len(white.Variances),

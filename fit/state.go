@@ -100,6 +100,7 @@ func (tr *Trainer) restore(st *fitState) {
 			copy(tr.m[i], st.m[i])
 			copy(tr.v[i], st.v[i])
 		}
+		st.m, st.v = nil, nil // the trainer's copies are the live ones
 	}
 }
 

@@ -195,5 +195,6 @@ func (tr *Trainer) Close() error {
 		}
 	}
 	tr.step, tr.eval, tr.losses, tr.tensors, tr.grads = nil, nil, nil, nil, nil
+	tr.m, tr.v = nil, nil // Adam's moments: as large as the students again
 	return errors.Join(errs...)
 }

@@ -201,12 +201,27 @@ func WriteSafetensors(path string, tensors map[string]Tensor, metadata map[strin
 	if pad := (8 - len(headerJSON)%8) % 8; pad > 0 {
 		headerJSON = append(headerJSON, bytes.Repeat([]byte(" "), pad)...)
 	}
-	var buf bytes.Buffer
-	buf.Grow(8 + len(headerJSON) + int(offset))
-	_ = binary.Write(&buf, binary.LittleEndian, uint64(len(headerJSON)))
-	buf.Write(headerJSON)
-	for _, name := range names {
-		_ = binary.Write(&buf, binary.LittleEndian, tensors[name].Data)
-	}
-	return atomicfile.Write(path, buf.Bytes())
+	// Streamed: a fit state of a large model is several GB.
+	return atomicfile.WriteFunc(path, func(w io.Writer) error {
+		if err := binary.Write(w, binary.LittleEndian, uint64(len(headerJSON))); err != nil {
+			return err
+		}
+		if _, err := w.Write(headerJSON); err != nil {
+			return err
+		}
+		chunk := make([]byte, 0, 1<<16)
+		for _, name := range names {
+			for _, x := range tensors[name].Data {
+				if len(chunk) == cap(chunk) {
+					if _, err := w.Write(chunk); err != nil {
+						return err
+					}
+					chunk = chunk[:0]
+				}
+				chunk = binary.LittleEndian.AppendUint32(chunk, math.Float32bits(x))
+			}
+		}
+		_, err := w.Write(chunk)
+		return err
+	})
 }
