@@ -142,7 +142,7 @@ func ReadBundle(path string) (BundleInfo, ModelFile, error) {
 	var info BundleInfo
 	mf, err := ReadModelFile(path)
 	if err != nil {
-		return info, mf, fmt.Errorf("read bundle: %w", err)
+		return info, mf, fmt.Errorf("bundle: %w", err)
 	}
 	raw, ok := mf.Metadata[BundleMetadataKey]
 	if !ok {

@@ -1,7 +1,9 @@
 package models
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -40,6 +42,10 @@ const (
 	weightAlign = 64
 	// maxProtoSize is protobuf's limit on one serialised message.
 	maxProtoSize = 1<<31 - 1
+	// weightsHashKey is the metadata entry holding the SHA-256 of the
+	// weights field's content: ONNX Runtime would run damaged weights
+	// without a word, so ReadModelFile checks them.
+	weightsHashKey = "transformaly.weights_sha256"
 )
 
 // Serialize encodes a model to hand to ONNX Runtime from memory. A model over
@@ -98,10 +104,32 @@ func WriteModelFile(path string, m *onnxpb.ModelProto) error {
 			{Key: proto.String("length"), Value: proto.String(strconv.Itoa(len(raw[i])))},
 		}
 	}
+	// The weights field's content: each initializer's bytes after padding
+	// to its offset.
+	writeWeights := func(w io.Writer) error {
+		pos := int64(header)
+		var pad [weightAlign]byte
+		for i := range external {
+			if _, err := w.Write(pad[:offsets[i]-pos]); err != nil {
+				return err
+			}
+			if _, err := w.Write(raw[i]); err != nil {
+				return err
+			}
+			pos = offsets[i] + int64(len(raw[i]))
+		}
+		return nil
+	}
+	hash := sha256.New()
+	_ = writeWeights(hash)
+	nMeta := len(m.MetadataProps)
+	m.MetadataProps = append(m.MetadataProps, &onnxpb.StringStringEntryProto{
+		Key: proto.String(weightsHashKey), Value: proto.String(hex.EncodeToString(hash.Sum(nil)))})
 	defer func() {
 		for i, t := range external {
 			t.RawData, t.DataLocation, t.ExternalData = raw[i], nil, nil
 		}
+		m.MetadataProps = m.MetadataProps[:nMeta]
 	}()
 	rest, err := Serialize(m)
 	if err != nil {
@@ -113,16 +141,8 @@ func WriteModelFile(path string, m *onnxpb.ModelProto) error {
 		if _, err := w.Write(b); err != nil {
 			return err
 		}
-		pos := int64(header)
-		var pad [weightAlign]byte
-		for i := range external {
-			if _, err := w.Write(pad[:offsets[i]-pos]); err != nil {
-				return err
-			}
-			if _, err := w.Write(raw[i]); err != nil {
-				return err
-			}
-			pos = offsets[i] + int64(len(raw[i]))
+		if err := writeWeights(w); err != nil {
+			return err
 		}
 		_, err := w.Write(rest)
 		return err
@@ -163,13 +183,14 @@ func ReadModelFile(path string) (ModelFile, error) {
 		return ModelFile{}, fmt.Errorf("read %s: %w", path, err)
 	}
 	head = head[:n]
-	start := int64(0)
+	var weights, start int64 // where the weights field's content begins and ends
 	if num, typ, tn := protowire.ConsumeTag(head); tn > 0 && num == weightsField && typ == protowire.BytesType {
 		size, vn := protowire.ConsumeVarint(head[tn:])
 		if vn < 0 {
 			return ModelFile{}, fmt.Errorf("read %s: damaged weights header", path)
 		}
-		start = int64(tn+vn) + int64(size)
+		weights = int64(tn + vn)
+		start = weights + int64(size)
 	}
 	st, err := f.Stat()
 	if err != nil {
@@ -189,6 +210,15 @@ func ReadModelFile(path string) (ModelFile, error) {
 	mf := ModelFile{Path: path, Proto: rest, Metadata: meta}
 	if start == 0 {
 		return mf, nil // all inline
+	}
+	if want, ok := meta[weightsHashKey]; ok {
+		hash := sha256.New()
+		if _, err := io.Copy(hash, io.NewSectionReader(f, weights, start-weights)); err != nil {
+			return ModelFile{}, fmt.Errorf("read %s: %w", path, err)
+		}
+		if hex.EncodeToString(hash.Sum(nil)) != want {
+			return ModelFile{}, fmt.Errorf("read %s: its weights are damaged (SHA-256 differs from the one written with them); copy the file again", path)
+		}
 	}
 	// Point the external data at the file under its current name.
 	var m onnxpb.ModelProto

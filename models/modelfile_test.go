@@ -116,6 +116,13 @@ func TestBundleFileHoldsItsOwnExternalData(t *testing.T) {
 	same("pretrained scoring", scoring.Pretrained.W, scoring2.Pretrained.W)
 	same("student scoring", scoring.Student.B, scoring2.Student.B)
 
+	// Damaged weights are refused, not run.
+	flipped := bytes.Clone(file)
+	flipped[len(flipped)/3] ^= 0x10 // inside the weights
+	os.WriteFile(renamed, flipped, 0o644)
+	if _, _, err := models.ReadBundle(renamed); err == nil || !strings.Contains(err.Error(), "damaged") {
+		t.Errorf("a bundle with a flipped bit in its weights: %v", err)
+	}
 	// A truncated bundle is one clear error.
 	os.WriteFile(renamed, file[:len(file)/2], 0o644)
 	if _, _, err := models.ReadBundle(renamed); err == nil || !strings.Contains(err.Error(), "truncated") {
