@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -58,9 +59,13 @@ func TestFitEvalScoreInspect(t *testing.T) {
 		t.Error("the fit state file was left behind after a finished fit")
 	}
 
-	r = runBinary(t, nil, "eval", "--model", bundle, "--normal", f.testNormal, "--anomalous", f.defective, "--json", "--compare-precision")
+	chart := filepath.Join(t.TempDir(), "eval.png")
+	r = runBinary(t, nil, "eval", "--model", bundle, "--normal", f.testNormal, "--anomalous", f.defective, "--json", "--compare-precision", "--chart", chart)
 	if r.code != 0 {
 		t.Fatalf("eval failed: %s", r.stderr)
+	}
+	if png, err := os.ReadFile(chart); err != nil || !bytes.HasPrefix(png, []byte("\x89PNG")) {
+		t.Errorf("eval --chart wrote no PNG: %v", err)
 	}
 	var full struct {
 		Precision map[string]float64 `json:"precision_compare"`

@@ -1,7 +1,8 @@
 package fit
 
 import (
-	"sort"
+	"cmp"
+	"slices"
 
 	"gonum.org/v1/gonum/integrate"
 	"gonum.org/v1/gonum/stat"
@@ -10,20 +11,35 @@ import (
 // AUROC is the area under the ROC curve of scores where higher means
 // anomalous (gonum's ROC, integrated with the trapezoidal rule).
 func AUROC(normal, anomalous []float64) float64 {
-	scores := append(append([]float64{}, normal...), anomalous...)
-	classes := make([]bool, len(scores))
-	for i := len(normal); i < len(scores); i++ {
-		classes[i] = true
-	}
+	tpr, fpr := roc(normal, anomalous)
+	return integrate.Trapezoidal(fpr, tpr)
+}
+
+// roc is gonum's ROC curve of the two score sets (it wants the scores
+// sorted, classes alongside).
+func roc(normal, anomalous []float64) (tpr, fpr []float64) {
+	scores := append(slices.Clone(normal), anomalous...)
 	idx := make([]int, len(scores))
 	for i := range idx {
 		idx[i] = i
 	}
-	sort.Slice(idx, func(a, b int) bool { return scores[idx[a]] < scores[idx[b]] })
-	sorted, sortedClasses := make([]float64, len(scores)), make([]bool, len(scores))
+	slices.SortFunc(idx, func(a, b int) int { return cmp.Compare(scores[a], scores[b]) })
+	sorted, classes := make([]float64, len(idx)), make([]bool, len(idx))
 	for i, j := range idx {
-		sorted[i], sortedClasses[i] = scores[j], classes[j]
+		sorted[i], classes[i] = scores[j], j >= len(normal)
 	}
-	tpr, fpr, _ := stat.ROC(nil, sorted, sortedClasses, nil)
-	return integrate.Trapezoidal(fpr, tpr)
+	tpr, fpr, _ = stat.ROC(nil, sorted, classes, nil)
+	return tpr, fpr
+}
+
+// FractionAbove is the share of scores above the threshold: the false alarm
+// rate of normal images, the detection rate of anomalous ones.
+func FractionAbove(scores []float64, threshold float64) float64 {
+	n := 0
+	for _, x := range scores {
+		if x > threshold {
+			n++
+		}
+	}
+	return float64(n) / float64(len(scores))
 }

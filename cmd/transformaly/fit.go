@@ -331,6 +331,7 @@ func evalCommand(fs *pflag.FlagSet) func([]string) error {
 	asJSON := fs.Bool("json", false, "print one JSON object: auroc, auroc_pretrained, auroc_student, false_alarm_rate, detection_rate, threshold and image counts")
 	compare := fs.Bool("compare-precision", false, "also score with the FP16 detector and report its AUROC and score differences against FP32")
 	batch := fs.Int("batch-size", 8, "images per ONNX Runtime call")
+	chart := fs.String("chart", "", "also write a PNG `file` with the ROC curve and the score distributions around the threshold")
 	rt.register(fs)
 	return func(args []string) error {
 		if len(args) > 0 {
@@ -359,6 +360,11 @@ func evalCommand(fs *pflag.FlagSet) func([]string) error {
 				return err
 			}
 			rep.Precision = comparePrecision(rep, scores, halfRep, halfScores)
+		}
+		if *chart != "" {
+			if err := fit.WriteEvalChart(*chart, scores[:rep.NormalImages], scores[rep.NormalImages:], rep.Threshold); err != nil {
+				return err
+			}
 		}
 		if *asJSON {
 			return json.NewEncoder(os.Stdout).Encode(rep)
@@ -413,19 +419,9 @@ func evaluate(det *detector.Detector, normalDir, anomalousDir string, threshold 
 	rep.AUROC = fit.AUROC(sets[0].all, sets[1].all)
 	rep.AUROCPretrained = fit.AUROC(sets[0].pre, sets[1].pre)
 	rep.AUROCStudent = fit.AUROC(sets[0].stu, sets[1].stu)
-	rep.FalseAlarmRate = fractionAbove(sets[0].all, rep.Threshold)
-	rep.DetectionRate = fractionAbove(sets[1].all, rep.Threshold)
+	rep.FalseAlarmRate = fit.FractionAbove(sets[0].all, rep.Threshold)
+	rep.DetectionRate = fit.FractionAbove(sets[1].all, rep.Threshold)
 	return rep, append(sets[0].all, sets[1].all...), nil
-}
-
-func fractionAbove(xs []float64, t float64) float64 {
-	n := 0
-	for _, x := range xs {
-		if x > t {
-			n++
-		}
-	}
-	return float64(n) / float64(len(xs))
 }
 
 func inspectCommand(fs *pflag.FlagSet) func([]string) error {
