@@ -30,6 +30,31 @@ type Frame struct {
 	Time   time.Time // when it was captured
 	RGB    []byte    // Size x Size x 3, owned by the receiver
 	Size   int
+	// View is the frame before the resize to Size x Size (only with
+	// Config.KeepView; nil otherwise).
+	View *View
+}
+
+// View is a frame as the camera saw it after crop, rotation and flip: packed
+// BGR (OpenCV's order) at full resolution. Release hands its buffer back for
+// later frames (copying a frame into a reused buffer costs a fraction of
+// allocating one); a view not released is simply garbage collected.
+type View struct {
+	BGR           []byte
+	Width, Height int
+	free          chan *View // where Release puts it
+}
+
+// Release returns the view's buffer for reuse; the view must not be used
+// afterwards. Safe on nil.
+func (v *View) Release() {
+	if v == nil || v.free == nil {
+		return
+	}
+	select {
+	case v.free <- v:
+	default: // enough spares already
+	}
 }
 
 // Status is a camera's counters and state.
@@ -107,13 +132,15 @@ func (c *Camera) deliver(f Frame) {
 	}
 	dropped := false
 	select {
-	case <-c.frames:
+	case old := <-c.frames:
+		old.View.Release()
 		dropped = true
 	default:
 	}
 	select {
 	case c.frames <- f:
 	default: // the consumer cannot have filled it; drop ours if it did
+		f.View.Release()
 		dropped = true
 	}
 	if dropped {
@@ -132,7 +159,7 @@ func (c *Camera) Run(ctx context.Context) error {
 	done := make(chan struct{})
 	defer close(done)
 	go c.watchdog(done)
-	pre := newPreprocessor(Transform{ROI: c.cfg.ROI, Rotate: c.cfg.Rotate, FlipH: c.cfg.FlipH, FlipV: c.cfg.FlipV, Size: c.cfg.Size})
+	pre := newPreprocessor(Transform{ROI: c.cfg.ROI, Rotate: c.cfg.Rotate, FlipH: c.cfg.FlipH, FlipV: c.cfg.FlipV, Size: c.cfg.Size, KeepView: c.cfg.KeepView})
 	defer pre.Close()
 	frame := gocv.NewMat()
 	defer frame.Close()
@@ -211,7 +238,8 @@ func (c *Camera) stream(ctx context.Context, src source, pre *preprocessor, fram
 			continue
 		}
 		rgb := make([]byte, c.cfg.Size*c.cfg.Size*3)
-		if err := pre.Apply(*frame, rgb); err != nil {
+		view, err := pre.Apply(*frame, rgb)
+		if err != nil {
 			return delivered, fmt.Errorf("%w: %w", err, ErrPermanent)
 		}
 		*seq++
@@ -233,7 +261,7 @@ func (c *Camera) stream(ctx context.Context, src source, pre *preprocessor, fram
 		c.setState(StateOnline, nil)
 		delivered = true
 		lastSent = now
-		c.deliver(Frame{Camera: c.cfg.Name, Seq: *seq, Time: now, RGB: rgb, Size: c.cfg.Size})
+		c.deliver(Frame{Camera: c.cfg.Name, Seq: *seq, Time: now, RGB: rgb, Size: c.cfg.Size, View: view})
 	}
 	return delivered, nil
 }

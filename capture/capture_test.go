@@ -153,17 +153,52 @@ func TestPreprocessCropRotateFlip(t *testing.T) {
 	for _, c := range cases {
 		p := newPreprocessor(c.t)
 		out := make([]byte, 8*8*3)
-		if err := p.Apply(m, out); err != nil {
-			t.Fatalf("%s: %v", c.name, err)
+		view, err := p.Apply(m, out)
+		if err != nil || view != nil {
+			t.Fatalf("%s: view %v, err %v", c.name, view, err)
 		}
 		if tl, br := px(out, 8, 0, 0), px(out, 8, 7, 7); tl != c.topLeft || br != c.botRight {
 			t.Errorf("%s: top-left %v bottom-right %v, want %v %v", c.name, tl, br, c.topLeft, c.botRight)
 		}
 		p.Close()
 	}
+	// The view is the transformed frame before the square resize, in BGR,
+	// its buffer reused once released.
+	bgrRed, bgrBlue := [3]byte{0, 0, 255}, [3]byte{255, 0, 0}
+	views := []struct {
+		name              string
+		t                 Transform
+		w, h              int
+		topLeft, botRight [3]byte
+	}{
+		{"view of the frame", Transform{Size: 8, KeepView: true}, 40, 20, bgrRed, bgrBlue},
+		{"view of the crop", Transform{Size: 8, KeepView: true, ROI: image.Rect(10, 5, 30, 15)}, 20, 10, bgrRed, bgrBlue},
+		{"view rotated", Transform{Size: 8, KeepView: true, Rotate: 90}, 20, 40, bgrRed, bgrBlue},
+	}
+	for _, c := range views {
+		p := newPreprocessor(c.t)
+		first, err := p.Apply(m, make([]byte, 8*8*3))
+		if err != nil || first == nil {
+			t.Fatalf("%s: view %v, err %v", c.name, first, err)
+		}
+		buf := &first.BGR[0]
+		first.Release()
+		view, _ := p.Apply(m, make([]byte, 8*8*3))
+		p.Close()
+		if &view.BGR[0] != buf {
+			t.Errorf("%s: a released view's buffer was not reused", c.name)
+		}
+		if view.Width != c.w || view.Height != c.h || len(view.BGR) != c.w*c.h*3 {
+			t.Errorf("%s: %dx%d view of %d bytes, want %dx%d", c.name, view.Width, view.Height, len(view.BGR), c.w, c.h)
+			continue
+		}
+		if tl, br := px(view.BGR, c.w, 0, 0), px(view.BGR, c.w, c.w-1, c.h-1); tl != c.topLeft || br != c.botRight {
+			t.Errorf("%s: top-left %v bottom-right %v, want %v %v", c.name, tl, br, c.topLeft, c.botRight)
+		}
+	}
 	p := newPreprocessor(Transform{Size: 8, ROI: image.Rect(30, 0, 50, 10)})
 	defer p.Close()
-	if err := p.Apply(m, make([]byte, 8*8*3)); err == nil {
+	if _, err := p.Apply(m, make([]byte, 8*8*3)); err == nil {
 		t.Error("an ROI outside the frame was accepted")
 	}
 }

@@ -45,6 +45,10 @@ type Config struct {
 	FlipH    bool
 	FlipV    bool
 	Size     int // output side length: the model's input size
+	// KeepView also delivers each frame as it looks after the crop,
+	// rotation and flip, at full resolution (for snapshots a person looks
+	// at).
+	KeepView bool
 
 	StallTimeout time.Duration // no frame for this long: recreate the capture (default 20 s)
 	RetryStart   time.Duration // first wait before reopening (default 2 s)

@@ -41,34 +41,30 @@ func ValidateImageFile(path string, data []byte) error {
 
 // ReadImageRGB reads an image file and returns it resized to size x size as
 // packed RGB bytes (resized with INTER_LINEAR; INTER_AREA when shrinking by
-// more than 2x, where linear interpolation aliases).
-func ReadImageRGB(path string, size int) ([]byte, error) {
+// more than 2x, where linear interpolation aliases), and with keepView also
+// as it is (see Config.KeepView).
+func ReadImageRGB(path string, size int, keepView bool) ([]byte, *View, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("read image: %w", err)
+		return nil, nil, fmt.Errorf("read image: %w", err)
 	}
 	if err := ValidateImageFile(path, data); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	img, err := gocv.IMDecode(data, gocv.IMReadColor)
 	if err != nil {
-		return nil, fmt.Errorf("decode image %s: %w", path, err)
+		return nil, nil, fmt.Errorf("decode image %s: %w", path, err)
 	}
 	defer img.Close()
 	if img.Empty() {
-		return nil, fmt.Errorf("decode image %s: not an image OpenCV can read", path)
+		return nil, nil, fmt.Errorf("decode image %s: not an image OpenCV can read", path)
 	}
-	out := make([]byte, size*size*3)
-	if err := ResizeToRGB(img, size, out); err != nil {
-		return nil, fmt.Errorf("image %s: %w", path, err)
-	}
-	return out, nil
-}
-
-// ResizeToRGB resizes a BGR Mat to size x size and writes packed RGB bytes to
-// dst (len size*size*3).
-func ResizeToRGB(src gocv.Mat, size int, dst []byte) error {
-	p := newPreprocessor(Transform{Size: size})
+	p := newPreprocessor(Transform{Size: size, KeepView: keepView})
 	defer p.Close()
-	return p.Apply(src, dst)
+	out := make([]byte, size*size*3)
+	view, err := p.Apply(img, out)
+	if err != nil {
+		return nil, nil, fmt.Errorf("image %s: %w", path, err)
+	}
+	return out, view, nil
 }

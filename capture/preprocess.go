@@ -7,13 +7,16 @@ import (
 	"gocv.io/x/gocv"
 )
 
-// Transform is what is done to every frame: crop, rotate, flip, resize.
+// Transform is what is done to every frame: crop, rotate, flip, resize;
+// and, with KeepView, a copy of the frame before the resize (see
+// Config.KeepView).
 type Transform struct {
-	ROI    image.Rectangle
-	Rotate int
-	FlipH  bool
-	FlipV  bool
-	Size   int
+	ROI      image.Rectangle
+	Rotate   int
+	FlipH    bool
+	FlipV    bool
+	Size     int
+	KeepView bool
 }
 
 // preprocessor applies a Transform with Mats reused across frames:
@@ -22,26 +25,33 @@ type preprocessor struct {
 	t                      Transform
 	rotated, flipped, size gocv.Mat
 	rgb                    gocv.Mat
+	viewMat                gocv.Mat
+	// freeViews holds released views for reuse: frames in flight at once
+	// are the mailbox's, the detector's pending and batch ones and an
+	// event's peak.
+	freeViews chan *View
 }
 
 func newPreprocessor(t Transform) *preprocessor {
-	return &preprocessor{t: t, rotated: gocv.NewMat(), flipped: gocv.NewMat(), size: gocv.NewMat(), rgb: gocv.NewMat()}
+	return &preprocessor{t: t, rotated: gocv.NewMat(), flipped: gocv.NewMat(), size: gocv.NewMat(), rgb: gocv.NewMat(),
+		viewMat: gocv.NewMat(), freeViews: make(chan *View, 4)}
 }
 
-// Apply turns a BGR frame into packed RGB bytes of Size x Size in dst.
-func (p *preprocessor) Apply(src gocv.Mat, dst []byte) error {
+// Apply turns a BGR frame into packed RGB bytes of Size x Size in dst, and
+// returns the view (nil without KeepView).
+func (p *preprocessor) Apply(src gocv.Mat, dst []byte) (*View, error) {
 	size := p.t.Size
 	if len(dst) != size*size*3 {
-		return fmt.Errorf("preprocess: destination holds %d bytes, want %d", len(dst), size*size*3)
+		return nil, fmt.Errorf("preprocess: destination holds %d bytes, want %d", len(dst), size*size*3)
 	}
 	if src.Empty() {
-		return fmt.Errorf("preprocess: empty frame")
+		return nil, fmt.Errorf("preprocess: empty frame")
 	}
 	cur := src
 	if p.t.ROI != (image.Rectangle{}) {
 		frame := image.Rect(0, 0, src.Cols(), src.Rows())
 		if !p.t.ROI.In(frame) {
-			return fmt.Errorf("preprocess: ROI %v lies outside the %dx%d frame", p.t.ROI, src.Cols(), src.Rows())
+			return nil, fmt.Errorf("preprocess: ROI %v lies outside the %dx%d frame", p.t.ROI, src.Cols(), src.Rows())
 		}
 		region := src.Region(p.t.ROI)
 		defer region.Close()
@@ -63,23 +73,56 @@ func (p *preprocessor) Apply(src gocv.Mat, dst []byte) error {
 		gocv.Flip(cur, &p.flipped, code)
 		cur = p.flipped
 	}
-	interp := gocv.InterpolationLinear
-	if cur.Cols() > 2*size || cur.Rows() > 2*size {
-		interp = gocv.InterpolationArea // linear interpolation aliases when shrinking a lot
-	}
-	gocv.Resize(cur, &p.size, image.Pt(size, size), 0, 0, interp)
+	gocv.Resize(cur, &p.size, image.Pt(size, size), 0, 0, shrinkInterpolation(cur, size, size))
 	gocv.CvtColor(p.size, &p.rgb, gocv.ColorBGRToRGB)
 	b, err := p.rgb.DataPtrUint8()
 	if err != nil {
-		return fmt.Errorf("preprocess: %w", err)
+		return nil, fmt.Errorf("preprocess: %w", err)
 	}
 	copy(dst, b)
-	return nil
+	if !p.t.KeepView {
+		return nil, nil
+	}
+	return p.view(cur)
+}
+
+// view copies the transformed frame into a reused buffer.
+func (p *preprocessor) view(cur gocv.Mat) (*View, error) {
+	if !cur.IsContinuous() { // a crop's rows are apart in memory
+		cur.CopyTo(&p.viewMat)
+		cur = p.viewMat
+	}
+	b, err := cur.DataPtrUint8()
+	if err != nil {
+		return nil, fmt.Errorf("preprocess: view: %w", err)
+	}
+	var v *View
+	select {
+	case v = <-p.freeViews:
+	default:
+		v = &View{free: p.freeViews}
+	}
+	if cap(v.BGR) < len(b) {
+		v.BGR = make([]byte, len(b))
+	}
+	v.BGR = v.BGR[:len(b)]
+	copy(v.BGR, b)
+	v.Width, v.Height = cur.Cols(), cur.Rows()
+	return v, nil
+}
+
+// shrinkInterpolation is linear, or area averaging when shrinking a lot
+// (linear interpolation aliases then).
+func shrinkInterpolation(src gocv.Mat, w, h int) gocv.InterpolationFlags {
+	if src.Cols() > 2*w || src.Rows() > 2*h {
+		return gocv.InterpolationArea
+	}
+	return gocv.InterpolationLinear
 }
 
 // Close releases the reused Mats.
 func (p *preprocessor) Close() {
-	for _, m := range []*gocv.Mat{&p.rotated, &p.flipped, &p.size, &p.rgb} {
+	for _, m := range []*gocv.Mat{&p.rotated, &p.flipped, &p.size, &p.rgb, &p.viewMat} {
 		m.Close()
 	}
 }

@@ -82,7 +82,12 @@ type MQTTConfig struct {
 		KeyFile            string `yaml:"key_file"`
 		InsecureSkipVerify bool   `yaml:"insecure_skip_verify"`
 	} `yaml:"tls"`
-	Snapshots           *bool  `yaml:"snapshots"`
+	Snapshots *bool `yaml:"snapshots"`
+	// SnapshotSize is the longest side of snapshot JPEGs in pixels: the
+	// camera frame (after crop, rotation and flip) shrunk to fit, not the
+	// model's small square input. Frames are kept at full resolution until
+	// a snapshot is drawn.
+	SnapshotSize        int    `yaml:"snapshot_size"`
 	HomeAssistant       bool   `yaml:"home_assistant"`
 	HomeAssistantPrefix string `yaml:"home_assistant_prefix"`
 	// StatsInterval is how often <prefix>/stats is published.
@@ -122,7 +127,8 @@ type MetricsConfig struct {
 func DefaultConfig() Config {
 	return Config{
 		MQTT: MQTTConfig{Broker: "tcp://127.0.0.1:1883", EmbeddedAddress: "127.0.0.1:1883", ClientID: "transformaly",
-			TopicPrefix: "transformaly", HomeAssistantPrefix: "homeassistant", StatsInterval: 60 * time.Second, QueueLimit: 10000},
+			TopicPrefix: "transformaly", HomeAssistantPrefix: "homeassistant", StatsInterval: 60 * time.Second, QueueLimit: 10000,
+			SnapshotSize: 960},
 		Events:         EventConfig{MinFrames: 2, EndFrames: 5, UpdateInterval: time.Second},
 		Detector:       DetectorConfig{Provider: "auto", MaxBatch: 8, BatchWait: 10 * time.Millisecond},
 		Metrics:        MetricsConfig{Address: "127.0.0.1:9108"},
@@ -236,12 +242,12 @@ func deref[T any](p *T) T {
 }
 
 // CaptureConfig turns a camera's settings into the capture package's, for
-// a model input of size.
-func (cam CameraConfig) CaptureConfig(size int) (capture.Config, error) {
+// a model input of size, keeping the full frames for snapshots if asked.
+func (cam CameraConfig) CaptureConfig(size int, snapshots bool) (capture.Config, error) {
 	cc := capture.Config{
 		Name: cam.Name, Source: cam.Source, Width: cam.Width, Height: cam.Height, FPS: cam.FPS, FourCC: cam.FourCC,
 		Loop: deref(cam.Loop), Pace: deref(cam.Pace), FPSLimit: deref(cam.FPSLimit), Rotate: deref(cam.Rotate),
-		FlipH: deref(cam.FlipH), FlipV: deref(cam.FlipV), Size: size,
+		FlipH: deref(cam.FlipH), FlipV: deref(cam.FlipV), Size: size, KeepView: snapshots,
 		StallTimeout: deref(cam.StallTimeout), RetryStart: deref(cam.RetryStart), RetryMax: deref(cam.RetryMax),
 	}
 	if cam.ROI != "" {
@@ -348,6 +354,9 @@ func (c Config) Validate() []error {
 	}
 	if m.QueueLimit < 1 {
 		bad("mqtt.queue_limit", "must be at least 1")
+	}
+	if m.SnapshotSize < 64 {
+		bad("mqtt.snapshot_size", "must be at least 64 (pixels)")
 	}
 	if m.StatsInterval < time.Second {
 		bad("mqtt.stats_interval", "must be at least 1s")

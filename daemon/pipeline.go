@@ -31,8 +31,8 @@ type ScoreMessage struct {
 
 // peakFrame is what a snapshot is drawn from.
 type peakFrame struct {
-	rgb    []byte
-	tokens []float32 // [blocks * tokens]
+	view   *capture.View // the camera's frame
+	tokens []float32     // [blocks * tokens]
 	score  float64
 }
 
@@ -102,7 +102,7 @@ func buildPipeline(cfg Config, pub *Publisher, trackers map[string]*tracker) (*p
 			}
 			slog.Info("model loaded", "bundle", cc.Model, "provider", det.Provider(), "image_size", det.Size(), "threshold", det.Info.Threshold)
 		}
-		capCfg, err := cc.CaptureConfig(m.det.Size())
+		capCfg, err := cc.CaptureConfig(m.det.Size(), snapshotsEnabled(cfg.MQTT))
 		if err != nil {
 			p.closeModels()
 			return nil, fmt.Errorf("cameras[%d]: %w", i, err)
@@ -195,8 +195,9 @@ func (p *pipeline) stop() {
 // put keeps the newest frame of a camera for the detector.
 func (m *modelRuntime) put(c *cameraRuntime, f capture.Frame) {
 	m.mu.Lock()
-	if _, waiting := m.pending[c]; waiting {
+	if old, waiting := m.pending[c]; waiting {
 		c.dropped.Add(1)
+		old.View.Release()
 	}
 	m.pending[c] = f
 	m.mu.Unlock()
@@ -297,7 +298,12 @@ func (p *pipeline) handle(c *cameraRuntime, f capture.Frame, r detector.Result, 
 	c.e2e.add(float64(time.Since(f.Time).Microseconds()) / 1000)
 	events, newPeak := c.tracker.observe(f.Seq, f.Time, r.Score, c.threshold)
 	if newPeak {
-		c.peak = &peakFrame{rgb: f.RGB, tokens: append([]float32(nil), r.TokenErrors...), score: r.Score}
+		if c.peak != nil {
+			c.peak.view.Release()
+		}
+		c.peak = &peakFrame{view: f.View, tokens: append([]float32(nil), r.TokenErrors...), score: r.Score}
+	} else {
+		f.View.Release()
 	}
 	for _, e := range events {
 		p.publishEvent(c, e)
@@ -313,13 +319,14 @@ func (p *pipeline) publishEvent(c *cameraRuntime, e Event) {
 	}
 	slog.Info("anomaly event", "camera", c.cfg.Name, "type", e.Type, "id", e.ID, "peak_score", e.PeakScore, "frames_above", e.FramesAbove)
 	if e.Type == EventEnd && c.peak != nil {
-		if snapshotsEnabled(p.cfg.MQTT) {
-			jpg, err := detector.HeatmapJPEG(c.peak.rgb, c.peak.tokens, len(c.model.det.Info.Blocks), c.model.det.Size())
+		if v := c.peak.view; v != nil {
+			jpg, err := detector.HeatmapJPEG(v.BGR, v.Width, v.Height, c.peak.tokens, len(c.model.det.Info.Blocks), p.cfg.MQTT.SnapshotSize)
 			if err != nil {
 				slog.Error("snapshot failed", "camera", c.cfg.Name, "err", err)
 			} else {
 				p.pub.Publish(p.pub.Topic(c.cfg.Name, "snapshot"), 1, true, jpg)
 			}
+			v.Release()
 		}
 		c.peak = nil
 	}

@@ -8,14 +8,20 @@ import (
 	"gocv.io/x/gocv"
 )
 
-// heatmapMinSide is the smallest side of a heatmap image: model inputs can
-// be tiny (the demo's are 64 px), and a heatmap must be readable.
+// heatmapMinSide is the smallest longer side of a heatmap image: model
+// inputs can be tiny (the demo's are 64 px), and a heatmap must be readable.
 const heatmapMinSide = 256
 
-// HeatmapJPEG draws a packed RGB image of size x size with the per-patch
-// anomaly heatmap (the students' token errors, [blocks * tokens], averaged
-// over blocks, class token left out) blended over it, as a JPEG.
-func HeatmapJPEG(rgbImage []byte, tokenErrors []float32, blocks, size int) ([]byte, error) {
+// HeatmapJPEG draws a packed BGR image (OpenCV's order) of width x height
+// with the per-patch anomaly heatmap (the students' token errors,
+// [blocks * tokens], averaged over blocks, class token left out) blended
+// over it, as a JPEG whose longer side is at most maxSide (and at least
+// heatmapMinSide). The image is the frame the model saw resized to its
+// square input: the patch grid stretches back over it the same way.
+func HeatmapJPEG(bgrImage []byte, width, height int, tokenErrors []float32, blocks, maxSide int) ([]byte, error) {
+	if len(bgrImage) != width*height*3 {
+		return nil, fmt.Errorf("heatmap: %d bytes for a %dx%d image", len(bgrImage), width, height)
+	}
 	tokens := len(tokenErrors) / blocks
 	grid := int(math.Round(math.Sqrt(float64(tokens - 1))))
 	if grid*grid+1 != tokens {
@@ -35,7 +41,11 @@ func HeatmapJPEG(rgbImage []byte, tokenErrors []float32, blocks, size int) ([]by
 			raw[i] = byte(255 * (v - lo) / (hi - lo))
 		}
 	}
-	side := max(size, heatmapMinSide)
+	outW, outH := width, height
+	if long := max(width, height); long < heatmapMinSide || long > max(maxSide, heatmapMinSide) {
+		side := max(heatmapMinSide, min(long, maxSide))
+		outW, outH = max(1, width*side/long), max(1, height*side/long)
+	}
 	small, err := gocv.NewMatFromBytes(grid, grid, gocv.MatTypeCV8U, raw)
 	if err != nil {
 		return nil, err
@@ -43,22 +53,23 @@ func HeatmapJPEG(rgbImage []byte, tokenErrors []float32, blocks, size int) ([]by
 	defer small.Close()
 	big := gocv.NewMat()
 	defer big.Close()
-	gocv.Resize(small, &big, image.Pt(side, side), 0, 0, gocv.InterpolationCubic)
+	gocv.Resize(small, &big, image.Pt(outW, outH), 0, 0, gocv.InterpolationCubic)
 	colored := gocv.NewMat()
 	defer colored.Close()
 	gocv.ApplyColorMap(big, &colored, gocv.ColormapJet)
 
-	rgb, err := gocv.NewMatFromBytes(size, size, gocv.MatTypeCV8UC3, rgbImage)
+	bgr, err := gocv.NewMatFromBytes(height, width, gocv.MatTypeCV8UC3, bgrImage)
 	if err != nil {
 		return nil, err
 	}
-	defer rgb.Close()
-	bgr := gocv.NewMat()
 	defer bgr.Close()
-	gocv.CvtColor(rgb, &bgr, gocv.ColorBGRToRGB) // the same swap both ways
+	interp := gocv.InterpolationLinear
+	if outW < width/2 {
+		interp = gocv.InterpolationArea // linear interpolation aliases when shrinking a lot
+	}
 	frame := gocv.NewMat()
 	defer frame.Close()
-	gocv.Resize(bgr, &frame, image.Pt(side, side), 0, 0, gocv.InterpolationLinear)
+	gocv.Resize(bgr, &frame, image.Pt(outW, outH), 0, 0, interp)
 	blend := gocv.NewMat()
 	defer blend.Close()
 	gocv.AddWeighted(frame, 0.6, colored, 0.4, 0, &blend)

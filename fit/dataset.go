@@ -104,7 +104,7 @@ func LoadImages(ctx context.Context, paths []string, size int, memoryBudget int6
 		go func() {
 			defer wg.Done()
 			for i := range next {
-				img, err := capture.ReadImageRGB(paths[i], size)
+				img, _, err := capture.ReadImageRGB(paths[i], size, false)
 				if err == nil && im.file != nil {
 					_, err = im.file.WriteAt(img, int64(i)*int64(n))
 				} else if err == nil {

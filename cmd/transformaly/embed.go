@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/transformaly/transformaly/capture"
 	"github.com/transformaly/transformaly/detector"
 	"github.com/transformaly/transformaly/models"
 )
@@ -72,7 +73,7 @@ func embedCommand(fs *pflag.FlagSet) func([]string) error {
 		defer runner.Close()
 		out := bufio.NewWriter(os.Stdout)
 		defer out.Flush()
-		failed, err := imageBatches(args, v.ImageSize, *batch, func(paths []string, pixels []byte) error {
+		failed, err := imageBatches(args, v.ImageSize, false, *batch, func(paths []string, pixels []byte, _ []*capture.View) error {
 			res, err := runner.Run(pixels, len(paths))
 			if err != nil {
 				return err

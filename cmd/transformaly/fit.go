@@ -123,14 +123,15 @@ func progressLogger() func(fit.Progress) {
 }
 
 // imageBatches reads image files in batches of packed RGB at size, calling
-// fn with each batch's readable files; unreadable files are logged and
-// counted.
-func imageBatches(paths []string, size, batch int, fn func(ok []string, pixels []byte) error) (failed int, err error) {
+// fn with each batch's readable files (and with keepViews each image as
+// decoded); unreadable files are logged and counted.
+func imageBatches(paths []string, size int, keepViews bool, batch int, fn func(ok []string, pixels []byte, views []*capture.View) error) (failed int, err error) {
 	for start := 0; start < len(paths); start += batch {
 		var ok []string
 		var pixels []byte
+		var views []*capture.View
 		for _, p := range paths[start:min(start+batch, len(paths))] {
-			img, err := capture.ReadImageRGB(p, size)
+			img, view, err := capture.ReadImageRGB(p, size, keepViews)
 			if err != nil {
 				slog.Error("skipping image", "err", err)
 				failed++
@@ -138,9 +139,10 @@ func imageBatches(paths []string, size, batch int, fn func(ok []string, pixels [
 			}
 			ok = append(ok, p)
 			pixels = append(pixels, img...)
+			views = append(views, view)
 		}
 		if len(ok) > 0 {
-			if err := fn(ok, pixels); err != nil {
+			if err := fn(ok, pixels, views); err != nil {
 				return failed, err
 			}
 		}
@@ -163,20 +165,19 @@ func unreadable(failed, total int, err error) error {
 // scoreFiles scores image files in batches, calling fn for each readable
 // one.
 func scoreFiles(det *detector.Detector, paths []string, batch int, threshold float64, fn func(path string, r detector.Result) error) (failed int, err error) {
-	return scoreFilesWithPixels(det, paths, batch, threshold, func(p string, _ []byte, r detector.Result) error { return fn(p, r) })
+	return scoreFilesWithViews(det, paths, batch, false, threshold, func(p string, _ *capture.View, r detector.Result) error { return fn(p, r) })
 }
 
-// scoreFilesWithPixels is scoreFiles that also hands over each image as the
-// model saw it (packed RGB at the model's size).
-func scoreFilesWithPixels(det *detector.Detector, paths []string, batch int, threshold float64, fn func(path string, rgb []byte, r detector.Result) error) (failed int, err error) {
-	n := det.Size() * det.Size() * 3
-	return imageBatches(paths, det.Size(), batch, func(ok []string, pixels []byte) error {
+// scoreFilesWithViews is scoreFiles that also hands over each image as
+// decoded (with keepViews).
+func scoreFilesWithViews(det *detector.Detector, paths []string, batch int, keepViews bool, threshold float64, fn func(path string, view *capture.View, r detector.Result) error) (failed int, err error) {
+	return imageBatches(paths, det.Size(), keepViews, batch, func(ok []string, pixels []byte, views []*capture.View) error {
 		res, err := det.Score(pixels, len(ok), threshold)
 		if err != nil {
 			return err
 		}
 		for i, p := range ok {
-			if err := fn(p, pixels[i*n:(i+1)*n], res[i]); err != nil {
+			if err := fn(p, views[i], res[i]); err != nil {
 				return err
 			}
 		}
@@ -233,6 +234,7 @@ func scoreCommand(fs *pflag.FlagSet) func([]string) error {
 	asJSON := fs.Bool("json", false, "print one JSON object a line: path, score, ll_pretrained, ll_student, block_errors, anomalous, threshold")
 	withEmbedding := fs.Bool("embedding", false, "include the teacher's embedding")
 	heatmaps := fs.String("heatmap", "", "write each image with its per-patch anomaly heatmap as DIR/<name>.heatmap.jpg")
+	heatmapSide := fs.Int("heatmap-size", 1280, "longest side of the heatmap images in pixels (smaller images keep their size)")
 	batch := fs.Int("batch-size", 8, "images per ONNX Runtime call")
 	rt.register(fs)
 	return func(args []string) error {
@@ -254,9 +256,9 @@ func scoreCommand(fs *pflag.FlagSet) func([]string) error {
 			}
 		}
 		enc := json.NewEncoder(os.Stdout)
-		failed, err := scoreFilesWithPixels(det, args, max(*batch, 1), threshold, func(p string, rgb []byte, r detector.Result) error {
+		failed, err := scoreFilesWithViews(det, args, max(*batch, 1), *heatmaps != "", threshold, func(p string, view *capture.View, r detector.Result) error {
 			if *heatmaps != "" {
-				jpg, err := detector.HeatmapJPEG(rgb, r.TokenErrors, len(det.Info.Blocks), det.Size())
+				jpg, err := detector.HeatmapJPEG(view.BGR, view.Width, view.Height, r.TokenErrors, len(det.Info.Blocks), *heatmapSide)
 				if err != nil {
 					return err
 				}

@@ -1,0 +1,57 @@
+package detector_test
+
+import (
+	"bytes"
+	"image/jpeg"
+	"testing"
+
+	"github.com/transformaly/transformaly/detector"
+)
+
+// The heatmap stretches the patch grid over an image of any aspect, as the
+// model saw it stretched to a square: the hottest patch lands on its place
+// in the image, and small images are enlarged to stay readable.
+func TestHeatmapJPEGPlacesThePatchGridOverTheImage(t *testing.T) {
+	const grid, row, col = 4, 1, 3
+	tokens := make([]float32, 1+grid*grid) // one block: class token, then the patches
+	for i := 1; i < len(tokens); i++ {
+		tokens[i] = 0.1
+	}
+	tokens[1+row*grid+col] = 5
+	for _, c := range []struct{ w, h, maxSide, wantW, wantH int }{
+		{300, 150, 1000, 300, 150}, // kept
+		{64, 32, 1000, 256, 128},   // enlarged to be readable
+		{1200, 900, 600, 600, 450}, // shrunk to maxSide
+	} {
+		img := bytes.Repeat([]byte{128}, c.w*c.h*3)
+		jpg, err := detector.HeatmapJPEG(img, c.w, c.h, tokens, 1, c.maxSide)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := jpeg.Decode(bytes.NewReader(jpg))
+		if err != nil {
+			t.Fatalf("not a JPEG: %v", err)
+		}
+		b := out.Bounds()
+		if b.Dx() != c.wantW || b.Dy() != c.wantH {
+			t.Errorf("%dx%d image: heatmap %dx%d, want %dx%d", c.w, c.h, b.Dx(), b.Dy(), c.wantW, c.wantH)
+			continue
+		}
+		hotX, hotY, hottest := 0, 0, -1<<31
+		for y := range b.Dy() {
+			for x := range b.Dx() {
+				r, _, bl, _ := out.At(x, y).RGBA()
+				if d := int(r>>8) - int(bl>>8); d > hottest {
+					hotX, hotY, hottest = x, y, d
+				}
+			}
+		}
+		cellW, cellH := b.Dx()/grid, b.Dy()/grid
+		if hotX/cellW != col || hotY/cellH != row {
+			t.Errorf("%dx%d image: hottest pixel at (%d,%d), want inside patch row %d col %d", c.w, c.h, hotX, hotY, row, col)
+		}
+	}
+	if _, err := detector.HeatmapJPEG(make([]byte, 10), 300, 150, tokens, 1, 1000); err == nil {
+		t.Error("an image buffer of the wrong size was accepted")
+	}
+}
