@@ -89,32 +89,40 @@ func TestGPUMatchesCPU(t *testing.T) {
 	for i := range images {
 		images[i] = byte(rng.IntN(256))
 	}
-	run := func(provider, precision string) []float32 {
-		m, err := models.ScoredDetectorGraph(v, blocks, students, identityScoring(v.Dim, len(blocks)), models.BundleInfo{}, precision)
-		if err != nil {
-			t.Fatal(err)
-		}
-		graph, err := models.Serialize(m)
-		if err != nil {
-			t.Fatal(err)
-		}
-		r, err := detector.NewRunner(graph, 224, []string{models.OutputScore}, detector.RunnerOptions{Provider: provider, Precision: precision,
-			ProviderLibrary: os.Getenv("TRANSFORMALY_PROVIDER_LIBRARY")})
+	// Through a bundle file, as the daemon loads it: weights as external
+	// data, the FP16 variant rebuilt from them.
+	info := models.BundleInfo{Format: models.BundleFormat, ImageSize: v.ImageSize, Blocks: blocks, Threshold: 1}
+	info.Teacher.Config = v.Config
+	m, err := models.ScoredDetectorGraph(v, blocks, students, identityScoring(v.Dim, len(blocks)), info, models.FP32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bundle := filepath.Join(t.TempDir(), "gpu.tfy")
+	if err := models.WriteBundle(bundle, m); err != nil {
+		t.Fatal(err)
+	}
+	run := func(provider, precision string) []float64 {
+		d, err := detector.Load(bundle, detector.RunnerOptions{Provider: provider, Precision: precision, MaxBatch: 8,
+			CacheDir: t.TempDir(), ProviderLibrary: os.Getenv("TRANSFORMALY_PROVIDER_LIBRARY")})
 		if err != nil {
 			t.Logf("%s %s: not usable: %v", provider, precision, err)
 			return nil
 		}
-		defer r.Close()
-		out, err := r.Run(images, 8)
+		defer d.Close()
+		res, err := d.Score(images, 8, 0)
 		if err != nil {
 			t.Fatalf("%s %s: %v", provider, precision, err)
 		}
-		return out[0].Data
+		scores := make([]float64, len(res))
+		for i, r := range res {
+			scores[i] = r.Score
+		}
+		return scores
 	}
 	want := run("cpu", models.FP32)
 	spread := 0.0
 	for _, x := range want {
-		spread = math.Max(spread, math.Abs(float64(x-want[0])))
+		spread = math.Max(spread, math.Abs(x-want[0]))
 	}
 	usable := 0
 	for _, provider := range []string{"cuda", "tensorrt"} {
@@ -129,7 +137,7 @@ func TestGPUMatchesCPU(t *testing.T) {
 			usable++
 			worst := 0.0
 			for i := range want {
-				worst = math.Max(worst, math.Abs(float64(got[i]-want[i])))
+				worst = math.Max(worst, math.Abs(got[i]-want[i]))
 			}
 			t.Logf("%s %s: max score difference %.3g (score spread %.3g, tolerance %.0e of it)", provider, c.precision, worst, spread, c.tol)
 			if worst > c.tol*math.Max(spread, 1) {
