@@ -44,7 +44,7 @@ type Config struct {
 	Rotate   int             // 0, 90, 180 or 270 degrees clockwise, after the crop
 	FlipH    bool
 	FlipV    bool
-	Size     int // output side length: the model's input size
+	Size     int // output side length: the model's input size (0 with KeepView: views only)
 	// KeepView also delivers each frame as it looks after the crop,
 	// rotation and flip, at full resolution (for snapshots a person looks
 	// at).
@@ -139,7 +139,7 @@ func (c Config) Validate() error {
 	if _, _, err := ParseKind(c.Source); err != nil {
 		return err
 	}
-	if c.Size <= 0 {
+	if c.Size < 0 || c.Size == 0 && !c.KeepView {
 		return permanent("camera %s: output size %d must be positive", c.Name, c.Size)
 	}
 	if c.ROI != (image.Rectangle{}) && (c.ROI.Min.X < 0 || c.ROI.Min.Y < 0 || c.ROI.Dx() <= 0 || c.ROI.Dy() <= 0) {

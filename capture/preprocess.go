@@ -73,13 +73,15 @@ func (p *preprocessor) Apply(src gocv.Mat, dst []byte) (*View, error) {
 		gocv.Flip(cur, &p.flipped, code)
 		cur = p.flipped
 	}
-	gocv.Resize(cur, &p.size, image.Pt(size, size), 0, 0, shrinkInterpolation(cur, size, size))
-	gocv.CvtColor(p.size, &p.rgb, gocv.ColorBGRToRGB)
-	b, err := p.rgb.DataPtrUint8()
-	if err != nil {
-		return nil, fmt.Errorf("preprocess: %w", err)
+	if size > 0 {
+		gocv.Resize(cur, &p.size, image.Pt(size, size), 0, 0, shrinkInterpolation(cur, size, size))
+		gocv.CvtColor(p.size, &p.rgb, gocv.ColorBGRToRGB)
+		b, err := p.rgb.DataPtrUint8()
+		if err != nil {
+			return nil, fmt.Errorf("preprocess: %w", err)
+		}
+		copy(dst, b)
 	}
-	copy(dst, b)
 	if !p.t.KeepView {
 		return nil, nil
 	}

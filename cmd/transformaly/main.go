@@ -28,6 +28,7 @@ type command struct {
 // commands are listed in --help in this order.
 var commands = []command{
 	{"run", "", "run the daemon: cameras in, scores and anomaly events out over MQTT", runCommand},
+	{"collect", "", "save frames of a configured camera (its crop, rotation and flips applied) as normal images to fit on", collectCommand},
 	{"fit", "", "train the students on normal images and write a detector bundle", fitCommand},
 	{"score", "IMAGE...", "score images with a bundle", scoreCommand},
 	{"eval", "", "measure a bundle's AUROC on labelled normal and anomalous images", evalCommand},

@@ -1,0 +1,146 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"syscall"
+	"time"
+
+	"github.com/spf13/pflag"
+	"gocv.io/x/gocv"
+
+	"github.com/transformaly/transformaly/capture"
+	"github.com/transformaly/transformaly/daemon"
+	"github.com/transformaly/transformaly/internal/atomicfile"
+)
+
+// collectCommand saves frames of a configured camera for fitting: through
+// the daemon's own capture settings (crop, rotation, flips), so the normal
+// images a bundle is fitted on look like the frames it will score.
+func collectCommand(fs *pflag.FlagSet) func([]string) error {
+	configPath := fs.String("config", daemon.DefaultConfigPath, "the daemon's YAML configuration: its camera settings (source, ROI, rotation, flips) are used; bundles need not exist yet")
+	camera := fs.String("camera", "", "name of the camera in the configuration (default: the only one)")
+	out := fs.String("out", "", "folder to save the frames in (created if missing) (required)")
+	count := fs.Int("count", 500, "frames to save")
+	every := fs.Duration("every", time.Second, "least time between saved frames, to spread them over the line's variation (0: every frame that arrives while none is being saved); video files play at their own frame rate")
+	format := fs.String("format", "png", "image format: png (lossless) or jpg")
+	return func(args []string) error {
+		if len(args) > 0 {
+			return usageError("unexpected arguments %q", args)
+		}
+		if *out == "" {
+			return usageError("--out is required")
+		}
+		if *count < 1 {
+			return usageError("--count must be at least 1")
+		}
+		if *format != "png" && *format != "jpg" {
+			return usageError("--format %q is not png or jpg", *format)
+		}
+		cfg, err := daemon.LoadConfig(*configPath)
+		if err != nil {
+			return err
+		}
+		cam, err := pickCamera(cfg, *camera)
+		if err != nil {
+			return err
+		}
+		capCfg, err := cam.CaptureConfig(0, true)
+		if err != nil {
+			return fmt.Errorf("camera %s: %w", cam.Name, err)
+		}
+		// Files and folders play at their own pace, so --every spaces the
+		// frames over the recording as it would over a live line.
+		capCfg.Pace = true
+		if err := os.MkdirAll(*out, 0o755); err != nil {
+			return fmt.Errorf("--out: %w", err)
+		}
+		c, err := capture.NewCamera(capCfg, func(s capture.Status) {
+			slog.Info("camera state", "camera", cam.Name, "state", s.State, "err", s.Error)
+		})
+		if err != nil {
+			return err
+		}
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		runErr := make(chan error, 1)
+		go func() { runErr <- c.Run(ctx) }()
+
+		saved := 0
+		var last, lastLog time.Time
+		for f := range c.Frames() {
+			if saved == *count || time.Since(last) < *every {
+				f.View.Release()
+				continue
+			}
+			last = time.Now()
+			name := fmt.Sprintf("%s-%s-%06d.%s", cam.Name, f.Time.UTC().Format("20060102T150405.000Z"), f.Seq, *format)
+			err := saveView(filepath.Join(*out, name), f.View, "."+*format)
+			f.View.Release()
+			if err != nil {
+				cancel()
+				return err
+			}
+			saved++
+			if saved == *count {
+				cancel() // Run returns and closes the frames channel
+			} else if time.Since(lastLog) >= 10*time.Second {
+				lastLog = time.Now()
+				slog.Info("collecting", "camera", cam.Name, "saved", saved, "of", *count)
+			}
+		}
+		err = <-runErr
+		slog.Info("frames saved", "camera", cam.Name, "saved", saved, "dir", *out)
+		switch {
+		case err != nil:
+			return fmt.Errorf("camera %s: %w (saved %d frames)", cam.Name, err, saved)
+		case saved < *count && ctx.Err() == nil:
+			return fmt.Errorf("camera %s: the source ended after %d of %d frames", cam.Name, saved, *count)
+		}
+		return nil
+	}
+}
+
+// pickCamera finds the named camera, or the only one when name is empty.
+func pickCamera(cfg daemon.Config, name string) (daemon.CameraConfig, error) {
+	var names []string
+	for i := range cfg.Cameras {
+		cam := cfg.Camera(i)
+		if cam.Name == name || name == "" && len(cfg.Cameras) == 1 {
+			return cam, nil
+		}
+		names = append(names, cam.Name)
+	}
+	switch {
+	case len(names) == 0:
+		return daemon.CameraConfig{}, errors.New("the configuration has no cameras")
+	case name == "":
+		return daemon.CameraConfig{}, usageError("the configuration has %d cameras %v: choose one with --camera", len(names), names)
+	case !slices.Contains(names, name):
+		return daemon.CameraConfig{}, usageError("no camera %q in the configuration (it has %v)", name, names)
+	}
+	return daemon.CameraConfig{}, nil
+}
+
+// saveView writes a frame's view as an image file, atomically.
+func saveView(path string, v *capture.View, ext string) error {
+	m, err := gocv.NewMatFromBytes(v.Height, v.Width, gocv.MatTypeCV8UC3, v.BGR)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	buf, err := gocv.IMEncode(gocv.FileExt(ext), m)
+	if err != nil {
+		return fmt.Errorf("encode %s: %w", path, err)
+	}
+	defer buf.Close()
+	return atomicfile.Write(path, buf.GetBytes())
+}
