@@ -28,13 +28,17 @@ type Options struct {
 	Blocks      []int // 0-based teacher blocks with a student; nil: DefaultBlocks
 	ValFraction float64
 	Epochs      int
-	BatchSize   int
-	LR          float64
-	Seed        uint64
-	Whitening   float64 // PCA explained-variance fraction for feature 1
-	Quantile    float64 // of held-out normal scores, for the threshold
-	Threads     int
-	Provider    string // execution provider preference: auto (CUDA, else CPU), cuda or cpu; "" is cpu
+	// Patience ends training once no student's held-out loss has improved
+	// for this many epochs (0: always train Epochs). Each student keeps its
+	// best epoch either way.
+	Patience  int
+	BatchSize int
+	LR        float64
+	Seed      uint64
+	Whitening float64 // PCA explained-variance fraction for feature 1
+	Quantile  float64 // of held-out normal scores, for the threshold
+	Threads   int
+	Provider  string // execution provider preference: auto (CUDA, else CPU), cuda or cpu; "" is cpu
 	// MemoryBudget bounds the decoded images kept in memory (bytes; 0:
 	// DefaultMemoryBudget); beyond it they go to a temporary file beside Out.
 	MemoryBudget int64
@@ -88,6 +92,8 @@ func (o *Options) check() error {
 		return errors.New("no output bundle path")
 	case o.Epochs < 1:
 		return fmt.Errorf("epochs %d: need at least 1", o.Epochs)
+	case o.Patience < 0:
+		return fmt.Errorf("patience %d: must not be negative", o.Patience)
 	case o.BatchSize < 1:
 		return fmt.Errorf("batch size %d: need at least 1", o.BatchSize)
 	case o.LR <= 0:
@@ -169,6 +175,7 @@ func Run(ctx context.Context, o Options) (models.BundleInfo, error) {
 		return info, err
 	}
 	info.Training.BestEpochs = state.bestEpochs
+	info.Training.EpochsRun = state.epoch
 	info.Training.ValLosses = state.bestVal
 	info.Training.StepSeconds = tr.StepTime.Seconds()
 	info.Training.Seconds = time.Since(start).Seconds()
@@ -239,6 +246,10 @@ func (o *Options) train(ctx context.Context, tr *Trainer, images *Images, train,
 		}
 		o.report(Progress{Phase: "train", Epoch: epoch, Epochs: o.Epochs, Batch: batches, Batches: batches,
 			TrainLoss: lossSum / float64(batches), ValLoss: sum(valLoss)})
+		if last := slices.Max(st.bestEpochs); o.Patience > 0 && valLoss != nil && epoch-last >= o.Patience && epoch < o.Epochs {
+			slog.Info("stopping early: no student's held-out loss improved lately", "epoch", epoch, "last_improvement", last, "patience", o.Patience)
+			break
+		}
 	}
 	return nil
 }

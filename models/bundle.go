@@ -118,6 +118,7 @@ type BundleInfo struct {
 // TrainingInfo records how the students were trained.
 type TrainingInfo struct {
 	Epochs      int       `json:"epochs"`
+	EpochsRun   int       `json:"epochs_run"` // fewer than Epochs when stopped early
 	BatchSize   int       `json:"batch_size"`
 	LR          float64   `json:"lr"`
 	Seed        uint64    `json:"seed"`

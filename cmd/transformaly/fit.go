@@ -52,7 +52,8 @@ func fitCommand(fs *pflag.FlagSet) func([]string) error {
 	out := fs.String("out", "", "bundle file to write, e.g. line3.tfy (required)")
 	valFraction := fs.Float64("val-fraction", 0.1, "share of the normal images held out to pick the best epoch and calibrate the threshold")
 	blocks := fs.String("blocks", "", "0-based teacher blocks that get a student, e.g. 2-11 (default: all but the first two)")
-	epochs := fs.Int("epochs", 30, "training epochs")
+	epochs := fs.Int("epochs", 30, "training epochs at most")
+	patience := fs.Int("patience", 5, "stop once no student's held-out loss has improved for this many epochs (0: train all --epochs); each student keeps its best epoch")
 	batch := fs.Int("batch-size", 16, "images per training step")
 	lr := fs.Float64("lr", 1e-4, "Adam learning rate")
 	seed := fs.Uint64("seed", 1, "seed for the split, the student initialisation and the shuffling")
@@ -89,7 +90,7 @@ func fitCommand(fs *pflag.FlagSet) func([]string) error {
 		defer stop()
 		info, err := fit.Run(ctx, fit.Options{
 			Teacher: v, TeacherPath: teacher.path, NormalDir: *normal, Blocks: blockList,
-			ValFraction: *valFraction, Epochs: *epochs, BatchSize: *batch, LR: *lr, Seed: *seed,
+			ValFraction: *valFraction, Epochs: *epochs, Patience: *patience, BatchSize: *batch, LR: *lr, Seed: *seed,
 			Whitening: *whitening, Quantile: *quantile, Threads: rt.threads, Provider: *provider, MemoryBudget: *memoryMB << 20, Out: *out, Resume: *resume,
 			Progress: progressLogger(),
 		})
