@@ -60,7 +60,7 @@ func main() {
 	fmt.Printf("\n| benchmark | results |\n|---|---|\n")
 	for _, r := range results {
 		var parts []string
-		for _, unit := range []string{"ms/image", "ms/step", "GFLOP/s", "of-peak", "peak-GFLOP/s", "images/s", "frames/s", "frames/cpu-s",
+		for _, unit := range []string{"ms/image", "ms/step", "ms/update", "GFLOP/s", "of-peak", "peak-GFLOP/s", "images/s", "frames/s", "frames/cpu-s",
 			"train-images/s", "fit/steps", "latency-p50-ms", "latency-p99-ms", "peak-rss-MB"} {
 			if v, ok := r.Metrics[unit]; ok {
 				parts = append(parts, fmt.Sprintf("%.4g %s", v, unit))
