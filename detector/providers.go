@@ -29,23 +29,27 @@ func providerOrder(pref string) ([]string, error) {
 	case "tensorrt":
 		return []string{"tensorrt"}, nil
 	case "cuda,cpu": // what training asks for by auto: TensorRT does not train
-		return []string{"cuda", "cpu"}, nil
+		return append(installedGPUProviders("cuda"), "cpu"), nil
 	case "auto":
-		// Only GPU providers whose libraries sit beside the core library are
-		// tried: probing a CPU-only build makes ORT print errors of its own.
-		var order []string
-		dir := filepath.Dir(ort.Library())
-		for _, p := range []string{"tensorrt", "cuda"} {
-			lib := filepath.Join(dir, "libonnxruntime_providers_"+p+".so")
-			if _, err := os.Stat(lib); err == nil {
-				order = append(order, p)
-			} else {
-				slog.Info("execution provider not installed", "provider", p, "looked_for", lib)
-			}
-		}
-		return append(order, "cpu"), nil
+		return append(installedGPUProviders("tensorrt", "cuda"), "cpu"), nil
 	}
 	return nil, fmt.Errorf("execution provider %q is not auto, tensorrt, cuda or cpu", pref)
+}
+
+// installedGPUProviders keeps the providers whose libraries sit beside the
+// core library: probing a CPU-only build makes ORT print errors of its own.
+func installedGPUProviders(providers ...string) []string {
+	var installed []string
+	dir := filepath.Dir(ort.Library())
+	for _, p := range providers {
+		lib := filepath.Join(dir, "libonnxruntime_providers_"+p+".so")
+		if _, err := os.Stat(lib); err == nil {
+			installed = append(installed, p)
+		} else {
+			slog.Info("execution provider not installed", "provider", p, "looked_for", lib)
+		}
+	}
+	return installed
 }
 
 // OpenOnProvider calls open with session options for each execution

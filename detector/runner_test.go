@@ -64,7 +64,8 @@ func TestProviderSelectionAndFallback(t *testing.T) {
 }
 
 // Training's auto ("cuda,cpu") falls back to the CPU here, where the CUDA
-// provider cannot even be appended; "cuda" alone is an error.
+// provider is not installed (and is not even tried, so ORT prints no error
+// of its own); "cuda" alone is an error.
 func TestTrainingProviderFallback(t *testing.T) {
 	opened := 0
 	open := func(*onnx.SessionOptions, string) error { opened++; return nil }

@@ -60,7 +60,7 @@ func fitCommand(fs *pflag.FlagSet) func([]string) error {
 	whitening := fs.Float64("whitening", 0.9, "PCA explained-variance fraction kept for the embedding's Gaussian")
 	quantile := fs.Float64("threshold-quantile", 0.995, "quantile of held-out normal scores used as the default alert threshold")
 	resume := fs.Bool("resume", false, "continue an interrupted fit of the same --out from its last finished epoch")
-	provider := fs.String("provider", "cpu", "execution provider for training: auto (CUDA when usable, else CPU), cuda or cpu")
+	provider := fs.String("provider", "auto", "execution provider for training: auto (CUDA when usable, else CPU, saying why), cuda or cpu")
 	memoryMB := fs.Int64("max-image-memory-mb", fit.DefaultMemoryBudget>>20, "decoded images kept in memory; beyond this they go to a temporary file beside --out")
 	rt.register(fs)
 	return func(args []string) error {
