@@ -61,7 +61,9 @@ func OpenOnProvider(opts RunnerOptions, open func(so *onnx.SessionOptions, provi
 	if err != nil {
 		return "", err
 	}
-	fallback := len(order) > 1 || opts.Provider == "auto"
+	// Whether the preference names more than one provider (before those
+	// not installed were left out).
+	fallback := opts.Provider == "auto" || strings.Contains(opts.Provider, ",")
 	if order[0] == "cpu" && !fallback {
 		opts.ProviderLibrary = "" // a plugin has nothing to offer the CPU provider
 	}

@@ -1,6 +1,8 @@
 package detector_test
 
 import (
+	"bytes"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -74,5 +76,13 @@ func TestTrainingProviderFallback(t *testing.T) {
 	}
 	if _, err := detector.OpenOnProvider(detector.RunnerOptions{Provider: "cuda"}, open); err == nil {
 		t.Error("cuda alone succeeded on a CPU-only ONNX Runtime")
+	}
+	// A plugin that cannot load is said so, not dropped in silence.
+	var log bytes.Buffer
+	defer slog.SetDefault(slog.Default())
+	slog.SetDefault(slog.New(slog.NewTextHandler(&log, nil)))
+	p, err := detector.OpenOnProvider(detector.RunnerOptions{Provider: "cuda,cpu", ProviderLibrary: "/nonexistent/libonnxruntime_providers_cuda.so"}, open)
+	if err != nil || p != "cpu" || !strings.Contains(log.String(), "plugin unusable") {
+		t.Errorf("cuda,cpu with a missing plugin: provider %q, err %v, log:\n%s", p, err, log.String())
 	}
 }

@@ -39,6 +39,9 @@ type Options struct {
 	Quantile  float64 // of held-out normal scores, for the threshold
 	Threads   int
 	Provider  string // execution provider preference: auto (CUDA, else CPU), cuda or cpu; "" is cpu
+	// ProviderLibrary is an execution-provider plugin library (see
+	// detector.RunnerOptions).
+	ProviderLibrary string
 	// MemoryBudget bounds the decoded images kept in memory (bytes; 0:
 	// DefaultMemoryBudget); beyond it they go to a temporary file beside Out.
 	MemoryBudget int64
@@ -261,7 +264,7 @@ func (o *Options) runnerOptions() detector.RunnerOptions {
 	if provider == "auto" {
 		provider = "cuda,cpu" // TensorRT builds inference engines; it does not train
 	}
-	return detector.RunnerOptions{Threads: o.Threads, Provider: provider, Precision: models.FP32}
+	return detector.RunnerOptions{Threads: o.Threads, Provider: provider, Precision: models.FP32, ProviderLibrary: o.ProviderLibrary}
 }
 
 func (o *Options) report(p Progress) {

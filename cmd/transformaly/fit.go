@@ -61,6 +61,7 @@ func fitCommand(fs *pflag.FlagSet) func([]string) error {
 	quantile := fs.Float64("threshold-quantile", 0.995, "quantile of held-out normal scores used as the default alert threshold")
 	resume := fs.Bool("resume", false, "continue an interrupted fit of the same --out from its last finished epoch")
 	provider := fs.String("provider", "auto", "execution provider for training: auto (CUDA when usable, else CPU, saying why), cuda or cpu")
+	providerLibrary := fs.String("provider-library", "", "execution-provider plugin library, e.g. libonnxruntime_providers_cuda.so of the core library's exact version")
 	memoryMB := fs.Int64("max-image-memory-mb", fit.DefaultMemoryBudget>>20, "decoded images kept in memory; beyond this they go to a temporary file beside --out")
 	rt.register(fs)
 	return func(args []string) error {
@@ -91,7 +92,7 @@ func fitCommand(fs *pflag.FlagSet) func([]string) error {
 		info, err := fit.Run(ctx, fit.Options{
 			Teacher: v, TeacherPath: teacher.path, NormalDir: *normal, Blocks: blockList,
 			ValFraction: *valFraction, Epochs: *epochs, Patience: *patience, BatchSize: *batch, LR: *lr, Seed: *seed,
-			Whitening: *whitening, Quantile: *quantile, Threads: rt.threads, Provider: *provider, MemoryBudget: *memoryMB << 20, Out: *out, Resume: *resume,
+			Whitening: *whitening, Quantile: *quantile, Threads: rt.threads, Provider: *provider, ProviderLibrary: *providerLibrary, MemoryBudget: *memoryMB << 20, Out: *out, Resume: *resume,
 			Progress: progressLogger(),
 		})
 		if err != nil {
