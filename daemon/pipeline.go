@@ -13,6 +13,7 @@ import (
 
 	"github.com/transformaly/transformaly/capture"
 	"github.com/transformaly/transformaly/detector"
+	"github.com/transformaly/transformaly/internal/heatmap"
 )
 
 // ScoreMessage is the payload of <prefix>/<camera>/score.
@@ -320,7 +321,7 @@ func (p *pipeline) publishEvent(c *cameraRuntime, e Event) {
 	slog.Info("anomaly event", "camera", c.cfg.Name, "type", e.Type, "id", e.ID, "peak_score", e.PeakScore, "frames_above", e.FramesAbove)
 	if e.Type == EventEnd && c.peak != nil {
 		if v := c.peak.view; v != nil {
-			jpg, err := detector.HeatmapJPEG(v.BGR, v.Width, v.Height, c.peak.tokens, len(c.model.det.Info.Blocks), p.cfg.MQTT.SnapshotSize)
+			jpg, err := heatmap.JPEG(v.BGR, v.Width, v.Height, c.peak.tokens, len(c.model.det.Info.Blocks), p.cfg.MQTT.SnapshotSize)
 			if err != nil {
 				slog.Error("snapshot failed", "camera", c.cfg.Name, "err", err)
 			} else {

@@ -19,6 +19,7 @@ import (
 	"github.com/transformaly/transformaly/capture"
 	"github.com/transformaly/transformaly/detector"
 	"github.com/transformaly/transformaly/fit"
+	"github.com/transformaly/transformaly/internal/heatmap"
 	"github.com/transformaly/transformaly/models"
 )
 
@@ -260,7 +261,7 @@ func scoreCommand(fs *pflag.FlagSet) func([]string) error {
 		enc := json.NewEncoder(os.Stdout)
 		failed, err := scoreFilesWithViews(det, args, max(*batch, 1), *heatmaps != "", threshold, func(p string, view *capture.View, r detector.Result) error {
 			if *heatmaps != "" {
-				jpg, err := detector.HeatmapJPEG(view.BGR, view.Width, view.Height, r.TokenErrors, len(det.Info.Blocks), *heatmapSide)
+				jpg, err := heatmap.JPEG(view.BGR, view.Width, view.Height, r.TokenErrors, len(det.Info.Blocks), *heatmapSide)
 				if err != nil {
 					return err
 				}

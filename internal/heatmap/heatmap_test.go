@@ -1,17 +1,17 @@
-package detector_test
+package heatmap_test
 
 import (
 	"bytes"
 	"image/jpeg"
 	"testing"
 
-	"github.com/transformaly/transformaly/detector"
+	"github.com/transformaly/transformaly/internal/heatmap"
 )
 
 // The heatmap stretches the patch grid over an image of any aspect, as the
 // model saw it stretched to a square: the hottest patch lands on its place
 // in the image, and small images are enlarged to stay readable.
-func TestHeatmapJPEGPlacesThePatchGridOverTheImage(t *testing.T) {
+func TestJPEGPlacesThePatchGridOverTheImage(t *testing.T) {
 	const grid, row, col = 4, 1, 3
 	tokens := make([]float32, 1+grid*grid) // one block: class token, then the patches
 	for i := 1; i < len(tokens); i++ {
@@ -24,7 +24,7 @@ func TestHeatmapJPEGPlacesThePatchGridOverTheImage(t *testing.T) {
 		{1200, 900, 600, 600, 450}, // shrunk to maxSide
 	} {
 		img := bytes.Repeat([]byte{128}, c.w*c.h*3)
-		jpg, err := detector.HeatmapJPEG(img, c.w, c.h, tokens, 1, c.maxSide)
+		jpg, err := heatmap.JPEG(img, c.w, c.h, tokens, 1, c.maxSide)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -51,7 +51,7 @@ func TestHeatmapJPEGPlacesThePatchGridOverTheImage(t *testing.T) {
 			t.Errorf("%dx%d image: hottest pixel at (%d,%d), want inside patch row %d col %d", c.w, c.h, hotX, hotY, row, col)
 		}
 	}
-	if _, err := detector.HeatmapJPEG(make([]byte, 10), 300, 150, tokens, 1, 1000); err == nil {
+	if _, err := heatmap.JPEG(make([]byte, 10), 300, 150, tokens, 1, 1000); err == nil {
 		t.Error("an image buffer of the wrong size was accepted")
 	}
 }

@@ -1,4 +1,7 @@
-package detector
+// Package heatmap draws the students' per-patch errors over a frame, for
+// snapshots and score --heatmap. It is apart from the detector so that the
+// detector (and the GPU check built from its tests) needs no OpenCV.
+package heatmap
 
 import (
 	"fmt"
@@ -8,17 +11,17 @@ import (
 	"gocv.io/x/gocv"
 )
 
-// heatmapMinSide is the smallest longer side of a heatmap image: model
+// minSide is the smallest longer side of a heatmap image: model
 // inputs can be tiny (the demo's are 64 px), and a heatmap must be readable.
-const heatmapMinSide = 256
+const minSide = 256
 
-// HeatmapJPEG draws a packed BGR image (OpenCV's order) of width x height
+// JPEG draws a packed BGR image (OpenCV's order) of width x height
 // with the per-patch anomaly heatmap (the students' token errors,
 // [blocks * tokens], averaged over blocks, class token left out) blended
 // over it, as a JPEG whose longer side is at most maxSide (and at least
-// heatmapMinSide). The image is the frame the model saw resized to its
+// minSide). The image is the frame the model saw resized to its
 // square input: the patch grid stretches back over it the same way.
-func HeatmapJPEG(bgrImage []byte, width, height int, tokenErrors []float32, blocks, maxSide int) ([]byte, error) {
+func JPEG(bgrImage []byte, width, height int, tokenErrors []float32, blocks, maxSide int) ([]byte, error) {
 	if len(bgrImage) != width*height*3 {
 		return nil, fmt.Errorf("heatmap: %d bytes for a %dx%d image", len(bgrImage), width, height)
 	}
@@ -42,8 +45,8 @@ func HeatmapJPEG(bgrImage []byte, width, height int, tokenErrors []float32, bloc
 		}
 	}
 	outW, outH := width, height
-	if long := max(width, height); long < heatmapMinSide || long > max(maxSide, heatmapMinSide) {
-		side := max(heatmapMinSide, min(long, maxSide))
+	if long := max(width, height); long < minSide || long > max(maxSide, minSide) {
+		side := max(minSide, min(long, maxSide))
 		outW, outH = max(1, width*side/long), max(1, height*side/long)
 	}
 	small, err := gocv.NewMatFromBytes(grid, grid, gocv.MatTypeCV8U, raw)
