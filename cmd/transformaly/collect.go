@@ -57,7 +57,9 @@ func collectCommand(fs *pflag.FlagSet) func([]string) error {
 		}
 		// Files and folders play at their own pace, so --every spaces the
 		// frames over the recording as it would over a live line.
-		capCfg.Pace = true
+		if kind, _, _ := capture.ParseKind(capCfg.Source); kind == capture.KindFile || kind == capture.KindFolder {
+			capCfg.Pace = true
+		}
 		if err := os.MkdirAll(*out, 0o755); err != nil {
 			return fmt.Errorf("--out: %w", err)
 		}
