@@ -1,9 +1,11 @@
 package detector_test
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/transformaly/transformaly/detector"
@@ -66,6 +68,37 @@ func TestLoadReadsWeightsFromTheBundleFile(t *testing.T) {
 	for i := range got {
 		if float32(got[i].Score) != want[0].Data[i] {
 			t.Errorf("image %d: score %g from the file, %g from memory", i, got[i].Score, want[0].Data[i])
+		}
+	}
+
+	// A format 1 bundle (weights inline, as the first release wrote them)
+	// still loads; a format from the future does not.
+	for _, format := range []int{1, models.BundleFormat + 1} {
+		info.Format = format
+		old, err := models.ScoredDetectorGraph(v, blocks, students, identityScoring(v.Dim, len(blocks)), info, models.FP32)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, err := models.Serialize(old)
+		if err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(dir, fmt.Sprintf("format%d.tfy", format))
+		os.WriteFile(path, data, 0o644)
+		d, err := detector.Load(path, detector.RunnerOptions{})
+		if format > models.BundleFormat {
+			if err == nil || !strings.Contains(err.Error(), "fit it again") {
+				t.Errorf("format %d: %v", format, err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("format %d: %v", format, err)
+		}
+		res, err := d.Score(images, 3, 0)
+		d.Close()
+		if err != nil || float32(res[0].Score) != want[0].Data[0] {
+			t.Errorf("format %d: score %v (%v), want %g", format, res, err, want[0].Data[0])
 		}
 	}
 }

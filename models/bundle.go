@@ -22,7 +22,8 @@ import (
 const BundleMetadataKey = "transformaly.bundle"
 
 // BundleFormat is bumped when a bundle's meaning or layout changes
-// incompatibly (2: weights as external data in the same file).
+// incompatibly for older readers (2: weights as external data in the same
+// file; this build still reads format 1).
 const BundleFormat = 2
 
 // Scored detector outputs, besides the detector's own.
@@ -152,8 +153,10 @@ func ReadBundle(path string) (BundleInfo, ModelFile, error) {
 	if err := json.Unmarshal([]byte(raw), &info); err != nil {
 		return info, mf, fmt.Errorf("read bundle %s: metadata: %w", path, err)
 	}
-	if info.Format != BundleFormat {
-		return info, mf, fmt.Errorf("read bundle %s: format %d, this build reads format %d (fit it again with this version)", path, info.Format, BundleFormat)
+	// Format 1 differs only in keeping the weights inline, which
+	// ReadModelFile reads as well.
+	if info.Format < 1 || info.Format > BundleFormat {
+		return info, mf, fmt.Errorf("read bundle %s: format %d, this build reads formats 1 to %d (fit it again with this version)", path, info.Format, BundleFormat)
 	}
 	return info, mf, nil
 }
