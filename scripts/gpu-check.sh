@@ -39,7 +39,7 @@ if command -v go >/dev/null; then
   go build -o "$out/benchreport" ./internal/benchreport
 fi
 
-echo "== scores on GPU providers against CPU"
+echo "== scores and a training step on GPU providers against CPU"
 TRANSFORMALY_GPU=1 "$out/detector.test" -test.run 'TestGPU' -test.v 2>&1 | tee "$out/gpu-test.txt" | grep -E '^(=== RUN|--- |    |PASS|FAIL|ok)' || true
 
 echo "== benchmarks (ViT-B/16 and ViT-S/16 at 224, batch 1/8/32)"
