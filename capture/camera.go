@@ -299,3 +299,46 @@ func sleep(ctx context.Context, d time.Duration) bool {
 		return true
 	}
 }
+
+// EachFrame reads a video file (or image folder) from start to end without
+// dropping any frame, preprocessing each as a camera would, and calls fn
+// with it in order: for scoring recordings offline, where every frame
+// counts and nothing runs in real time. Frame.Time is the frame's position
+// in the recording (from the file's frame rate) after the zero time.
+func EachFrame(ctx context.Context, cfg Config, fn func(Frame) error) error {
+	cfg = cfg.withDefaults()
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	src, err := openSource(cfg)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	pre := newPreprocessor(Transform{ROI: cfg.ROI, Rotate: cfg.Rotate, FlipH: cfg.FlipH, FlipV: cfg.FlipV, Size: cfg.Size, KeepView: cfg.KeepView})
+	defer pre.Close()
+	frame := gocv.NewMat()
+	defer frame.Close()
+	fps := src.FrameRate()
+	for seq := uint64(1); ctx.Err() == nil; seq++ {
+		if err := src.Read(&frame); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+		rgb := make([]byte, cfg.Size*cfg.Size*3)
+		view, err := pre.Apply(frame, rgb)
+		if err != nil {
+			return err
+		}
+		var at time.Time
+		if fps > 0 {
+			at = at.Add(time.Duration(float64(seq-1) / fps * float64(time.Second)))
+		}
+		if err := fn(Frame{Camera: cfg.Name, Seq: seq, Time: at, RGB: rgb, Size: cfg.Size, View: view}); err != nil {
+			return err
+		}
+	}
+	return ctx.Err()
+}

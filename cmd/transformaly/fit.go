@@ -228,21 +228,24 @@ type scoreLine struct {
 	Anomalous    bool      `json:"anomalous"`
 	Threshold    float64   `json:"threshold"`
 	Embedding    []float32 `json:"embedding,omitempty"`
+	// Frame and Seconds place a video frame in its file (videos only).
+	Frame   uint64   `json:"frame,omitempty"`
+	Seconds *float64 `json:"seconds,omitempty"`
 }
 
 func scoreCommand(fs *pflag.FlagSet) func([]string) error {
 	var model modelFlags
 	var rt runtimeFlags
 	model.register(fs)
-	asJSON := fs.Bool("json", false, "print one JSON object a line: path, score, ll_pretrained, ll_student, block_errors, anomalous, threshold")
+	asJSON := fs.Bool("json", false, "print one JSON object a line: path, score, ll_pretrained, ll_student, block_errors, anomalous, threshold (and frame, seconds for videos)")
 	withEmbedding := fs.Bool("embedding", false, "include the teacher's embedding")
-	heatmaps := fs.String("heatmap", "", "write each image with its per-patch anomaly heatmap as DIR/<name>.heatmap.jpg")
+	heatmaps := fs.String("heatmap", "", "write each image (and each anomalous video frame) with its per-patch anomaly heatmap as DIR/<name>[-<frame>].heatmap.jpg")
 	heatmapSide := fs.Int("heatmap-size", 1280, "longest side of the heatmap images in pixels (smaller images keep their size)")
 	batch := fs.Int("batch-size", 8, "images per ONNX Runtime call")
 	rt.register(fs)
 	return func(args []string) error {
 		if len(args) == 0 {
-			return usageError("no images given")
+			return usageError("no images or videos given")
 		}
 		det, err := model.load(rt)
 		if err != nil {
@@ -259,19 +262,22 @@ func scoreCommand(fs *pflag.FlagSet) func([]string) error {
 			}
 		}
 		enc := json.NewEncoder(os.Stdout)
-		failed, err := scoreFilesWithViews(det, args, max(*batch, 1), *heatmaps != "", threshold, func(p string, view *capture.View, r detector.Result) error {
-			if *heatmaps != "" {
+		emit := func(line scoreLine, view *capture.View, r detector.Result) error {
+			if *heatmaps != "" && (line.Frame == 0 || r.Anomalous) {
 				jpg, err := heatmap.JPEG(view.BGR, view.Width, view.Height, r.TokenErrors, len(det.Info.Blocks), *heatmapSide)
 				if err != nil {
 					return err
 				}
-				out := filepath.Join(*heatmaps, strings.TrimSuffix(filepath.Base(p), filepath.Ext(p))+".heatmap.jpg")
-				if err := os.WriteFile(out, jpg, 0o644); err != nil {
+				name := strings.TrimSuffix(filepath.Base(line.Path), filepath.Ext(line.Path))
+				if line.Frame > 0 {
+					name += fmt.Sprintf("-%06d", line.Frame)
+				}
+				if err := os.WriteFile(filepath.Join(*heatmaps, name+".heatmap.jpg"), jpg, 0o644); err != nil {
 					return fmt.Errorf("--heatmap: %w", err)
 				}
 			}
-			line := scoreLine{Path: p, Score: r.Score, LLPretrained: r.LLPretrained, LLStudent: r.LLStudent,
-				BlockErrors: r.BlockErrors, Anomalous: r.Anomalous, Threshold: threshold}
+			line.Score, line.LLPretrained, line.LLStudent = r.Score, r.LLPretrained, r.LLStudent
+			line.BlockErrors, line.Anomalous, line.Threshold = r.BlockErrors, r.Anomalous, threshold
 			if *withEmbedding {
 				line.Embedding = r.Embedding
 			}
@@ -282,10 +288,31 @@ func scoreCommand(fs *pflag.FlagSet) func([]string) error {
 			if r.Anomalous {
 				verdict = "ANOMALOUS"
 			}
-			_, err := fmt.Printf("%s\tscore=%.3f\t%s\tll_pretrained=%.3f\tll_student=%.3f\tblock_errors=%v\n", p, r.Score, verdict, r.LLPretrained, r.LLStudent, r.BlockErrors)
+			where := line.Path
+			if line.Frame > 0 {
+				where += fmt.Sprintf("#%d", line.Frame)
+			}
+			_, err := fmt.Printf("%s\tscore=%.3f\t%s\tll_pretrained=%.3f\tll_student=%.3f\tblock_errors=%v\n", where, r.Score, verdict, r.LLPretrained, r.LLStudent, r.BlockErrors)
 			return err
+		}
+		var images, videos []string
+		for _, p := range args {
+			if capture.ImageExtensions[strings.ToLower(filepath.Ext(p))] {
+				images = append(images, p)
+			} else {
+				videos = append(videos, p)
+			}
+		}
+		failed, err := scoreFilesWithViews(det, images, max(*batch, 1), *heatmaps != "", threshold, func(p string, view *capture.View, r detector.Result) error {
+			return emit(scoreLine{Path: p}, view, r)
 		})
-		return unreadable(failed, len(args), err)
+		for _, v := range videos {
+			if err != nil {
+				break
+			}
+			err = scoreVideo(det, v, max(*batch, 1), *heatmaps != "", threshold, emit)
+		}
+		return unreadable(failed, len(images), err)
 	}
 }
 
