@@ -14,10 +14,11 @@ import (
 )
 
 // BenchmarkDaemon runs the built daemon as its own process (file cameras
-// at full speed, the embedded broker) with 1 and 4 cameras and reports
-// scored frames/s, capture-to-publish latency p50/p99 from its stats, and
-// the process's peak RSS. The model is the test fixture's (dim 64, 4
-// blocks, 48 px); the video is 640x640 MJPG.
+// at full speed, the embedded broker) with 1 and 4 cameras, snapshots on
+// (the default: full frames kept) and off, and reports scored frames/s,
+// capture-to-publish latency p50/p99 from its stats, and the process's peak
+// RSS. The model is the test fixture's (dim 64, 4 blocks, 48 px); the video
+// is 640x640 MJPG.
 func BenchmarkDaemon(b *testing.B) {
 	f := getDaemonFixture(b)
 	dir := b.TempDir()
@@ -25,8 +26,12 @@ func BenchmarkDaemon(b *testing.B) {
 	if err := synth.WriteVideo(video, 640, 25, []string{synth.Normal, synth.Missing, synth.Normal}, 10, 1); err != nil {
 		b.Fatal(err)
 	}
-	for _, cams := range []int{1, 4} {
-		b.Run(fmt.Sprintf("cameras=%d", cams), func(b *testing.B) {
+	for _, c := range []struct {
+		cams      int
+		snapshots bool
+	}{{1, true}, {1, false}, {4, true}, {4, false}} {
+		cams := c.cams
+		b.Run(fmt.Sprintf("cameras=%d/snapshots=%v", cams, c.snapshots), func(b *testing.B) {
 			for range b.N {
 				port := freePort(b)
 				var cfg strings.Builder
@@ -34,7 +39,7 @@ func BenchmarkDaemon(b *testing.B) {
 				for i := range cams {
 					fmt.Fprintf(&cfg, "  - {name: cam%d, source: %q, model: %q, loop: true}\n", i, video, f.bundle)
 				}
-				fmt.Fprintf(&cfg, "mqtt: {broker: embedded, embedded_address: \"127.0.0.1:%d\", stats_interval: 3s}\nmetrics: {address: \"off\"}\nstate_directory: %q\n", port, b.TempDir())
+				fmt.Fprintf(&cfg, "mqtt: {broker: embedded, embedded_address: \"127.0.0.1:%d\", stats_interval: 3s, snapshots: %v}\nmetrics: {address: \"off\"}\nstate_directory: %q\n", port, c.snapshots, b.TempDir())
 				d := startDaemon(b, cfg.String())
 				waitForPort(b, port)
 				sub := subscribe(b, fmt.Sprintf("tcp://127.0.0.1:%d", port), "transformaly/stats", fmt.Sprintf("bench-%d", cams))
