@@ -168,8 +168,15 @@ func (p *Publisher) keepConnected(ctx context.Context, broker string) {
 	wait := firstWait
 	for ctx.Err() == nil {
 		tok := p.client.Connect()
-		// paho gives up on an attempt after its ConnectTimeout (10 s).
-		if tok.WaitTimeout(15*time.Second) && tok.Error() == nil {
+		// paho gives up on an attempt after its ConnectTimeout (10 s); a
+		// shutdown does not wait for it.
+		select {
+		case <-ctx.Done():
+			return
+		case <-tok.Done():
+		case <-time.After(15 * time.Second):
+		}
+		if tok.Error() == nil && p.client.IsConnectionOpen() {
 			wait = firstWait
 			select {
 			case <-ctx.Done():
