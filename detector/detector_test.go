@@ -12,10 +12,12 @@ import (
 	"github.com/transformaly/transformaly/models"
 )
 
-// A bundle's weights are read by ONNX Runtime from the bundle file itself,
-// whatever it is called now and wherever the process runs: scores equal
-// those of the same graph opened from memory.
-func TestLoadReadsWeightsFromTheBundleFile(t *testing.T) {
+// A bundle loads under whatever name it has now and wherever the process
+// runs, inline or (past protobuf's 2 GiB) through a private copy, and scores
+// as the same graph opened from memory. Either way ONNX Runtime does not
+// depend on the user's file afterwards: a new bundle copied over it in
+// place (truncating the same file) once crashed the process with SIGBUS.
+func TestLoadedBundleOutlivesItsFile(t *testing.T) {
 	v, err := models.RandomViT(models.Config{Dim: 64, Depth: 3, Heads: 4, Patch: 8, ImageSize: 32}, 4)
 	if err != nil {
 		t.Fatal(err)
@@ -34,15 +36,7 @@ func TestLoadReadsWeightsFromTheBundleFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	if err := models.WriteBundle(filepath.Join(dir, "first.tfy"), m); err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(dir, "second.tfy")
-	if err := os.Rename(filepath.Join(dir, "first.tfy"), path); err != nil {
-		t.Fatal(err)
-	}
 	t.Chdir(t.TempDir()) // the bundle's folder is not the working directory
-
 	images := make([]byte, 3*32*32*3)
 	for i := range images {
 		images[i] = byte(rng.IntN(256))
@@ -56,19 +50,37 @@ func TestLoadReadsWeightsFromTheBundleFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := detector.Load(path, detector.RunnerOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
-	got, err := d.Score(images, 3, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := range got {
-		if float32(got[i].Score) != want[0].Data[i] {
-			t.Errorf("image %d: score %g from the file, %g from memory", i, got[i].Score, want[0].Data[i])
+	path := filepath.Join(dir, "second.tfy")
+	for _, viaCopy := range []bool{false, true} {
+		if err := models.WriteBundle(filepath.Join(dir, "first.tfy"), m); err != nil {
+			t.Fatal(err)
 		}
+		if err := os.Rename(filepath.Join(dir, "first.tfy"), path); err != nil {
+			t.Fatal(err)
+		}
+		restore := detector.SetInlineFits(func(models.ModelFile) bool { return !viaCopy })
+		d, err := detector.Load(path, detector.RunnerOptions{})
+		restore()
+		if err != nil {
+			t.Fatalf("private copy %v: %v", viaCopy, err)
+		}
+		// cp new.tfy second.tfy: the same file, truncated and rewritten.
+		if err := os.WriteFile(path, []byte("a new bundle on its way"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		got, err := d.Score(images, 3, 0)
+		d.Close()
+		if err != nil {
+			t.Fatalf("private copy %v: %v", viaCopy, err)
+		}
+		for i := range got {
+			if float32(got[i].Score) != want[0].Data[i] {
+				t.Errorf("private copy %v, image %d: score %g from the file, %g from memory", viaCopy, i, got[i].Score, want[0].Data[i])
+			}
+		}
+	}
+	if left, _ := filepath.Glob(filepath.Join(os.TempDir(), "transformaly-model-*")); len(left) > 0 {
+		t.Errorf("private copies left behind: %v", left)
 	}
 
 	// A format 1 bundle (weights inline, as the first release wrote them)

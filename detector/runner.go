@@ -4,6 +4,7 @@ package detector
 
 import (
 	"fmt"
+	"os"
 
 	onnx "github.com/yalue/onnxruntime_go"
 
@@ -70,16 +71,36 @@ func NewRunner(model []byte, size int, outputs []string, opts RunnerOptions) (*R
 	return r, nil
 }
 
-// NewFileRunner is NewRunner over a model read from a file, its weights
-// read by ONNX Runtime from that file.
+// NewFileRunner is NewRunner over a model read from a file (see
+// models.WriteModelFile). ONNX Runtime memory-maps a model's external data
+// and runs the CPU provider on those very pages, so it never gets the
+// user's file: a new bundle copied over it in place (cp truncates and
+// rewrites the same file) would crash the process with SIGBUS. A model
+// under protobuf's 2 GiB limit goes in inline; a bigger one through a
+// private copy in the temporary directory, removed once the session holds
+// its weights.
 func NewFileRunner(mf models.ModelFile, size int, outputs []string, opts RunnerOptions) (*Runner, error) {
-	dir, err := mf.ExternalDataDir()
+	if inlineFits(mf) {
+		model, err := mf.Inline()
+		if err != nil {
+			return nil, err
+		}
+		return NewRunner(model, size, outputs, opts)
+	}
+	private, remove, err := mf.PrivateCopy(os.TempDir())
 	if err != nil {
 		return nil, err
 	}
-	opts.externalDataDir = dir
-	return NewRunner(mf.Proto, size, outputs, opts)
+	defer remove()
+	if opts.externalDataDir, err = private.ExternalDataDir(); err != nil {
+		return nil, err
+	}
+	return NewRunner(private.Proto, size, outputs, opts)
 }
+
+// inlineFits is models.ModelFile.InlineFits, replaceable by tests of the
+// other path.
+var inlineFits = models.ModelFile.InlineFits
 
 // Size is the image side length the graph takes.
 func (r *Runner) Size() int { return r.size }

@@ -28,9 +28,10 @@ import (
 // (number weightsField, which every protobuf parser skips) holding the raw
 // weights, and the ModelProto's own fields follow, so the whole file still
 // parses as the ModelProto; each large initializer points at its bytes
-// inside that first field by absolute file offset. ONNX Runtime reads them
-// from the file (see ExternalDataDir), and any ONNX tool that opens the file
-// by its path finds them too, until it is renamed.
+// inside that first field by absolute file offset. Any ONNX tool that opens
+// the file by its path finds them, until it is renamed. (The detector hands
+// ONNX Runtime the model inline, or a private copy past 2 GiB: see
+// detector.NewFileRunner.)
 
 const (
 	weightsField protowire.Number = 1000
@@ -238,9 +239,9 @@ func ReadModelFile(path string) (ModelFile, error) {
 	return mf, nil
 }
 
-// Float32Initializers reads every float32 initializer, inline or external,
-// by name.
-func (f ModelFile) Float32Initializers() (map[string]Tensor, error) {
+// withWeights is the model with every external initializer's bytes read
+// from the file and put inline.
+func (f ModelFile) withWeights() (*onnxpb.ModelProto, error) {
 	var m onnxpb.ModelProto
 	if err := proto.Unmarshal(f.Proto, &m); err != nil {
 		return nil, fmt.Errorf("decode %s: %w", f.Path, err)
@@ -250,30 +251,90 @@ func (f ModelFile) Float32Initializers() (map[string]Tensor, error) {
 		return nil, err
 	}
 	defer file.Close()
+	for _, t := range m.GetGraph().GetInitializer() {
+		if t.GetDataLocation() != onnxpb.TensorProto_EXTERNAL {
+			continue
+		}
+		var off, length int64
+		for _, e := range t.GetExternalData() {
+			switch e.GetKey() {
+			case "offset":
+				off, err = strconv.ParseInt(e.GetValue(), 10, 64)
+			case "length":
+				length, err = strconv.ParseInt(e.GetValue(), 10, 64)
+			}
+			if err != nil {
+				return nil, fmt.Errorf("decode %s: initializer %s: %w", f.Path, t.GetName(), err)
+			}
+		}
+		raw := make([]byte, length)
+		if _, err := file.ReadAt(raw, off); err != nil {
+			return nil, fmt.Errorf("decode %s: initializer %s: %w", f.Path, t.GetName(), err)
+		}
+		t.RawData, t.DataLocation, t.ExternalData = raw, nil, nil
+	}
+	return &m, nil
+}
+
+// Inline is the model with its weights inside the protobuf, to open from
+// memory with no tie to the file; it fails past protobuf's 2 GiB limit
+// (InlineFits says beforehand).
+func (f ModelFile) Inline() ([]byte, error) {
+	m, err := f.withWeights()
+	if err != nil {
+		return nil, err
+	}
+	return Serialize(m)
+}
+
+// InlineFits says whether the model fits in one protobuf with its weights.
+func (f ModelFile) InlineFits() bool {
+	st, err := os.Stat(f.Path)
+	return err == nil && st.Size() <= maxProtoSize
+}
+
+// PrivateCopy copies the model file into dir under a fresh name, for ONNX
+// Runtime to read from where nobody else writes; remove deletes the copy.
+func (f ModelFile) PrivateCopy(dir string) (ModelFile, func(), error) {
+	src, err := os.Open(f.Path)
+	if err != nil {
+		return ModelFile{}, nil, err
+	}
+	defer src.Close()
+	dst, err := os.CreateTemp(dir, "transformaly-model-*.onnx")
+	if err != nil {
+		return ModelFile{}, nil, fmt.Errorf("private copy of %s: %w", f.Path, err)
+	}
+	remove := func() { os.Remove(dst.Name()) }
+	_, err = io.Copy(dst, src)
+	if cerr := dst.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		remove()
+		return ModelFile{}, nil, fmt.Errorf("private copy of %s: %w", f.Path, err)
+	}
+	cp, err := ReadModelFile(dst.Name())
+	if err != nil {
+		remove()
+		return ModelFile{}, nil, err
+	}
+	return cp, remove, nil
+}
+
+// Float32Initializers reads every float32 initializer, inline or external,
+// by name.
+func (f ModelFile) Float32Initializers() (map[string]Tensor, error) {
+	m, err := f.withWeights()
+	if err != nil {
+		return nil, err
+	}
 	weights := map[string]Tensor{}
 	for _, t := range m.GetGraph().GetInitializer() {
 		if t.GetDataType() != Float32 {
 			continue
 		}
 		raw := t.GetRawData()
-		if t.GetDataLocation() == onnxpb.TensorProto_EXTERNAL {
-			var off, length int64
-			for _, e := range t.GetExternalData() {
-				switch e.GetKey() {
-				case "offset":
-					off, err = strconv.ParseInt(e.GetValue(), 10, 64)
-				case "length":
-					length, err = strconv.ParseInt(e.GetValue(), 10, 64)
-				}
-				if err != nil {
-					return nil, fmt.Errorf("decode %s: initializer %s: %w", f.Path, t.GetName(), err)
-				}
-			}
-			raw = make([]byte, length)
-			if _, err := file.ReadAt(raw, off); err != nil {
-				return nil, fmt.Errorf("decode %s: initializer %s: %w", f.Path, t.GetName(), err)
-			}
-		}
 		shape := make([]int, len(t.GetDims()))
 		for i, d := range t.GetDims() {
 			shape[i] = int(d)
