@@ -307,13 +307,25 @@ func validate(tr *Trainer, images *Images, val []int, batch int) ([]float64, err
 	return loss, nil
 }
 
-// featureRunner opens the detector graph of the final students, through a
-// model file beside the bundle: teacher and students together can be too
-// big for a model in memory (see models.WriteModelFile). The file goes
-// when the runner is closed.
+// featureRunner opens the detector graph of the final students: from
+// memory, or when teacher and students together pass protobuf's 2 GiB
+// (ViT-L) through a model file beside the bundle, removed when the runner
+// is closed.
 func (o *Options) featureRunner(students []models.Block, size int) (*detector.Runner, func(), error) {
 	graph, err := models.DetectorGraph(o.Teacher, o.Blocks, students)
 	if err != nil {
+		return nil, nil, err
+	}
+	outputs := []string{models.OutputEmbedding, models.OutputBlockErrors}
+	model, err := models.Serialize(graph)
+	switch {
+	case err == nil:
+		r, err := detector.NewRunner(model, size, outputs, o.runnerOptions())
+		if err != nil {
+			return nil, nil, err
+		}
+		return r, func() { r.Close() }, nil
+	case !errors.Is(err, models.ErrTooLarge):
 		return nil, nil, err
 	}
 	path := filepath.Join(filepath.Dir(o.Out), "."+filepath.Base(o.Out)+".features.onnx")
@@ -323,7 +335,7 @@ func (o *Options) featureRunner(students []models.Block, size int) (*detector.Ru
 	mf, err := models.ReadModelFile(path)
 	if err == nil {
 		var r *detector.Runner
-		if r, err = detector.NewFileRunner(mf, size, []string{models.OutputEmbedding, models.OutputBlockErrors}, o.runnerOptions()); err == nil {
+		if r, err = detector.NewFileRunner(mf, size, outputs, o.runnerOptions()); err == nil {
 			return r, func() { r.Close(); os.Remove(path) }, nil
 		}
 	}

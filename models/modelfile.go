@@ -49,13 +49,16 @@ const (
 	weightsHashKey = "transformaly.weights_sha256"
 )
 
+// ErrTooLarge is Serialize's error for a model past protobuf's 2 GiB limit.
+var ErrTooLarge = errors.New("over protobuf's 2 GiB limit for a model in memory")
+
 // Serialize encodes a model to hand to ONNX Runtime from memory. A model over
-// protobuf's 2 GiB limit cannot travel that way; WriteModelFile stores any
-// size.
+// protobuf's 2 GiB limit cannot travel that way (ErrTooLarge);
+// WriteModelFile stores any size.
 func Serialize(m *onnxpb.ModelProto) ([]byte, error) {
 	if n := proto.Size(m); n > maxProtoSize {
-		return nil, fmt.Errorf("serialise ONNX graph %s: %.2f GB is over protobuf's 2 GiB limit for an in-memory model (a smaller teacher or fewer --blocks fit)",
-			m.GetGraph().GetName(), float64(n)/1e9)
+		return nil, fmt.Errorf("serialise ONNX graph %s: %.2f GB is %w (a smaller teacher or fewer --blocks fit)",
+			m.GetGraph().GetName(), float64(n)/1e9, ErrTooLarge)
 	}
 	data, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
 	if err != nil {
