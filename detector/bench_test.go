@@ -68,7 +68,7 @@ func BenchmarkGraphs(b *testing.B) {
 			students[i] = models.XavierBlock(v.Config, rng)
 		}
 		teacherFLOPs, blockFLOPs := v.ForwardFLOPs()
-		teacher, err := models.TeacherGraph(v, nil)
+		teacher, err := models.TeacherGraph(v)
 		if err != nil {
 			b.Fatal(err)
 		}

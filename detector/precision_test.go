@@ -112,7 +112,7 @@ func TestGPUTrainingStepMatchesCPU(t *testing.T) {
 		t.Fatal(err)
 	}
 	blocks := []int{2, 3}
-	graph, err := models.TrainingGraph(v, blocks, true)
+	graph, err := models.TrainingGraph(v, blocks, true, models.FromImages)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,7 +21,7 @@ func TestProviderSelectionAndFallback(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	graph, err := models.TeacherGraph(v, nil)
+	graph, err := models.TeacherGraph(v)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"runtime"
 	"sort"
@@ -16,15 +15,12 @@ import (
 )
 
 // Images is a set of decoded images of one size, packed RGB, decoded once
-// and read back batch by batch each epoch: in memory while they fit the
-// budget, else in a temporary file (read through the page cache), so a fit
-// over tens of thousands of images stays within bounded memory.
+// and read back batch by batch each epoch.
 type Images struct {
 	Size  int
 	Paths []string
-	slot  []int    // where image i is stored, in images
-	mem   []byte   // in memory ...
-	file  *os.File // ... or spilled to disk
+	slot  []int // where image i is stored, in store
+	store *records
 }
 
 // Len is the number of images.
@@ -38,25 +34,15 @@ func (im *Images) Batch(idx []int, buf []byte) ([]byte, error) {
 	}
 	buf = buf[:len(idx)*n]
 	for k, i := range idx {
-		dst := buf[k*n : (k+1)*n]
-		if im.file == nil {
-			copy(dst, im.mem[im.slot[i]*n:])
-		} else if _, err := im.file.ReadAt(dst, int64(im.slot[i])*int64(n)); err != nil {
-			return nil, fmt.Errorf("read decoded image %s back: %w", im.Paths[i], err)
+		if err := im.store.get(im.slot[i], buf[k*n:(k+1)*n]); err != nil {
+			return nil, fmt.Errorf("decoded image %s: %w", im.Paths[i], err)
 		}
 	}
 	return buf, nil
 }
 
-// Close removes the spill file, if any.
-func (im *Images) Close() error {
-	if im.file == nil {
-		return nil
-	}
-	name := im.file.Name()
-	im.file.Close()
-	return os.Remove(name)
-}
+// Close frees the images (removing their spill file, if any).
+func (im *Images) Close() error { return im.store.close() }
 
 // ListImages returns the image files (png, jpg, jpeg, bmp) under dir,
 // recursively, sorted.
@@ -83,18 +69,11 @@ func ListImages(dir string) ([]string, error) {
 // beyond. Files that cannot be read are logged, left out and returned as
 // errors; the caller decides whether what is left is enough.
 func LoadImages(ctx context.Context, paths []string, size int, memoryBudget int64, spillDir string) (*Images, []error, error) {
-	n := size * size * 3
-	im := &Images{Size: size}
-	if total := int64(len(paths)) * int64(n); total > memoryBudget {
-		f, err := os.CreateTemp(spillDir, ".transformaly-images-*")
-		if err != nil {
-			return nil, nil, fmt.Errorf("decoded images need %d MB, over the %d MB memory budget, and no spill file can be made: %w", total>>20, memoryBudget>>20, err)
-		}
-		im.file = f
-		slog.Info("decoded images go to a temporary file", "mb", total>>20, "budget_mb", memoryBudget>>20, "file", f.Name())
-	} else {
-		im.mem = make([]byte, len(paths)*n)
+	store, err := newRecords(len(paths), size*size*3, memoryBudget, spillDir, "decoded images")
+	if err != nil {
+		return nil, nil, err
 	}
+	im := &Images{Size: size, store: store}
 	ok := make([]bool, len(paths))
 	errs := make([]error, len(paths))
 	var wg sync.WaitGroup
@@ -105,10 +84,8 @@ func LoadImages(ctx context.Context, paths []string, size int, memoryBudget int6
 			defer wg.Done()
 			for i := range next {
 				img, _, err := capture.ReadImageRGB(paths[i], size, false)
-				if err == nil && im.file != nil {
-					_, err = im.file.WriteAt(img, int64(i)*int64(n))
-				} else if err == nil {
-					copy(im.mem[i*n:], img)
+				if err == nil {
+					err = store.put(i, img)
 				}
 				errs[i], ok[i] = err, err == nil
 			}

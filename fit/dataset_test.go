@@ -35,7 +35,7 @@ func TestImagesSpillToDiskBeyondTheBudget(t *testing.T) {
 		if im.Len() != 5 || len(failed) != 1 {
 			t.Fatalf("budget %d: %d images, %d failures", budget, im.Len(), len(failed))
 		}
-		if spilled := im.file != nil; spilled != (budget == 100) {
+		if spilled := im.store.file != nil; spilled != (budget == 100) {
 			t.Errorf("budget %d: spilled=%v", budget, spilled)
 		}
 		buf, err := im.Batch([]int{3, 1}, nil)
@@ -46,7 +46,7 @@ func TestImagesSpillToDiskBeyondTheBudget(t *testing.T) {
 			t.Errorf("budget %d: batch starts %v, image 1 starts %v", budget, buf[:3], buf[8*8*3:8*8*3+3])
 		}
 		im.Close()
-		if left, _ := filepath.Glob(filepath.Join(dir, ".transformaly-images-*")); len(left) > 0 {
+		if left, _ := filepath.Glob(filepath.Join(dir, ".transformaly-decoded-images-*")); len(left) > 0 {
 			t.Errorf("spill file left behind: %v", left)
 		}
 	}

@@ -45,15 +45,20 @@ type Options struct {
 	// MemoryBudget bounds the decoded images kept in memory (bytes; 0:
 	// DefaultMemoryBudget); beyond it they go to a temporary file beside Out.
 	MemoryBudget int64
-	Out          string // bundle path
-	Resume       bool
+	// ActivationCache bounds the teacher's activations cached for training
+	// (bytes; 0: DefaultActivationCache; negative: the teacher runs in every
+	// step). They stay in memory within what MemoryBudget leaves, and go to
+	// a temporary file beside Out beyond it.
+	ActivationCache int64
+	Out             string // bundle path
+	Resume          bool
 	// Progress, when set, is called after every batch and epoch.
 	Progress func(Progress)
 }
 
 // Progress reports where a fit is.
 type Progress struct {
-	Phase           string // "train" or "features"
+	Phase           string // "teacher" (caching its activations), "train" or "features"
 	Epoch, Epochs   int    // 1-based
 	Batch, Batches  int
 	ImagesPerSecond float64
@@ -83,6 +88,17 @@ func DefaultBlocks(depth int) []int {
 	}
 	return b
 }
+
+func (o *Options) memoryBudget() int64 {
+	if o.MemoryBudget <= 0 {
+		return DefaultMemoryBudget
+	}
+	return o.MemoryBudget
+}
+
+// spillDir takes what does not fit in memory: beside the bundle, where
+// there is room for it.
+func (o *Options) spillDir() string { return filepath.Dir(o.Out) }
 
 // StatePath is where an unfinished fit of the bundle out keeps its epochs.
 func StatePath(out string) string { return out + ".fit-state" }
@@ -127,11 +143,7 @@ func Run(ctx context.Context, o Options) (models.BundleInfo, error) {
 		return info, fmt.Errorf("fit: no images (png, jpg, jpeg, bmp) under %s", o.NormalDir)
 	}
 	slog.Info("reading normal images", "dir", o.NormalDir, "files", len(paths), "size", o.Teacher.ImageSize)
-	budget := o.MemoryBudget
-	if budget <= 0 {
-		budget = DefaultMemoryBudget
-	}
-	images, failed, err := LoadImages(ctx, paths, o.Teacher.ImageSize, budget, filepath.Dir(o.Out))
+	images, failed, err := LoadImages(ctx, paths, o.Teacher.ImageSize, o.memoryBudget(), o.spillDir())
 	if err != nil {
 		return info, err
 	}
@@ -152,15 +164,23 @@ func Run(ctx context.Context, o Options) (models.BundleInfo, error) {
 	if err != nil {
 		return info, err
 	}
-	tr, err := NewTrainer(o.Teacher, o.Blocks, state.students, o.LR, o.runnerOptions())
+	input, batches, err := o.batches(ctx, images, o.Epochs-state.epoch)
+	if err != nil {
+		return info, err
+	}
+	defer batches.close()
+	tr, err := NewTrainer(o.Teacher, o.Blocks, state.students, o.LR, o.runnerOptions(), input)
 	if err != nil {
 		return info, err
 	}
 	defer tr.Close()
 	slog.Info("training", "provider", tr.Provider, "blocks", o.Blocks, "epochs", o.Epochs, "batch_size", o.BatchSize)
 	tr.restore(state)
-	if err := o.train(ctx, tr, images, train, val, state); err != nil {
+	if err := o.train(ctx, tr, batches, train, val, state); err != nil {
 		return info, err
+	}
+	if err := batches.close(); err != nil {
+		slog.Warn("freeing the teacher's cached activations", "err", err)
 	}
 	students := state.best
 	if len(val) == 0 {
@@ -206,9 +226,8 @@ func split(n int, fraction float64, seed uint64) (train, val []int) {
 	return train, val
 }
 
-func (o *Options) train(ctx context.Context, tr *Trainer, images *Images, train, val []int, st *fitState) error {
+func (o *Options) train(ctx context.Context, tr *Trainer, src batchSource, train, val []int, st *fitState) error {
 	batches := (len(train) + o.BatchSize - 1) / o.BatchSize
-	var buf []byte
 	epochStart := time.Now()
 	seen := 0
 	for epoch := st.epoch + 1; epoch <= o.Epochs; epoch++ {
@@ -220,11 +239,12 @@ func (o *Options) train(ctx context.Context, tr *Trainer, images *Images, train,
 				return fmt.Errorf("%w after %d finished epochs; run again with --resume to continue", ErrInterrupted, st.epoch)
 			}
 			idx := order[b*o.BatchSize : min((b+1)*o.BatchSize, len(order))]
-			var err error
-			if buf, err = images.Batch(idx, buf); err != nil {
+			in, err := src.batch(idx)
+			if err != nil {
 				return err
 			}
-			losses, err := tr.Step(buf, len(idx))
+			losses, err := tr.Step(in)
+			in.Destroy()
 			if err != nil {
 				return err
 			}
@@ -238,7 +258,7 @@ func (o *Options) train(ctx context.Context, tr *Trainer, images *Images, train,
 				ImagesPerSecond: rate, TrainLoss: lossSum / float64(b+1), ValLoss: math.NaN(),
 				Remaining: time.Duration(float64(left) / rate * float64(time.Second))})
 		}
-		valLoss, err := validate(tr, images, val, o.BatchSize)
+		valLoss, err := validate(tr, src, val, o.BatchSize)
 		if err != nil {
 			return err
 		}
@@ -283,20 +303,20 @@ func sum(xs []float64) float64 {
 
 // validate returns each block's mean error over the validation images
 // (nil without any).
-func validate(tr *Trainer, images *Images, val []int, batch int) ([]float64, error) {
+func validate(tr *Trainer, src batchSource, val []int, batch int) ([]float64, error) {
 	if len(val) == 0 {
 		return nil, nil
 	}
 	nb := len(tr.blocks)
 	loss := make([]float64, nb)
-	var buf []byte
 	for s := 0; s < len(val); s += batch {
 		idx := val[s:min(s+batch, len(val))]
-		var err error
-		if buf, err = images.Batch(idx, buf); err != nil {
+		in, err := src.batch(idx)
+		if err != nil {
 			return nil, err
 		}
-		errs, err := tr.BlockErrors(buf, len(idx))
+		errs, err := tr.BlockErrors(in)
+		in.Destroy()
 		if err != nil {
 			return nil, err
 		}

@@ -1,9 +1,13 @@
 package fit_test
 
 import (
+	"bytes"
 	"context"
+	"log/slog"
+	"math"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/transformaly/transformaly/fit"
@@ -39,5 +43,63 @@ func TestFitStopsWhenHeldOutLossStalls(t *testing.T) {
 	}
 	if info := run("all.tfy", 4, 0); info.Training.EpochsRun != 4 {
 		t.Errorf("without patience ran %d of 4 epochs", info.Training.EpochsRun)
+	}
+}
+
+// Training on the teacher's cached activations (in memory, or spilled to a
+// file past the memory budget) gives the students the same held-out losses
+// and the bundle the same threshold as running the teacher in every step;
+// a cache over its limit falls back to that, saying why.
+func TestActivationCacheTrainsAsTheTeacherDoes(t *testing.T) {
+	dir := t.TempDir()
+	v, err := models.RandomViT(models.Config{Dim: 32, Depth: 4, Heads: 2, Patch: 8, ImageSize: 32}, 6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	normal := filepath.Join(dir, "normal")
+	if _, err := synth.WriteParts(normal, 32, synth.Normal, 20, 3); err != nil {
+		t.Fatal(err)
+	}
+	// 20 images of 32x32 take 60 KB; their activations at boundaries 1..4
+	// (students on blocks 1 and 3) 170 KB.
+	run := func(name string, cache, memory int64) (models.BundleInfo, string) {
+		var logs bytes.Buffer
+		defer slog.SetDefault(slog.Default())
+		slog.SetDefault(slog.New(slog.NewTextHandler(&logs, nil)))
+		info, err := fit.Run(context.Background(), fit.Options{Teacher: v, NormalDir: normal, Blocks: []int{1, 3}, ValFraction: 0.25,
+			Epochs: 3, BatchSize: 4, LR: 1e-3, Whitening: 0.9, Quantile: 0.99, ActivationCache: cache, MemoryBudget: memory,
+			Out: filepath.Join(dir, name)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info, logs.String()
+	}
+	want, _ := run("every-step.tfy", -1, 0)
+	for _, tc := range []struct {
+		name          string
+		cache, memory int64
+		log           string
+	}{
+		{"in-memory", 0, 0, "in_memory=true"},
+		{"spilled", 0, 100 << 10, "in_memory=false"},
+		{"over-limit", 100 << 10, 0, "would need more than the limit"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, logs := run(tc.name+".tfy", tc.cache, tc.memory)
+			if !strings.Contains(logs, tc.log) {
+				t.Errorf("logs lack %q:\n%s", tc.log, logs)
+			}
+			for i, w := range want.Training.ValLosses {
+				if g := got.Training.ValLosses[i]; math.Abs(g-w) > 1e-5*math.Abs(w) {
+					t.Errorf("block %d: held-out loss %g, with the teacher in every step %g", i, g, w)
+				}
+			}
+			if math.Abs(got.Threshold-want.Threshold) > 1e-4*math.Abs(want.Threshold) {
+				t.Errorf("threshold %g, with the teacher in every step %g", got.Threshold, want.Threshold)
+			}
+			if left, _ := filepath.Glob(filepath.Join(dir, ".transformaly-*")); len(left) > 0 {
+				t.Errorf("temporary files left behind: %v", left)
+			}
+		})
 	}
 }

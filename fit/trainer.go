@@ -46,19 +46,23 @@ type Trainer struct {
 }
 
 // NewTrainer opens the training-step session (forward and backward) and a
-// forward-only session for validation over the given students, on the
-// first execution provider of opts that works (CPU, CUDA or TensorRT).
-func NewTrainer(teacher *models.ViT, blocks []int, students []models.Block, lr float64, opts detector.RunnerOptions) (*Trainer, error) {
+// forward-only session for validation over the given students, fed images
+// or the teacher's cached activations, on the first execution provider of
+// opts that works (CPU, CUDA or TensorRT).
+func NewTrainer(teacher *models.ViT, blocks []int, students []models.Block, lr float64, opts detector.RunnerOptions, input models.TrainingInput) (*Trainer, error) {
 	tr := &Trainer{cfg: teacher.Config, blocks: blocks, Students: students, LR: lr}
-	stepGraph, err := models.TrainingGraph(teacher, blocks, true)
+	stepGraph, err := models.TrainingGraph(teacher, blocks, true, input)
 	if err != nil {
 		return nil, err
 	}
-	evalGraph, err := models.TrainingGraph(teacher, blocks, false)
+	evalGraph, err := models.TrainingGraph(teacher, blocks, false, input)
 	if err != nil {
 		return nil, err
 	}
 	tr.inputs = []string{models.InputImages}
+	if input == models.FromActivations {
+		tr.inputs[0] = models.Activations
+	}
 	gradOutputs := []string{models.OutputLosses}
 	for k, b := range blocks {
 		for _, p := range tr.Students[k].Params(tr.cfg) {
@@ -116,38 +120,27 @@ func shape(dims []int) onnx.Shape {
 	return s
 }
 
-func (tr *Trainer) values(images []byte, n int) ([]onnx.Value, *onnx.Tensor[uint8], error) {
-	s := int64(tr.cfg.ImageSize)
-	if len(images) != n*int(s*s)*3 {
-		return nil, nil, fmt.Errorf("training: %d image bytes for %d images of %dx%d", len(images), n, s, s)
-	}
-	img, err := onnx.NewTensor(onnx.NewShape(int64(n), s, s, 3), images)
-	if err != nil {
-		return nil, nil, fmt.Errorf("training: image tensor: %w", err)
-	}
-	vals := []onnx.Value{img}
+// values are a batch (images or activations, as the trainer was made for)
+// followed by every parameter.
+func (tr *Trainer) values(batch onnx.Value) []onnx.Value {
+	vals := []onnx.Value{batch}
 	for _, t := range tr.tensors {
 		vals = append(vals, t)
 	}
-	return vals, img, nil
+	return vals
 }
 
 // Step runs forward and backward on a batch, applies one Adam update to
 // every student and returns each block's loss on the batch (before the
 // update).
-func (tr *Trainer) Step(images []byte, n int) ([]float32, error) {
+func (tr *Trainer) Step(batch onnx.Value) ([]float32, error) {
 	start := time.Now()
 	defer func() { tr.StepTime += time.Since(start) }()
-	ins, img, err := tr.values(images, n)
-	if err != nil {
-		return nil, err
-	}
-	defer img.Destroy()
 	outs := []onnx.Value{tr.losses}
 	for _, g := range tr.grads {
 		outs = append(outs, g)
 	}
-	if err := tr.step.Run(ins, outs); err != nil {
+	if err := tr.step.Run(tr.values(batch), outs); err != nil {
 		return nil, fmt.Errorf("training step: %w", err)
 	}
 	tr.t++
@@ -198,14 +191,9 @@ func adam(params, grads, m, v [][]float32, t int, lr float64) {
 
 // BlockErrors runs the students forward on a batch and returns the
 // per-image, per-block MSE, [n * len(blocks)].
-func (tr *Trainer) BlockErrors(images []byte, n int) ([]float32, error) {
-	ins, img, err := tr.values(images, n)
-	if err != nil {
-		return nil, err
-	}
-	defer img.Destroy()
+func (tr *Trainer) BlockErrors(batch onnx.Value) ([]float32, error) {
 	outs := []onnx.Value{nil}
-	if err := tr.eval.Run(ins, outs); err != nil {
+	if err := tr.eval.Run(tr.values(batch), outs); err != nil {
 		return nil, fmt.Errorf("validation: %w", err)
 	}
 	defer outs[0].Destroy()

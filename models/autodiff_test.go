@@ -336,9 +336,10 @@ func TestGradientRules(t *testing.T) {
 	}
 }
 
-// TestTrainingStepGradients checks the whole training-step graph: every
-// gradient of every student parameter against central finite differences of
-// the float64 reference loss (teacher blocks, student block, MSE).
+// TestTrainingStepGradients checks the whole training-step graph, fed
+// images or the teacher's cached activations: every gradient of every
+// student parameter against central finite differences of the float64
+// reference loss (teacher blocks, student block, MSE).
 func TestTrainingStepGradients(t *testing.T) {
 	cfg := models.Config{Dim: 16, Depth: 3, Heads: 2, MLPDim: 32, Patch: 8, ImageSize: 16}
 	v, err := models.RandomViT(cfg, 4)
@@ -347,60 +348,92 @@ func TestTrainingStepGradients(t *testing.T) {
 	}
 	cfg = v.Config
 	blocks := []int{0, 2}
-	rng := rand.New(rand.NewPCG(8, 8))
-	students := []models.Block{models.XavierBlock(cfg, rng), models.XavierBlock(cfg, rng)}
-	// Non-zero biases and non-unit norms, so their gradients are exercised
-	// away from the special point of a fresh init.
-	for k := range students {
-		for _, p := range students[k].Params(cfg) {
-			for j := range *p.Data {
-				(*p.Data)[j] += float32(0.05 * rng.NormFloat64())
-			}
-		}
-	}
-	graph, err := models.TrainingGraph(v, blocks, true)
-	if err != nil {
-		t.Fatal(err)
-	}
 	const n = 2
 	images := randomImages(n, cfg.ImageSize, 21)
-	got := runTraining(t, graph, cfg, blocks, students, images, n)
-
 	refs := make([]vitref.Result, n)
 	for i := range n {
 		refs[i] = vitref.Forward(v, images[i*cfg.ImageSize*cfg.ImageSize*3:(i+1)*cfg.ImageSize*cfg.ImageSize*3])
 	}
-	for k, b := range blocks {
-		loss := func() float64 {
-			total := 0.0
-			for _, ref := range refs {
-				for _, e := range vitref.TokenErrors(cfg, vitref.Block(cfg, students[k], ref.BlockIO[b]), ref.BlockIO[b+1]) {
-					total += e / float64(cfg.Tokens())
+	s := int64(cfg.ImageSize)
+	imageTensor, err := onnx.NewTensor(onnx.NewShape(n, s, s, 3), images)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer imageTensor.Destroy()
+	// The cached activations, taken from the reference forward pass.
+	bounds := models.ActivationBoundaries(blocks)
+	var acts []float32
+	for _, ref := range refs {
+		for _, k := range bounds {
+			for _, x := range ref.BlockIO[k] {
+				acts = append(acts, float32(x))
+			}
+		}
+	}
+	actTensor, err := onnx.NewTensor(onnx.NewShape(n, int64(len(bounds)), int64(cfg.Tokens()), int64(cfg.Dim)), acts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer actTensor.Destroy()
+
+	for _, tc := range []struct {
+		name  string
+		input models.TrainingInput
+		value onnx.Value
+	}{
+		{models.InputImages, models.FromImages, imageTensor},
+		{models.Activations, models.FromActivations, actTensor},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(8, 8))
+			students := []models.Block{models.XavierBlock(cfg, rng), models.XavierBlock(cfg, rng)}
+			// Non-zero biases and non-unit norms, so their gradients are
+			// exercised away from the special point of a fresh init.
+			for k := range students {
+				for _, p := range students[k].Params(cfg) {
+					for j := range *p.Data {
+						(*p.Data)[j] += float32(0.05 * rng.NormFloat64())
+					}
 				}
 			}
-			return total / n
-		}
-		if e := math.Abs(float64(got.losses[k])-loss()) / loss(); e > 1e-5 {
-			t.Errorf("block %d: loss %g, reference %g", b, got.losses[k], loss())
-		}
-		for _, p := range students[k].Params(cfg) {
-			fd := make([]float64, len(*p.Data))
-			for j := range fd {
-				x := (*p.Data)[j]
-				const h = 1e-3
-				up, down := x+h, x-h // float32: divide by the step actually taken
-				(*p.Data)[j] = up
-				lu := loss()
-				(*p.Data)[j] = down
-				ld := loss()
-				(*p.Data)[j] = x
-				fd[j] = (lu - ld) / (float64(up) - float64(down))
+			graph, err := models.TrainingGraph(v, blocks, true, tc.input)
+			if err != nil {
+				t.Fatal(err)
 			}
-			name := models.StudentParamName(b, p.Name)
-			if e := relErr(got.grads[name], fd); e > 2e-4 {
-				t.Errorf("%s: gradient relative error %.2g", name, e)
+			got := runTraining(t, graph, cfg, blocks, students, tc.name, tc.value)
+			for k, b := range blocks {
+				loss := func() float64 {
+					total := 0.0
+					for _, ref := range refs {
+						for _, e := range vitref.TokenErrors(cfg, vitref.Block(cfg, students[k], ref.BlockIO[b]), ref.BlockIO[b+1]) {
+							total += e / float64(cfg.Tokens())
+						}
+					}
+					return total / n
+				}
+				if e := math.Abs(float64(got.losses[k])-loss()) / loss(); e > 1e-5 {
+					t.Errorf("block %d: loss %g, reference %g", b, got.losses[k], loss())
+				}
+				for _, p := range students[k].Params(cfg) {
+					fd := make([]float64, len(*p.Data))
+					for j := range fd {
+						x := (*p.Data)[j]
+						const h = 1e-3
+						up, down := x+h, x-h // float32: divide by the step actually taken
+						(*p.Data)[j] = up
+						lu := loss()
+						(*p.Data)[j] = down
+						ld := loss()
+						(*p.Data)[j] = x
+						fd[j] = (lu - ld) / (float64(up) - float64(down))
+					}
+					name := models.StudentParamName(b, p.Name)
+					if e := relErr(got.grads[name], fd); e > 2e-4 {
+						t.Errorf("%s: gradient relative error %.2g", name, e)
+					}
+				}
 			}
-		}
+		})
 	}
 }
 
@@ -409,19 +442,18 @@ type trainingResult struct {
 	grads  map[string][]float32
 }
 
-func runTraining(t testing.TB, graph []byte, cfg models.Config, blocks []int, students []models.Block, images []uint8, n int) trainingResult {
+// runTraining runs a training-step graph on one batch, fed as the graph
+// input named input.
+func runTraining(t testing.TB, graph []byte, cfg models.Config, blocks []int, students []models.Block, input string, batch onnx.Value) trainingResult {
 	t.Helper()
 	opts, err := ort.SessionOptions(1)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer opts.Destroy()
-	names := []string{models.InputImages}
+	names := []string{input}
 	outputs := []string{models.OutputLosses}
-	s := cfg.ImageSize
-	img, _ := onnx.NewTensor(onnx.NewShape(int64(n), int64(s), int64(s), 3), images)
-	defer img.Destroy()
-	values := []onnx.Value{img}
+	values := []onnx.Value{batch}
 	for k, b := range blocks {
 		for _, p := range students[k].Params(cfg) {
 			name := models.StudentParamName(b, p.Name)

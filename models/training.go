@@ -2,6 +2,7 @@ package models
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 )
 
@@ -9,7 +10,84 @@ import (
 const (
 	OutputLosses = "losses" // float32 [len(blocks)]: each student's MSE over the batch
 	gradPrefix   = "grad."
+	// Activations carries the teacher's residual stream at each of
+	// ActivationBoundaries, float32 [N, len(boundaries), Tokens, Dim]: the
+	// output of TeacherActivationsGraph and the input of a training graph
+	// built FromActivations.
+	Activations = "activations"
 )
+
+// TrainingInput says what a training graph is fed.
+type TrainingInput int
+
+const (
+	// FromImages runs the teacher inside the graph on every step.
+	FromImages TrainingInput = iota
+	// FromActivations takes the teacher's activations, computed once by
+	// TeacherActivationsGraph and cached, so a fit pays for the teacher's
+	// forward pass once instead of once per epoch.
+	FromActivations
+)
+
+// ActivationBoundaries lists the places in the teacher's residual stream a
+// fit of students on blocks reads, sorted: k is block k's input and block
+// k-1's output, so blocks 2..11 read boundaries 2..12.
+func ActivationBoundaries(blocks []int) []int {
+	var b []int
+	for _, i := range blocks {
+		b = append(b, i, i+1)
+	}
+	slices.Sort(b)
+	return slices.Compact(b)
+}
+
+// TeacherActivationsGraph emits images -> the teacher's residual stream at
+// ActivationBoundaries(blocks), [N, K, Tokens, Dim] (Activations), running
+// only the blocks up to the last chosen one.
+func TeacherActivationsGraph(v *ViT, blocks []int) ([]byte, error) {
+	if err := checkTrainingBlocks(v, blocks); err != nil {
+		return nil, fmt.Errorf("teacher activations graph: %w", err)
+	}
+	c := v.Config
+	g := NewGraph()
+	ins := g.teacherPrefix(g.imagesInput(c), v, slices.Max(blocks)+1)
+	bounds := ActivationBoundaries(blocks)
+	shape := g.Shape(-1, 1, int64(c.Tokens()), int64(c.Dim))
+	var parts []string
+	for _, k := range bounds {
+		parts = append(parts, g.Op("Reshape", []string{ins[k], shape}))
+	}
+	acts := parts[0]
+	if len(parts) > 1 {
+		acts = g.Op("Concat", parts, AttrInt("axis", 1))
+	}
+	g.Output(Activations, acts, Float32, batchDim, len(bounds), c.Tokens(), c.Dim)
+	return g.Model("transformaly_teacher_activations", map[string]string{"config": c.Describe()})
+}
+
+func checkTrainingBlocks(v *ViT, blocks []int) error {
+	if len(blocks) == 0 {
+		return fmt.Errorf("no blocks chosen")
+	}
+	return checkBlocks(blocks, v.Depth)
+}
+
+// cachedActivations splits a FromActivations graph's input into the
+// residual stream at each boundary, as teacherPrefix returns it (entries
+// no student reads stay empty).
+func (g *Graph) cachedActivations(c Config, blocks []int) []string {
+	bounds := ActivationBoundaries(blocks)
+	acts := g.Input(Activations, Float32, batchDim, len(bounds), c.Tokens(), c.Dim)
+	parts := []string{acts}
+	if len(bounds) > 1 {
+		parts = g.OpN("Split", []string{acts}, len(bounds), AttrInt("axis", 1))
+	}
+	ins := make([]string, bounds[len(bounds)-1]+1)
+	for j, k := range bounds {
+		ins[k] = g.Op("Reshape", []string{parts[j], g.Shape(-1, int64(c.Dim))})
+	}
+	return ins
+}
 
 // StudentParamName names the graph input carrying parameter param (a
 // BlockParam name) of the student of teacher block i.
@@ -20,32 +98,26 @@ func StudentParamName(i int, param string) string { return "student." + strconv.
 func GradName(input string) string { return gradPrefix + input }
 
 // TrainingGraph emits one fit step for students of the given teacher blocks:
-// images -> the teacher up to the last chosen block -> each student fed the
-// teacher's input of its block -> per-image block errors [N, B]
-// (OutputBlockErrors) and per-block losses [B] (OutputLosses). With grads,
-// it also outputs the gradient of each block's loss with respect to each of
-// its student's parameters, which are graph inputs (StudentParamName) so one
-// session serves every step.
-func TrainingGraph(v *ViT, blocks []int, withGrads bool) ([]byte, error) {
-	if len(blocks) == 0 {
-		return nil, fmt.Errorf("training graph: no blocks chosen")
-	}
-	if err := checkBlocks(blocks, v.Depth); err != nil {
+// images -> the teacher up to the last chosen block (or, FromActivations,
+// the teacher's cached activations) -> each student fed the teacher's input
+// of its block -> per-image block errors [N, B] (OutputBlockErrors) and
+// per-block losses [B] (OutputLosses). With grads, it also outputs the
+// gradient of each block's loss with respect to each of its student's
+// parameters, which are graph inputs (StudentParamName) so one session
+// serves every step.
+func TrainingGraph(v *ViT, blocks []int, withGrads bool, input TrainingInput) ([]byte, error) {
+	if err := checkTrainingBlocks(v, blocks); err != nil {
 		return nil, fmt.Errorf("training graph: %w", err)
 	}
 	c := v.Config
 	g := NewGraph()
-	x := g.embedTokens(g.imagesInput(c), v)
-	ins := []string{x}
-	last := 0
-	for _, i := range blocks {
-		last = max(last, i)
-	}
-	// Only the teacher blocks the students need: ORT does not prune unused
-	// nodes.
-	for i := 0; i <= last; i++ {
-		x = g.block(x, g.blockWeights(fmt.Sprintf("teacher.%d", i), v.Blocks[i], c), c)
-		ins = append(ins, x)
+	var ins []string
+	if input == FromActivations {
+		ins = g.cachedActivations(c, blocks)
+	} else {
+		// Only the teacher blocks the students need: ORT does not prune
+		// unused nodes.
+		ins = g.teacherPrefix(g.imagesInput(c), v, slices.Max(blocks)+1)
 	}
 	t := int64(c.Tokens())
 	seeds := map[string]string{}

@@ -81,7 +81,7 @@ func TestBothLayoutsLoadToTheSameModel(t *testing.T) {
 		t.Fatalf("timm load: layout %s config %+v, want timm %+v", fromTimm.Layout, fromTimm.Config, v.Config)
 	}
 	images := randomImages(2, v.ImageSize, 4)
-	timmGraph, _ := models.TeacherGraph(fromTimm, nil)
+	timmGraph, _ := models.TeacherGraph(fromTimm)
 	want := runGraph(t, timmGraph, images, 2, v.ImageSize, models.OutputEmbedding)[0]
 
 	for _, prefix := range []string{"vit.", ""} {
@@ -100,7 +100,7 @@ func TestBothLayoutsLoadToTheSameModel(t *testing.T) {
 			if !reflect.DeepEqual(hf.Blocks, fromTimm.Blocks) || !reflect.DeepEqual(hf.PosEmbed, fromTimm.PosEmbed) {
 				t.Fatal("hf and timm weights differ")
 			}
-			g, _ := models.TeacherGraph(hf, nil)
+			g, _ := models.TeacherGraph(hf)
 			got := runGraph(t, g, images, 2, v.ImageSize, models.OutputEmbedding)[0]
 			if !reflect.DeepEqual(got, want) {
 				t.Errorf("embeddings differ between layouts")
@@ -128,9 +128,9 @@ func TestHuggingFaceEpsilonAndHeads(t *testing.T) {
 	}
 	// The epsilon matters: the embeddings differ measurably.
 	hf.Heads = 4
-	g1, _ := models.TeacherGraph(hf, nil)
+	g1, _ := models.TeacherGraph(hf)
 	hf.Eps = 1e-6
-	g2, _ := models.TeacherGraph(hf, nil)
+	g2, _ := models.TeacherGraph(hf)
 	img := randomImages(1, v.ImageSize, 3)
 	a := runGraph(t, g1, img, 1, v.ImageSize, models.OutputEmbedding)[0]
 	b := runGraph(t, g2, img, 1, v.ImageSize, models.OutputEmbedding)[0]

@@ -5,7 +5,6 @@ import (
 	"math"
 	"slices"
 	"sort"
-	"strconv"
 
 	"github.com/transformaly/transformaly/models/onnxpb"
 )
@@ -17,11 +16,6 @@ const (
 	OutputBlockErrors = "block_errors" // float32 [N, len(blocks)]: per-block MSE
 	OutputTokenErrors = "token_errors" // float32 [N, len(blocks), Tokens]: per-token MSE
 )
-
-// BlockInputName and BlockOutputName name the teacher graph's outputs that
-// expose block i's input and output, [N, Tokens, Dim].
-func BlockInputName(i int) string  { return "block_input_" + strconv.Itoa(i) }
-func BlockOutputName(i int) string { return "block_output_" + strconv.Itoa(i) }
 
 const batchDim = "batch"
 
@@ -173,13 +167,21 @@ func (g *Graph) finalEmbedding(x string, v *ViT) string {
 // teacherBody runs the embedding and every block, returning the embedding
 // value and each block's input (ins[i]) and output (ins[i+1]) as 2-D values.
 func (g *Graph) teacherBody(images string, v *ViT) (embedding string, ins []string) {
+	ins = g.teacherPrefix(images, v, v.Depth)
+	return g.finalEmbedding(ins[v.Depth], v), ins
+}
+
+// teacherPrefix runs the embedding and the teacher's first n blocks,
+// returning the residual stream before block 0 (ins[0]) and after each
+// block i (ins[i+1]) as [N*Tokens, Dim] values.
+func (g *Graph) teacherPrefix(images string, v *ViT, n int) []string {
 	x := g.embedTokens(images, v)
-	ins = []string{x}
-	for i, b := range v.Blocks {
-		x = g.block(x, g.blockWeights(fmt.Sprintf("teacher.%d", i), b, v.Config), v.Config)
+	ins := []string{x}
+	for i := range n {
+		x = g.block(x, g.blockWeights(fmt.Sprintf("teacher.%d", i), v.Blocks[i], v.Config), v.Config)
 		ins = append(ins, x)
 	}
-	return g.finalEmbedding(x, v), ins
+	return ins
 }
 
 func (g *Graph) imagesInput(c Config) string {
@@ -201,24 +203,12 @@ func checkBlocks(blocks []int, depth int) error {
 	return nil
 }
 
-// TeacherGraph emits the teacher: images -> embedding, plus the input and
-// output of every block in blockIO (for training the students).
-func TeacherGraph(v *ViT, blockIO []int) ([]byte, error) {
-	if err := checkBlocks(blockIO, v.Depth); err != nil {
-		return nil, fmt.Errorf("teacher graph: %w", err)
-	}
+// TeacherGraph emits the teacher: images -> embedding (feature 1 alone).
+func TeacherGraph(v *ViT) ([]byte, error) {
 	g := NewGraph()
-	c := v.Config
-	emb, ins := g.teacherBody(g.imagesInput(c), v)
-	g.Output(OutputEmbedding, emb, Float32, batchDim, c.Dim)
-	tokens := func(x string) string {
-		return g.Op("Reshape", []string{x, g.Shape(-1, int64(c.Tokens()), int64(c.Dim))})
-	}
-	for _, i := range blockIO {
-		g.Output(BlockInputName(i), tokens(ins[i]), Float32, batchDim, c.Tokens(), c.Dim)
-		g.Output(BlockOutputName(i), tokens(ins[i+1]), Float32, batchDim, c.Tokens(), c.Dim)
-	}
-	return g.Model("transformaly_teacher", map[string]string{"config": c.Describe()})
+	emb, _ := g.teacherBody(g.imagesInput(v.Config), v)
+	g.Output(OutputEmbedding, emb, Float32, batchDim, v.Dim)
+	return g.Model("transformaly_teacher", map[string]string{"config": v.Describe()})
 }
 
 // DetectorGraph emits teacher and students in one graph: images ->

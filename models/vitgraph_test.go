@@ -4,6 +4,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -23,36 +24,63 @@ func TestTeacherGraphMatchesReference(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			blocks := make([]int, v.Depth)
-			outputs := []string{models.OutputEmbedding}
-			for i := range blocks {
-				blocks[i] = i
-				outputs = append(outputs, models.BlockInputName(i), models.BlockOutputName(i))
-			}
-			graph, err := models.TeacherGraph(v, blocks)
+			graph, err := models.TeacherGraph(v)
 			if err != nil {
 				t.Fatal(err)
 			}
 			const n = 3
 			size := v.ImageSize
 			images := randomImages(n, size, 11)
-			got := runGraph(t, graph, images, n, size, outputs...)
-			td := v.Tokens() * v.Dim
+			got := runGraph(t, graph, images, n, size, models.OutputEmbedding)
 			for img := range n {
 				ref := vitref.Forward(v, images[img*size*size*3:(img+1)*size*size*3])
 				if e := relErr(got[0][img*v.Dim:(img+1)*v.Dim], ref.Embedding); e > tolerance {
 					t.Errorf("image %d: embedding relative error %.2g > %g", img, e, tolerance)
 				}
-				for i := range blocks {
-					if e := relErr(got[1+2*i][img*td:(img+1)*td], ref.BlockIO[i]); e > tolerance {
-						t.Errorf("image %d: block %d input relative error %.2g", img, i, e)
-					}
-					if e := relErr(got[2+2*i][img*td:(img+1)*td], ref.BlockIO[i+1]); e > tolerance {
-						t.Errorf("image %d: block %d output relative error %.2g", img, i, e)
-					}
-				}
 			}
 		})
+	}
+}
+
+// TestTeacherActivationsMatchReference checks the residual stream a fit
+// caches: every boundary a set of student blocks reads, in order, and no
+// other.
+func TestTeacherActivationsMatchReference(t *testing.T) {
+	v, err := models.RandomViT(models.Config{Dim: 32, Depth: 4, Heads: 2, Patch: 8, ImageSize: 16, MLPDim: 64}, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		blocks, bounds []int
+	}{
+		{[]int{0, 1, 2, 3}, []int{0, 1, 2, 3, 4}},
+		{[]int{2, 0}, []int{0, 1, 2, 3}},
+		{[]int{1}, []int{1, 2}},
+	} {
+		if got := models.ActivationBoundaries(tc.blocks); !slices.Equal(got, tc.bounds) {
+			t.Fatalf("blocks %v: boundaries %v, want %v", tc.blocks, got, tc.bounds)
+		}
+		graph, err := models.TeacherActivationsGraph(v, tc.blocks)
+		if err != nil {
+			t.Fatal(err)
+		}
+		const n = 2
+		size := v.ImageSize
+		images := randomImages(n, size, 13)
+		got := runGraph(t, graph, images, n, size, models.Activations)[0]
+		td := v.Tokens() * v.Dim
+		if len(got) != n*len(tc.bounds)*td {
+			t.Fatalf("blocks %v: %d activation values, want %d", tc.blocks, len(got), n*len(tc.bounds)*td)
+		}
+		for img := range n {
+			ref := vitref.Forward(v, images[img*size*size*3:(img+1)*size*size*3])
+			for j, k := range tc.bounds {
+				at := (img*len(tc.bounds) + j) * td
+				if e := relErr(got[at:at+td], ref.BlockIO[k]); e > tolerance {
+					t.Errorf("blocks %v, image %d: boundary %d relative error %.2g", tc.blocks, img, k, e)
+				}
+			}
+		}
 	}
 }
 
@@ -119,7 +147,7 @@ func TestLayerScaleMatchesReference(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	graph, err := models.TeacherGraph(loaded, nil)
+	graph, err := models.TeacherGraph(loaded)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -193,7 +221,7 @@ func TestScoredDetectorGraphAndBundle(t *testing.T) {
 	if err != nil || back.Threshold != 1.5 || back.Blocks[1] != 2 {
 		t.Errorf("read back %+v, err %v", back, err)
 	}
-	plain, _ := models.TeacherGraph(v, nil)
+	plain, _ := models.TeacherGraph(v)
 	os.WriteFile(path, plain, 0o644)
 	if _, _, err := models.ReadBundle(path); err == nil || !strings.Contains(err.Error(), "not a transformaly bundle") {
 		t.Errorf("a plain ONNX graph read as a bundle: %v", err)

@@ -60,7 +60,7 @@ func doctorCommand(fs *pflag.FlagSet) func([]string) error {
 		if err != nil {
 			return err
 		}
-		graph, err := models.TeacherGraph(v, nil)
+		graph, err := models.TeacherGraph(v)
 		if err != nil {
 			return err
 		}

@@ -62,7 +62,7 @@ func embedCommand(fs *pflag.FlagSet) func([]string) error {
 		if err := rt.init(); err != nil {
 			return err
 		}
-		graph, err := models.TeacherGraph(v, nil)
+		graph, err := models.TeacherGraph(v)
 		if err != nil {
 			return err
 		}

@@ -63,7 +63,8 @@ func fitCommand(fs *pflag.FlagSet) func([]string) error {
 	resume := fs.Bool("resume", false, "continue an interrupted fit of the same --out from its last finished epoch")
 	provider := fs.String("provider", "auto", "execution provider for training: auto (CUDA when usable, else CPU, saying why), cuda or cpu")
 	providerLibrary := fs.String("provider-library", "", "execution-provider plugin library, e.g. libonnxruntime_providers_cuda.so of the core library's exact version")
-	memoryMB := fs.Int64("max-image-memory-mb", fit.DefaultMemoryBudget>>20, "decoded images kept in memory; beyond this they go to a temporary file beside --out")
+	memoryMB := fs.Int64("max-image-memory-mb", fit.DefaultMemoryBudget>>20, "decoded images, then the teacher's cached activations, kept in memory; beyond this they go to temporary files beside --out")
+	cacheMB := fs.Int64("activation-cache-mb", fit.DefaultActivationCache>>20, "largest cache of the teacher's activations, computed once so that epochs run only the students (CPU training; 0: run the teacher in every step)")
 	rt.register(fs)
 	return func(args []string) error {
 		if len(args) > 0 {
@@ -93,7 +94,7 @@ func fitCommand(fs *pflag.FlagSet) func([]string) error {
 		info, err := fit.Run(ctx, fit.Options{
 			Teacher: v, TeacherPath: teacher.path, NormalDir: *normal, Blocks: blockList,
 			ValFraction: *valFraction, Epochs: *epochs, Patience: *patience, BatchSize: *batch, LR: *lr, Seed: *seed,
-			Whitening: *whitening, Quantile: *quantile, Threads: rt.threads, Provider: *provider, ProviderLibrary: *providerLibrary, MemoryBudget: *memoryMB << 20, Out: *out, Resume: *resume,
+			Whitening: *whitening, Quantile: *quantile, Threads: rt.threads, Provider: *provider, ProviderLibrary: *providerLibrary, MemoryBudget: *memoryMB << 20, ActivationCache: activationCache(*cacheMB), Out: *out, Resume: *resume,
 			Progress: progressLogger(),
 		})
 		if err != nil {
@@ -103,6 +104,15 @@ func fitCommand(fs *pflag.FlagSet) func([]string) error {
 			"val_images", info.Training.ValImages, "seconds", math.Round(info.Training.Seconds))
 		return nil
 	}
+}
+
+// activationCache maps --activation-cache-mb to fit.Options, where 0
+// means the default and a negative limit turns the cache off.
+func activationCache(mb int64) int64 {
+	if mb <= 0 {
+		return -1
+	}
+	return mb << 20
 }
 
 // progressLogger logs training progress at most every 10 seconds, and every
@@ -115,7 +125,11 @@ func progressLogger() func(fit.Progress) {
 			slog.Info("epoch finished", "epoch", fmt.Sprintf("%d/%d", p.Epoch, p.Epochs), "train_loss", p.TrainLoss, "val_loss", p.ValLoss)
 		case time.Since(last) >= 10*time.Second:
 			last = time.Now()
-			if p.Phase == "features" {
+			switch p.Phase {
+			case "teacher":
+				slog.Info("caching the teacher's activations", "batch", fmt.Sprintf("%d/%d", p.Batch, p.Batches))
+				return
+			case "features":
 				slog.Info("computing features", "batch", fmt.Sprintf("%d/%d", p.Batch, p.Batches))
 				return
 			}
