@@ -55,6 +55,9 @@ func TestFitEvalScoreInspect(t *testing.T) {
 	if !strings.Contains(r.stderr, "zz-corrupt.jpg") {
 		t.Errorf("the corrupt image is not named in the log:\n%s", r.stderr)
 	}
+	if !strings.Contains(r.stderr, "caching the teacher's activations") {
+		t.Errorf("a CPU fit of 4 epochs did not cache the teacher's activations:\n%s", r.stderr)
+	}
 	if _, err := os.Stat(bundle + ".fit-state"); !os.IsNotExist(err) {
 		t.Error("the fit state file was left behind after a finished fit")
 	}
