@@ -1,9 +1,10 @@
 package daemon
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
-	"os"
+	"sync/atomic"
 
 	mochi "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/auth"
@@ -16,13 +17,13 @@ import (
 type EmbeddedBroker struct {
 	server   *mochi.Server
 	listener *listeners.TCP
+	closing  *atomic.Bool
 }
 
 // StartEmbeddedBroker listens on address (host:port).
 func StartEmbeddedBroker(address string) (*EmbeddedBroker, error) {
-	// The broker's own chatter (hooks, listeners, client churn) is kept to
-	// warnings.
-	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})).With("component", "embedded-broker")
+	closing := new(atomic.Bool)
+	logger := slog.New(brokerLog{slog.Default().Handler(), closing}).With("component", "embedded-broker")
 	s := mochi.New(&mochi.Options{Logger: logger, InlineClient: false})
 	if err := s.AddHook(new(auth.AllowHook), nil); err != nil {
 		return nil, fmt.Errorf("embedded broker: %w", err)
@@ -41,11 +42,35 @@ func StartEmbeddedBroker(address string) (*EmbeddedBroker, error) {
 	default:
 	}
 	slog.Info("embedded MQTT broker listening", "address", l.Address())
-	return &EmbeddedBroker{server: s, listener: l}, nil
+	return &EmbeddedBroker{server: s, listener: l, closing: closing}, nil
+}
+
+// brokerLog passes on the broker's warnings and errors, not its chatter
+// (hooks, listeners, client churn), and nothing once Close has begun:
+// every client still connected then fails its read with "use of closed
+// network connection", which is the shutdown itself.
+type brokerLog struct {
+	slog.Handler
+	closing *atomic.Bool
+}
+
+func (h brokerLog) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= slog.LevelWarn && !h.closing.Load() && h.Handler.Enabled(ctx, l)
+}
+
+func (h brokerLog) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return brokerLog{h.Handler.WithAttrs(attrs), h.closing}
+}
+
+func (h brokerLog) WithGroup(name string) slog.Handler {
+	return brokerLog{h.Handler.WithGroup(name), h.closing}
 }
 
 // Address is where the broker listens (the real port when asked for 0).
 func (b *EmbeddedBroker) Address() string { return b.listener.Address() }
 
-// Close stops the broker.
-func (b *EmbeddedBroker) Close() error { return b.server.Close() }
+// Close stops the broker, disconnecting its clients.
+func (b *EmbeddedBroker) Close() error {
+	b.closing.Store(true)
+	return b.server.Close()
+}
