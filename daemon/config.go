@@ -18,6 +18,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/transformaly/transformaly/capture"
+	"github.com/transformaly/transformaly/detector"
 )
 
 // DefaultConfigPath is where `transformaly run` looks without --config.
@@ -112,10 +113,15 @@ type DetectorConfig struct {
 	Provider  string `yaml:"provider"`  // auto, tensorrt, cuda or cpu
 	Precision string `yaml:"precision"` // "" (fp16 kernels on TensorRT only), fp32 or fp16
 	// ProviderLibrary is an execution-provider plugin library.
-	ProviderLibrary string        `yaml:"provider_library"`
-	MaxBatch        int           `yaml:"max_batch"`
-	BatchWait       time.Duration `yaml:"batch_wait"`
-	Threads         int           `yaml:"threads"`
+	ProviderLibrary string `yaml:"provider_library"`
+	// CUDAOptions and TensorRTOptions are further ONNX Runtime settings of
+	// those providers (device_id, gpu_mem_limit, arena_extend_strategy,
+	// cudnn_conv_algo_search, ...).
+	CUDAOptions     map[string]string `yaml:"cuda_options"`
+	TensorRTOptions map[string]string `yaml:"tensorrt_options"`
+	MaxBatch        int               `yaml:"max_batch"`
+	BatchWait       time.Duration     `yaml:"batch_wait"`
+	Threads         int               `yaml:"threads"`
 }
 
 // MetricsConfig places the HTTP endpoint (/metrics, /healthz, /readyz).
@@ -381,6 +387,12 @@ func (c Config) Validate() []error {
 				bad("detector.provider_library", "%v", err)
 			}
 		}
+	}
+	if err := detector.CheckProviderOptions(c.Detector.CUDAOptions); err != nil {
+		bad("detector.cuda_options", "%v", err)
+	}
+	if err := detector.CheckProviderOptions(c.Detector.TensorRTOptions); err != nil {
+		bad("detector.tensorrt_options", "%v", err)
 	}
 	if c.Detector.MaxBatch < 1 {
 		bad("detector.max_batch", "must be at least 1")

@@ -89,7 +89,8 @@ func buildPipeline(cfg Config, pub *Publisher, trackers map[string]*tracker) (*p
 		cc := cfg.Camera(i)
 		m, ok := byPath[cc.Model]
 		if !ok {
-			det, err := detector.Load(cc.Model, detector.RunnerOptions{Threads: cfg.Detector.Threads, Provider: cfg.Detector.Provider, Precision: cfg.Detector.Precision, ProviderLibrary: cfg.Detector.ProviderLibrary, CacheDir: cfg.CacheDirectory, MaxBatch: cfg.Detector.MaxBatch})
+			det, err := detector.Load(cc.Model, detector.RunnerOptions{Threads: cfg.Detector.Threads, Provider: cfg.Detector.Provider, Precision: cfg.Detector.Precision, ProviderLibrary: cfg.Detector.ProviderLibrary,
+				CUDAOptions: cfg.Detector.CUDAOptions, TensorRTOptions: cfg.Detector.TensorRTOptions, CacheDir: cfg.CacheDirectory, MaxBatch: cfg.Detector.MaxBatch})
 			if err != nil {
 				p.closeModels()
 				return nil, fmt.Errorf("cameras[%d].model: %w", i, err)

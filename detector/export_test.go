@@ -9,3 +9,6 @@ func SetInlineFits(fits func(models.ModelFile) bool) (restore func()) {
 	inlineFits = fits
 	return func() { inlineFits = old }
 }
+
+// ProviderSettings exposes the options each provider is given.
+var ProviderSettings = providerSettings

@@ -4,9 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -129,6 +131,11 @@ func withProvider(opts RunnerOptions, provider string, open func(*onnx.SessionOp
 			return err
 		}
 		defer cuda.Destroy()
+		if settings := providerSettings(provider, opts); len(settings) > 0 {
+			if err := cuda.Update(settings); err != nil {
+				return fmt.Errorf("CUDA options %v: %w", settings, err)
+			}
+		}
 		if err := so.AppendExecutionProviderCUDA(cuda); err != nil {
 			return err
 		}
@@ -139,7 +146,7 @@ func withProvider(opts RunnerOptions, provider string, open func(*onnx.SessionOp
 		}
 		defer trt.Destroy()
 		if err := trt.Update(providerSettings(provider, opts)); err != nil {
-			return err
+			return fmt.Errorf("TensorRT options: %w", err)
 		}
 		if err := so.AppendExecutionProviderTensorRT(trt); err != nil {
 			return err
@@ -148,11 +155,16 @@ func withProvider(opts RunnerOptions, provider string, open func(*onnx.SessionOp
 	return open(so)
 }
 
-// providerSettings are the options of a GPU provider: TensorRT with FP16
-// kernels allowed unless fp32 is asked for, and its engine and timing
-// caches in the cache directory so restarts do not rebuild engines.
+// providerSettings are the options of a GPU provider: the user's CUDA
+// options; TensorRT with FP16 kernels allowed unless fp32 is asked for, and
+// its engine and timing caches in the cache directory so restarts do not
+// rebuild engines, then the user's TensorRT options over those.
 func providerSettings(provider string, opts RunnerOptions) map[string]string {
-	if provider != "tensorrt" {
+	switch provider {
+	case "cuda":
+		return maps.Clone(opts.CUDAOptions)
+	case "tensorrt":
+	default:
 		return nil
 	}
 	fp16 := "1"
@@ -176,7 +188,38 @@ func providerSettings(provider string, opts RunnerOptions) map[string]string {
 		settings["trt_timing_cache_enable"] = "1"
 		settings["trt_timing_cache_path"] = opts.CacheDir
 	}
+	maps.Copy(settings, opts.TensorRTOptions)
 	return settings
+}
+
+// providerOptionValues are the values ONNX Runtime accepts for the options
+// users set most (integers: device_id, gpu_mem_limit,
+// trt_max_workspace_size), checked before a GPU is at hand.
+var providerOptionValues = map[string][]string{
+	"arena_extend_strategy":  {"kNextPowerOfTwo", "kSameAsRequested"},
+	"cudnn_conv_algo_search": {"EXHAUSTIVE", "HEURISTIC", "DEFAULT"},
+}
+
+// CheckProviderOptions checks a provider's extra options as far as that
+// can be done without the provider: option names are ONNX Runtime's
+// (lower case, digits and underscores), and the common ones have a value
+// it takes.
+func CheckProviderOptions(options map[string]string) error {
+	var errs []error
+	for _, k := range slices.Sorted(maps.Keys(options)) {
+		v := options[k]
+		switch {
+		case k == "" || strings.Trim(k, "abcdefghijklmnopqrstuvwxyz0123456789_") != "":
+			errs = append(errs, fmt.Errorf("%q is not an ONNX Runtime option name (lower case, digits and underscores)", k))
+		case providerOptionValues[k] != nil && !slices.Contains(providerOptionValues[k], v):
+			errs = append(errs, fmt.Errorf("%s: %q is not one of %s", k, v, strings.Join(providerOptionValues[k], ", ")))
+		case k == "device_id" || k == "gpu_mem_limit" || k == "trt_max_workspace_size":
+			if _, err := strconv.ParseUint(v, 10, 64); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %q is not a whole number (bytes, or the device's index)", k, v))
+			}
+		}
+	}
+	return errors.Join(errs...)
 }
 
 var plugins struct {

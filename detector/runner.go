@@ -46,6 +46,11 @@ type RunnerOptions struct {
 	// ..._tensorrt.so of a matching GPU build), registered with ONNX Runtime
 	// and used through its EP devices.
 	ProviderLibrary string
+	// CUDAOptions and TensorRTOptions are further settings of those
+	// providers, handed to ONNX Runtime as they are (it checks the names;
+	// CheckProviderOptions checks the common values first). TensorRT's
+	// override the ones derived from the fields above.
+	CUDAOptions, TensorRTOptions map[string]string
 
 	// externalDataDir is where ONNX Runtime finds the model's external
 	// data (set by NewFileRunner).

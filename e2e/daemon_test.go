@@ -397,6 +397,7 @@ func TestCheckConfigNamesTheKey(t *testing.T) {
 		{"bad qos", fmt.Sprintf("cameras: [{name: a, source: %s, model: %s}]\nmqtt: {score_qos: 3}\n", f.video, f.bundle), "mqtt.score_qos"},
 		{"unset password env", fmt.Sprintf("cameras: [{name: a, source: %s, model: %s}]\nmqtt: {password_env: TFY_NOPE_PW}\n", f.video, f.bundle), "mqtt.password_env"},
 		{"bad provider", fmt.Sprintf("cameras: [{name: a, source: %s, model: %s}]\ndetector: {provider: tpu}\n", f.video, f.bundle), "detector.provider"},
+		{"bad cuda option", fmt.Sprintf("cameras: [{name: a, source: %s, model: %s}]\ndetector: {cuda_options: {arena_extend_strategy: same}}\n", f.video, f.bundle), "detector.cuda_options: arena_extend_strategy"},
 		{"bad duration", fmt.Sprintf("cameras: [{name: a, source: %s, model: %s, stall_timeout: soon}]\n", f.video, f.bundle), "stall_timeout"},
 		{"bad metrics address", fmt.Sprintf("cameras: [{name: a, source: %s, model: %s}]\nmetrics: {address: nine}\n", f.video, f.bundle), "metrics.address"},
 	} {
@@ -410,7 +411,8 @@ func TestCheckConfigNamesTheKey(t *testing.T) {
 		})
 	}
 	good := filepath.Join(dir, "good.yaml")
-	os.WriteFile(good, []byte(fmt.Sprintf("cameras: [{name: a, source: %s, model: %s}]\nmqtt: {broker: embedded}\n", f.video, f.bundle)), 0o644)
+	os.WriteFile(good, []byte(fmt.Sprintf("cameras: [{name: a, source: %s, model: %s}]\nmqtt: {broker: embedded}\n"+
+		"detector: {cuda_options: {device_id: 0, gpu_mem_limit: 8589934592}, tensorrt_options: {trt_builder_optimization_level: 3}}\n", f.video, f.bundle)), 0o644)
 	if r := runBinary(t, nil, "run", "--check-config", "--config", good); r.code != 0 {
 		t.Errorf("a good config failed: %s", r.stderr)
 	}

@@ -42,6 +42,9 @@ type Options struct {
 	// ProviderLibrary is an execution-provider plugin library (see
 	// detector.RunnerOptions).
 	ProviderLibrary string
+	// CUDAOptions are further settings of the CUDA provider (see
+	// detector.RunnerOptions).
+	CUDAOptions map[string]string
 	// MemoryBudget bounds the decoded images kept in memory (bytes; 0:
 	// DefaultMemoryBudget); beyond it they go to a temporary file beside Out.
 	MemoryBudget int64
@@ -121,6 +124,9 @@ func (o *Options) check() error {
 		return fmt.Errorf("validation fraction %g: must be in [0, 1)", o.ValFraction)
 	case o.Quantile <= 0 || o.Quantile >= 1:
 		return fmt.Errorf("threshold quantile %g: must be in (0, 1)", o.Quantile)
+	}
+	if err := detector.CheckProviderOptions(o.CUDAOptions); err != nil {
+		return fmt.Errorf("CUDA options: %w", err)
 	}
 	if o.Blocks == nil {
 		o.Blocks = DefaultBlocks(o.Teacher.Depth)
@@ -284,7 +290,7 @@ func (o *Options) runnerOptions() detector.RunnerOptions {
 	if provider == "auto" {
 		provider = "cuda,cpu" // TensorRT builds inference engines; it does not train
 	}
-	return detector.RunnerOptions{Threads: o.Threads, Provider: provider, Precision: models.FP32, ProviderLibrary: o.ProviderLibrary}
+	return detector.RunnerOptions{Threads: o.Threads, Provider: provider, Precision: models.FP32, ProviderLibrary: o.ProviderLibrary, CUDAOptions: o.CUDAOptions}
 }
 
 func (o *Options) report(p Progress) {

@@ -63,6 +63,7 @@ func fitCommand(fs *pflag.FlagSet) func([]string) error {
 	resume := fs.Bool("resume", false, "continue an interrupted fit of the same --out from its last finished epoch")
 	provider := fs.String("provider", "auto", "execution provider for training: auto (CUDA when usable, else CPU, saying why), cuda or cpu")
 	providerLibrary := fs.String("provider-library", "", "execution-provider plugin library, e.g. libonnxruntime_providers_cuda.so of the core library's exact version")
+	cudaOptions := fs.StringToString("cuda-options", nil, "ONNX Runtime CUDA provider options for training, e.g. device_id=1,gpu_mem_limit=8589934592")
 	memoryMB := fs.Int64("max-image-memory-mb", fit.DefaultMemoryBudget>>20, "decoded images, then the teacher's cached activations, kept in memory; beyond this they go to temporary files beside --out")
 	cacheMB := fs.Int64("activation-cache-mb", fit.DefaultActivationCache>>20, "largest cache of the teacher's activations, computed once so that epochs run only the students (CPU training; 0: run the teacher in every step)")
 	rt.register(fs)
@@ -94,7 +95,7 @@ func fitCommand(fs *pflag.FlagSet) func([]string) error {
 		info, err := fit.Run(ctx, fit.Options{
 			Teacher: v, TeacherPath: teacher.path, NormalDir: *normal, Blocks: blockList,
 			ValFraction: *valFraction, Epochs: *epochs, Patience: *patience, BatchSize: *batch, LR: *lr, Seed: *seed,
-			Whitening: *whitening, Quantile: *quantile, Threads: rt.threads, Provider: *provider, ProviderLibrary: *providerLibrary, MemoryBudget: *memoryMB << 20, ActivationCache: activationCache(*cacheMB), Out: *out, Resume: *resume,
+			Whitening: *whitening, Quantile: *quantile, Threads: rt.threads, Provider: *provider, ProviderLibrary: *providerLibrary, CUDAOptions: *cudaOptions, MemoryBudget: *memoryMB << 20, ActivationCache: activationCache(*cacheMB), Out: *out, Resume: *resume,
 			Progress: progressLogger(),
 		})
 		if err != nil {
@@ -204,11 +205,12 @@ func scoreFilesWithViews(det *detector.Detector, paths []string, batch int, keep
 
 // modelFlags name a bundle.
 type modelFlags struct {
-	path            string
-	threshold       float64
-	provider        string
-	precision       string
-	providerLibrary string
+	path                         string
+	threshold                    float64
+	provider                     string
+	precision                    string
+	providerLibrary              string
+	cudaOptions, tensorrtOptions map[string]string
 }
 
 func (m *modelFlags) register(fs *pflag.FlagSet) {
@@ -217,6 +219,8 @@ func (m *modelFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&m.provider, "provider", "cpu", "execution provider: auto (TensorRT, then CUDA, then CPU), tensorrt, cuda or cpu")
 	fs.StringVar(&m.precision, "precision", "", "detector precision: fp32, or fp16 (weights and activations in half precision, scores in float32); default fp32 with FP16 kernels allowed on TensorRT")
 	fs.StringVar(&m.providerLibrary, "provider-library", "", "execution-provider plugin libraries, comma-separated (e.g. libonnxruntime_providers_cuda.so of the core library's exact version)")
+	fs.StringToStringVar(&m.cudaOptions, "cuda-options", nil, "ONNX Runtime CUDA provider options, e.g. device_id=1,gpu_mem_limit=8589934592")
+	fs.StringToStringVar(&m.tensorrtOptions, "tensorrt-options", nil, "ONNX Runtime TensorRT provider options, e.g. trt_max_workspace_size=4294967296")
 }
 
 func (m *modelFlags) load(rt runtimeFlags) (*detector.Detector, error) {
@@ -227,10 +231,17 @@ func (m *modelFlags) loadAs(rt runtimeFlags, precision string) (*detector.Detect
 	if m.path == "" {
 		return nil, usageError("--model is required")
 	}
+	if err := detector.CheckProviderOptions(m.cudaOptions); err != nil {
+		return nil, usageError("--cuda-options: %v", err)
+	}
+	if err := detector.CheckProviderOptions(m.tensorrtOptions); err != nil {
+		return nil, usageError("--tensorrt-options: %v", err)
+	}
 	if err := rt.init(); err != nil {
 		return nil, err
 	}
-	return detector.Load(m.path, detector.RunnerOptions{Threads: rt.threads, Provider: m.provider, Precision: precision, ProviderLibrary: m.providerLibrary})
+	return detector.Load(m.path, detector.RunnerOptions{Threads: rt.threads, Provider: m.provider, Precision: precision, ProviderLibrary: m.providerLibrary,
+		CUDAOptions: m.cudaOptions, TensorRTOptions: m.tensorrtOptions})
 }
 
 type scoreLine struct {

@@ -1,0 +1,64 @@
+package detector_test
+
+import (
+	"maps"
+	"strings"
+	"testing"
+
+	"github.com/transformaly/transformaly/detector"
+	"github.com/transformaly/transformaly/models"
+)
+
+// Each GPU provider gets the settings derived from the options (TensorRT:
+// FP16 kernels, one batch profile, engine and timing caches) with the
+// user's own options over them; the CPU gets none.
+func TestProviderSettings(t *testing.T) {
+	opts := detector.RunnerOptions{Precision: models.FP32, ImageSize: 224, MaxBatch: 8, CacheDir: "/var/cache/t",
+		CUDAOptions:     map[string]string{"gpu_mem_limit": "4294967296", "arena_extend_strategy": "kSameAsRequested"},
+		TensorRTOptions: map[string]string{"trt_max_workspace_size": "2147483648", "trt_timing_cache_enable": "0"}}
+	trt := detector.ProviderSettings("tensorrt", opts)
+	want := map[string]string{
+		"trt_fp16_enable":         "0",
+		"trt_profile_min_shapes":  "images:1x224x224x3",
+		"trt_profile_opt_shapes":  "images:8x224x224x3",
+		"trt_profile_max_shapes":  "images:8x224x224x3",
+		"trt_engine_cache_enable": "1",
+		"trt_engine_cache_path":   "/var/cache/t",
+		"trt_timing_cache_enable": "0", // the user's
+		"trt_timing_cache_path":   "/var/cache/t",
+		"trt_max_workspace_size":  "2147483648",
+	}
+	if !maps.Equal(trt, want) {
+		t.Errorf("TensorRT settings\n%v\nwant\n%v", trt, want)
+	}
+	opts.Precision = ""
+	if got := detector.ProviderSettings("tensorrt", opts)["trt_fp16_enable"]; got != "1" {
+		t.Errorf("TensorRT without fp32 asked for: trt_fp16_enable=%q, want 1", got)
+	}
+	cuda := detector.ProviderSettings("cuda", opts)
+	if !maps.Equal(cuda, opts.CUDAOptions) {
+		t.Errorf("CUDA settings %v, want %v", cuda, opts.CUDAOptions)
+	}
+	cuda["device_id"] = "1"
+	if _, leaked := opts.CUDAOptions["device_id"]; leaked {
+		t.Error("the CUDA settings share the caller's map")
+	}
+	if got := detector.ProviderSettings("cpu", opts); got != nil {
+		t.Errorf("CPU settings %v, want none", got)
+	}
+}
+
+func TestCheckProviderOptions(t *testing.T) {
+	if err := detector.CheckProviderOptions(map[string]string{"device_id": "0", "gpu_mem_limit": "8589934592",
+		"arena_extend_strategy": "kNextPowerOfTwo", "cudnn_conv_algo_search": "HEURISTIC", "use_tf32": "0"}); err != nil {
+		t.Errorf("good options refused: %v", err)
+	}
+	err := detector.CheckProviderOptions(map[string]string{"gpu_mem_limit": "8GB", "arena_extend_strategy": "same",
+		"Device ID": "0", "device_id": "-1"})
+	for _, want := range []string{`gpu_mem_limit: "8GB" is not a whole number`, `arena_extend_strategy: "same" is not one of kNextPowerOfTwo, kSameAsRequested`,
+		`"Device ID" is not an ONNX Runtime option name`, `device_id: "-1"`} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error %v lacks %q", err, want)
+		}
+	}
+}
