@@ -50,8 +50,11 @@ func TestGPUMatchesCPU(t *testing.T) {
 		t.Fatal(err)
 	}
 	run := func(provider, precision string) []float64 {
+		// Options users set, so ONNX Runtime confirms their names.
 		d, err := detector.Load(bundle, detector.RunnerOptions{Provider: provider, Precision: precision, MaxBatch: 8,
-			CacheDir: t.TempDir(), ProviderLibrary: os.Getenv("TRANSFORMALY_PROVIDER_LIBRARY")})
+			CacheDir: t.TempDir(), ProviderLibrary: os.Getenv("TRANSFORMALY_PROVIDER_LIBRARY"),
+			CUDAOptions:     map[string]string{"device_id": "0", "arena_extend_strategy": "kSameAsRequested", "cudnn_conv_algo_search": "HEURISTIC"},
+			TensorRTOptions: map[string]string{"trt_max_workspace_size": "2147483648"}})
 		if err != nil {
 			t.Logf("%s %s: not usable: %v", provider, precision, err)
 			return nil
