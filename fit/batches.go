@@ -49,6 +49,11 @@ func (b *imageBatches) close() error { return nil }
 // each).
 const DefaultActivationCache = 32 << 30
 
+// cudaSkip says why a fit on a GPU does not cache (unmeasured there): the
+// teacher's forward pass is cheap on it next to copying 40 times the
+// image's bytes into every step.
+const cudaSkip = "training runs on CUDA, where caching its activations is not worth copying them into each step"
+
 // diskMargin is the free space a spilled activation cache leaves on its
 // file system.
 const diskMargin = 1 << 30
@@ -118,6 +123,8 @@ func (o *Options) batches(ctx context.Context, images *Images, epochsLeft int) (
 		return skip("its activation cache is turned off")
 	case epochsLeft <= 1:
 		return skip("with one epoch to run, caching its activations saves nothing")
+	case o.Provider == "cuda":
+		return skip(cudaSkip)
 	case size > limit:
 		return skip("caching its activations would need more than the limit (--activation-cache-mb)", "cache_mb", mb(size), "limit_mb", mb(limit))
 	case size > memoryLeft:
@@ -138,10 +145,8 @@ func (o *Options) batches(ctx context.Context, images *Images, epochsLeft int) (
 		return 0, nil, fmt.Errorf("teacher activations: %w", err)
 	}
 	defer r.Close()
-	if p := r.Provider(); p != "cpu" {
-		// Unmeasured on a GPU, where the teacher's forward pass is cheap next
-		// to copying 40 times the image's bytes into every step.
-		return skip("training runs on "+p+", where caching its activations is not worth copying them into each step", "provider", p)
+	if r.Provider() != "cpu" {
+		return skip(cudaSkip)
 	}
 	store, err := newRecords(images.Len(), perImage*4, memoryLeft, o.spillDir(), "teacher activations")
 	if err != nil {
@@ -149,36 +154,41 @@ func (o *Options) batches(ctx context.Context, images *Images, epochsLeft int) (
 	}
 	cache := &activationCache{store: store, dims: [3]int64{int64(len(bounds)), int64(c.Tokens()), int64(c.Dim)}, perImage: perImage}
 	slog.Info("caching the teacher's activations, so epochs run the students alone", "mb", mb(size), "in_memory", store.file == nil)
-	var buf []byte
-	all := make([]int, images.Len())
-	for i := range all {
-		all[i] = i
+	if err := o.fillCache(ctx, cache, r, images); err != nil {
+		cache.close()
+		return 0, nil, err
 	}
-	batches := (len(all) + o.BatchSize - 1) / o.BatchSize
+	return models.FromActivations, cache, nil
+}
+
+// fillCache runs the teacher's activations graph over every image.
+func (o *Options) fillCache(ctx context.Context, cache *activationCache, r *detector.Runner, images *Images) error {
+	var buf []byte
+	batches := (images.Len() + o.BatchSize - 1) / o.BatchSize
 	for b := range batches {
 		if ctx.Err() != nil {
-			cache.close()
-			return 0, nil, fmt.Errorf("%w while caching the teacher's activations", ErrInterrupted)
+			return fmt.Errorf("%w while caching the teacher's activations", ErrInterrupted)
 		}
-		idx := all[b*o.BatchSize : min((b+1)*o.BatchSize, len(all))]
+		idx := make([]int, 0, o.BatchSize)
+		for i := b * o.BatchSize; i < min((b+1)*o.BatchSize, images.Len()); i++ {
+			idx = append(idx, i)
+		}
+		var err error
 		if buf, err = images.Batch(idx, buf); err != nil {
-			cache.close()
-			return 0, nil, err
+			return err
 		}
 		out, err := r.Run(buf, len(idx))
 		if err != nil {
-			cache.close()
-			return 0, nil, fmt.Errorf("teacher activations: %w", err)
+			return fmt.Errorf("teacher activations: %w", err)
 		}
 		for k, i := range idx {
-			if err := store.put(i, float32Bytes(out[0].Data[k*perImage:(k+1)*perImage])); err != nil {
-				cache.close()
-				return 0, nil, fmt.Errorf("cache teacher activations: %w", err)
+			if err := cache.store.put(i, float32Bytes(out[0].Data[k*cache.perImage:(k+1)*cache.perImage])); err != nil {
+				return fmt.Errorf("cache teacher activations: %w", err)
 			}
 		}
 		o.report(Progress{Phase: "teacher", Batch: b + 1, Batches: batches, ValLoss: math.NaN()})
 	}
-	return models.FromActivations, cache, nil
+	return nil
 }
 
 // freeBytes is the space an unprivileged user may still write in dir.
