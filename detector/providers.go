@@ -47,12 +47,16 @@ func installedGPUProviders(providers ...string) []string {
 		lib := filepath.Join(dir, "libonnxruntime_providers_"+p+".so")
 		if _, err := os.Stat(lib); err == nil {
 			installed = append(installed, p)
-		} else {
+		} else if _, said := notInstalled.LoadOrStore(lib, true); !said {
 			slog.Info("execution provider not installed", "provider", p, "looked_for", lib)
 		}
 	}
 	return installed
 }
+
+// notInstalled remembers the provider libraries already logged missing:
+// every session of a fit or daemon looks again, and once is enough to say.
+var notInstalled sync.Map
 
 // OpenOnProvider calls open with session options for each execution
 // provider of the preference in turn until one opens, logging each
