@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 
@@ -99,11 +100,28 @@ func BenchmarkGraphs(b *testing.B) {
 					if g.kind == "teacher" && precision == models.FP16 {
 						continue
 					}
-					for _, batch := range benchBatches(provider) {
+					// One session serves every batch size, opened by the first
+					// sub-benchmark the -bench pattern selects: TensorRT then
+					// builds one engine (a profile of batch 1 to the largest)
+					// per graph instead of one per batch size, minutes each.
+					batches := benchBatches(provider)
+					opts := detector.RunnerOptions{Provider: provider, Precision: precision, ImageSize: v.ImageSize, MaxBatch: slices.Max(batches)}
+					var r *detector.Runner
+					var openErr error
+					for _, batch := range batches {
 						name := fmt.Sprintf("%s/%s/%s-%s/batch%d", shape.name, g.kind, provider, precision, batch)
 						b.Run(name, func(b *testing.B) {
-							benchGraph(b, g.model, v.ImageSize, g.outputs, batch, g.flops, detector.RunnerOptions{Provider: provider, Precision: precision})
+							if r == nil && openErr == nil {
+								r, openErr = detector.NewRunner(g.model, v.ImageSize, g.outputs, opts)
+							}
+							if openErr != nil {
+								b.Skipf("provider %s unusable here: %v", provider, openErr)
+							}
+							benchRunner(b, r, batch, g.flops)
 						})
+					}
+					if r != nil {
+						r.Close()
 					}
 				}
 			}
@@ -124,19 +142,15 @@ func identityScoring(dim, blocks int) models.Scoring {
 	return models.Scoring{Pretrained: q(dim), Student: q(blocks)}
 }
 
-func benchGraph(b *testing.B, model []byte, size int, outputs []string, batch int, flops float64, opts detector.RunnerOptions) {
+func benchRunner(b *testing.B, r *detector.Runner, batch int, flops float64) {
 	peak := sgemmPeak(b)
-	r, err := detector.NewRunner(model, size, outputs, opts)
-	if err != nil {
-		b.Skipf("provider %s unusable here: %v", opts.Provider, err)
-	}
-	defer r.Close()
+	size := r.Size()
 	images := make([]byte, batch*size*size*3)
 	for i := range images {
 		images[i] = byte(i * 7)
 	}
 	// ORT plans its memory on the first run and first touches the planned
-	// arena on the second (TensorRT builds its engine on the first): warm
+	// arena on the second (TensorRT builds its engine at a session's first): warm
 	// up with both.
 	for range 2 {
 		if _, err := r.Run(images, batch); err != nil {
