@@ -13,7 +13,7 @@ BIN            := bin/transformaly
 # -count=1 because the e2e tests run a binary the test cache cannot see.
 GO_TEST_FLAGS  ?= -timeout 25m
 
-.PHONY: all build deps apt-deps ort-lib test bench vet demo install gpu-deps gpu-parts gpu-check clean FORCE
+.PHONY: all build deps apt-deps ort-lib test bench vet demo install gpu-deps gpu-carry gpu-check clean FORCE
 
 all: build
 
@@ -89,7 +89,10 @@ GPU_PKG_VERSION    := 0.4.9
 GPU_CORE_SHA256    := e59788788818fdde1b2e522e766a21ba0f7d8391de55737abf81e32cc801785d
 GPU_PROVIDERS_SHA256 := 2b459e0c17f340c92970c10ed86de4f37a3009f93c14053e6ad4334cbb6be412
 GPU_DIR            := .deps/onnxruntime-gpu
-gpu-deps:
+GPU_CUDA_LIB       := $(GPU_DIR)/libonnxruntime_providers_cuda.so
+gpu-deps: $(GPU_CUDA_LIB)
+
+$(GPU_CUDA_LIB):
 	@command -v npm >/dev/null || { echo "npm is needed (apt-get install npm)"; exit 1; }
 	rm -rf $(GPU_DIR)/tmp && mkdir -p $(GPU_DIR)/tmp
 	cd $(GPU_DIR)/tmp && npm pack --silent com.github.asus4.onnxruntime@$(GPU_PKG_VERSION) com.github.asus4.onnxruntime.linux-x64-gpu@$(GPU_PKG_VERSION) >/dev/null
@@ -100,13 +103,21 @@ gpu-deps:
 	rm -rf $(GPU_DIR)/tmp
 	ls -la $(GPU_DIR)
 
-# The CUDA provider (230 MB) is too big to carry to a device machine at
-# once: zstd and split it into parts of at most 60 MB (scripts/gpu-check.sh
-# joins them again).
-gpu-parts: gpu-deps
-	zstd -19 -T0 -q -f $(GPU_DIR)/libonnxruntime_providers_cuda.so -o $(GPU_DIR)/providers_cuda.zst
-	split -b 60M -d $(GPU_DIR)/providers_cuda.zst $(GPU_DIR)/providers_cuda.zst.part-
-	rm $(GPU_DIR)/providers_cuda.zst
+# What gpu-check needs on a bare GPU box without Go or network: the GPU
+# ONNX Runtime files and the prebuilt test binaries, as one xz tar split
+# into parts of 60 MiB (a device call carries 64 MiB; three parts, carried
+# by back-to-back calls). xz, not zstd: GPU images often lack zstd, while
+# xz, or Python's lzma, is nearly always there (the CUDA kernels are
+# compressed already: 230 MB packs to 165 MB either way).
+GPU_CARRY := .deps/gpu-carry
+gpu-carry: $(GPU_CUDA_LIB)
+	rm -rf $(GPU_CARRY) && mkdir -p $(GPU_CARRY)/bin
+	go test -c -o $(GPU_CARRY)/bin/detector.test ./detector
+	go build -o $(GPU_CARRY)/bin/benchreport ./internal/benchreport
+	cd .deps && tar -cf - onnxruntime-gpu/*.so gpu-carry/bin | xz -6 -T0 > gpu-carry/gpu.tar.xz
+	split -b 60M -d $(GPU_CARRY)/gpu.tar.xz $(GPU_CARRY)/gpu.tar.xz.part-
+	rm -r $(GPU_CARRY)/gpu.tar.xz $(GPU_CARRY)/bin
+	ls -la $(GPU_CARRY)
 
 # Runs the detector on CUDA and TensorRT against the CPU and prints the
 # benchmark table (see scripts/gpu-check.sh); about 8 minutes at most.

@@ -45,8 +45,9 @@ type Options struct {
 	// CUDAOptions are further settings of the CUDA provider (see
 	// detector.RunnerOptions).
 	CUDAOptions map[string]string
-	// MemoryBudget bounds the decoded images kept in memory (bytes; 0:
-	// DefaultMemoryBudget); beyond it they go to a temporary file beside Out.
+	// MemoryBudget bounds the decoded images, then the teacher's cached
+	// activations, kept in memory (bytes; 0: DefaultMemoryBudget); beyond it
+	// they go to temporary files beside Out.
 	MemoryBudget int64
 	// ActivationCache bounds the teacher's activations cached for training
 	// (bytes; 0: DefaultActivationCache; negative: the teacher runs in every
