@@ -88,6 +88,12 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 	d := &Daemon{configPath: opts.ConfigPath, override: opts.Override, cfg: cfg, started: time.Now()}
+	// From the start: SIGHUP's default action ends the process, and one sent
+	// while the bundles load (a log rotation, an early reload) is a reload
+	// to do once running.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	if err := os.MkdirAll(cfg.StateDirectory, 0o750); err != nil {
 		return fmt.Errorf("state_directory: %w", err)
 	}
@@ -137,9 +143,6 @@ func Run(ctx context.Context, opts Options) error {
 	go func() { defer wg.Done(); d.watchdog(loops) }()
 	go func() { defer wg.Done(); d.stats(loops, cfg.MQTT.StatsInterval) }()
 
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 	for running := true; running; {
 		select {
 		case <-ctx.Done():
