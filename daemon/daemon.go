@@ -123,8 +123,12 @@ func Run(ctx context.Context, opts Options) error {
 		defer stop()
 	}
 
-	pipe, err := buildPipeline(cfg, d.pub, nil)
+	pipe, err := buildPipeline(ctx, cfg, d.pub, nil)
 	if err != nil {
+		if ctx.Err() != nil {
+			slog.Info("stopped before running", "reason", err)
+			return nil
+		}
 		return err
 	}
 	d.mu.Lock()
@@ -178,7 +182,7 @@ func (d *Daemon) reload(ctx context.Context) {
 		return
 	}
 	old := d.current()
-	next, err := buildPipeline(cfg, d.pub, old.trackers())
+	next, err := buildPipeline(ctx, cfg, d.pub, old.trackers())
 	if err != nil {
 		slog.Error("reload failed; still running the previous configuration", "err", err)
 		return

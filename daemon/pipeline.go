@@ -81,14 +81,19 @@ type pipeline struct {
 // buildPipeline loads and warms every bundle and prepares the cameras; it
 // starts nothing, so a failed reload leaves the running pipeline alone.
 // Trackers are carried over by camera name so a reload does not split an
-// open event.
-func buildPipeline(cfg Config, pub *Publisher, trackers map[string]*tracker) (*pipeline, error) {
+// open event. It gives up between bundles once ctx ends (loading one can
+// take minutes: a TensorRT engine build).
+func buildPipeline(ctx context.Context, cfg Config, pub *Publisher, trackers map[string]*tracker) (*pipeline, error) {
 	p := &pipeline{cfg: cfg, pub: pub}
 	byPath := map[string]*modelRuntime{}
 	for i := range cfg.Cameras {
 		cc := cfg.Camera(i)
 		m, ok := byPath[cc.Model]
 		if !ok {
+			if err := ctx.Err(); err != nil {
+				p.closeModels()
+				return nil, fmt.Errorf("stopped while loading the bundles: %w", err)
+			}
 			det, err := detector.Load(cc.Model, detector.RunnerOptions{Threads: cfg.Detector.Threads, Provider: cfg.Detector.Provider, Precision: cfg.Detector.Precision, ProviderLibrary: cfg.Detector.ProviderLibrary,
 				CUDAOptions: cfg.Detector.CUDAOptions, TensorRTOptions: cfg.Detector.TensorRTOptions, CacheDir: cfg.CacheDirectory, MaxBatch: cfg.Detector.MaxBatch})
 			if err != nil {

@@ -532,3 +532,29 @@ state_directory: %s
 	}
 	d.stop(t)
 }
+
+// A stop asked for while the bundles load ends the daemon cleanly before
+// the next bundle, rather than after loading them all.
+func TestStopWhileLoadingBundles(t *testing.T) {
+	f := getDaemonFixture(t)
+	dir := t.TempDir()
+	var cameras strings.Builder
+	data, err := os.ReadFile(f.bundle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 {
+		bundle := filepath.Join(dir, fmt.Sprintf("line%d.tfy", i))
+		if err := os.WriteFile(bundle, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&cameras, "  - {name: line%d, source: %s, model: %s, loop: true, pace: true}\n", i, f.loop, bundle)
+	}
+	d := startDaemon(t, fmt.Sprintf("cameras:\n%smqtt: {broker: embedded, embedded_address: \"127.0.0.1:%d\"}\nmetrics: {address: \"off\"}\nstate_directory: %s\n",
+		cameras.String(), freePort(t), filepath.Join(dir, "state")))
+	eventually(t, "the first bundle loaded", 30*time.Second, func() bool { return strings.Contains(d.stderr.String(), "msg=\"model loaded\"") })
+	d.stop(t)
+	if log := d.stderr.String(); !strings.Contains(log, "stopped before running") || strings.Count(log, "msg=\"model loaded\"") == 20 {
+		t.Errorf("the daemon loaded %d of 20 bundles after SIGTERM and did not say it stopped before running:\n%s", strings.Count(log, "msg=\"model loaded\""), log)
+	}
+}
