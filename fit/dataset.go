@@ -45,15 +45,24 @@ func (im *Images) Batch(idx []int, buf []byte) ([]byte, error) {
 func (im *Images) Close() error { return im.store.close() }
 
 // ListImages returns the image files (png, jpg, jpeg, bmp) under dir,
-// recursively, sorted.
+// recursively, sorted. dir may be a symbolic link to the folder (WalkDir
+// alone would not enter it); the paths keep dir as given.
 func ListImages(dir string) ([]string, error) {
+	root, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return nil, fmt.Errorf("list images in %s: %w", dir, err)
+	}
 	var paths []string
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+	err = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
 		if !d.IsDir() && capture.ImageExtensions[strings.ToLower(filepath.Ext(p))] {
-			paths = append(paths, p)
+			rel, err := filepath.Rel(root, p)
+			if err != nil {
+				return err
+			}
+			paths = append(paths, filepath.Join(dir, rel))
 		}
 		return nil
 	})

@@ -7,6 +7,7 @@ import (
 	"image/png"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 )
 
@@ -49,5 +50,31 @@ func TestImagesSpillToDiskBeyondTheBudget(t *testing.T) {
 		if left, _ := filepath.Glob(filepath.Join(dir, ".transformaly-decoded-images-*")); len(left) > 0 {
 			t.Errorf("spill file left behind: %v", left)
 		}
+	}
+}
+
+// A folder of images reached through a symbolic link (a common way to
+// point at a data set) lists its images under the path as given.
+func TestListImagesThroughASymlink(t *testing.T) {
+	dir := t.TempDir()
+	data := filepath.Join(dir, "data", "good")
+	os.MkdirAll(filepath.Join(data, "sub"), 0o755)
+	for _, name := range []string{"a.png", "sub/b.JPG", "notes.txt"} {
+		os.WriteFile(filepath.Join(data, name), []byte("x"), 0o644)
+	}
+	link := filepath.Join(dir, "normal")
+	if err := os.Symlink(data, link); err != nil {
+		t.Fatal(err)
+	}
+	got, err := ListImages(link)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{filepath.Join(link, "a.png"), filepath.Join(link, "sub", "b.JPG")}
+	if !slices.Equal(got, want) {
+		t.Errorf("listed %v, want %v", got, want)
+	}
+	if _, err := ListImages(filepath.Join(dir, "missing")); err == nil {
+		t.Error("a missing folder listed without error")
 	}
 }
