@@ -103,3 +103,18 @@ func TestActivationCacheTrainsAsTheTeacherDoes(t *testing.T) {
 		})
 	}
 }
+
+// An output folder that cannot be written is reported before any work, not
+// by the first epoch's state save.
+func TestFitRefusesAnUnwritableOutputAtOnce(t *testing.T) {
+	v, err := models.RandomViT(models.Config{Dim: 32, Depth: 3, Heads: 2, Patch: 8, ImageSize: 32}, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "missing", "line.tfy")
+	_, err = fit.Run(context.Background(), fit.Options{Teacher: v, NormalDir: t.TempDir(), Epochs: 2, BatchSize: 4, LR: 1e-4,
+		ValFraction: 0.25, Whitening: 0.9, Quantile: 0.99, Out: out})
+	if err == nil || !strings.Contains(err.Error(), "cannot be written") {
+		t.Errorf("fit into a missing folder: %v", err)
+	}
+}
