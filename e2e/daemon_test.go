@@ -417,6 +417,12 @@ func TestCheckConfigNamesTheKey(t *testing.T) {
 	if r := runBinary(t, nil, "run", "--check-config", "--config", good); r.code != 0 {
 		t.Errorf("a good config failed: %s", r.stderr)
 	}
+	// A camera that is unplugged now is valid, with a note.
+	unplugged := filepath.Join(dir, "unplugged.yaml")
+	os.WriteFile(unplugged, []byte(fmt.Sprintf("cameras: [{name: a, source: /dev/video97, model: %s}]\n", f.bundle)), 0o644)
+	if r := runBinary(t, nil, "run", "--check-config", "--config", unplugged); r.code != 0 || !strings.Contains(r.stdout, "/dev/video97 is not there now") {
+		t.Errorf("an unplugged camera: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
 }
 
 // TestSystemdNotifyAndReload plays systemd: a datagram NOTIFY_SOCKET and a

@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/pflag"
 
+	"github.com/transformaly/transformaly/capture"
 	"github.com/transformaly/transformaly/daemon"
 )
 
@@ -60,10 +62,20 @@ func runCommand(fs *pflag.FlagSet) func([]string) error {
 			return usageError("unexpected arguments %q", args)
 		}
 		if *check {
-			if _, err := daemon.LoadAndValidate(flags.config, flags.override); err != nil {
+			cfg, err := daemon.LoadAndValidate(flags.config, flags.override)
+			if err != nil {
 				return err
 			}
 			fmt.Printf("config %s is valid\n", flags.config)
+			// A camera unplugged now is no error (the daemon waits for it),
+			// but worth a word before a deployment.
+			for i, cam := range cfg.Cameras {
+				if kind, dev, _ := capture.ParseKind(cam.Source); kind == capture.KindDevice && strings.HasPrefix(dev, "/dev/") {
+					if _, err := os.Stat(dev); err != nil {
+						fmt.Printf("note: cameras[%d] (%s): %s is not there now; the daemon will keep trying to open it\n", i, cam.Name, dev)
+					}
+				}
+			}
 			return nil
 		}
 		if err := rt.init(); err != nil {
