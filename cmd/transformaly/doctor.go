@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/transformaly/transformaly/daemon"
 	"github.com/transformaly/transformaly/detector"
 	"github.com/transformaly/transformaly/internal/ort"
 	"github.com/transformaly/transformaly/models"
@@ -20,9 +22,28 @@ func doctorCommand(fs *pflag.FlagSet) func([]string) error {
 	var rt runtimeFlags
 	rt.register(fs)
 	library := fs.String("provider-library", "", "also try these execution-provider plugin libraries (comma-separated)")
+	config := fs.String("config", "", "try the providers as this daemon configuration sets them up (detector.provider_library, cuda_options, tensorrt_options)")
+	cudaOptions := fs.StringToString("cuda-options", nil, "try the CUDA provider with these ONNX Runtime options, e.g. device_id=1")
+	tensorrtOptions := fs.StringToString("tensorrt-options", nil, "try the TensorRT provider with these ONNX Runtime options")
 	return func(args []string) error {
 		if len(args) > 0 {
 			return usageError("unexpected arguments %q", args)
+		}
+		if *config != "" {
+			cfg, err := daemon.LoadAndValidate(*config, nil)
+			if err != nil {
+				return err
+			}
+			if *library == "" {
+				*library = cfg.Detector.ProviderLibrary
+			}
+			*cudaOptions = mergeOptions(cfg.Detector.CUDAOptions, *cudaOptions)
+			*tensorrtOptions = mergeOptions(cfg.Detector.TensorRTOptions, *tensorrtOptions)
+		}
+		for flag, opts := range map[string]map[string]string{"--cuda-options": *cudaOptions, "--tensorrt-options": *tensorrtOptions} {
+			if err := detector.CheckProviderOptions(opts); err != nil {
+				return usageError("%s: %v", flag, err)
+			}
 		}
 		cands, _ := ort.Candidates(rt.library)
 		if err := rt.init(); err != nil {
@@ -67,7 +88,7 @@ func doctorCommand(fs *pflag.FlagSet) func([]string) error {
 		dir := filepath.Dir(ort.Library())
 		for _, p := range []string{"tensorrt", "cuda", "cpu"} {
 			lib := filepath.Join(dir, "libonnxruntime_providers_"+p+".so")
-			opts := detector.RunnerOptions{Provider: p, ProviderLibrary: *library}
+			opts := detector.RunnerOptions{Provider: p, ProviderLibrary: *library, CUDAOptions: *cudaOptions, TensorRTOptions: *tensorrtOptions}
 			if p != "cpu" && *library == "" {
 				if _, err := os.Stat(lib); err != nil {
 					fmt.Printf("  %-9s not installed: no %s beside the core library (a GPU build of ONNX Runtime %s, or --provider-library)\n", p, filepath.Base(lib), ort.Version())
@@ -89,6 +110,16 @@ func doctorCommand(fs *pflag.FlagSet) func([]string) error {
 		}
 		return nil
 	}
+}
+
+// mergeOptions is base with over's entries over it.
+func mergeOptions(base, over map[string]string) map[string]string {
+	out := maps.Clone(base)
+	if out == nil {
+		out = map[string]string{}
+	}
+	maps.Copy(out, over)
+	return out
 }
 
 func inLibraryPath(name string) bool {
