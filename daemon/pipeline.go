@@ -144,7 +144,7 @@ func warmUp(det *detector.Detector, maxBatch int) error {
 	for _, n := range []int{maxBatch, 1} {
 		img := make([]byte, n*det.Size()*det.Size()*3)
 		for range 2 {
-			if _, err := det.Score(img, n, 0); err != nil {
+			if _, err := det.Score(img, n, det.Info.Threshold); err != nil {
 				return err
 			}
 		}
@@ -273,7 +273,7 @@ func (p *pipeline) detectLoop(ctx context.Context, m *modelRuntime) {
 			pixels = append(pixels, pf.frame.RGB...)
 		}
 		start := time.Now()
-		res, err := m.det.Score(pixels, len(batch), 0)
+		res, err := m.det.Score(pixels, len(batch), m.det.Info.Threshold) // each camera judges by its own threshold
 		inferMS := float64(time.Since(start).Microseconds()) / 1000
 		if err != nil {
 			slog.Error("detector failed on a batch", "bundle", m.path, "frames", len(batch), "err", err)

@@ -73,12 +73,10 @@ func fp16Model(info models.BundleInfo, mf models.ModelFile) ([]byte, error) {
 // Size is the image side length the bundle takes.
 func (d *Detector) Size() int { return d.Info.ImageSize }
 
-// Score runs n packed RGB images of Size() squared. threshold <= 0 uses the
-// bundle's own.
+// Score runs n packed RGB images of Size() squared; a result is Anomalous
+// when its score is above threshold (d.Info.Threshold is the bundle's
+// calibrated one; scores and thresholds may be negative).
 func (d *Detector) Score(images []byte, n int, threshold float64) ([]Result, error) {
-	if threshold <= 0 {
-		threshold = d.Info.Threshold
-	}
 	out, err := d.runner.Run(images, n)
 	if err != nil {
 		return nil, err

@@ -68,7 +68,7 @@ func TestLoadedBundleOutlivesItsFile(t *testing.T) {
 		if err := os.WriteFile(path, []byte("a new bundle on its way"), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		got, err := d.Score(images, 3, 0)
+		got, err := d.Score(images, 3, d.Info.Threshold)
 		d.Close()
 		if err != nil {
 			t.Fatalf("private copy %v: %v", viaCopy, err)
@@ -107,7 +107,7 @@ func TestLoadedBundleOutlivesItsFile(t *testing.T) {
 		if err != nil {
 			t.Fatalf("format %d: %v", format, err)
 		}
-		res, err := d.Score(images, 3, 0)
+		res, err := d.Score(images, 3, d.Info.Threshold)
 		d.Close()
 		if err != nil || float32(res[0].Score) != want[0].Data[0] {
 			t.Errorf("format %d: score %v (%v), want %g", format, res, err, want[0].Data[0])

@@ -60,7 +60,7 @@ func TestGPUMatchesCPU(t *testing.T) {
 			return nil
 		}
 		defer d.Close()
-		res, err := d.Score(images, 8, 0)
+		res, err := d.Score(images, 8, d.Info.Threshold)
 		if err != nil {
 			t.Fatalf("%s %s: %v", provider, precision, err)
 		}

@@ -4,9 +4,11 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -130,6 +132,41 @@ func TestFitEvalScoreInspect(t *testing.T) {
 		if b, err := os.ReadFile(filepath.Join(heat, name)); err != nil || len(b) < 100 || b[0] != 0xff || b[1] != 0xd8 {
 			t.Errorf("heatmap %s: %v", name, err)
 		}
+	}
+
+	// --threshold is taken whatever its sign: scores are negative
+	// log-likelihoods, often below zero (it once meant "the bundle's" at or
+	// below zero).
+	normals, _ := filepath.Glob(filepath.Join(f.testNormal, "*.png"))
+	scoreAt := func(threshold float64) (scores []float64, anomalous []bool) {
+		args := []string{"score", "--model", bundle, "--json", normals[0], normals[1]}
+		if !math.IsNaN(threshold) {
+			args = append(args, "--threshold", strconv.FormatFloat(threshold, 'g', -1, 64))
+		}
+		r := runBinary(t, nil, args...)
+		for _, l := range strings.Split(strings.TrimSpace(r.stdout), "\n") {
+			var line struct {
+				Score     float64 `json:"score"`
+				Anomalous bool    `json:"anomalous"`
+			}
+			if err := json.Unmarshal([]byte(l), &line); err != nil {
+				t.Fatalf("score: %v\n%s%s", err, r.stdout, r.stderr)
+			}
+			scores, anomalous = append(scores, line.Score), append(anomalous, line.Anomalous)
+		}
+		return scores, anomalous
+	}
+	scores, _ := scoreAt(math.NaN())
+	below := min(scores[0], scores[1]) - 1
+	if _, anomalous := scoreAt(below); !anomalous[0] || !anomalous[1] {
+		t.Errorf("scores %v with --threshold %g: anomalous %v, want both", scores, below, anomalous)
+	}
+	if _, anomalous := scoreAt(max(scores[0], scores[1]) + 1); anomalous[0] || anomalous[1] {
+		t.Errorf("scores %v with a threshold above both: anomalous %v", scores, anomalous)
+	}
+	r = runBinary(t, nil, "eval", "--model", bundle, "--normal", f.testNormal, "--anomalous", f.defective, "--json", "--threshold", "-123.5")
+	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil || rep["threshold"] != -123.5 {
+		t.Errorf("eval --threshold -123.5 reported threshold %v (%v)", rep["threshold"], err)
 	}
 
 	r = runBinary(t, nil, "inspect", bundle)

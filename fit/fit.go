@@ -17,6 +17,7 @@ import (
 	"gonum.org/v1/gonum/mat"
 
 	"github.com/transformaly/transformaly/detector"
+	"github.com/transformaly/transformaly/internal/atomicfile"
 	"github.com/transformaly/transformaly/models"
 )
 
@@ -104,16 +105,6 @@ func (o *Options) memoryBudget() int64 {
 // there is room for it.
 func (o *Options) spillDir() string { return filepath.Dir(o.Out) }
 
-// checkWritable makes and removes a file in dir.
-func checkWritable(dir string) error {
-	f, err := os.CreateTemp(dir, ".transformaly-write-check-*")
-	if err != nil {
-		return err
-	}
-	f.Close()
-	return os.Remove(f.Name())
-}
-
 // StatePath is where an unfinished fit of the bundle out keeps its epochs.
 func StatePath(out string) string { return out + ".fit-state" }
 
@@ -152,7 +143,7 @@ func Run(ctx context.Context, o Options) (models.BundleInfo, error) {
 		return info, fmt.Errorf("fit: %w", err)
 	}
 	start := time.Now()
-	if err := checkWritable(o.spillDir()); err != nil {
+	if err := atomicfile.Writable(o.Out); err != nil {
 		// Before any work: otherwise the first epoch's state save finds out.
 		return info, fmt.Errorf("fit: the bundle %s cannot be written: %w", o.Out, err)
 	}

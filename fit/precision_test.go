@@ -44,7 +44,7 @@ func TestFP16VariantMatchesFP32(t *testing.T) {
 			t.Fatalf("%s: %v", precision, err)
 		}
 		defer d.Close()
-		r, err := d.Score(images, 4, 0)
+		r, err := d.Score(images, 4, d.Info.Threshold)
 		if err != nil {
 			t.Fatalf("%s: %v", precision, err)
 		}

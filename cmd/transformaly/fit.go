@@ -19,6 +19,7 @@ import (
 	"github.com/transformaly/transformaly/capture"
 	"github.com/transformaly/transformaly/detector"
 	"github.com/transformaly/transformaly/fit"
+	"github.com/transformaly/transformaly/internal/atomicfile"
 	"github.com/transformaly/transformaly/internal/heatmap"
 	"github.com/transformaly/transformaly/models"
 )
@@ -205,6 +206,7 @@ func scoreFilesWithViews(det *detector.Detector, paths []string, batch int, keep
 
 // modelFlags name a bundle.
 type modelFlags struct {
+	flags                        *pflag.FlagSet
 	path                         string
 	threshold                    float64
 	provider                     string
@@ -214,6 +216,7 @@ type modelFlags struct {
 }
 
 func (m *modelFlags) register(fs *pflag.FlagSet) {
+	m.flags = fs
 	fs.StringVar(&m.path, "model", "", "bundle `file` written by transformaly fit (required)")
 	fs.Float64Var(&m.threshold, "threshold", 0, "alert threshold on the score (default: the bundle's calibrated one)")
 	fs.StringVar(&m.provider, "provider", "cpu", "execution provider: auto (TensorRT, then CUDA, then CPU), tensorrt, cuda or cpu")
@@ -221,6 +224,15 @@ func (m *modelFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&m.providerLibrary, "provider-library", "", "execution-provider plugin libraries, comma-separated (e.g. libonnxruntime_providers_cuda.so of the core library's exact version)")
 	fs.StringToStringVar(&m.cudaOptions, "cuda-options", nil, "ONNX Runtime CUDA provider options, e.g. device_id=1,gpu_mem_limit=8589934592")
 	fs.StringToStringVar(&m.tensorrtOptions, "tensorrt-options", nil, "ONNX Runtime TensorRT provider options, e.g. trt_max_workspace_size=4294967296")
+}
+
+// thresholdFor is --threshold when it was given, whatever its sign (scores
+// are negative log-likelihoods and often below zero), else the bundle's.
+func (m *modelFlags) thresholdFor(det *detector.Detector) float64 {
+	if m.flags.Changed("threshold") {
+		return m.threshold
+	}
+	return det.Info.Threshold
 }
 
 func (m *modelFlags) load(rt runtimeFlags) (*detector.Detector, error) {
@@ -277,10 +289,7 @@ func scoreCommand(fs *pflag.FlagSet) func([]string) error {
 			return err
 		}
 		defer det.Close()
-		threshold := model.threshold
-		if threshold <= 0 {
-			threshold = det.Info.Threshold
-		}
+		threshold := model.thresholdFor(det)
 		if *heatmaps != "" {
 			if err := os.MkdirAll(*heatmaps, 0o755); err != nil {
 				return fmt.Errorf("--heatmap: %w", err)
@@ -402,7 +411,12 @@ func evalCommand(fs *pflag.FlagSet) func([]string) error {
 			return err
 		}
 		defer det.Close()
-		rep, scores, err := evaluate(det, *normalDir, *anomalousDir, model.threshold, max(*batch, 1))
+		if *chart != "" {
+			if err := atomicfile.Writable(*chart); err != nil {
+				return fmt.Errorf("--chart: %w", err)
+			}
+		}
+		rep, scores, err := evaluate(det, *normalDir, *anomalousDir, model.thresholdFor(det), max(*batch, 1))
 		if err != nil {
 			return err
 		}
@@ -412,7 +426,7 @@ func evalCommand(fs *pflag.FlagSet) func([]string) error {
 				return err
 			}
 			defer half.Close()
-			halfRep, halfScores, err := evaluate(half, *normalDir, *anomalousDir, model.threshold, max(*batch, 1))
+			halfRep, halfScores, err := evaluate(half, *normalDir, *anomalousDir, model.thresholdFor(half), max(*batch, 1))
 			if err != nil {
 				return err
 			}
@@ -442,12 +456,9 @@ func printReport(rep evalReport) {
 }
 
 // evaluate scores every image under the two folders and measures AUROC and
-// the rates at the threshold (<= 0: the bundle's).
+// the rates at the threshold.
 func evaluate(det *detector.Detector, normalDir, anomalousDir string, threshold float64, batch int) (evalReport, []float64, error) {
 	rep := evalReport{Threshold: threshold}
-	if rep.Threshold <= 0 {
-		rep.Threshold = det.Info.Threshold
-	}
 	type scores struct{ all, pre, stu []float64 }
 	var sets [2]scores
 	for i, dir := range []string{normalDir, anomalousDir} {

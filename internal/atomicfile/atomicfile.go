@@ -54,3 +54,14 @@ func WriteFunc(path string, write func(io.Writer) error) (err error) {
 	}
 	return nil
 }
+
+// Writable says whether Write could put a file at path: its folder exists
+// and takes new files. For checking an output before long work.
+func Writable(path string) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".check-*")
+	if err != nil {
+		return err
+	}
+	tmp.Close()
+	return os.Remove(tmp.Name())
+}
