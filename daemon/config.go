@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/url"
 	"os"
@@ -312,8 +313,10 @@ func (c Config) Validate() []error {
 		if deref(cam.FPSLimit) < 0 {
 			bad(key("fps_limit"), "must not be negative")
 		}
-		if t := cam.Threshold; t != nil && *t == 0 {
-			bad(key("threshold"), "0 is not a threshold (leave it out to use the bundle's)")
+		// Any finite value is a threshold, 0 and below too: scores are
+		// negative log-likelihoods, often below zero.
+		if t := cam.Threshold; t != nil && (math.IsNaN(*t) || math.IsInf(*t, 0)) {
+			bad(key("threshold"), "%g is not a threshold", *t)
 		}
 		if cam.FourCC != "" && len(cam.FourCC) != 4 {
 			bad(key("fourcc"), "%q is not four characters", cam.FourCC)

@@ -398,6 +398,7 @@ func TestCheckConfigNamesTheKey(t *testing.T) {
 		{"bad qos", fmt.Sprintf("cameras: [{name: a, source: %s, model: %s}]\nmqtt: {score_qos: 3}\n", f.video, f.bundle), "mqtt.score_qos"},
 		{"unset password env", fmt.Sprintf("cameras: [{name: a, source: %s, model: %s}]\nmqtt: {password_env: TFY_NOPE_PW}\n", f.video, f.bundle), "mqtt.password_env"},
 		{"bad provider", fmt.Sprintf("cameras: [{name: a, source: %s, model: %s}]\ndetector: {provider: tpu}\n", f.video, f.bundle), "detector.provider"},
+		{"nan threshold", fmt.Sprintf("cameras: [{name: a, source: %s, model: %s, threshold: .nan}]\n", f.video, f.bundle), "cameras[0].threshold"},
 		{"bad cuda option", fmt.Sprintf("cameras: [{name: a, source: %s, model: %s}]\ndetector: {cuda_options: {arena_extend_strategy: same}}\n", f.video, f.bundle), "detector.cuda_options: arena_extend_strategy"},
 		{"bad duration", fmt.Sprintf("cameras: [{name: a, source: %s, model: %s, stall_timeout: soon}]\n", f.video, f.bundle), "stall_timeout"},
 		{"bad metrics address", fmt.Sprintf("cameras: [{name: a, source: %s, model: %s}]\nmetrics: {address: nine}\n", f.video, f.bundle), "metrics.address"},
