@@ -240,7 +240,7 @@ func (c *Camera) stream(ctx context.Context, src source, pre *preprocessor, fram
 		rgb := make([]byte, c.cfg.Size*c.cfg.Size*3)
 		view, err := pre.Apply(*frame, rgb)
 		if err != nil {
-			return delivered, fmt.Errorf("%w: %w", err, ErrPermanent)
+			return delivered, markPermanent(err)
 		}
 		*seq++
 		c.mu.Lock()

@@ -264,6 +264,10 @@ func TestPermanentErrorsAtStart(t *testing.T) {
 		if err == nil || !errors.Is(err, ErrPermanent) || !bytes.Contains([]byte(err.Error()), []byte(c.want)) {
 			t.Errorf("%s: %v, want a permanent error mentioning %q", c.name, err, c.want)
 		}
+		// The mark is for errors.Is, not for the user to read.
+		if err != nil && bytes.Contains([]byte(err.Error()), []byte("permanent")) {
+			t.Errorf("%s: the message shows the internal mark: %v", c.name, err)
+		}
 	}
 	// A folder without images is found when opened, and is permanent.
 	cam, cancel, done := runCamera(t, Config{Name: "empty", Source: dir, Size: 8})

@@ -73,12 +73,19 @@ func (c Config) withDefaults() Config {
 }
 
 // ErrPermanent marks errors that retrying cannot fix (a file that does not
-// exist, an unknown URL scheme, a malformed ROI).
+// exist, an unknown URL scheme, a malformed ROI): errors.Is finds it, and
+// the message stays the cause's own.
 var ErrPermanent = errors.New("permanent")
 
-func permanent(format string, a ...any) error {
-	return fmt.Errorf(format+": %w", append(a, ErrPermanent)...)
-}
+type permanentError struct{ error }
+
+func (e permanentError) Is(target error) bool { return target == ErrPermanent }
+func (e permanentError) Unwrap() error        { return e.error }
+
+// markPermanent marks err as one that retrying cannot fix.
+func markPermanent(err error) error { return permanentError{err} }
+
+func permanent(format string, a ...any) error { return markPermanent(fmt.Errorf(format, a...)) }
 
 // ParseKind classifies a source string, and checks what can be checked
 // before opening it: a non-existent file or folder, or a URL of a scheme no

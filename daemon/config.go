@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -157,7 +158,49 @@ func LoadConfig(path string) (Config, error) {
 	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
 		return cfg, fmt.Errorf("config %s:\n  %s", path, keyedYAMLError(data, err))
 	}
+	dir, err := filepath.Abs(filepath.Dir(path))
+	if err != nil {
+		return cfg, fmt.Errorf("config %s: %w", path, err)
+	}
+	cfg.resolvePaths(dir)
 	return cfg, nil
+}
+
+// resolvePaths takes relative file paths from dir, the configuration's
+// folder, as most tools do: a daemon's working directory is / (systemd),
+// and a configuration should mean the same wherever it is read from.
+// Device indices, /dev nodes and URLs are left as they are.
+func (c *Config) resolvePaths(dir string) {
+	abs := func(p *string) {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(dir, *p)
+		}
+	}
+	for _, cam := range append([]*CameraConfig{&c.Defaults}, pointers(c.Cameras)...) {
+		abs(&cam.Model)
+		if kind, _, _ := capture.ParseKind(cam.Source); kind != capture.KindDevice && kind != capture.KindStream && !strings.Contains(cam.Source, "://") {
+			abs(&cam.Source)
+		}
+	}
+	for _, p := range []*string{&c.StateDirectory, &c.CacheDirectory, &c.MQTT.PasswordFile, &c.MQTT.TLS.CAFile, &c.MQTT.TLS.CertFile, &c.MQTT.TLS.KeyFile} {
+		abs(p)
+	}
+	if c.Detector.ProviderLibrary != "" {
+		libs := strings.Split(c.Detector.ProviderLibrary, ",")
+		for i := range libs {
+			libs[i] = strings.TrimSpace(libs[i])
+			abs(&libs[i])
+		}
+		c.Detector.ProviderLibrary = strings.Join(libs, ",")
+	}
+}
+
+func pointers[T any](xs []T) []*T {
+	out := make([]*T, len(xs))
+	for i := range xs {
+		out[i] = &xs[i]
+	}
+	return out
 }
 
 var yamlLine = regexp.MustCompile(`line (\d+): `)
@@ -295,7 +338,7 @@ func (c Config) Validate() []error {
 		if cam.Source == "" {
 			bad(key("source"), "missing")
 		} else if _, _, err := capture.ParseKind(cam.Source); err != nil {
-			bad(key("source"), "%v", strings.TrimSuffix(err.Error(), ": permanent"))
+			bad(key("source"), "%v", err)
 		}
 		if cam.Model == "" {
 			bad(key("model"), "missing (set it here or in defaults.model)")

@@ -140,13 +140,18 @@ func runDemoDaemon(ctx context.Context, dir, bundle string, port, threads int) e
 		return err
 	}
 	config := filepath.Join(dir, "config.yaml")
+	model, err := filepath.Rel(dir, bundle)
+	if err != nil {
+		return err
+	}
+	// Paths relative to the configuration's folder, as the daemon reads them.
 	yaml := fmt.Sprintf(`# written by transformaly demo
 cameras:
-  - {name: line1, source: %q, model: %q, pace: true}
+  - {name: line1, source: line.avi, model: %q, pace: true}
 mqtt: {broker: embedded, embedded_address: "127.0.0.1:%d", stats_interval: 5s}
 metrics: {address: "off"}
-state_directory: %q
-`, video, bundle, port, filepath.Join(dir, "state"))
+state_directory: state
+`, model, port)
 	if err := os.WriteFile(config, []byte(yaml), 0o644); err != nil {
 		return err
 	}
