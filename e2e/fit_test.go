@@ -169,6 +169,22 @@ func TestFitEvalScoreInspect(t *testing.T) {
 		t.Errorf("eval --threshold -123.5 reported threshold %v (%v)", rep["threshold"], err)
 	}
 
+	// A folder is scored image by image, each under its own path.
+	r = runBinary(t, nil, "score", "--model", bundle, "--json", f.testNormal)
+	lines = 0
+	for _, l := range strings.Split(strings.TrimSpace(r.stdout), "\n") {
+		var line struct {
+			Path string `json:"path"`
+		}
+		if json.Unmarshal([]byte(l), &line) != nil || filepath.Dir(line.Path) != f.testNormal {
+			t.Errorf("score of a folder printed %q", l)
+		}
+		lines++
+	}
+	if r.code != 0 || lines != len(normals) {
+		t.Errorf("score of a folder of %d images: exit %d, %d lines\n%s", len(normals), r.code, lines, r.stderr)
+	}
+
 	r = runBinary(t, nil, "inspect", bundle)
 	var info map[string]any
 	if err := json.Unmarshal([]byte(r.stdout), &info); r.code != 0 || err != nil {

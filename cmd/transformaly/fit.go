@@ -331,7 +331,18 @@ func scoreCommand(fs *pflag.FlagSet) func([]string) error {
 		}
 		var images, videos []string
 		for _, p := range args {
-			if capture.ImageExtensions[strings.ToLower(filepath.Ext(p))] {
+			if st, err := os.Stat(p); err == nil && st.IsDir() {
+				// A folder is its images, each under its own name (not one
+				// video of them).
+				found, err := fit.ListImages(p)
+				if err != nil {
+					return err
+				}
+				if len(found) == 0 {
+					return fmt.Errorf("%s holds no images (png, jpg, jpeg, bmp)", p)
+				}
+				images = append(images, found...)
+			} else if capture.ImageExtensions[strings.ToLower(filepath.Ext(p))] {
 				images = append(images, p)
 			} else {
 				videos = append(videos, p)
