@@ -55,6 +55,12 @@ func embedCommand(fs *pflag.FlagSet) func([]string) error {
 		if *batch < 1 {
 			return usageError("--batch-size must be at least 1")
 		}
+		images, others, err := imageArgs(args)
+		if err != nil {
+			return err
+		}
+		// Anything else is tried as an image, and named if unreadable.
+		images = append(images, others...)
 		v, err := teacher.load()
 		if err != nil {
 			return err
@@ -73,7 +79,7 @@ func embedCommand(fs *pflag.FlagSet) func([]string) error {
 		defer runner.Close()
 		out := bufio.NewWriter(os.Stdout)
 		defer out.Flush()
-		failed, err := imageBatches(args, v.ImageSize, false, *batch, func(paths []string, pixels []byte, _ []*capture.View) error {
+		failed, err := imageBatches(images, v.ImageSize, false, *batch, func(paths []string, pixels []byte, _ []*capture.View) error {
 			res, err := runner.Run(pixels, len(paths))
 			if err != nil {
 				return err
@@ -85,7 +91,7 @@ func embedCommand(fs *pflag.FlagSet) func([]string) error {
 			}
 			return nil
 		})
-		return unreadable(failed, len(args), err)
+		return unreadable(failed, len(images), err)
 	}
 }
 

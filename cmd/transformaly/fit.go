@@ -329,24 +329,9 @@ func scoreCommand(fs *pflag.FlagSet) func([]string) error {
 			_, err := fmt.Printf("%s\tscore=%.3f\t%s\tll_pretrained=%.3f\tll_student=%.3f\tblock_errors=%v\n", where, r.Score, verdict, r.LLPretrained, r.LLStudent, r.BlockErrors)
 			return err
 		}
-		var images, videos []string
-		for _, p := range args {
-			if st, err := os.Stat(p); err == nil && st.IsDir() {
-				// A folder is its images, each under its own name (not one
-				// video of them).
-				found, err := fit.ListImages(p)
-				if err != nil {
-					return err
-				}
-				if len(found) == 0 {
-					return fmt.Errorf("%s holds no images (png, jpg, jpeg, bmp)", p)
-				}
-				images = append(images, found...)
-			} else if capture.ImageExtensions[strings.ToLower(filepath.Ext(p))] {
-				images = append(images, p)
-			} else {
-				videos = append(videos, p)
-			}
+		images, videos, err := imageArgs(args)
+		if err != nil {
+			return err
 		}
 		failed, err := scoreFilesWithViews(det, images, max(*batch, 1), *heatmaps != "", threshold, func(p string, view *capture.View, r detector.Result) error {
 			return emit(scoreLine{Path: p}, view, r)
@@ -359,6 +344,30 @@ func scoreCommand(fs *pflag.FlagSet) func([]string) error {
 		}
 		return unreadable(failed, len(images), err)
 	}
+}
+
+// imageArgs sorts command-line arguments into image files, with each
+// folder standing for every image in it (each under its own name, not one
+// video of them), and the rest (videos).
+func imageArgs(args []string) (images, others []string, err error) {
+	for _, p := range args {
+		switch st, statErr := os.Stat(p); {
+		case statErr == nil && st.IsDir():
+			found, err := fit.ListImages(p)
+			if err != nil {
+				return nil, nil, err
+			}
+			if len(found) == 0 {
+				return nil, nil, fmt.Errorf("%s holds no images (png, jpg, jpeg, bmp)", p)
+			}
+			images = append(images, found...)
+		case capture.ImageExtensions[strings.ToLower(filepath.Ext(p))]:
+			images = append(images, p)
+		default:
+			others = append(others, p)
+		}
+	}
+	return images, others, nil
 }
 
 // evalReport is what eval prints.

@@ -34,7 +34,7 @@ var commands = []command{
 	{"eval", "", "measure a bundle's AUROC on labelled normal and anomalous images", evalCommand},
 	{"inspect", "BUNDLE", "print a bundle's metadata", inspectCommand},
 	{"doctor", "", "say which execution providers (TensorRT, CUDA, CPU) work here, and why the others do not", doctorCommand},
-	{"embed", "IMAGE...", "print the teacher's CLS embedding of each image", embedCommand},
+	{"embed", "IMAGE|FOLDER...", "print the teacher's CLS embedding of each image (folders: every image in them)", embedCommand},
 	{"demo", "", "the whole product on synthetic parts: random teacher, fit, eval, then the daemon on a video with an embedded broker", demoCommand},
 	{"random-vit", "", "write a seeded random ViT checkpoint (timm layout) for tests and demos", randomViTCommand},
 }
