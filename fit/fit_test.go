@@ -104,17 +104,27 @@ func TestActivationCacheTrainsAsTheTeacherDoes(t *testing.T) {
 	}
 }
 
-// An output folder that cannot be written is reported before any work, not
-// by the first epoch's state save.
-func TestFitRefusesAnUnwritableOutputAtOnce(t *testing.T) {
+// An output folder that cannot be written, or blocks the teacher does not
+// have, are reported before any work (they were found by the first epoch's
+// state save, and after decoding every image).
+func TestFitRefusesBadSettingsAtOnce(t *testing.T) {
 	v, err := models.RandomViT(models.Config{Dim: 32, Depth: 3, Heads: 2, Patch: 8, ImageSize: 32}, 5)
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := filepath.Join(t.TempDir(), "missing", "line.tfy")
-	_, err = fit.Run(context.Background(), fit.Options{Teacher: v, NormalDir: t.TempDir(), Epochs: 2, BatchSize: 4, LR: 1e-4,
-		ValFraction: 0.25, Whitening: 0.9, Quantile: 0.99, Out: out})
-	if err == nil || !strings.Contains(err.Error(), "cannot be written") {
-		t.Errorf("fit into a missing folder: %v", err)
+	for _, c := range []struct {
+		out    string
+		blocks []int
+		want   string
+	}{
+		{filepath.Join(t.TempDir(), "missing", "line.tfy"), nil, "cannot be written"},
+		{filepath.Join(t.TempDir(), "line.tfy"), []int{1, 3}, "blocks: block 3 is outside"},
+	} {
+		// An empty image folder: reaching it would fail otherwise.
+		_, err = fit.Run(context.Background(), fit.Options{Teacher: v, NormalDir: t.TempDir(), Blocks: c.blocks, Epochs: 2, BatchSize: 4, LR: 1e-4,
+			ValFraction: 0.25, Whitening: 0.9, Quantile: 0.99, Out: c.out})
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s, blocks %v: %v, want %q", c.out, c.blocks, err, c.want)
+		}
 	}
 }

@@ -69,7 +69,7 @@ func checkTrainingBlocks(v *ViT, blocks []int) error {
 	if len(blocks) == 0 {
 		return fmt.Errorf("no blocks chosen")
 	}
-	return checkBlocks(blocks, v.Depth)
+	return CheckBlocks(blocks, v.Depth)
 }
 
 // cachedActivations splits a FromActivations graph's input into the

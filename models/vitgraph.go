@@ -188,8 +188,8 @@ func (g *Graph) imagesInput(c Config) string {
 	return g.Input(InputImages, Uint8, batchDim, c.ImageSize, c.ImageSize, 3)
 }
 
-// checkBlocks validates a block index set against the teacher's depth.
-func checkBlocks(blocks []int, depth int) error {
+// CheckBlocks validates a block index set against the teacher's depth.
+func CheckBlocks(blocks []int, depth int) error {
 	seen := map[int]bool{}
 	for _, b := range blocks {
 		if b < 0 || b >= depth {
@@ -231,7 +231,7 @@ func (g *Graph) detectorBody(v *ViT, blocks []int, students []Block) (detectorOu
 	if len(blocks) == 0 || len(blocks) != len(students) {
 		return detectorOutputs{}, fmt.Errorf("detector graph: %d blocks but %d students", len(blocks), len(students))
 	}
-	if err := checkBlocks(blocks, v.Depth); err != nil {
+	if err := CheckBlocks(blocks, v.Depth); err != nil {
 		return detectorOutputs{}, fmt.Errorf("detector graph: %w", err)
 	}
 	c := v.Config
