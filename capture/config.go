@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/transformaly/transformaly/internal/redact"
 )
 
 // Kind is what a source string names.
@@ -108,7 +110,7 @@ func ParseKind(source string) (Kind, string, error) {
 	if strings.Contains(s, "://") {
 		u, err := url.Parse(s)
 		if err != nil {
-			return "", "", permanent("source %q is not a valid URL: %v", redactURL(s), err)
+			return "", "", permanent("source %q is not a valid URL: %v", redact.URL(s), err)
 		}
 		switch u.Scheme {
 		case "rtsp", "rtsps", "http", "https", "rtmp":
@@ -116,7 +118,7 @@ func ParseKind(source string) (Kind, string, error) {
 		case "file":
 			s = u.Path
 		default:
-			return "", "", permanent("source %q: unknown URL scheme %q (want rtsp, rtsps, http, https, rtmp or file)", redactURL(s), u.Scheme)
+			return "", "", permanent("source %q: unknown URL scheme %q (want rtsp, rtsps, http, https, rtmp or file)", redact.URL(s), u.Scheme)
 		}
 	}
 	st, err := os.Stat(s)
@@ -127,15 +129,6 @@ func ParseKind(source string) (Kind, string, error) {
 		return KindFolder, filepath.Clean(s), nil
 	}
 	return KindFile, s, nil
-}
-
-// redactURL hides a URL's password, which must never reach a log.
-func redactURL(s string) string {
-	u, err := url.Parse(s)
-	if err != nil || u.User == nil {
-		return s
-	}
-	return u.Redacted()
 }
 
 // Validate checks a camera's settings.

@@ -10,6 +10,8 @@ import (
 	"sync"
 
 	"gocv.io/x/gocv"
+
+	"github.com/transformaly/transformaly/internal/redact"
 )
 
 // source yields BGR frames into a caller-owned Mat. It is used by one
@@ -60,7 +62,7 @@ func openSource(cfg Config) (source, error) {
 			if kind == KindFile {
 				return nil, permanent("open video file %s: OpenCV's FFMPEG backend cannot read it", target)
 			}
-			return nil, fmt.Errorf("open stream %s: not reachable or not a video stream", redactURL(target))
+			return nil, fmt.Errorf("open stream %s: not reachable or not a video stream", redact.URL(target))
 		}
 		return &videoSource{vc: vc, endIsEOF: kind == KindFile}, nil
 	}

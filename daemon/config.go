@@ -21,6 +21,7 @@ import (
 
 	"github.com/transformaly/transformaly/capture"
 	"github.com/transformaly/transformaly/detector"
+	"github.com/transformaly/transformaly/internal/redact"
 )
 
 // DefaultConfigPath is where `transformaly run` looks without --config.
@@ -373,7 +374,7 @@ func (c Config) Validate() []error {
 			bad("mqtt.embedded_address", "%q is not host:port", m.EmbeddedAddress)
 		}
 	} else if u, err := url.Parse(m.Broker); err != nil || u.Host == "" {
-		bad("mqtt.broker", "%q is not a broker URL like tcp://host:1883", m.Broker)
+		bad("mqtt.broker", "%q is not a broker URL like tcp://host:1883", redact.URL(m.Broker))
 	} else if !map[string]bool{"tcp": true, "mqtt": true, "ssl": true, "tls": true, "mqtts": true, "ws": true, "wss": true}[u.Scheme] {
 		bad("mqtt.broker", "unknown scheme %q (tcp, ssl, ws, wss)", u.Scheme)
 	}

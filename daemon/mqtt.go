@@ -16,6 +16,8 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/transformaly/transformaly/internal/redact"
 )
 
 // Publisher owns the MQTT connection: status and Last Will, scores, the
@@ -120,7 +122,7 @@ func NewPublisher(cfg MQTTConfig, broker string, queue *Queue, onConnect func())
 		SetOnConnectHandler(func(mqtt.Client) { p.connectedNow() }).
 		SetConnectionLostHandler(func(_ mqtt.Client, err error) {
 			p.connected.Store(false)
-			slog.Warn("MQTT connection lost; reconnecting", "broker", broker, "err", err)
+			slog.Warn("MQTT connection lost; reconnecting", "broker", redact.URL(broker), "err", err)
 			select {
 			case p.lost <- struct{}{}:
 			default:
@@ -189,7 +191,7 @@ func (p *Publisher) keepConnected(ctx context.Context, broker string) {
 		if err == nil {
 			err = errors.New("timed out")
 		}
-		slog.Error("MQTT connect failed; retrying", "broker", broker, "retry_in", wait, "err", describeConnectError(err))
+		slog.Error("MQTT connect failed; retrying", "broker", redact.URL(broker), "retry_in", wait, "err", describeConnectError(err))
 		select {
 		case <-ctx.Done():
 			return
