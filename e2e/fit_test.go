@@ -111,7 +111,7 @@ func TestFitEvalScoreInspect(t *testing.T) {
 		if err := json.Unmarshal(sc.Bytes(), &line); err != nil {
 			t.Fatal(err)
 		}
-		for _, k := range []string{"path", "score", "ll_pretrained", "ll_student", "block_errors", "anomalous", "embedding"} {
+		for _, k := range []string{"path", "score", "ll_pretrained", "ll_student", "block_errors", "anomalous", "embedding", "heatmap"} {
 			if _, ok := line[k]; !ok {
 				t.Errorf("score --json lacks %q", k)
 			}

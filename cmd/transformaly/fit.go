@@ -265,6 +265,7 @@ type scoreLine struct {
 	Anomalous    bool      `json:"anomalous"`
 	Threshold    float64   `json:"threshold"`
 	Embedding    []float32 `json:"embedding,omitempty"`
+	Heatmap      string    `json:"heatmap,omitempty"` // the JPEG written with --heatmap
 	// Frame and Seconds place a video frame in its file (videos only).
 	Frame   uint64   `json:"frame,omitempty"`
 	Seconds *float64 `json:"seconds,omitempty"`
@@ -276,7 +277,7 @@ func scoreCommand(fs *pflag.FlagSet) func([]string) error {
 	model.register(fs)
 	asJSON := fs.Bool("json", false, "print one JSON object a line: path, score, ll_pretrained, ll_student, block_errors, anomalous, threshold (and frame, seconds for videos)")
 	withEmbedding := fs.Bool("embedding", false, "include the teacher's embedding")
-	heatmaps := fs.String("heatmap", "", "write each image (and each anomalous video frame) with its per-patch anomaly heatmap as DIR/<name>[-<frame>].heatmap.jpg")
+	heatmaps := fs.String("heatmap", "", "write each image (and each anomalous video frame) with its per-patch anomaly heatmap as DIR/<name>[-<frame>].heatmap.jpg (--json gives each line's file)")
 	heatmapSide := fs.Int("heatmap-size", 1280, "longest side of the heatmap images in pixels (smaller images keep their size)")
 	batch := fs.Int("batch-size", 8, "images per ONNX Runtime call")
 	rt.register(fs)
@@ -296,6 +297,7 @@ func scoreCommand(fs *pflag.FlagSet) func([]string) error {
 			}
 		}
 		enc := json.NewEncoder(os.Stdout)
+		heatmapNames := map[string]int{}
 		emit := func(line scoreLine, view *capture.View, r detector.Result) error {
 			if *heatmaps != "" && (line.Frame == 0 || r.Anomalous) {
 				jpg, err := heatmap.JPEG(view.BGR, view.Width, view.Height, r.TokenErrors, len(det.Info.Blocks), *heatmapSide)
@@ -306,7 +308,15 @@ func scoreCommand(fs *pflag.FlagSet) func([]string) error {
 				if line.Frame > 0 {
 					name += fmt.Sprintf("-%06d", line.Frame)
 				}
-				if err := os.WriteFile(filepath.Join(*heatmaps, name+".heatmap.jpg"), jpg, 0o644); err != nil {
+				// Images of the same name in different folders keep apart.
+				if n := heatmapNames[name]; n > 0 {
+					heatmapNames[name] = n + 1
+					name += fmt.Sprintf("-%d", n+1)
+				} else {
+					heatmapNames[name] = 1
+				}
+				line.Heatmap = filepath.Join(*heatmaps, name+".heatmap.jpg")
+				if err := os.WriteFile(line.Heatmap, jpg, 0o644); err != nil {
 					return fmt.Errorf("--heatmap: %w", err)
 				}
 			}
