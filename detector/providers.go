@@ -104,6 +104,9 @@ func OpenOnProvider(opts RunnerOptions, open func(so *onnx.SessionOptions, provi
 			slog.Warn("execution provider unusable, falling back", "provider", p, "reason", err)
 		}
 	}
+	if slices.ContainsFunc(order, func(p string) bool { return p != "cpu" }) {
+		return "", fmt.Errorf("%w (transformaly doctor says what a GPU provider lacks here)", errors.Join(errs...))
+	}
 	return "", errors.Join(errs...)
 }
 
