@@ -72,8 +72,16 @@ func fitCommand(fs *pflag.FlagSet) func([]string) error {
 		if len(args) > 0 {
 			return usageError("unexpected arguments %q", args)
 		}
-		if *normal == "" || *out == "" {
-			return usageError("--normal and --out are required")
+		var missing []string
+		for _, f := range []struct {
+			name, value string
+		}{{"--teacher", teacher.path}, {"--normal", *normal}, {"--out", *out}} {
+			if f.value == "" {
+				missing = append(missing, f.name)
+			}
+		}
+		if len(missing) > 0 {
+			return usageError("%s required", strings.Join(missing, ", "))
 		}
 		if st, err := os.Stat(*normal); err != nil || !st.IsDir() {
 			return fmt.Errorf("--normal %s: not a readable folder", *normal)
