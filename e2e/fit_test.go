@@ -275,7 +275,7 @@ func TestFitAndScoreBadInputs(t *testing.T) {
 		want string
 	}{
 		{"missing teacher", []string{"fit", "--teacher", filepath.Join(f.dir, "nope.safetensors"), "--normal", f.normal, "--out", bundle}, "no such file"},
-		{"no teacher flag", []string{"fit", "--normal", f.normal, "--out", bundle}, "--teacher is required"},
+		{"no teacher flag", []string{"fit", "--normal", f.normal, "--out", bundle}, "--teacher required"},
 		{"empty folder", []string{"fit", "--teacher", f.teacher, "--normal", empty, "--out", bundle}, "no images"},
 		{"only corrupt files", []string{"fit", "--teacher", f.teacher, "--normal", onlyCorrupt, "--out", bundle}, "only 0 readable images"},
 		{"not a folder", []string{"fit", "--teacher", f.teacher, "--normal", f.teacher, "--out", bundle}, "not a readable folder"},
