@@ -102,8 +102,8 @@ func BenchmarkTrainingStep(b *testing.B) {
 // blocks 2..11, 48 synthetic images, 8 epochs: fixed costs such as decoding
 // and the feature pass weigh as they would in a short real fit) and reports
 // images/s and the whole fit's time over the time its training steps alone
-// took, with the teacher's activations cached once and with the teacher run
-// in every step.
+// took, with the teacher's activations cached once (its pass then counts
+// outside the steps) and with the teacher run in every step.
 func BenchmarkFit(b *testing.B) {
 	for _, bc := range []struct {
 		name  string
