@@ -118,6 +118,7 @@ func TestFitRefusesBadSettingsAtOnce(t *testing.T) {
 		want   string
 	}{
 		{filepath.Join(t.TempDir(), "missing", "line.tfy"), nil, "cannot be written"},
+		{t.TempDir(), nil, "is a folder"},
 		{filepath.Join(t.TempDir(), "line.tfy"), []int{1, 3}, "blocks: block 3 is outside"},
 	} {
 		// An empty image folder: reaching it would fail otherwise.

@@ -58,6 +58,9 @@ func WriteFunc(path string, write func(io.Writer) error) (err error) {
 // Writable says whether Write could put a file at path: its folder exists
 // and takes new files. For checking an output before long work.
 func Writable(path string) error {
+	if st, err := os.Stat(path); err == nil && st.IsDir() {
+		return fmt.Errorf("%s is a folder, not a file name", path)
+	}
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".check-*")
 	if err != nil {
 		return err
