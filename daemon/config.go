@@ -177,9 +177,13 @@ func (c *Config) resolvePaths(dir string) {
 			*p = filepath.Join(dir, *p)
 		}
 	}
-	for _, cam := range append([]*CameraConfig{&c.Defaults}, pointers(c.Cameras)...) {
+	cams := []*CameraConfig{&c.Defaults}
+	for i := range c.Cameras {
+		cams = append(cams, &c.Cameras[i])
+	}
+	for _, cam := range cams {
 		abs(&cam.Model)
-		if kind, _, _ := capture.ParseKind(cam.Source); kind != capture.KindDevice && kind != capture.KindStream && !strings.Contains(cam.Source, "://") {
+		if kind, _, _ := capture.ParseKind(cam.Source); kind != capture.KindDevice && !strings.Contains(cam.Source, "://") {
 			abs(&cam.Source)
 		}
 	}
@@ -194,14 +198,6 @@ func (c *Config) resolvePaths(dir string) {
 		}
 		c.Detector.ProviderLibrary = strings.Join(libs, ",")
 	}
-}
-
-func pointers[T any](xs []T) []*T {
-	out := make([]*T, len(xs))
-	for i := range xs {
-		out[i] = &xs[i]
-	}
-	return out
 }
 
 var yamlLine = regexp.MustCompile(`line (\d+): `)

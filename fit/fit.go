@@ -133,9 +133,6 @@ func (o *Options) check() error {
 	if o.Blocks == nil {
 		o.Blocks = DefaultBlocks(o.Teacher.Depth)
 	}
-	if len(o.Blocks) == 0 {
-		return errors.New("no blocks chosen")
-	}
 	if err := models.CheckBlocks(o.Blocks, o.Teacher.Depth); err != nil {
 		return fmt.Errorf("blocks: %w", err)
 	}

@@ -45,7 +45,7 @@ func ActivationBoundaries(blocks []int) []int {
 // ActivationBoundaries(blocks), [N, K, Tokens, Dim] (Activations), running
 // only the blocks up to the last chosen one.
 func TeacherActivationsGraph(v *ViT, blocks []int) ([]byte, error) {
-	if err := checkTrainingBlocks(v, blocks); err != nil {
+	if err := CheckBlocks(blocks, v.Depth); err != nil {
 		return nil, fmt.Errorf("teacher activations graph: %w", err)
 	}
 	c := v.Config
@@ -63,13 +63,6 @@ func TeacherActivationsGraph(v *ViT, blocks []int) ([]byte, error) {
 	}
 	g.Output(Activations, acts, Float32, batchDim, len(bounds), c.Tokens(), c.Dim)
 	return g.Model("transformaly_teacher_activations", map[string]string{"config": c.Describe()})
-}
-
-func checkTrainingBlocks(v *ViT, blocks []int) error {
-	if len(blocks) == 0 {
-		return fmt.Errorf("no blocks chosen")
-	}
-	return CheckBlocks(blocks, v.Depth)
 }
 
 // cachedActivations splits a FromActivations graph's input into the
@@ -106,7 +99,7 @@ func GradName(input string) string { return gradPrefix + input }
 // parameters, which are graph inputs (StudentParamName) so one session
 // serves every step.
 func TrainingGraph(v *ViT, blocks []int, withGrads bool, input TrainingInput) ([]byte, error) {
-	if err := checkTrainingBlocks(v, blocks); err != nil {
+	if err := CheckBlocks(blocks, v.Depth); err != nil {
 		return nil, fmt.Errorf("training graph: %w", err)
 	}
 	c := v.Config

@@ -188,8 +188,12 @@ func (g *Graph) imagesInput(c Config) string {
 	return g.Input(InputImages, Uint8, batchDim, c.ImageSize, c.ImageSize, 3)
 }
 
-// CheckBlocks validates a block index set against the teacher's depth.
+// CheckBlocks validates a block index set against the teacher's depth: at
+// least one block, each within it, none twice.
 func CheckBlocks(blocks []int, depth int) error {
+	if len(blocks) == 0 {
+		return fmt.Errorf("no blocks chosen")
+	}
 	seen := map[int]bool{}
 	for _, b := range blocks {
 		if b < 0 || b >= depth {
