@@ -109,14 +109,21 @@ $(GPU_CUDA_LIB):
 # by back-to-back calls). xz, not zstd: GPU images often lack zstd, while
 # xz, or Python's lzma, is nearly always there (the CUDA kernels are
 # compressed already: 230 MB packs to 165 MB either way).
+# The transformaly binary travels too, for the fit and daemon checks, with
+# the shared libraries OpenCV pulls in (all but the C and C++ runtimes,
+# which the box's own newer ones serve): about 300 MB, 90 MB packed.
 GPU_CARRY := .deps/gpu-carry
-gpu-carry: $(GPU_CUDA_LIB)
-	rm -rf $(GPU_CARRY) && mkdir -p $(GPU_CARRY)/bin
+gpu-carry: $(GPU_CUDA_LIB) deps
+	rm -rf $(GPU_CARRY) && mkdir -p $(GPU_CARRY)/bin $(GPU_CARRY)/lib
 	go test -c -o $(GPU_CARRY)/bin/detector.test ./detector
 	go build -o $(GPU_CARRY)/bin/benchreport ./internal/benchreport
-	cd .deps && tar -cf - onnxruntime-gpu/*.so gpu-carry/bin | xz -6 -T0 > gpu-carry/gpu.tar.xz
+	go build -o $(GPU_CARRY)/bin/transformaly ./cmd/transformaly
+	ldd $(GPU_CARRY)/bin/transformaly | awk '/=> \// {print $$3}' \
+		| grep -vE '/(libc|libm|libpthread|libdl|librt|libstdc\+\+|libgcc_s)\.so' \
+		| xargs -I{} cp -L {} $(GPU_CARRY)/lib/
+	cd .deps && tar -cf - onnxruntime-gpu/*.so gpu-carry/bin gpu-carry/lib | xz -6 -T0 > gpu-carry/gpu.tar.xz
 	split -b 60M -d $(GPU_CARRY)/gpu.tar.xz $(GPU_CARRY)/gpu.tar.xz.part-
-	rm -r $(GPU_CARRY)/gpu.tar.xz $(GPU_CARRY)/bin
+	rm -r $(GPU_CARRY)/gpu.tar.xz $(GPU_CARRY)/bin $(GPU_CARRY)/lib
 	ls -la $(GPU_CARRY)
 
 # Runs the detector on CUDA and TensorRT against the CPU and prints the

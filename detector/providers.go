@@ -74,11 +74,21 @@ func OpenOnProvider(opts RunnerOptions, open func(so *onnx.SessionOptions, provi
 		opts.ProviderLibrary = "" // a plugin has nothing to offer the CPU provider
 	}
 	if opts.ProviderLibrary != "" {
+		// One plugin that loads is enough: a box with CUDA but no TensorRT
+		// can still run the CUDA plugin of a list naming both.
 		var err error
+		loaded := 0
 		for _, lib := range strings.Split(opts.ProviderLibrary, ",") {
-			err = errors.Join(err, RegisterPlugin(strings.TrimSpace(lib)))
+			if libErr := RegisterPlugin(strings.TrimSpace(lib)); libErr != nil {
+				err = errors.Join(err, libErr)
+			} else {
+				loaded++
+			}
 		}
-		if err != nil {
+		if err != nil && loaded > 0 {
+			logPluginOnce(err)
+		}
+		if loaded == 0 {
 			if !fallback {
 				return "", err
 			}
@@ -257,6 +267,16 @@ func RegisterPlugin(path string) error {
 	}
 	plugins.registered[path] = err
 	return err
+}
+
+// pluginsUnusable remembers the plugin failures already logged: every
+// session of a fit or daemon registers its list again.
+var pluginsUnusable sync.Map
+
+func logPluginOnce(err error) {
+	if _, said := pluginsUnusable.LoadOrStore(err.Error(), true); !said {
+		slog.Warn("execution provider plugin unusable, using the others of the list", "reason", err)
+	}
 }
 
 // pluginDevices are the EP devices registered plugins offer for a provider.

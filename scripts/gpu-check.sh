@@ -47,7 +47,11 @@ if command -v go >/dev/null; then
   bin=$out/bin
   go test -c -o "$bin/detector.test" ./detector
   go build -o "$bin/benchreport" ./internal/benchreport
+  if pkg-config --exists opencv4 2>/dev/null; then go build -o "$bin/transformaly" ./cmd/transformaly; fi
 fi
+# The carried transformaly binary brings the shared libraries OpenCV needs
+# (make gpu-carry); they go last on the path, after the box's own.
+[ -d "$carry/lib" ] && export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$carry/lib"
 
 echo "== scores and a training step on GPU providers against CPU"
 TRANSFORMALY_GPU=1 "$bin/detector.test" -test.run 'TestGPU' -test.v 2>&1 | tee "$out/gpu-test.txt" | grep -E '^(=== RUN|--- |    |PASS|FAIL|ok)' || true
@@ -57,3 +61,82 @@ TRANSFORMALY_BENCH_PROVIDERS=${TRANSFORMALY_BENCH_PROVIDERS:-cpu,cuda,tensorrt} 
   "$bin/detector.test" -test.run '^$' -test.bench 'Graphs/ViT-[SB]16-224/detector/(cuda|tensorrt)' -test.benchtime 20x -test.timeout 8m \
   2>/dev/null | tee "$out/bench.txt" | grep -E '^Benchmark' || true
 "$bin/benchreport" -json "$out/bench.json" < "$out/bench.txt"
+
+# The product's own paths on the GPU: doctor, a fit and the daemon. They need
+# the transformaly binary (OpenCV decodes images and video).
+tfy=$bin/transformaly
+if [ ! -x "$tfy" ]; then
+  echo "== no transformaly binary (needs OpenCV to build, or make gpu-carry): fit and daemon not checked"
+  exit 0
+fi
+echo "== doctor"
+"$tfy" doctor 2>&1 | tee "$out/doctor.txt" || true
+"$tfy" doctor --provider-library "$TRANSFORMALY_PROVIDER_LIBRARY" 2>&1 | tee -a "$out/doctor.txt" || true
+
+work=${TMPDIR:-/tmp}/transformaly-gpu-line
+rm -rf "$work" && mkdir -p "$work"
+provider=${GPU_CHECK_PROVIDER:-cuda}
+images=${GPU_CHECK_FIT_IMAGES:-500}
+epochs=${GPU_CHECK_FIT_EPOCHS:-10}
+vit=(${GPU_CHECK_VIT:---dim 768 --depth 12 --heads 12 --patch 16 --image-size 224})
+size=${vit[-1]}
+# The GPU package's core library is a CPU build: its providers come as
+# plugins (the EP-device route), which fit and the daemon are given.
+plugin=()
+if [ "$provider" != cpu ] && [ -e "$gpu_dir/libonnxruntime_providers_$provider.so" ]; then
+  plugin=(--provider-library "$gpu_dir/libonnxruntime_providers_$provider.so")
+fi
+echo "== fit: ViT ${vit[*]}, $images images, $epochs epochs, provider $provider"
+"$tfy" random-vit "${vit[@]}" --out "$work/teacher.safetensors" 2>&1 | tail -1
+"$tfy" synth --out "$work/normal" --count "$images" --image-size "$size" 2>&1 | tail -1
+start=$(date +%s.%N)
+if "$tfy" fit --teacher "$work/teacher.safetensors" --normal "$work/normal" --out "$work/line.tfy" \
+    --epochs "$epochs" --patience 0 --provider "$provider" "${plugin[@]}" >"$out/fit.log" 2>&1; then
+  python3 -c "print('fit took %.1f s' % ($(date +%s.%N) - $start))"
+else
+  echo "fit FAILED:"; tail -20 "$out/fit.log"; exit 1
+fi
+grep -E 'provider|epoch finished|cache|threshold' "$out/fit.log" | cut -c1-400 | tail -16 || true
+
+echo "== daemon: cameras sharing the bundle, provider $provider (video files read unpaced)"
+"$tfy" synth --video "$work/line.avi" --count 20 --image-size 640 2>&1 | tail -1
+metrics_port=19108
+for cams in ${GPU_CHECK_CAMERAS:-4 16}; do
+  cfg=$work/daemon-$cams.yaml
+  {
+    echo "cameras:"
+    for i in $(seq 1 "$cams"); do echo "  - {name: cam$i, source: line.avi, model: line.tfy, loop: true}"; done
+    echo "detector: {provider: $provider, max_batch: 16, batch_wait: 5ms${plugin:+, provider_library: \"$PWD/${plugin[1]}\"}}"
+    echo "mqtt: {broker: embedded, embedded_address: \"127.0.0.1:18831\", stats_interval: 5s}"
+    echo "metrics: {address: \"127.0.0.1:$metrics_port\"}"
+    echo "state_directory: state-$cams"
+    echo "cache_directory: cache"
+  } >"$cfg"
+  "$tfy" run --config "$cfg" >"$out/daemon-$cams.log" 2>&1 &
+  pid=$!
+  scored() { python3 -c '
+import re, sys, urllib.request
+t = urllib.request.urlopen("http://127.0.0.1:'$metrics_port'/metrics", timeout=5).read().decode()
+print(sum(float(m) for m in re.findall(r"^transformaly_frames_scored_total\{[^}]*\} (\S+)", t, re.M)))'; }
+  ready=0
+  for _ in $(seq 1 120); do
+    if python3 -c 'import urllib.request; urllib.request.urlopen("http://127.0.0.1:'$metrics_port'/readyz", timeout=2)' 2>/dev/null; then ready=1; break; fi
+    kill -0 $pid 2>/dev/null || break
+    sleep 1
+  done
+  if [ $ready = 1 ]; then
+    sleep 5 # past warm-up
+    a=$(scored); sleep 15; b=$(scored)
+    python3 -c "print('$cams cameras: %.1f frames/s scored' % (($b - $a) / 15))"
+    python3 -c '
+import re, urllib.request
+t = urllib.request.urlopen("http://127.0.0.1:'$metrics_port'/metrics", timeout=5).read().decode()
+for name in ("transformaly_inference_ms_p50", "transformaly_inference_ms_p99"):
+    v = [float(m) for m in re.findall(r"^" + name + r"\{[^}]*\} (\S+)", t, re.M)]
+    print("  %s (worst camera): %.1f" % (name, max(v) if v else float("nan")))'
+  else
+    echo "$cams cameras: daemon not ready:"; tail -20 "$out/daemon-$cams.log"
+  fi
+  kill -TERM $pid 2>/dev/null; wait $pid || true
+  grep -E 'level=(WARN|ERROR)' "$out/daemon-$cams.log" | cut -c1-300 | sort | uniq -c | sort -rn | head -5 || true
+done

@@ -37,6 +37,7 @@ var commands = []command{
 	{"embed", "IMAGE|FOLDER...", "print the teacher's CLS embedding of each image (folders: every image in them)", embedCommand},
 	{"demo", "", "the whole product on synthetic parts: random teacher, fit, eval, then the daemon on a video with an embedded broker", demoCommand},
 	{"random-vit", "", "write a seeded random ViT checkpoint (timm layout) for tests and demos", randomViTCommand},
+	{"synth", "", "write synthetic inspection images or a video (the demo's washers) to try and measure fits and the daemon", synthCommand},
 }
 
 // errUsage marks errors whose message is the whole story (bad flags), so

@@ -1,0 +1,59 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+
+	"github.com/spf13/pflag"
+
+	"github.com/transformaly/transformaly/internal/synth"
+)
+
+// synthCommand writes the demo's synthetic parts on their own, so fits and
+// daemon runs can be measured at any size and count on any box (the GPU
+// check does so) without a camera or a dataset.
+func synthCommand(fs *pflag.FlagSet) func([]string) error {
+	kinds := append([]string{synth.Normal}, synth.Defects...)
+	out := fs.String("out", "", "folder for the images (PNG, one file a part)")
+	video := fs.String("video", "", "write an MJPG AVI of parts passing the camera instead (every tenth part defective, kinds in turn)")
+	kind := fs.String("kind", synth.Normal, "what the images show: "+strings.Join(kinds, ", "))
+	count := fs.Int("count", 100, "number of images, or of parts in the video")
+	size := fs.Int("image-size", 224, "side of the square images or video frames, in pixels")
+	framesPerPart := fs.Int("frames-per-part", 6, "video frames showing each part")
+	seed := fs.Uint64("seed", 1, "random seed: the same seed gives the same images")
+	return func(args []string) error {
+		if len(args) > 0 {
+			return usageError("unexpected arguments %q", args)
+		}
+		if (*out == "") == (*video == "") {
+			return usageError("give one of --out (images) and --video")
+		}
+		if !slices.Contains(kinds, *kind) {
+			return usageError("--kind %q: one of %s", *kind, strings.Join(kinds, ", "))
+		}
+		if *count < 1 || *size < 16 || *framesPerPart < 1 {
+			return usageError("--count and --frames-per-part must be at least 1 and --image-size at least 16")
+		}
+		if *video != "" {
+			parts := make([]string, *count)
+			for i := range parts {
+				parts[i] = synth.Normal
+				if i%10 == 9 {
+					parts[i] = synth.Defects[(i/10)%len(synth.Defects)]
+				}
+			}
+			if err := synth.WriteVideo(*video, *size, 25, parts, *framesPerPart, *seed); err != nil {
+				return err
+			}
+			slog.Info("synthetic video written", "path", *video, "parts", *count, "frames", *count**framesPerPart, "size", *size)
+			return nil
+		}
+		if _, err := synth.WriteParts(*out, *size, *kind, *count, *seed); err != nil {
+			return fmt.Errorf("write synthetic parts: %w", err)
+		}
+		slog.Info("synthetic parts written", "folder", *out, "kind", *kind, "count", *count, "size", *size)
+		return nil
+	}
+}
