@@ -105,7 +105,8 @@ func BenchmarkGraphs(b *testing.B) {
 					// builds one engine (a profile of batch 1 to the largest)
 					// per graph instead of one per batch size, minutes each.
 					batches := benchBatches(provider)
-					opts := detector.RunnerOptions{Provider: provider, Precision: precision, ImageSize: v.ImageSize, MaxBatch: slices.Max(batches)}
+					opts := detector.RunnerOptions{Provider: provider, Precision: precision, ImageSize: v.ImageSize, MaxBatch: slices.Max(batches),
+						ProviderLibrary: os.Getenv("TRANSFORMALY_PROVIDER_LIBRARY")} // plugins, as scripts/gpu-check.sh sets
 					var r *detector.Runner
 					var openErr error
 					for _, batch := range batches {

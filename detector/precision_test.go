@@ -1,18 +1,24 @@
 package detector_test
 
 import (
+	"bytes"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 
 	onnx "github.com/yalue/onnxruntime_go"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/transformaly/transformaly/detector"
 	"github.com/transformaly/transformaly/models"
+	"github.com/transformaly/transformaly/models/onnxpb"
 )
 
 // TestGPUMatchesCPU runs only on a GPU box (TRANSFORMALY_GPU=1, see
@@ -80,7 +86,7 @@ func TestGPUMatchesCPU(t *testing.T) {
 		for _, c := range []struct {
 			precision string
 			tol       float64
-		}{{models.FP32, 1e-3}, {models.FP16, 5e-2}} {
+		}{{models.FP32, 1e-3}, {"", 1e-2}, {models.FP16, 5e-2}} { // "": the default, TF32 allowed
 			got := run(provider, c.precision)
 			if got == nil {
 				continue
@@ -110,45 +116,8 @@ func TestGPUTrainingStepMatchesCPU(t *testing.T) {
 	if os.Getenv("TRANSFORMALY_GPU") == "" {
 		t.Skip("set TRANSFORMALY_GPU=1 on a GPU box (scripts/gpu-check.sh)")
 	}
-	v, err := models.RandomViT(models.Config{Dim: 384, Depth: 4, Heads: 6, Patch: 16, ImageSize: 224}, 7)
-	if err != nil {
-		t.Fatal(err)
-	}
-	blocks := []int{2, 3}
-	graph, err := models.TrainingGraph(v, blocks, true, models.FromImages)
-	if err != nil {
-		t.Fatal(err)
-	}
+	graph, inputs, outputs, values := trainingStep(t)
 	const batch = 8
-	rng := rand.New(rand.NewPCG(8, 8))
-	images := make([]byte, batch*224*224*3)
-	for i := range images {
-		images[i] = byte(rng.IntN(256))
-	}
-	inputs := []string{models.InputImages}
-	outputs := []string{models.OutputLosses}
-	img, err := onnx.NewTensor(onnx.NewShape(batch, 224, 224, 3), images)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer img.Destroy()
-	values := []onnx.Value{img}
-	for _, b := range blocks {
-		student := models.XavierBlock(v.Config, rng)
-		for _, p := range student.Params(v.Config) {
-			name := models.StudentParamName(b, p.Name)
-			dims := make(onnx.Shape, len(p.Shape))
-			for i, d := range p.Shape {
-				dims[i] = int64(d)
-			}
-			tensor, err := onnx.NewTensor(dims, *p.Data)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer tensor.Destroy()
-			inputs, outputs, values = append(inputs, name), append(outputs, models.GradName(name)), append(values, tensor)
-		}
-	}
 	run := func(provider string) [][]float32 {
 		var out [][]float32
 		_, err := detector.OpenOnProvider(detector.RunnerOptions{Provider: provider, ProviderLibrary: os.Getenv("TRANSFORMALY_PROVIDER_LIBRARY")},
@@ -199,5 +168,172 @@ func TestGPUTrainingStepMatchesCPU(t *testing.T) {
 		if worst > tol*scale {
 			t.Errorf("%s: CUDA differs from the CPU by %.3g (largest entry %.3g)", name, worst, scale)
 		}
+	}
+}
+
+// trainingStep is fit's training-step graph (images in; two ViT-S-shaped
+// student blocks; losses and gradients out) and its inputs, batch 8.
+func trainingStep(t *testing.T) (graph []byte, inputs, outputs []string, values []onnx.Value) {
+	t.Helper()
+	v, err := models.RandomViT(models.Config{Dim: 384, Depth: 4, Heads: 6, Patch: 16, ImageSize: 224}, 7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocks := []int{2, 3}
+	graph, err = models.TrainingGraph(v, blocks, true, models.FromImages)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const batch = 8
+	rng := rand.New(rand.NewPCG(8, 8))
+	images := make([]byte, batch*224*224*3)
+	for i := range images {
+		images[i] = byte(rng.IntN(256))
+	}
+	inputs = []string{models.InputImages}
+	outputs = []string{models.OutputLosses}
+	img, err := onnx.NewTensor(onnx.NewShape(batch, 224, 224, 3), images)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { img.Destroy() })
+	values = []onnx.Value{img}
+	for _, b := range blocks {
+		student := models.XavierBlock(v.Config, rng)
+		for _, p := range student.Params(v.Config) {
+			name := models.StudentParamName(b, p.Name)
+			dims := make(onnx.Shape, len(p.Shape))
+			for i, d := range p.Shape {
+				dims[i] = int64(d)
+			}
+			tensor, err := onnx.NewTensor(dims, *p.Data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { tensor.Destroy() })
+			inputs, outputs, values = append(inputs, name), append(outputs, models.GradName(name)), append(values, tensor)
+		}
+	}
+	return graph, inputs, outputs, values
+}
+
+// TestGPUTrainingGraphPrefixes runs only on a GPU box (TRANSFORMALY_GPU=1):
+// the training step must run on the CUDA provider; where it crashes the
+// process (an H200 with ORT 1.29's CUDA plugin jumped to address 0), it
+// names the first node whose run crashes, running growing prefixes of the
+// graph in child processes (a bisection: each prefix outputs every value it
+// computes, so a longer prefix runs all a shorter one does).
+func TestGPUTrainingGraphPrefixes(t *testing.T) {
+	if os.Getenv("TRANSFORMALY_GPU") == "" {
+		t.Skip("set TRANSFORMALY_GPU=1 on a GPU box (scripts/gpu-check.sh)")
+	}
+	graph, inputs, _, values := trainingStep(t)
+	var m onnxpb.ModelProto
+	if err := proto.Unmarshal(graph, &m); err != nil {
+		t.Fatal(err)
+	}
+	nodes := m.Graph.Node
+	if prefix := os.Getenv("TRANSFORMALY_GRAPH_PREFIX"); prefix != "" { // a child
+		n, err := strconv.Atoi(prefix)
+		if err != nil {
+			t.Fatal(err)
+		}
+		runGraphPrefix(t, &m, n, inputs, values)
+		return
+	}
+	crashes := func(n int) bool {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestGPUTrainingGraphPrefixes$", "-test.v")
+		cmd.Env = append(os.Environ(), "TRANSFORMALY_GRAPH_PREFIX="+strconv.Itoa(n))
+		out, err := cmd.CombinedOutput()
+		crashed := bytes.Contains(out, []byte("signal arrived during cgo execution")) || bytes.Contains(out, []byte("SIGSEGV")) || bytes.Contains(out, []byte("SIGABRT"))
+		if err != nil && !crashed {
+			t.Fatalf("prefix of %d nodes failed without a crash: %v\n%s", n, err, out[max(0, len(out)-3000):])
+		}
+		fmt.Fprintf(os.Stderr, "prefix of %d of %d nodes: crashed %v\n", n, len(nodes), crashed)
+		return crashed
+	}
+	if !crashes(len(nodes)) {
+		return
+	}
+	lo, hi := 0, len(nodes) // the first lo nodes run; the first hi crash
+	for lo+1 < hi {
+		if mid := (lo + hi) / 2; crashes(mid) {
+			hi = mid
+		} else {
+			lo = mid
+		}
+	}
+	n := nodes[hi-1]
+	t.Errorf("the CUDA provider crashes at node %d of %d: %s %s, inputs %v, outputs %v, attributes %v",
+		hi-1, len(nodes), n.GetOpType(), n.GetName(), n.GetInput(), n.GetOutput(), n.GetAttribute())
+}
+
+// runGraphPrefix runs the first n nodes of m on the CUDA provider with
+// every value they compute as an output.
+func runGraphPrefix(t *testing.T, m *onnxpb.ModelProto, n int, inputs []string, values []onnx.Value) {
+	// Element types: those of inputs and initializers, carried through the
+	// nodes (Cast gives its "to", Shape and Size int64, the rest their
+	// first input's).
+	elem := map[string]int32{}
+	for _, in := range m.Graph.Input {
+		elem[in.GetName()] = in.GetType().GetTensorType().GetElemType()
+	}
+	for _, w := range m.Graph.Initializer {
+		elem[w.GetName()] = w.GetDataType()
+	}
+	var outputs []string
+	var infos []*onnxpb.ValueInfoProto
+	var flatten []*onnxpb.NodeProto
+	for _, node := range m.Graph.Node[:n] {
+		e := elem[node.GetInput()[0]]
+		switch node.GetOpType() {
+		case "Shape", "Size":
+			e = models.Int64
+		case "Cast":
+			for _, a := range node.GetAttribute() {
+				if a.GetName() == "to" {
+					e = int32(a.GetI())
+				}
+			}
+		}
+		for _, o := range node.GetOutput() {
+			if o == "" {
+				continue
+			}
+			elem[o] = e
+			flat := o + "/prefix-output" // 1-D: the Go binding takes no scalars
+			flatten = append(flatten, &onnxpb.NodeProto{OpType: proto.String("Reshape"), Input: []string{o, "prefix-flat"}, Output: []string{flat}})
+			outputs = append(outputs, flat)
+			infos = append(infos, &onnxpb.ValueInfoProto{Name: proto.String(flat), Type: &onnxpb.TypeProto{Value: &onnxpb.TypeProto_TensorType{
+				TensorType: &onnxpb.TypeProto_Tensor{ElemType: proto.Int32(e)}}}})
+		}
+	}
+	prefix := proto.Clone(m).(*onnxpb.ModelProto)
+	prefix.Graph.Node = append(prefix.Graph.Node[:n], flatten...)
+	prefix.Graph.Initializer = append(prefix.Graph.Initializer, &onnxpb.TensorProto{Name: proto.String("prefix-flat"),
+		DataType: proto.Int32(models.Int64), Dims: []int64{1}, Int64Data: []int64{-1}})
+	prefix.Graph.Output = infos
+	model, err := proto.Marshal(prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = detector.OpenOnProvider(detector.RunnerOptions{Provider: "cuda", ProviderLibrary: os.Getenv("TRANSFORMALY_PROVIDER_LIBRARY")},
+		func(so *onnx.SessionOptions, _ string) error {
+			s, err := onnx.NewDynamicAdvancedSessionWithONNXData(model, inputs, outputs, so)
+			if err != nil {
+				return err
+			}
+			defer s.Destroy()
+			res := make([]onnx.Value, len(outputs))
+			if err := s.Run(values, res); err != nil {
+				return err
+			}
+			for _, r := range res {
+				r.Destroy()
+			}
+			return nil
+		})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
