@@ -258,11 +258,13 @@ func (g *Graph) vjp(n *onnxpb.NodeProto, dys []string, needs map[string]bool) ([
 			grad = g.Op("Unsqueeze", []string{dy, g.Ints(ax, len(ax))})
 		}
 		if n.GetOpType() == "ReduceMean" {
-			// 1/count = size(dy) / size(x), known only at run time.
-			toF := func(v string) string {
-				return g.Op("Cast", []string{g.Op("Size", []string{v})}, AttrInt("to", int64(Float32)))
-			}
-			grad = g.Op("Mul", []string{grad, g.Op("Div", []string{toF(dy), toF(in[0])})})
+			// Divided by the count of x's elements on the reduced axes,
+			// known only at run time (the batch), from Shape: ORT 1.29's
+			// CUDA plugin crashed the process running Size (an H200, a call
+			// to address 0), where Shape, Gather and ReduceProd run.
+			ax := normAxes(axes, r)
+			dims := g.Op("Gather", []string{g.Op("Cast", []string{g.Op("Shape", []string{in[0]})}, AttrInt("to", int64(Float32))), g.Ints(ax, len(ax))})
+			grad = g.Op("Div", []string{grad, g.Op("ReduceProd", []string{dims}, AttrInts("axes", 0), AttrInt("keepdims", 0))})
 		}
 		dx[0] = g.Op("Expand", []string{grad, g.Op("Shape", []string{in[0]})})
 		g.ranks[dx[0]] = r

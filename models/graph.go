@@ -272,8 +272,6 @@ func (g *Graph) outputRank(n *onnxpb.NodeProto) int {
 		return -1
 	case "Shape":
 		return 1
-	case "Size":
-		return 0
 	case "Squeeze", "Unsqueeze":
 		axes, ok := g.ints[n.Input[1]]
 		if !ok || in(0) < 0 {
@@ -283,7 +281,7 @@ func (g *Graph) outputRank(n *onnxpb.NodeProto) int {
 			return in(0) - len(axes)
 		}
 		return in(0) + len(axes)
-	case "ReduceMean", "ReduceSum":
+	case "ReduceMean", "ReduceSum", "ReduceProd":
 		if attrInt(n, "keepdims", 1) == 1 || in(0) < 0 {
 			return in(0)
 		}

@@ -62,11 +62,13 @@ for t in $("$bin/detector.test" -test.list '^TestGPU'); do
     | grep -E '^(=== RUN|--- |    |PASS|FAIL|ok|prefix of|SIGSEGV|signal arrived)' || true
 done
 
-echo "== benchmarks (ViT-B/16 and ViT-S/16 at 224, batch 1/8/32)"
-TRANSFORMALY_BENCH_PROVIDERS=${TRANSFORMALY_BENCH_PROVIDERS:-cpu,cuda,tensorrt} \
-  "$bin/detector.test" -test.run '^$' -test.bench 'Graphs/ViT-[SB]16-224/detector/(cuda|tensorrt)' -test.benchtime 20x -test.timeout 8m \
-  2>/dev/null | tee "$out/bench.txt" | grep -E '^Benchmark' || true
-"$bin/benchreport" -json "$out/bench.json" < "$out/bench.txt"
+if [ "${GPU_CHECK_BENCH:-1}" = 1 ]; then # 0 skips them (a rerun of the rest)
+  echo "== benchmarks (ViT-B/16 and ViT-S/16 at 224, batch 1/8/32)"
+  TRANSFORMALY_BENCH_PROVIDERS=${TRANSFORMALY_BENCH_PROVIDERS:-cpu,cuda,tensorrt} \
+    "$bin/detector.test" -test.run '^$' -test.bench 'Graphs/ViT-[SB]16-224/detector/(cuda|tensorrt)' -test.benchtime 20x -test.timeout 8m \
+    2>/dev/null | tee "$out/bench.txt" | grep -E '^Benchmark' || true
+  "$bin/benchreport" -json "$out/bench.json" < "$out/bench.txt"
+fi
 
 # The product's own paths on the GPU: doctor, a fit and the daemon. They need
 # the transformaly binary (OpenCV decodes images and video).
