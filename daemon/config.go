@@ -114,7 +114,7 @@ type EventConfig struct {
 // DetectorConfig sets up inference.
 type DetectorConfig struct {
 	Provider  string `yaml:"provider"`  // auto, tensorrt, cuda or cpu
-	Precision string `yaml:"precision"` // "" (fp16 kernels on TensorRT only), fp32 or fp16
+	Precision string `yaml:"precision"` // "" (FP16 kernels on TensorRT, TF32 on CUDA), fp32 (neither) or fp16
 	// ProviderLibrary is an execution-provider plugin library.
 	ProviderLibrary string `yaml:"provider_library"`
 	// CUDAOptions and TensorRTOptions are further ONNX Runtime settings of

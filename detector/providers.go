@@ -173,8 +173,8 @@ func withProvider(opts RunnerOptions, provider string, open func(*onnx.SessionOp
 }
 
 // providerSettings are the options of a GPU provider: the user's CUDA
-// options (TF32 matmuls off for an explicit fp32); TensorRT with FP16 kernels allowed unless fp32 is asked for, and
-// its engine and timing caches in the cache directory so restarts do not
+// options (TF32 matmuls off for an explicit fp32); TensorRT with FP16
+// kernels allowed unless fp32 is asked for, and its engine and timing caches in the cache directory so restarts do not
 // rebuild engines, then the user's TensorRT options over those.
 func providerSettings(provider string, opts RunnerOptions) map[string]string {
 	switch provider {

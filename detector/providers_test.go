@@ -10,8 +10,8 @@ import (
 )
 
 // Each GPU provider gets the settings derived from the options (TensorRT:
-// FP16 kernels, one batch profile, engine and timing caches) with the
-// user's own options over them; the CPU gets none.
+// FP16 kernels, one batch profile, engine and timing caches; CUDA: TF32)
+// with the user's own options over them; the CPU gets none.
 func TestProviderSettings(t *testing.T) {
 	opts := detector.RunnerOptions{Precision: models.FP32, ImageSize: 224, MaxBatch: 8, CacheDir: "/var/cache/t",
 		CUDAOptions:     map[string]string{"gpu_mem_limit": "4294967296", "arena_extend_strategy": "kSameAsRequested"},
@@ -42,6 +42,15 @@ func TestProviderSettings(t *testing.T) {
 	cuda["device_id"] = "1"
 	if _, leaked := opts.CUDAOptions["device_id"]; leaked {
 		t.Error("the CUDA settings share the caller's map")
+	}
+	// fp32 asked for turns CUDA's TF32 matmuls off, unless the user says.
+	opts.Precision = models.FP32
+	if got := detector.ProviderSettings("cuda", opts)["use_tf32"]; got != "0" {
+		t.Errorf("CUDA with fp32 asked for: use_tf32=%q, want 0", got)
+	}
+	opts.CUDAOptions = map[string]string{"use_tf32": "1"}
+	if got := detector.ProviderSettings("cuda", opts)["use_tf32"]; got != "1" {
+		t.Errorf("CUDA with the user's use_tf32=1: use_tf32=%q, want the user's", got)
 	}
 	if got := detector.ProviderSettings("cpu", opts); got != nil {
 		t.Errorf("CPU settings %v, want none", got)

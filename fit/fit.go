@@ -293,7 +293,7 @@ func (o *Options) train(ctx context.Context, tr *Trainer, src batchSource, train
 }
 
 // runnerOptions are the ORT settings of every session of the fit; fp32
-// throughout (TensorRT's FP16 kernels are left off for training).
+// throughout (no TF32 matmuls on CUDA), so the calibration is the CPU's.
 func (o *Options) runnerOptions() detector.RunnerOptions {
 	provider := o.Provider
 	if provider == "auto" {
