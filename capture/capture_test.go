@@ -3,8 +3,10 @@ package capture
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"image"
 	"image/color"
 	"image/jpeg"
@@ -13,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -233,6 +236,7 @@ func TestFolderSkipsCorruptFiles(t *testing.T) {
 	flipped = flipped[:len(flipped)-2] // and no end marker
 	os.WriteFile(filepath.Join(dir, "bitflip.jpg"), flipped, 0o644)
 	os.WriteFile(filepath.Join(dir, "garbage.png"), []byte("not a png"), 0o644)
+	os.WriteFile(filepath.Join(dir, "bomb.bmp"), bmpHeader(40000, 40000), 0o644) // aborted the process
 	os.WriteFile(filepath.Join(dir, "notes.txt"), []byte("ignored"), 0o644)
 
 	cam, cancel, done := runCamera(t, Config{Name: "folder", Source: dir, Size: 16})
@@ -243,7 +247,7 @@ func TestFolderSkipsCorruptFiles(t *testing.T) {
 		t.Fatal(err)
 	}
 	if st := cam.Status(); st.Frames != 5 {
-		t.Errorf("delivered %d frames from a folder of 5 good and 3 corrupt images", st.Frames)
+		t.Errorf("delivered %d frames from a folder of 5 good and 4 corrupt images", st.Frames)
 	}
 }
 
@@ -401,4 +405,70 @@ func TestDroppedStreamReconnectsWithoutLeaks(t *testing.T) {
 		t.Errorf("%d Mats alive after the camera stopped, %d before:\n%s", now, mats, matReport())
 	}
 	waitFor(t, "goroutines to wind down", 5*time.Second, func() bool { return runtime.NumGoroutine() <= goroutines })
+}
+
+// bmpHeader is a 70-byte BMP (BITMAPINFOHEADER, 24 bits) claiming w x h
+// pixels and holding none of them.
+func bmpHeader(w, h int32) []byte {
+	b := []byte("BM")
+	b = binary.LittleEndian.AppendUint32(b, 70)
+	b = binary.LittleEndian.AppendUint32(b, 0)
+	b = binary.LittleEndian.AppendUint32(b, 54)
+	for _, v := range []uint32{40, uint32(w), uint32(h)} {
+		b = binary.LittleEndian.AppendUint32(b, v)
+	}
+	b = binary.LittleEndian.AppendUint16(b, 1)
+	b = binary.LittleEndian.AppendUint16(b, 24)
+	for _, v := range []uint32{0, 0, 2835, 2835, 0, 0} {
+		b = binary.LittleEndian.AppendUint32(b, v)
+	}
+	return append(b, make([]byte, 16)...)
+}
+
+// Image files are refused from their header when they claim more pixels
+// than the limit (a 70-byte BMP claiming 40000x40000 aborted the process
+// in OpenCV), JPEG trailers after the end marker are fine, and a file that
+// is no image is named as such.
+func TestImageFileChecks(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name string, data []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	good := writeJPEG(t, "", color.RGBA{0, 200, 0, 255})
+	var png20k bytes.Buffer // a PNG header of 20000x20000 and no pixel data
+	png20k.WriteString("\x89PNG\r\n\x1a\n")
+	ihdr := binary.BigEndian.AppendUint32([]byte("IHDR"), 20000)
+	ihdr = append(binary.BigEndian.AppendUint32(ihdr, 20000), 8, 2, 0, 0, 0)
+	png20k.Write(binary.BigEndian.AppendUint32(nil, 13))
+	png20k.Write(ihdr)
+	png20k.Write(binary.BigEndian.AppendUint32(nil, crc32.ChecksumIEEE(ihdr)))
+	for _, c := range []struct {
+		path, want string // want "": read
+	}{
+		{write("bomb.bmp", bmpHeader(40000, 40000)), "40000x40000 pixels, over the limit of 50 megapixels"},
+		{write("top-down-bomb.bmp", bmpHeader(40000, -40000)), "40000x40000 pixels"},
+		{write("empty.bmp", bmpHeader(0, 10)), "0x10 pixels"},
+		{write("huge.png", png20k.Bytes()), "20000x20000 pixels"},
+		{write("trailer.jpg", append(append([]byte{}, good...), "camera trailer \x00\x01 after EOI"...)), ""},
+		{write("notes.jpg", []byte("a text file named .jpg")), "not a jpg file: its first bytes are no JPEG or PNG signature"},
+		{write("short.bmp", []byte("BM")), "not a BMP file"},
+	} {
+		rgb, _, err := ReadImageRGB(c.path, 8, false)
+		switch {
+		case c.want == "" && (err != nil || len(rgb) != 8*8*3):
+			t.Errorf("%s: %v", filepath.Base(c.path), err)
+		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
+			t.Errorf("%s: error %v, want one saying %q", filepath.Base(c.path), err, c.want)
+		}
+	}
+	// The limit is the flag's: a 32x32 image over a limit of 1000 pixels.
+	defer func(old int) { MaxImagePixels = old }(MaxImagePixels)
+	MaxImagePixels = 1000
+	if _, _, err := ReadImageRGB(write("small.jpg", good), 8, false); err == nil || !strings.Contains(err.Error(), "32x32") {
+		t.Errorf("32x32 over a 1000-pixel limit: %v", err)
+	}
 }

@@ -4,6 +4,8 @@ package capture
 
 import (
 	"bytes"
+	"encoding/binary"
+	"errors"
 	"fmt"
 	"image"
 	_ "image/jpeg" // second-opinion decoders for ValidateImageFile
@@ -20,23 +22,64 @@ var ImageExtensions = map[string]bool{".png": true, ".jpg": true, ".jpeg": true,
 
 func lowerExt(name string) string { return strings.ToLower(filepath.Ext(name)) }
 
-// ValidateImageFile catches the corrupt files OpenCV would decode into
-// garbage without an error: libjpeg only warns on a truncated or bit-flipped
-// JPEG, so JPEG and PNG files are decoded once by Go's own decoders as well.
+// MaxImagePixels bounds the width x height of image files before any
+// decoder runs: a 70-byte BMP header claiming 40000x40000 made OpenCV throw
+// a C++ exception that aborted the process, and a small PNG of 20000x20000
+// cost gigabytes. 50 megapixels leaves room for 8K (33 MP) frames.
+var MaxImagePixels = 50_000_000
+
+// ValidateImageFile refuses what no decoder should be given: an image
+// whose header claims more than MaxImagePixels (or no pixels), and the
+// corrupt files OpenCV would decode into garbage without an error (libjpeg
+// only warns on a truncated or bit-flipped JPEG, so JPEG and PNG files are
+// decoded once by Go's own decoders as well, which stop at the end marker:
+// trailers some cameras write after it are fine).
 func ValidateImageFile(path string, data []byte) error {
 	ext := strings.ToLower(filepath.Ext(path))
+	var w, h int
 	switch ext {
-	case ".jpg", ".jpeg":
-		if !bytes.HasSuffix(bytes.TrimRight(data, "\x00\r\n "), []byte{0xff, 0xd9}) {
-			return fmt.Errorf("image %s: JPEG end marker missing (truncated file)", path)
+	case ".jpg", ".jpeg", ".png":
+		cfg, _, err := image.DecodeConfig(bytes.NewReader(data))
+		if errors.Is(err, image.ErrFormat) {
+			return fmt.Errorf("image %s: not a %s file: its first bytes are no JPEG or PNG signature", path, strings.TrimPrefix(ext, "."))
 		}
-		fallthrough
-	case ".png":
+		if err != nil {
+			return fmt.Errorf("image %s: unreadable %s header: %w", path, strings.TrimPrefix(ext, "."), err)
+		}
+		w, h = cfg.Width, cfg.Height
+	case ".bmp":
+		var err error
+		if w, h, err = bmpSize(data); err != nil {
+			return fmt.Errorf("image %s: %w", path, err)
+		}
+	default:
+		return nil
+	}
+	if w <= 0 || h <= 0 || int64(w)*int64(h) > int64(MaxImagePixels) {
+		return fmt.Errorf("image %s: %dx%d pixels, over the limit of %d megapixels (--max-image-pixels)", path, w, h, MaxImagePixels/1_000_000)
+	}
+	if ext != ".bmp" {
 		if _, _, err := image.Decode(bytes.NewReader(data)); err != nil {
 			return fmt.Errorf("image %s: corrupt %s: %w", path, strings.TrimPrefix(ext, "."), err)
 		}
 	}
 	return nil
+}
+
+// bmpSize reads a BMP's dimensions from its DIB header. By hand because
+// golang.org/x/image/bmp refuses the compressed and 16-bit BMPs OpenCV
+// reads: only the sizes are needed, and they sit at the same place in
+// every header version but the old 12-byte OS/2 one.
+func bmpSize(data []byte) (w, h int, err error) {
+	if len(data) < 26 || data[0] != 'B' || data[1] != 'M' {
+		return 0, 0, errors.New("not a BMP file (no BM header)")
+	}
+	if binary.LittleEndian.Uint32(data[14:]) == 12 { // BITMAPCOREHEADER: 16-bit sizes
+		return int(binary.LittleEndian.Uint16(data[18:])), int(binary.LittleEndian.Uint16(data[20:])), nil
+	}
+	w = int(int32(binary.LittleEndian.Uint32(data[18:])))
+	h = int(int32(binary.LittleEndian.Uint32(data[22:])))
+	return w, max(h, -h), nil // a negative height is a top-down image
 }
 
 // ReadImageRGB reads an image file and returns it resized to size x size as

@@ -104,14 +104,18 @@ func TestEmbedSkipsUnreadableImages(t *testing.T) {
 	data, _ := os.ReadFile(good)
 	truncated := filepath.Join(dir, "truncated.png")
 	os.WriteFile(truncated, data[:len(data)/2], 0o644)
-	r := runBinary(t, nil, "embed", "--teacher", teacher, "--json", good, truncated, filepath.Join(dir, "missing.png"))
+	// A 30-byte BMP header claiming 40000x40000 made OpenCV abort the process.
+	bomb := filepath.Join(dir, "bomb.bmp")
+	header := []byte("BM\x46\x00\x00\x00\x00\x00\x00\x00\x36\x00\x00\x00\x28\x00\x00\x00\x40\x9c\x00\x00\x40\x9c\x00\x00\x01\x00\x18\x00")
+	os.WriteFile(bomb, append(header, make([]byte, 40)...), 0o644)
+	r := runBinary(t, nil, "embed", "--teacher", teacher, "--json", good, truncated, filepath.Join(dir, "missing.png"), bomb)
 	if r.code != 1 {
 		t.Errorf("exit code %d, want 1", r.code)
 	}
 	if got := strings.Count(r.stdout, "\n"); got != 1 {
 		t.Errorf("%d embeddings printed, want 1 (the good image)", got)
 	}
-	for _, want := range []string{"truncated.png", "missing.png", "2 of 3 images could not be read"} {
+	for _, want := range []string{"truncated.png", "missing.png", "bomb.bmp: 40000x40000 pixels", "3 of 4 images could not be read"} {
 		if !strings.Contains(r.stderr, want) {
 			t.Errorf("stderr does not mention %q:\n%s", want, r.stderr)
 		}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/transformaly/transformaly/capture"
 	"github.com/transformaly/transformaly/internal/ort"
 	"github.com/transformaly/transformaly/models"
 )
@@ -123,7 +124,8 @@ func usageError(format string, a ...any) error {
 	return fmt.Errorf(format+": %w", append(a, errUsage)...)
 }
 
-// runtimeFlags are the ONNX Runtime settings every inference command takes.
+// runtimeFlags are the settings every command that runs models takes:
+// ONNX Runtime's, and the largest image file it will decode.
 type runtimeFlags struct {
 	library string
 	threads int
@@ -132,8 +134,12 @@ type runtimeFlags struct {
 func (r *runtimeFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&r.library, "ort-lib", "", "path of libonnxruntime.so (default: $"+ort.EnvLibrary+", then next to the binary, .deps/onnxruntime, /usr/local/lib, /usr/lib)")
 	fs.IntVar(&r.threads, "threads", 0, "ONNX Runtime intra-op threads (0: one per core)")
+	fs.IntVar(&capture.MaxImagePixels, "max-image-pixels", capture.MaxImagePixels, "largest image file (width x height) decoded; larger ones are refused from their header, before any decoder runs")
 }
 
 func (r *runtimeFlags) init() error {
+	if capture.MaxImagePixels < 1 {
+		return usageError("--max-image-pixels must be at least 1")
+	}
 	return ort.Init(r.library)
 }
