@@ -22,6 +22,9 @@ func Write(path string, data []byte) error {
 // WriteFunc is Write for content too large to hold in memory at once: write
 // streams it (buffered) into the temporary file.
 func WriteFunc(path string, write func(io.Writer) error) (err error) {
+	if err := replaceable(path); err != nil {
+		return err
+	}
 	dir := filepath.Dir(path)
 	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
@@ -58,8 +61,8 @@ func WriteFunc(path string, write func(io.Writer) error) (err error) {
 // Writable says whether Write could put a file at path: its folder exists
 // and takes new files. For checking an output before long work.
 func Writable(path string) error {
-	if st, err := os.Stat(path); err == nil && st.IsDir() {
-		return fmt.Errorf("%s is a folder, not a file name", path)
+	if err := replaceable(path); err != nil {
+		return err
 	}
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".check-*")
 	if err != nil {
@@ -67,4 +70,20 @@ func Writable(path string) error {
 	}
 	tmp.Close()
 	return os.Remove(tmp.Name())
+}
+
+// replaceable refuses a path that names something other than a regular
+// file: the rename would put a file in place of a folder's name, a FIFO or
+// a device (fit --out /dev/null as root replaced the system's /dev/null).
+func replaceable(path string) error {
+	st, err := os.Stat(path)
+	switch {
+	case err != nil: // nothing there yet (or nothing Stat can see): Write finds out
+		return nil
+	case st.IsDir():
+		return fmt.Errorf("%s is a folder, not a file name", path)
+	case !st.Mode().IsRegular():
+		return fmt.Errorf("%s exists and is not a regular file (%s): not replacing it", path, st.Mode().Type())
+	}
+	return nil
 }
