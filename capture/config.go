@@ -110,7 +110,7 @@ func ParseKind(source string) (Kind, string, error) {
 	if strings.Contains(s, "://") {
 		u, err := url.Parse(s)
 		if err != nil {
-			return "", "", permanent("source %q is not a valid URL: %v", redact.URL(s), err)
+			return "", "", permanent("source %q is not a valid URL: %v", redact.URL(s), redact.ParseError(err))
 		}
 		switch u.Scheme {
 		case "rtsp", "rtsps", "http", "https", "rtmp":

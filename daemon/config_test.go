@@ -1,8 +1,10 @@
 package daemon
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -46,6 +48,36 @@ state_directory: state
 	} {
 		if c.got != c.want {
 			t.Errorf("%q, want %q", c.got, c.want)
+		}
+	}
+}
+
+// A broker or camera URL that does not parse (a raw % or # in the
+// password) is reported without its password.
+func TestMalformedURLsKeepTheirPasswords(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	os.WriteFile(path, []byte(`
+defaults: {model: line.tfy}
+cameras:
+  - {name: a, source: "rtsp://admin:50%off@cam.local/stream"}
+mqtt: {broker: "tcp://user:pa#ss%@broker:1883"}
+`), 0o644)
+	cfg, err := LoadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = errors.Join(cfg.Validate()...)
+	if err == nil {
+		t.Fatal("malformed URLs accepted")
+	}
+	for _, secret := range []string{"50%off", "pa#ss"} {
+		if strings.Contains(err.Error(), secret) {
+			t.Errorf("the error shows the password %q:\n%v", secret, err)
+		}
+	}
+	for _, named := range []string{"mqtt.broker", "cameras[0]"} {
+		if !strings.Contains(err.Error(), named) {
+			t.Errorf("the error does not name %s:\n%v", named, err)
 		}
 	}
 }
