@@ -16,6 +16,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"go.yaml.in/yaml/v3"
 
@@ -309,6 +311,29 @@ func (cam CameraConfig) CaptureConfig(size int, snapshots bool) (capture.Config,
 
 // Validate checks everything that can be checked without opening cameras
 // or the broker, and names the exact key of every problem.
+// Bounds on names that go into MQTT topics (at most 65535 bytes, and a
+// NUL in one makes the broker drop the client) and on batch_wait (a frame
+// waits that long for others at most).
+const (
+	maxCameraName  = 64
+	maxTopicPrefix = 256
+	maxBatchWait   = time.Second
+)
+
+// printable says whether s is valid UTF-8 of printable characters only
+// (no NUL, control or invisible formatting characters).
+func printable(s string) bool {
+	if !utf8.ValidString(s) {
+		return false
+	}
+	for _, r := range s {
+		if !unicode.IsPrint(r) {
+			return false
+		}
+	}
+	return true
+}
+
 func (c Config) Validate() []error {
 	var errs []error
 	bad := func(key, format string, a ...any) {
@@ -324,8 +349,10 @@ func (c Config) Validate() []error {
 		switch {
 		case cam.Name == "":
 			bad(key("name"), "missing")
-		case strings.ContainsAny(cam.Name, "/+#") || strings.TrimSpace(cam.Name) != cam.Name:
-			bad(key("name"), "%q cannot be part of an MQTT topic (no /, +, # or surrounding spaces)", cam.Name)
+		case strings.ContainsAny(cam.Name, "/+#") || strings.TrimSpace(cam.Name) != cam.Name || !printable(cam.Name):
+			bad(key("name"), "%q cannot be part of an MQTT topic (printable UTF-8 without /, +, # or surrounding spaces)", cam.Name)
+		case len(cam.Name) > maxCameraName:
+			bad(key("name"), "%d bytes long, over %d (it goes into every topic and metric of the camera)", len(cam.Name), maxCameraName)
 		default:
 			if j, dup := names[cam.Name]; dup {
 				bad(key("name"), "%q is already the name of cameras[%d]", cam.Name, j)
@@ -377,8 +404,8 @@ func (c Config) Validate() []error {
 	if m.ScoreQoS > 2 {
 		bad("mqtt.score_qos", "%d is not 0, 1 or 2", m.ScoreQoS)
 	}
-	if m.TopicPrefix == "" || strings.ContainsAny(m.TopicPrefix, "+#") {
-		bad("mqtt.topic_prefix", "%q must be non-empty without + or #", m.TopicPrefix)
+	if m.TopicPrefix == "" || strings.ContainsAny(m.TopicPrefix, "+#") || !printable(m.TopicPrefix) || len(m.TopicPrefix) > maxTopicPrefix {
+		bad("mqtt.topic_prefix", "%q must be printable UTF-8 of 1 to %d bytes without + or #", m.TopicPrefix, maxTopicPrefix)
 	}
 	if m.PasswordFile != "" && m.PasswordEnv != "" {
 		bad("mqtt.password_file", "set either password_file or password_env, not both")
@@ -440,8 +467,8 @@ func (c Config) Validate() []error {
 	if c.Detector.MaxBatch < 1 {
 		bad("detector.max_batch", "must be at least 1")
 	}
-	if c.Detector.BatchWait < 0 {
-		bad("detector.batch_wait", "must not be negative")
+	if c.Detector.BatchWait < 0 || c.Detector.BatchWait > maxBatchWait {
+		bad("detector.batch_wait", "%s must be between 0 and %s (it delays every batch that is not full)", c.Detector.BatchWait, maxBatchWait)
 	}
 	if a := c.Metrics.Address; a != "" && a != "off" {
 		if _, _, err := net.SplitHostPort(a); err != nil {

@@ -81,3 +81,41 @@ mqtt: {broker: "tcp://user:pa#ss%@broker:1883"}
 		}
 	}
 }
+
+// Names that would break every publish (a NUL, an invisible character,
+// more than a topic should carry) and a batch_wait that stalls scoring are
+// refused with their key.
+func TestConfigRefusesUnpublishableNamesAndLongBatchWaits(t *testing.T) {
+	dir := t.TempDir()
+	model := filepath.Join(dir, "line.tfy")
+	os.WriteFile(model, []byte("x"), 0o644)
+	for _, c := range []struct{ yaml, key string }{
+		{`cameras: [{name: "cam\0one", source: 0}]`, "cameras[0].name"},
+		{`cameras: [{name: "cam\u200bone", source: 0}]`, "cameras[0].name"},
+		{`cameras: [{name: "` + strings.Repeat("c", 65) + `", source: 0}]`, "cameras[0].name"},
+		{`cameras: [{name: "cam", source: 0}]` + "\nmqtt: {topic_prefix: \"line\\x01\"}", "mqtt.topic_prefix"},
+		{`cameras: [{name: "cam", source: 0}]` + "\ndetector: {batch_wait: 1000h}", "detector.batch_wait"},
+		{`cameras: [{name: "cam", source: 0}]` + "\ndetector: {batch_wait: 2s}", "detector.batch_wait"},
+	} {
+		path := filepath.Join(dir, "config.yaml")
+		os.WriteFile(path, []byte("defaults: {model: line.tfy}\n"+c.yaml+"\n"), 0o644)
+		cfg, err := LoadConfig(path)
+		if err != nil {
+			t.Fatalf("%s: %v", c.yaml, err)
+		}
+		err = errors.Join(cfg.Validate()...)
+		if err == nil || !strings.Contains(err.Error(), c.key+":") {
+			t.Errorf("%s: %v; want an error naming %s", c.yaml, err, c.key)
+		}
+	}
+	// What stays valid: any printable name of up to 64 bytes, a short wait.
+	path := filepath.Join(dir, "config.yaml")
+	os.WriteFile(path, []byte("defaults: {model: line.tfy}\ncameras: [{name: \"Linie 3 – Prüfstand\", source: 0}]\ndetector: {batch_wait: 50ms}\n"), 0o644)
+	cfg, err := LoadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if errs := cfg.Validate(); len(errs) > 0 {
+		t.Errorf("a valid configuration refused: %v", errs)
+	}
+}

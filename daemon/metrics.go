@@ -93,7 +93,7 @@ func (d *Daemon) serveHTTP(address string) (func(), error) {
 			fmt.Fprintln(w, "ready")
 			return
 		}
-		http.Error(w, "not ready: models loading or no camera online", http.StatusServiceUnavailable)
+		http.Error(w, "not ready: models loading, no camera online, or the broker refusing what is published", http.StatusServiceUnavailable)
 	})
 	ln, err := net.Listen("tcp", address)
 	if err != nil {

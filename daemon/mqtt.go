@@ -29,6 +29,7 @@ type Publisher struct {
 	queue  *Queue
 
 	connected atomic.Bool
+	refused   atomic.Bool   // see Refused
 	published atomic.Uint64 // score messages sent
 	skipped   atomic.Uint64 // score messages not sent while disconnected
 
@@ -168,6 +169,7 @@ func (p *Publisher) Start(ctx context.Context, broker string) {
 func (p *Publisher) keepConnected(ctx context.Context, broker string) {
 	const firstWait, maxWait = time.Second, 30 * time.Second
 	wait := firstWait
+	dropped := 0 // connections in a row that did not last stableConnection
 	for ctx.Err() == nil {
 		tok := p.client.Connect()
 		// paho gives up on an attempt after its ConnectTimeout (10 s); a
@@ -180,12 +182,32 @@ func (p *Publisher) keepConnected(ctx context.Context, broker string) {
 		}
 		if tok.Error() == nil && p.client.IsConnectionOpen() {
 			wait = firstWait
+			since := time.Now()
 			select {
 			case <-ctx.Done():
 				return
 			case <-p.lost:
+			}
+			if time.Since(since) >= stableConnection {
+				dropped = 0
+				p.refused.Store(false)
 				continue // reconnect at once; waits grow only on failures
 			}
+			// Dropped as soon as made, again and again: the broker refuses
+			// something we send (a topic, a QoS); reconnecting at once
+			// made ~60 connections a second.
+			if dropped++; dropped >= refusedAfter {
+				p.refused.Store(true)
+				backoff := min(firstWait<<min(dropped-refusedAfter, 5), maxWait)
+				slog.Error("MQTT broker drops every connection right after accepting it (does it refuse a topic or QoS we send?); retrying",
+					"broker", redact.URL(broker), "connections_dropped", dropped, "retry_in", backoff)
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(backoff):
+				}
+			}
+			continue
 		}
 		err := tok.Error()
 		if err == nil {
@@ -229,6 +251,19 @@ func (p *Publisher) connectedNow() {
 
 // Connected reports the broker connection.
 func (p *Publisher) Connected() bool { return p.connected.Load() }
+
+// Refused says whether the broker dropped refusedAfter connections in a
+// row as soon as they were made (it refuses what we send), until one lasts
+// stableConnection.
+func (p *Publisher) Refused() bool { return p.refused.Load() }
+
+// A connection must last stableConnection for the broker to be taken as
+// accepting what we send; refusedAfter shorter ones in a row mean it does
+// not.
+const (
+	stableConnection = 5 * time.Second
+	refusedAfter     = 5
+)
 
 // deliverEvents sends queued events one at a time, in order, removing each
 // only once the broker acknowledged it (QoS 1). A publish in flight when the

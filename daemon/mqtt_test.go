@@ -142,3 +142,59 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// A broker that drops every connection as soon as it is made (as it does
+// when it refuses what is sent) is retried with growing waits, not at once
+// (~60 connections a second were seen), and the publisher says it is
+// refused until a connection lasts.
+func TestPublisherBacksOffFromABrokerThatDropsIt(t *testing.T) {
+	dropper := &connectionDropper{}
+	broker := mochi.New(&mochi.Options{Logger: slog.New(slog.DiscardHandler)})
+	if err := broker.AddHook(dropper, nil); err != nil {
+		t.Fatal(err)
+	}
+	listener := listeners.NewTCP(listeners.Config{ID: "tcp", Address: "127.0.0.1:0"})
+	if err := broker.AddListener(listener); err != nil {
+		t.Fatal(err)
+	}
+	go broker.Serve()
+	defer broker.Close()
+	url := "tcp://" + listener.Address()
+	queue, err := OpenQueue(filepath.Join(t.TempDir(), "events"), 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := NewPublisher(MQTTConfig{ClientID: "tfy-dropped", TopicPrefix: "tfy"}, url, queue, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub.Start(context.Background(), url)
+	defer pub.Close()
+	waitFor(t, "the publisher to be refused", pub.Refused)
+	time.Sleep(3 * time.Second)
+	// Five quick ones, then waits of 1 s and 2 s.
+	if n := dropper.connections.Load(); n > 10 {
+		t.Errorf("%d connections in about 3 s to a broker dropping each: no back-off", n)
+	}
+}
+
+// connectionDropper lets every client in and drops it 20 ms later.
+type connectionDropper struct {
+	mochi.HookBase
+	connections atomic.Int64
+}
+
+func (d *connectionDropper) ID() string { return "connection-dropper" }
+
+func (d *connectionDropper) Provides(b byte) bool {
+	return b == mochi.OnSessionEstablished || b == mochi.OnConnectAuthenticate || b == mochi.OnACLCheck
+}
+
+func (d *connectionDropper) OnConnectAuthenticate(*mochi.Client, packets.Packet) bool { return true }
+
+func (d *connectionDropper) OnACLCheck(*mochi.Client, string, bool) bool { return true }
+
+func (d *connectionDropper) OnSessionEstablished(cl *mochi.Client, _ packets.Packet) {
+	d.connections.Add(1)
+	time.AfterFunc(20*time.Millisecond, func() { cl.Stop(errors.New("dropped by the test")) })
+}

@@ -241,6 +241,38 @@ func (m *modelRuntime) take(n int) []pendingFrame {
 	return out
 }
 
+// fill adds frames to a batch as they arrive, until it is full, holds a
+// frame of every camera that is online, or wait has passed: frames that
+// cannot come (an offline camera, or more batch slots than cameras) are
+// never waited for past the moment all that can come is in. It is false
+// once ctx ends.
+func (m *modelRuntime) fill(ctx context.Context, batch []pendingFrame, maxBatch int, wait time.Duration) ([]pendingFrame, bool) {
+	deadline := time.NewTimer(wait)
+	defer deadline.Stop()
+	for len(batch) < maxBatch && len(batch) < m.online() {
+		select {
+		case <-ctx.Done():
+			return batch, false
+		case <-deadline.C:
+			return append(batch, m.take(maxBatch-len(batch))...), true
+		case <-m.signal:
+			batch = append(batch, m.take(maxBatch-len(batch))...)
+		}
+	}
+	return batch, true
+}
+
+// online counts the cameras of this bundle delivering frames now.
+func (m *modelRuntime) online() int {
+	n := 0
+	for _, c := range m.cameras {
+		if c.cam.Status().State == capture.StateOnline {
+			n++
+		}
+	}
+	return n
+}
+
 // detectLoop batches frames of the cameras sharing a bundle: it waits up
 // to batch_wait for more cameras' frames when the batch is not full, so a
 // GPU box with many cameras runs full batches.
@@ -257,13 +289,11 @@ func (p *pipeline) detectLoop(ctx context.Context, m *modelRuntime) {
 		case <-m.signal:
 		}
 		batch := m.take(maxBatch)
-		if len(batch) < maxBatch && len(batch) < len(m.cameras) && p.cfg.Detector.BatchWait > 0 {
-			select {
-			case <-ctx.Done():
+		if len(batch) > 0 && len(batch) < maxBatch && p.cfg.Detector.BatchWait > 0 {
+			var ok bool
+			if batch, ok = m.fill(ctx, batch, maxBatch, p.cfg.Detector.BatchWait); !ok {
 				return
-			case <-time.After(p.cfg.Detector.BatchWait):
 			}
-			batch = append(batch, m.take(maxBatch-len(batch))...)
 		}
 		if len(batch) == 0 {
 			continue
@@ -360,8 +390,12 @@ func (p *pipeline) trackers() map[string]*tracker {
 	return out
 }
 
-// ready: models warmed (true once built) and at least one camera online.
+// ready: models warmed (true once built), at least one camera online, and
+// no broker refusing what we publish.
 func (p *pipeline) ready() bool {
+	if p.pub != nil && p.pub.Refused() {
+		return false
+	}
 	for _, c := range p.cameras {
 		if c.cam.Status().State == capture.StateOnline {
 			return true
