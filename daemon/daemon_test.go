@@ -1,8 +1,10 @@
 package daemon
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -101,10 +103,55 @@ func TestQueuePersistsInOrderAndBounds(t *testing.T) {
 	if len(entries) != 1 || entries[0].Name() <= "00000000000000000004.msg" {
 		t.Errorf("after restart the queue holds %v", entries)
 	}
-	// A damaged message is skipped, not stuck.
+	// A damaged message is set aside, not stuck.
 	os.WriteFile(filepath.Join(dir, entries[0].Name()), []byte("{broken"), 0o644)
-	if _, ok, _ := q2.Peek(); ok || q2.Dropped() != 1 {
-		t.Errorf("damaged message: ok=%v dropped=%d", ok, q2.Dropped())
+	if _, ok, _ := q2.Peek(); ok || q2.Rejected() != 1 || q2.Dropped() != 0 {
+		t.Errorf("damaged message: ok=%v rejected=%d dropped=%d", ok, q2.Rejected(), q2.Dropped())
+	}
+}
+
+// Queued messages the broker would refuse (it dropped the client at every
+// try, so no later event of any camera went out) are set aside in
+// rejected/, counted, and the good one behind them is sent; temporary
+// files a crash left are cleaned at start.
+func TestQueueSetsAsideWhatCannotBeSent(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "events")
+	os.MkdirAll(dir, 0o750)
+	bad := []string{
+		`{"topic":"transformaly/#","qos":1,"payload":{}}`,
+		`{"topic":"","qos":1,"payload":{}}`,
+		`{"topic":"transformaly/cam/event","qos":3,"payload":{}}`,
+		`{"topic":"transformaly/c\u0000m/event","qos":1,"payload":{}}`,
+		`{"topic":"transformaly/cam/event","qos":1,"payload":"` + strings.Repeat("x", 2<<20) + `"}`,
+		`not json`,
+	}
+	for i, b := range bad {
+		os.WriteFile(filepath.Join(dir, fmt.Sprintf("%020d.msg", i+1)), []byte(b), 0o644)
+	}
+	os.WriteFile(filepath.Join(dir, fmt.Sprintf("%020d.msg", len(bad)+1)), []byte(`{"topic":"transformaly/cam/event","qos":1,"payload":{"id":"good"}}`), 0o644)
+	leftover := filepath.Join(dir, ".00000000000000000009.msg.tmp-123")
+	os.WriteFile(leftover, []byte("half"), 0o644)
+
+	q, err := OpenQueue(dir, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(leftover); !os.IsNotExist(err) {
+		t.Error("a temporary file left by a crash is still there")
+	}
+	m, ok, err := q.Peek()
+	if err != nil || !ok || string(m.Payload) != `{"id":"good"}` {
+		t.Fatalf("peek: %s %v %v, want the good message", m.Payload, ok, err)
+	}
+	if q.Rejected() != uint64(len(bad)) {
+		t.Errorf("%d rejected, want %d", q.Rejected(), len(bad))
+	}
+	set, _ := os.ReadDir(filepath.Join(dir, rejectedDir))
+	if len(set) != len(bad) {
+		t.Errorf("%d files in rejected/, want %d", len(set), len(bad))
+	}
+	if q.Len() != 1 {
+		t.Errorf("queue length %d, want 1", q.Len())
 	}
 }
 

@@ -22,7 +22,7 @@ type collector struct {
 
 	frames, dropped, processed, reconnects, events *prometheus.Desc
 	online, score, inferP50, inferP99              *prometheus.Desc
-	queue, connected, queueDropped                 *prometheus.Desc
+	queue, connected, queueDropped, queueRejected  *prometheus.Desc
 }
 
 func newCollector(d *Daemon) *collector {
@@ -39,12 +39,14 @@ func newCollector(d *Daemon) *collector {
 		inferP99:     prometheus.NewDesc("transformaly_inference_ms_p99", "99th percentile detector batch time over recent frames.", cam, nil),
 		queue:        prometheus.NewDesc("transformaly_event_queue_length", "Events waiting for the broker.", nil, nil),
 		queueDropped: prometheus.NewDesc("transformaly_event_queue_dropped_total", "Events lost to the queue bound.", nil, nil),
-		connected:    prometheus.NewDesc("transformaly_mqtt_connected", "1 while connected to the broker.", nil, nil),
+		queueRejected: prometheus.NewDesc("transformaly_event_queue_rejected_total",
+			"Queued messages set aside in the queue's rejected/ folder as unreadable or unsendable.", nil, nil),
+		connected: prometheus.NewDesc("transformaly_mqtt_connected", "1 while connected to the broker.", nil, nil),
 	}
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.frames, c.dropped, c.processed, c.reconnects, c.events, c.online, c.score, c.inferP50, c.inferP99, c.queue, c.queueDropped, c.connected} {
+	for _, d := range []*prometheus.Desc{c.frames, c.dropped, c.processed, c.reconnects, c.events, c.online, c.score, c.inferP50, c.inferP99, c.queue, c.queueDropped, c.queueRejected, c.connected} {
 		ch <- d
 	}
 }
@@ -77,6 +79,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(c.queue, prometheus.GaugeValue, float64(c.d.queue.Len()))
 	ch <- prometheus.MustNewConstMetric(c.queueDropped, prometheus.CounterValue, float64(c.d.queue.Dropped()))
+	ch <- prometheus.MustNewConstMetric(c.queueRejected, prometheus.CounterValue, float64(c.d.queue.Rejected()))
 	ch <- prometheus.MustNewConstMetric(c.connected, prometheus.GaugeValue, connected)
 }
 

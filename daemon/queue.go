@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"unicode/utf8"
 
 	"github.com/transformaly/transformaly/internal/atomicfile"
 )
@@ -22,11 +23,12 @@ type Queue struct {
 	dir   string
 	limit int
 
-	mu      sync.Mutex
-	seqs    []uint64 // queued, ascending
-	next    uint64
-	dropped uint64
-	notify  chan struct{}
+	mu       sync.Mutex
+	seqs     []uint64 // queued, ascending
+	next     uint64
+	dropped  uint64
+	rejected uint64
+	notify   chan struct{}
 }
 
 // QueuedMessage is one stored message.
@@ -38,6 +40,31 @@ type QueuedMessage struct {
 }
 
 const queueExt = ".msg"
+
+// rejectedDir is the queue's subfolder for messages that cannot be sent:
+// kept for a person to look at, out of the way of those after them.
+const rejectedDir = "rejected"
+
+// maxQueuedPayload bounds a queued message (events are a few hundred
+// bytes); a bigger file is no event of ours.
+const maxQueuedPayload = 1 << 20
+
+// sendable says why a queued message cannot be published, if it cannot:
+// one the broker refuses (a wildcard or empty topic, QoS 3) made it drop
+// the client at every try, and no later event of any camera went out.
+func (m QueuedMessage) sendable() error {
+	switch {
+	case m.Topic == "" || len(m.Topic) > 65535:
+		return fmt.Errorf("topic of %d bytes (1 to 65535)", len(m.Topic))
+	case strings.ContainsAny(m.Topic, "+#\x00") || !utf8.ValidString(m.Topic):
+		return fmt.Errorf("topic %q is not one a message can be published to (wildcards, NUL or invalid UTF-8)", m.Topic)
+	case m.QoS > 2:
+		return fmt.Errorf("QoS %d (0 to 2)", m.QoS)
+	case len(m.Payload) > maxQueuedPayload:
+		return fmt.Errorf("payload of %d bytes (at most %d)", len(m.Payload), maxQueuedPayload)
+	}
+	return nil
+}
 
 // OpenQueue opens (creating) the queue in dir, keeping what an earlier run
 // left there.
@@ -52,6 +79,10 @@ func OpenQueue(dir string, limit int) (*Queue, error) {
 	q := &Queue{dir: dir, limit: limit, next: 1, notify: make(chan struct{}, 1)}
 	for _, e := range entries {
 		name := e.Name()
+		if strings.HasPrefix(name, ".") && strings.Contains(name, queueExt+".tmp-") {
+			os.Remove(filepath.Join(dir, name)) // a write a crash cut short (atomicfile's temporary)
+			continue
+		}
 		if !strings.HasSuffix(name, queueExt) {
 			continue
 		}
@@ -121,19 +152,40 @@ func (q *Queue) Peek() (QueuedMessage, bool, error) {
 		if err == nil {
 			err = json.Unmarshal(data, &m)
 		}
+		if err == nil {
+			err = m.sendable()
+		}
 		if err != nil {
-			// A damaged file cannot be sent; skip it rather than block the
-			// queue forever.
-			slog.Error("event queue: dropping unreadable message", "seq", seq, "err", err)
-			os.Remove(q.path(seq))
-			q.seqs = q.seqs[1:]
-			q.dropped++
+			// A damaged or unsendable file would block the queue forever:
+			// it is set aside instead.
+			q.reject(seq, err)
 			continue
 		}
 		m.Seq = seq
 		return m, true, nil
 	}
 	return QueuedMessage{}, false, nil
+}
+
+// reject moves the message seq into the rejected folder (removing it if
+// even that fails), counts it, and logs the first of a process and then
+// every hundredth.
+func (q *Queue) reject(seq uint64, why error) {
+	q.seqs = q.seqs[1:]
+	q.rejected++
+	dir := filepath.Join(q.dir, rejectedDir)
+	dest := filepath.Join(dir, filepath.Base(q.path(seq)))
+	err := os.MkdirAll(dir, 0o750)
+	if err == nil {
+		err = os.Rename(q.path(seq), dest)
+	}
+	if err != nil {
+		os.Remove(q.path(seq))
+		dest = "(removed: " + err.Error() + ")"
+	}
+	if q.rejected == 1 || q.rejected%100 == 0 {
+		slog.Error("event queue: a message that cannot be sent was set aside", "seq", seq, "reason", why, "kept_as", dest, "rejected_total", q.rejected)
+	}
 }
 
 // Remove deletes a delivered message.
@@ -156,7 +208,14 @@ func (q *Queue) Len() int {
 	return len(q.seqs)
 }
 
-// Dropped counts messages lost to the size bound or to damage.
+// Rejected counts messages set aside as unreadable or unsendable.
+func (q *Queue) Rejected() uint64 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.rejected
+}
+
+// Dropped counts messages lost to the size bound.
 func (q *Queue) Dropped() uint64 {
 	q.mu.Lock()
 	defer q.mu.Unlock()
