@@ -18,6 +18,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -470,5 +471,41 @@ func TestImageFileChecks(t *testing.T) {
 	MaxImagePixels = 1000
 	if _, _, err := ReadImageRGB(write("small.jpg", good), 8, false); err == nil || !strings.Contains(err.Error(), "32x32") {
 		t.Errorf("32x32 over a 1000-pixel limit: %v", err)
+	}
+}
+
+// A FIFO named like an image is no image: folders leave it out and reading
+// it by name is refused at once (it hung score and fit past Ctrl-C); a link
+// to an image is one.
+func TestFIFOsAreNoImages(t *testing.T) {
+	dir := t.TempDir()
+	writeJPEG(t, filepath.Join(dir, "good.jpg"), color.RGBA{200, 0, 0, 255})
+	if err := os.Symlink(filepath.Join(dir, "good.jpg"), filepath.Join(dir, "link.jpg")); err != nil {
+		t.Fatal(err)
+	}
+	fifo := filepath.Join(dir, "pipe.png")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := ReadImageRGB(fifo, 8, false)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "not a regular file") {
+			t.Errorf("reading a FIFO: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("reading a FIFO named .png hangs")
+	}
+	src, err := openFolder(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := src.(*folderSource).paths
+	if len(got) != 2 || strings.Contains(strings.Join(got, " "), "pipe.png") {
+		t.Errorf("folder images %v, want good.jpg and link.jpg", got)
 	}
 }

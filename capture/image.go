@@ -8,11 +8,14 @@ import (
 	"errors"
 	"fmt"
 	"image"
+	"io"
+	"io/fs"
 	_ "image/jpeg" // second-opinion decoders for ValidateImageFile
 	_ "image/png"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"gocv.io/x/gocv"
 )
@@ -21,6 +24,38 @@ import (
 var ImageExtensions = map[string]bool{".png": true, ".jpg": true, ".jpeg": true, ".bmp": true}
 
 func lowerExt(name string) string { return strings.ToLower(filepath.Ext(name)) }
+
+// IsImageFile says whether a folder entry is an image to read: a regular
+// file (or a link to one) with an image extension. A FIFO named .png hung
+// score and fit past Ctrl-C: reading it waits for a writer forever.
+func IsImageFile(path string, d fs.DirEntry) bool {
+	if !ImageExtensions[lowerExt(path)] {
+		return false
+	}
+	if d.Type()&fs.ModeSymlink != 0 {
+		st, err := os.Stat(path)
+		return err == nil && st.Mode().IsRegular()
+	}
+	return d.Type().IsRegular()
+}
+
+// ReadImageFile reads a file whole if it is a regular file: opened without
+// blocking, so a FIFO or device given by name is refused, not waited on.
+func ReadImageFile(path string) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file (%s)", path, st.Mode().Type())
+	}
+	return io.ReadAll(f)
+}
 
 // MaxImagePixels bounds the width x height of image files before any
 // decoder runs: a 70-byte BMP header claiming 40000x40000 made OpenCV throw
@@ -87,7 +122,7 @@ func bmpSize(data []byte) (w, h int, err error) {
 // more than 2x, where linear interpolation aliases), and with keepView also
 // as it is (see Config.KeepView).
 func ReadImageRGB(path string, size int, keepView bool) ([]byte, *View, error) {
-	data, err := os.ReadFile(path)
+	data, err := ReadImageFile(path)
 	if err != nil {
 		return nil, nil, fmt.Errorf("read image: %w", err)
 	}

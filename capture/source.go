@@ -136,8 +136,8 @@ func openFolder(dir string) (source, error) {
 	}
 	s := &folderSource{logged: map[string]bool{}}
 	for _, e := range entries {
-		if !e.IsDir() && ImageExtensions[lowerExt(e.Name())] {
-			s.paths = append(s.paths, dir+string(os.PathSeparator)+e.Name())
+		if p := dir + string(os.PathSeparator) + e.Name(); IsImageFile(p, e) {
+			s.paths = append(s.paths, p)
 		}
 	}
 	if len(s.paths) == 0 {
@@ -149,7 +149,7 @@ func openFolder(dir string) (source, error) {
 func (s *folderSource) Read(dst *gocv.Mat) error {
 	for ; s.next < len(s.paths); s.next++ {
 		p := s.paths[s.next]
-		data, err := os.ReadFile(p)
+		data, err := ReadImageFile(p)
 		if err == nil {
 			err = ValidateImageFile(p, data)
 		}

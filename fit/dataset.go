@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
-	"strings"
 	"sync"
 
 	"github.com/transformaly/transformaly/capture"
@@ -57,7 +56,7 @@ func ListImages(dir string) ([]string, error) {
 		if err != nil {
 			return err
 		}
-		if !d.IsDir() && capture.ImageExtensions[strings.ToLower(filepath.Ext(p))] {
+		if capture.IsImageFile(p, d) {
 			rel, err := filepath.Rel(root, p)
 			if err != nil {
 				return err

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"syscall"
 	"testing"
 )
 
@@ -61,6 +62,10 @@ func TestListImagesThroughASymlink(t *testing.T) {
 	os.MkdirAll(filepath.Join(data, "sub"), 0o755)
 	for _, name := range []string{"a.png", "sub/b.JPG", "notes.txt"} {
 		os.WriteFile(filepath.Join(data, name), []byte("x"), 0o644)
+	}
+	// A FIFO named .png is no image (reading it hung fit past Ctrl-C).
+	if err := syscall.Mkfifo(filepath.Join(data, "sub", "pipe.png"), 0o600); err != nil {
+		t.Fatal(err)
 	}
 	link := filepath.Join(dir, "normal")
 	if err := os.Symlink(data, link); err != nil {
