@@ -23,6 +23,7 @@ import (
 
 	"github.com/transformaly/transformaly/capture"
 	"github.com/transformaly/transformaly/detector"
+	"github.com/transformaly/transformaly/internal/ort"
 	"github.com/transformaly/transformaly/internal/redact"
 )
 
@@ -377,8 +378,17 @@ func (c Config) Validate() []error {
 		if r := deref(cam.Rotate); r != 0 && r != 90 && r != 180 && r != 270 {
 			bad(key("rotate"), "%d is not 0, 90, 180 or 270", r)
 		}
-		if deref(cam.FPSLimit) < 0 {
-			bad(key("fps_limit"), "must not be negative")
+		if f := deref(cam.FPSLimit); !(f >= 0) || math.IsInf(f, 0) {
+			bad(key("fps_limit"), "%g must be a finite number, 0 or more", f)
+		}
+		// A zero or negative duration silently became the default.
+		for _, d := range []struct {
+			key   string
+			value *time.Duration
+		}{{"stall_timeout", cam.StallTimeout}, {"retry_start", cam.RetryStart}, {"retry_max", cam.RetryMax}} {
+			if d.value != nil && *d.value <= 0 {
+				bad(key(d.key), "%s must be positive", *d.value)
+			}
 		}
 		// Any finite value is a threshold, 0 and below too: scores are
 		// negative log-likelihoods, often below zero.
@@ -443,6 +453,9 @@ func (c Config) Validate() []error {
 	if c.Events.EndFrames < 1 {
 		bad("events.end_frames", "must be at least 1")
 	}
+	if c.Events.UpdateInterval < 0 {
+		bad("events.update_interval", "%s must not be negative", c.Events.UpdateInterval)
+	}
 	switch c.Detector.Provider {
 	case "auto", "tensorrt", "cuda", "cpu":
 	default:
@@ -463,6 +476,9 @@ func (c Config) Validate() []error {
 	}
 	if err := detector.CheckProviderOptions(c.Detector.TensorRTOptions); err != nil {
 		bad("detector.tensorrt_options", "%v", err)
+	}
+	if c.Detector.Threads < 0 || c.Detector.Threads > ort.MaxThreads {
+		bad("detector.threads", "%d must be 0 (one per core) to %d", c.Detector.Threads, ort.MaxThreads)
 	}
 	if c.Detector.MaxBatch < 1 {
 		bad("detector.max_batch", "must be at least 1")

@@ -119,3 +119,29 @@ func TestConfigRefusesUnpublishableNamesAndLongBatchWaits(t *testing.T) {
 		t.Errorf("a valid configuration refused: %v", errs)
 	}
 }
+
+// Negative or zero durations and NaN rates are refused with their key
+// (they silently became defaults).
+func TestConfigRefusesNonsenseNumbers(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "line.tfy"), []byte("x"), 0o644)
+	for _, c := range []struct{ yaml, key string }{
+		{`cameras: [{name: cam, source: 0, stall_timeout: -5s}]`, "cameras[0].stall_timeout"},
+		{`cameras: [{name: cam, source: 0, retry_start: 0s}]`, "cameras[0].retry_start"},
+		{`cameras: [{name: cam, source: 0, retry_max: -1m}]`, "cameras[0].retry_max"},
+		{`cameras: [{name: cam, source: 0, fps_limit: .nan}]`, "cameras[0].fps_limit"},
+		{"cameras: [{name: cam, source: 0}]\nevents: {update_interval: -1s}", "events.update_interval"},
+		{"cameras: [{name: cam, source: 0}]\ndetector: {threads: 100000}", "detector.threads"},
+		{"cameras: [{name: cam, source: 0}]\ndetector: {threads: -2}", "detector.threads"},
+	} {
+		path := filepath.Join(dir, "config.yaml")
+		os.WriteFile(path, []byte("defaults: {model: line.tfy}\n"+c.yaml+"\n"), 0o644)
+		cfg, err := LoadConfig(path)
+		if err != nil {
+			t.Fatalf("%s: %v", c.yaml, err)
+		}
+		if err := errors.Join(cfg.Validate()...); err == nil || !strings.Contains(err.Error(), c.key+":") {
+			t.Errorf("%s: %v; want an error naming %s", c.yaml, err, c.key)
+		}
+	}
+}

@@ -120,12 +120,17 @@ func (o *Options) check() error {
 		return fmt.Errorf("patience %d: must not be negative", o.Patience)
 	case o.BatchSize < 1:
 		return fmt.Errorf("batch size %d: need at least 1", o.BatchSize)
-	case o.LR <= 0:
-		return fmt.Errorf("learning rate %g: must be positive", o.LR)
-	case o.ValFraction < 0 || o.ValFraction >= 1:
-		return fmt.Errorf("validation fraction %g: must be in [0, 1)", o.ValFraction)
-	case o.Quantile <= 0 || o.Quantile >= 1:
-		return fmt.Errorf("threshold quantile %g: must be in (0, 1)", o.Quantile)
+	// Written so that NaN fails each range (every comparison with NaN is
+	// false): --val-fraction NaN panicked, a NaN quantile or learning rate
+	// ended in "json: unsupported value: NaN" after all the training.
+	case !(o.LR > 0 && o.LR < 1):
+		return fmt.Errorf("learning rate %g (--lr): must be in (0, 1)", o.LR)
+	case !(o.ValFraction >= 0 && o.ValFraction < 1):
+		return fmt.Errorf("validation fraction %g (--val-fraction): must be in [0, 1)", o.ValFraction)
+	case !(o.Quantile > 0 && o.Quantile < 1):
+		return fmt.Errorf("threshold quantile %g (--threshold-quantile): must be in (0, 1)", o.Quantile)
+	case !(o.Whitening > 0 && o.Whitening <= 1):
+		return fmt.Errorf("whitening %g (--whitening): the explained-variance fraction must be in (0, 1]", o.Whitening)
 	}
 	if err := detector.CheckProviderOptions(o.CUDAOptions); err != nil {
 		return fmt.Errorf("CUDA options: %w", err)
@@ -265,6 +270,9 @@ func (o *Options) train(ctx context.Context, tr *Trainer, src batchSource, train
 			}
 			for _, l := range losses {
 				lossSum += float64(l)
+			}
+			if math.IsNaN(lossSum) || math.IsInf(lossSum, 0) {
+				return fmt.Errorf("training diverged in epoch %d, batch %d: the students' loss is %g (a learning rate too high for this teacher, now %g: try a tenth of it with --lr; or a teacher whose outputs are not finite)", epoch, b+1, lossSum, o.LR)
 			}
 			seen += len(idx)
 			rate := float64(seen) / time.Since(epochStart).Seconds()

@@ -128,4 +128,46 @@ func TestFitRefusesBadSettingsAtOnce(t *testing.T) {
 			t.Errorf("%s, blocks %v: %v, want %q", c.out, c.blocks, err, c.want)
 		}
 	}
+	// NaN passed every range check: --val-fraction NaN panicked, the others
+	// failed after training, writing JSON.
+	nan := math.NaN()
+	for _, c := range []struct {
+		set  func(*fit.Options)
+		want string
+	}{
+		{func(o *fit.Options) { o.ValFraction = nan }, "--val-fraction"},
+		{func(o *fit.Options) { o.Whitening = nan }, "--whitening"},
+		{func(o *fit.Options) { o.Whitening = 0 }, "--whitening"},
+		{func(o *fit.Options) { o.Quantile = nan }, "--threshold-quantile"},
+		{func(o *fit.Options) { o.LR = nan }, "--lr"},
+		{func(o *fit.Options) { o.LR = 1e30 }, "--lr"},
+	} {
+		o := fit.Options{Teacher: v, NormalDir: t.TempDir(), Epochs: 2, BatchSize: 4, LR: 1e-4,
+			ValFraction: 0.25, Whitening: 0.9, Quantile: 0.99, Out: filepath.Join(t.TempDir(), "line.tfy")}
+		c.set(&o)
+		if _, err := fit.Run(context.Background(), o); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v, want an error naming %s", err, c.want)
+		}
+	}
+}
+
+// A fit whose losses stop being finite (a teacher with a NaN weight here;
+// a learning rate too high in practice) stops saying so, in its first
+// epoch, instead of ending in a JSON error after all of them.
+func TestFitStopsWhenTrainingDiverges(t *testing.T) {
+	dir := t.TempDir()
+	v, err := models.RandomViT(models.Config{Dim: 32, Depth: 3, Heads: 2, Patch: 8, ImageSize: 32}, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v.Blocks[0].QKVW[0] = float32(math.NaN())
+	normal := filepath.Join(dir, "normal")
+	if _, err := synth.WriteParts(normal, 32, synth.Normal, 12, 2); err != nil {
+		t.Fatal(err)
+	}
+	_, err = fit.Run(context.Background(), fit.Options{Teacher: v, NormalDir: normal, Blocks: []int{1, 2}, ValFraction: 0.25,
+		Epochs: 5, BatchSize: 4, LR: 1e-3, Whitening: 0.9, Quantile: 0.99, Out: filepath.Join(dir, "line.tfy")})
+	if err == nil || !strings.Contains(err.Error(), "training diverged in epoch 1") {
+		t.Errorf("fit with a NaN teacher: %v", err)
+	}
 }

@@ -41,8 +41,8 @@ func fill(n int, x float32) []float32 {
 // non-trivial (LayerNorm scales and all biases are perturbed too), so that
 // numerical tests exercise all of them; Heads must be set.
 func RandomViT(c Config, seed uint64) (*ViT, error) {
-	if c.Dim <= 0 || c.Depth <= 0 || c.Heads <= 0 || c.Dim%c.Heads != 0 || c.Patch <= 0 || c.ImageSize%c.Patch != 0 {
-		return nil, fmt.Errorf("random ViT: invalid shape %s (heads must divide dim, patch must divide image size)", c.Describe())
+	if c.Dim <= 0 || c.Depth <= 0 || c.Heads <= 0 || c.Dim%c.Heads != 0 || c.Patch <= 0 || c.ImageSize <= 0 || c.ImageSize%c.Patch != 0 || c.MLPDim < 0 {
+		return nil, fmt.Errorf("random ViT: invalid shape %s (all sizes positive, heads dividing dim, patch dividing image size; mlp 0 for 4 x dim)", c.Describe())
 	}
 	if c.MLPDim == 0 {
 		c.MLPDim = 4 * c.Dim

@@ -33,6 +33,9 @@ func (t *teacherFlags) load() (*models.ViT, error) {
 	if t.path == "" {
 		return nil, usageError("--teacher is required")
 	}
+	if t.imageSize < 0 || t.heads < 0 {
+		return nil, usageError("--image-size and --heads must not be negative (0: the checkpoint's own)")
+	}
 	v, err := models.LoadViT(t.path, models.LoadOptions{Heads: t.heads, ImageSize: t.imageSize})
 	if err != nil {
 		return nil, err

@@ -293,6 +293,9 @@ func scoreCommand(fs *pflag.FlagSet) func([]string) error {
 		if len(args) == 0 {
 			return usageError("no images or videos given")
 		}
+		if *batch < 1 || *heatmapSide < 1 {
+			return usageError("--batch-size and --heatmap-size must be at least 1")
+		}
 		det, err := model.load(rt)
 		if err != nil {
 			return err
@@ -351,14 +354,14 @@ func scoreCommand(fs *pflag.FlagSet) func([]string) error {
 		if err != nil {
 			return err
 		}
-		failed, err := scoreFilesWithViews(det, images, max(*batch, 1), *heatmaps != "", threshold, func(p string, view *capture.View, r detector.Result) error {
+		failed, err := scoreFilesWithViews(det, images, *batch, *heatmaps != "", threshold, func(p string, view *capture.View, r detector.Result) error {
 			return emit(scoreLine{Path: p}, view, r)
 		})
 		for _, v := range videos {
 			if err != nil {
 				break
 			}
-			err = scoreVideo(det, v, max(*batch, 1), *heatmaps != "", threshold, emit)
+			err = scoreVideo(det, v, *batch, *heatmaps != "", threshold, emit)
 		}
 		return unreadable(failed, len(images), err)
 	}
@@ -444,6 +447,9 @@ func evalCommand(fs *pflag.FlagSet) func([]string) error {
 		if *normalDir == "" || *anomalousDir == "" {
 			return usageError("--normal and --anomalous are required")
 		}
+		if *batch < 1 {
+			return usageError("--batch-size must be at least 1")
+		}
 		det, err := model.load(rt)
 		if err != nil {
 			return err
@@ -454,7 +460,7 @@ func evalCommand(fs *pflag.FlagSet) func([]string) error {
 				return fmt.Errorf("--chart: %w", err)
 			}
 		}
-		rep, scores, err := evaluate(det, *normalDir, *anomalousDir, model.thresholdFor(det), max(*batch, 1))
+		rep, scores, err := evaluate(det, *normalDir, *anomalousDir, model.thresholdFor(det), *batch)
 		if err != nil {
 			return err
 		}
@@ -464,7 +470,7 @@ func evalCommand(fs *pflag.FlagSet) func([]string) error {
 				return err
 			}
 			defer half.Close()
-			halfRep, halfScores, err := evaluate(half, *normalDir, *anomalousDir, model.thresholdFor(half), max(*batch, 1))
+			halfRep, halfScores, err := evaluate(half, *normalDir, *anomalousDir, model.thresholdFor(half), *batch)
 			if err != nil {
 				return err
 			}

@@ -141,5 +141,8 @@ func (r *runtimeFlags) init() error {
 	if capture.MaxImagePixels < 1 {
 		return usageError("--max-image-pixels must be at least 1")
 	}
+	if r.threads < 0 || r.threads > ort.MaxThreads {
+		return usageError("--threads %d: must be 0 (one per core) to %d", r.threads, ort.MaxThreads)
+	}
 	return ort.Init(r.library)
 }

@@ -118,6 +118,10 @@ func depsDirs(dir string) []string {
 	}
 }
 
+// MaxThreads bounds the intra-op threads asked for: --threads 100000 hung
+// creating them. Flags and configuration keys are checked against it.
+const MaxThreads = 1024
+
 // SessionOptions are the CPU settings every session of ours starts from:
 // all graph optimisations and no spinning thread pools (two spinning pools in
 // one process were measured to slow each other down 35-95%). threads <= 0
