@@ -162,6 +162,11 @@ func LoadConfig(path string) (Config, error) {
 	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
 		return cfg, fmt.Errorf("config %s:\n  %s", path, keyedYAMLError(data, err))
 	}
+	// A second document was ignored without a word.
+	var more yaml.Node
+	if err := dec.Decode(&more); !errors.Is(err, io.EOF) {
+		return cfg, fmt.Errorf("config %s: holds more than one YAML document (a --- line); the daemon reads one", path)
+	}
 	dir, err := filepath.Abs(filepath.Dir(path))
 	if err != nil {
 		return cfg, fmt.Errorf("config %s: %w", path, err)
@@ -249,9 +254,35 @@ func keyedYAMLError(data []byte, err error) string {
 				line = k + " (" + strings.TrimSuffix(m[0], ": ") + "): " + line[len(m[0])+strings.Index(line, m[0]):]
 			}
 		}
-		out = append(out, line)
+		out = append(out, clip(line))
 	}
 	return strings.Join(out, "\n  ")
+}
+
+// checkHostPort accepts host:port with a port of 0 (any free one) to 65535.
+func checkHostPort(a string) error {
+	_, port, err := net.SplitHostPort(a)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port", a)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("%q: port %s is not 0 to 65535", a, port)
+	}
+	return nil
+}
+
+// clip shortens a message that quotes a value from the file: a 50 MB bad
+// value was echoed whole into the log.
+func clip(s string) string {
+	const limit = 400
+	if len(s) <= limit {
+		return s
+	}
+	cut := limit
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return fmt.Sprintf("%s... (%d bytes more)", s[:cut], len(s)-cut)
 }
 
 // Camera returns camera i with the defaults filled in.
@@ -338,7 +369,7 @@ func printable(s string) bool {
 func (c Config) Validate() []error {
 	var errs []error
 	bad := func(key, format string, a ...any) {
-		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, a...)))
+		errs = append(errs, fmt.Errorf("%s: %s", key, clip(fmt.Sprintf(format, a...))))
 	}
 	if len(c.Cameras) == 0 {
 		bad("cameras", "no cameras configured")
@@ -403,13 +434,17 @@ func (c Config) Validate() []error {
 	if m.Broker == "" {
 		bad("mqtt.broker", "missing (a URL such as tcp://host:1883, or embedded)")
 	} else if m.Broker == "embedded" {
-		if _, _, err := net.SplitHostPort(m.EmbeddedAddress); err != nil {
-			bad("mqtt.embedded_address", "%q is not host:port", m.EmbeddedAddress)
+		if err := checkHostPort(m.EmbeddedAddress); err != nil {
+			bad("mqtt.embedded_address", "%v", err)
 		}
 	} else if u, err := url.Parse(m.Broker); err != nil || u.Host == "" {
 		bad("mqtt.broker", "%q is not a broker URL like tcp://host:1883", redact.URL(m.Broker))
 	} else if !map[string]bool{"tcp": true, "mqtt": true, "ssl": true, "tls": true, "mqtts": true, "ws": true, "wss": true}[u.Scheme] {
 		bad("mqtt.broker", "unknown scheme %q (tcp, ssl, ws, wss)", u.Scheme)
+	} else if p := u.Port(); p != "" {
+		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+			bad("mqtt.broker", "port %s is not 1 to 65535", p)
+		}
 	}
 	if m.ScoreQoS > 2 {
 		bad("mqtt.score_qos", "%d is not 0, 1 or 2", m.ScoreQoS)
@@ -487,8 +522,8 @@ func (c Config) Validate() []error {
 		bad("detector.batch_wait", "%s must be between 0 and %s (it delays every batch that is not full)", c.Detector.BatchWait, maxBatchWait)
 	}
 	if a := c.Metrics.Address; a != "" && a != "off" {
-		if _, _, err := net.SplitHostPort(a); err != nil {
-			bad("metrics.address", "%q is not host:port", a)
+		if err := checkHostPort(a); err != nil {
+			bad("metrics.address", "%v", err)
 		}
 	}
 	if c.StateDirectory == "" {

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -143,5 +144,44 @@ func TestConfigRefusesNonsenseNumbers(t *testing.T) {
 		if err := errors.Join(cfg.Validate()...); err == nil || !strings.Contains(err.Error(), c.key+":") {
 			t.Errorf("%s: %v; want an error naming %s", c.yaml, err, c.key)
 		}
+	}
+}
+
+// Smaller hostile inputs: a second YAML document is refused, not ignored;
+// a port past 65535 is refused; a huge bad value is not echoed whole.
+func TestConfigRefusesSecondDocumentsBadPortsAndClipsValues(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "line.tfy"), []byte("x"), 0o644)
+	path := filepath.Join(dir, "config.yaml")
+	os.WriteFile(path, []byte("defaults: {model: line.tfy}\ncameras: [{name: a, source: 0}]\n---\ncameras: [{name: b, source: 1}]\n"), 0o644)
+	if _, err := LoadConfig(path); err == nil || !strings.Contains(err.Error(), "more than one YAML document") {
+		t.Errorf("a second document: %v", err)
+	}
+	for _, c := range []struct{ yaml, key string }{
+		{`mqtt: {broker: "tcp://broker:99999"}`, "mqtt.broker"},
+		{`metrics: {address: "127.0.0.1:70000"}`, "metrics.address"},
+		{`mqtt: {broker: embedded, embedded_address: "127.0.0.1:-1"}`, "mqtt.embedded_address"},
+	} {
+		os.WriteFile(path, []byte("defaults: {model: line.tfy}\ncameras: [{name: a, source: 0}]\n"+c.yaml+"\n"), 0o644)
+		cfg, err := LoadConfig(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := errors.Join(cfg.Validate()...); err == nil || !strings.Contains(err.Error(), c.key+":") {
+			t.Errorf("%s: %v; want an error naming %s", c.yaml, err, c.key)
+		}
+	}
+	huge := strings.Repeat("x", 1<<20)
+	os.WriteFile(path, []byte("defaults: {model: line.tfy}\ncameras: [{name: a, source: 0}]\nevents: {min_frames: "+huge+"}\n"), 0o644)
+	if _, err := LoadConfig(path); err == nil || len(err.Error()) > 2000 {
+		t.Errorf("a 1 MB bad value: error of %d bytes", len(fmt.Sprint(err)))
+	}
+	os.WriteFile(path, []byte("defaults: {model: line.tfy}\ncameras: [{name: \""+huge+"\", source: 0}]\n"), 0o644)
+	cfg, err := LoadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := errors.Join(cfg.Validate()...); err == nil || len(err.Error()) > 2000 {
+		t.Errorf("a 1 MB camera name: error of %d bytes", len(fmt.Sprint(err)))
 	}
 }

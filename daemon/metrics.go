@@ -102,7 +102,10 @@ func (d *Daemon) serveHTTP(address string) (func(), error) {
 	if err != nil {
 		return nil, fmt.Errorf("metrics.address %s: %w", address, err)
 	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	// Idle keep-alive connections were kept forever: each is a goroutine
+	// and a file descriptor for as long as a client leaves it open.
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
+		WriteTimeout: 30 * time.Second, IdleTimeout: 60 * time.Second}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			slog.Error("metrics server stopped", "err", err)
