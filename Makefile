@@ -13,7 +13,7 @@ BIN            := bin/transformaly
 # -count=1 because the e2e tests run a binary the test cache cannot see.
 GO_TEST_FLAGS  ?= -timeout 25m
 
-.PHONY: all build deps apt-deps ort-lib test bench vet demo install gpu-deps gpu-carry gpu-check clean FORCE
+.PHONY: all build deps apt-deps ort-lib test bench fuzz vet demo install gpu-deps gpu-carry gpu-check clean FORCE
 
 all: build
 
@@ -70,6 +70,16 @@ vet:
 test: deps
 	go vet ./...
 	go test -count=1 -tags matprofile $(GO_TEST_FLAGS) ./...
+
+# Fuzzing of what reads user files: image headers (then OpenCV's decoder),
+# safetensors checkpoints, bundles, the daemon configuration and queued
+# events; FUZZTIME each (not part of make test, which runs their seeds).
+FUZZTIME ?= 1m
+FUZZ_TARGETS := capture:FuzzImageFile models:FuzzSafetensors models:FuzzBundleFile daemon:FuzzConfig daemon:FuzzQueuedMessage
+fuzz: deps
+	set -e; for t in $(FUZZ_TARGETS); do \
+		go test -tags matprofile -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(FUZZTIME) ./$${t%%:*}; \
+	done
 
 # Benchmarks print per-image latency, GFLOP/s and the fraction of the sgemm
 # peak measured in the same run; the table and bench/bench.json follow.

@@ -457,6 +457,11 @@ func TestImageFileChecks(t *testing.T) {
 		{write("trailer.jpg", append(append([]byte{}, good...), "camera trailer \x00\x01 after EOI"...)), ""},
 		{write("notes.jpg", []byte("a text file named .jpg")), "not a jpg file: its first bytes are no JPEG or PNG signature"},
 		{write("short.bmp", []byte("BM")), "not a BMP file"},
+		// Found by FuzzImageFile: a small BMP with a DIB header size OpenCV
+		// rejects by throwing, which aborted the process.
+		{write("odd-header.bmp", []byte("BMF\x00\x00\x00\x00\x00\x00\x006\x00\x00\x00(\x00#\x00\x00\x00\x13\x00\xfe\xff\xff\xff"+
+			"\x01\x00\x18\x00\x00\x00\x00\x00\x00\x00\x00\x00\x13\v\x00\x00\x13\v\x00\x00"+strings.Repeat("\x00", 12)+"@"+strings.Repeat("\x00", 15))),
+			"OpenCV cannot decode it"},
 	} {
 		rgb, _, err := ReadImageRGB(c.path, 8, false)
 		switch {

@@ -129,13 +129,10 @@ func ReadImageRGB(path string, size int, keepView bool) ([]byte, *View, error) {
 	if err := ValidateImageFile(path, data); err != nil {
 		return nil, nil, err
 	}
-	img, err := gocv.IMDecode(data, gocv.IMReadColor)
-	if err != nil {
-		return nil, nil, fmt.Errorf("decode image %s: %w", path, err)
-	}
+	img := gocv.NewMat()
 	defer img.Close()
-	if img.Empty() {
-		return nil, nil, fmt.Errorf("decode image %s: not an image OpenCV can read", path)
+	if err := decodeInto(data, &img); err != nil {
+		return nil, nil, fmt.Errorf("decode image %s: %w", path, err)
 	}
 	p := newPreprocessor(Transform{Size: size, KeepView: keepView})
 	defer p.Close()

@@ -171,19 +171,6 @@ func (s *folderSource) Read(dst *gocv.Mat) error {
 	return io.EOF
 }
 
-func decodeInto(data []byte, dst *gocv.Mat) error {
-	img, err := gocv.IMDecode(data, gocv.IMReadColor)
-	if err != nil {
-		return err
-	}
-	defer img.Close()
-	if img.Empty() {
-		return errors.New("not an image OpenCV can read")
-	}
-	img.CopyTo(dst)
-	return nil
-}
-
 func (s *folderSource) FrameRate() float64 { return 0 }
 
 func (s *folderSource) Close() {}
