@@ -168,3 +168,28 @@ func TestHelpExplainsEveryCommand(t *testing.T) {
 		t.Errorf("unknown command: exit %d, %q", r.code, r.stderr)
 	}
 }
+
+// ONNX Runtime's telemetry is off: no database or device id under
+// ~/.cache/Microsoft, and no /tmp/mat-debug-<pid>.log (every process made
+// one).
+func TestNoRuntimeTelemetry(t *testing.T) {
+	dir := t.TempDir()
+	teacher := filepath.Join(dir, "vit.safetensors")
+	if r := runBinary(t, nil, "random-vit", "--depth", "1", "--image-size", "32", "--out", teacher); r.code != 0 {
+		t.Fatal(r.stderr)
+	}
+	img := filepath.Join(dir, "a.png")
+	writePNG(t, img, 32, 1)
+	home := t.TempDir()
+	before, _ := filepath.Glob("/tmp/mat-debug-*.log")
+	if r := runBinary(t, []string{"HOME=" + home}, "embed", "--teacher", teacher, img); r.code != 0 {
+		t.Fatal(r.stderr)
+	}
+	if _, err := os.Stat(filepath.Join(home, ".cache", "Microsoft")); err == nil {
+		t.Error("ONNX Runtime wrote its telemetry store under ~/.cache/Microsoft")
+	}
+	after, _ := filepath.Glob("/tmp/mat-debug-*.log")
+	if len(after) > len(before) {
+		t.Errorf("new telemetry logs in /tmp: %v", after)
+	}
+}

@@ -63,6 +63,14 @@ func load(explicit string) (string, error) {
 			source, strings.Join(candidates, ", "))
 	}
 	ort.SetSharedLibraryPath(found)
+	// ONNX Runtime 1.29+ builds (npm's among them) send usage telemetry
+	// to Microsoft, keep a database and device id under ~/.cache/Microsoft
+	// and an empty /tmp/mat-debug-<pid>.log per process. An inspection box
+	// has no business phoning out; the variable, read when the library
+	// initialises, turns all of it off. A value the user set is kept.
+	if _, set := os.LookupEnv("ORT_DISABLE_TELEMETRY"); !set {
+		os.Setenv("ORT_DISABLE_TELEMETRY", "1")
+	}
 	if err := ort.InitializeEnvironment(ort.WithLogLevelError()); err != nil {
 		if v := ort.GetVersion(); v != "" && strings.Contains(err.Error(), "API base") {
 			return "", fmt.Errorf("ONNX Runtime library %s is version %s, too old: need %s or newer (C API 29)", found, v, MinVersion)
