@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -191,5 +192,39 @@ func TestNoRuntimeTelemetry(t *testing.T) {
 	after, _ := filepath.Glob("/tmp/mat-debug-*.log")
 	if len(after) > len(before) {
 		t.Errorf("new telemetry logs in /tmp: %v", after)
+	}
+}
+
+// File names with a newline or bytes that are not UTF-8 keep one output
+// line per image and come back Go-quoted (they split lines, and JSON
+// replaced the bytes, so two names could read the same).
+func TestOddFileNamesInOutputs(t *testing.T) {
+	dir := t.TempDir()
+	teacher := filepath.Join(dir, "vit.safetensors")
+	if r := runBinary(t, nil, "random-vit", "--depth", "1", "--image-size", "32", "--out", teacher); r.code != 0 {
+		t.Fatal(r.stderr)
+	}
+	names := []string{filepath.Join(dir, "two\nlines.png"), filepath.Join(dir, "latin1-\xe9.png")}
+	for i, n := range names {
+		writePNG(t, n, 32, uint64(i))
+	}
+	r := runBinary(t, nil, "embed", "--teacher", teacher, names[0], names[1])
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if r.code != 0 || len(lines) != 2 {
+		t.Fatalf("exit %d, %d lines for 2 images:\n%s\n%s", r.code, len(lines), r.stdout, r.stderr)
+	}
+	for i, l := range lines {
+		got, err := strconv.Unquote(strings.SplitN(l, "\t", 2)[0])
+		if err != nil || got != names[i] {
+			t.Errorf("line %d names %q (%v), want %q quoted", i, got, err, names[i])
+		}
+	}
+	r = runBinary(t, nil, "embed", "--json", "--teacher", teacher, names[1])
+	var line struct{ Path string }
+	if err := json.Unmarshal([]byte(r.stdout), &line); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := strconv.Unquote(line.Path); err != nil || got != names[1] {
+		t.Errorf("JSON path %q, want %q quoted", line.Path, names[1])
 	}
 }

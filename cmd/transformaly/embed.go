@@ -8,6 +8,8 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/spf13/pflag"
 
@@ -98,12 +100,23 @@ func embedCommand(fs *pflag.FlagSet) func([]string) error {
 	}
 }
 
+// outputPath is a file name as the output lines carry it: as it is,
+// unless a newline or tab in it would split the text line, or bytes that
+// are not UTF-8 would be replaced in JSON (two names would then read the
+// same): then Go-quoted, so strconv.Unquote gives the name back.
+func outputPath(p string, forJSON bool) string {
+	if !utf8.ValidString(p) || (!forJSON && strings.ContainsFunc(p, unicode.IsControl)) {
+		return strconv.Quote(p)
+	}
+	return p
+}
+
 func printEmbedding(out *bufio.Writer, path string, emb []float32, asJSON bool) error {
 	if asJSON {
 		line, err := json.Marshal(struct {
 			Path      string    `json:"path"`
 			Embedding []float32 `json:"embedding"`
-		}{path, emb})
+		}{outputPath(path, true), emb})
 		if err != nil {
 			return err
 		}
@@ -114,7 +127,7 @@ func printEmbedding(out *bufio.Writer, path string, emb []float32, asJSON bool) 
 	for i, x := range emb {
 		vals[i] = strconv.FormatFloat(float64(x), 'g', 7, 32)
 	}
-	_, err := fmt.Fprintf(out, "%s\t%s\n", path, strings.Join(vals, " "))
+	_, err := fmt.Fprintf(out, "%s\t%s\n", outputPath(path, false), strings.Join(vals, " "))
 	return err
 }
 

@@ -337,13 +337,14 @@ func scoreCommand(fs *pflag.FlagSet) func([]string) error {
 				line.Embedding = r.Embedding
 			}
 			if *asJSON {
+				line.Path = outputPath(line.Path, true)
 				return enc.Encode(line)
 			}
 			verdict := "normal"
 			if r.Anomalous {
 				verdict = "ANOMALOUS"
 			}
-			where := line.Path
+			where := outputPath(line.Path, false)
 			if line.Frame > 0 {
 				where += fmt.Sprintf("#%d", line.Frame)
 			}
