@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"google.golang.org/protobuf/encoding/protowire"
@@ -158,7 +159,46 @@ func ReadBundle(path string) (BundleInfo, ModelFile, error) {
 	if info.Format < 1 || info.Format > BundleFormat {
 		return info, mf, fmt.Errorf("read bundle %s: format %d, this build reads formats 1 to %d (fit it again with this version)", path, info.Format, BundleFormat)
 	}
+	if err := info.consistentWith(mf); err != nil {
+		return info, mf, fmt.Errorf("read bundle %s: metadata contradicts itself or the graph (edited or damaged?): %w", path, err)
+	}
 	return info, mf, nil
+}
+
+// consistentWith checks the metadata a detector relies on against itself
+// and the graph's image input: an image_size or blocks edited to values
+// the graph does not have were taken as they were, and a teacher width of
+// 800 million allocated gigabytes before any check.
+func (info BundleInfo) consistentWith(mf ModelFile) error {
+	c := info.Teacher.Config
+	switch {
+	case c.Dim <= 0 || c.Dim > 1<<14 || c.Depth <= 0 || c.Depth > 256 || c.Heads <= 0 || c.Dim%c.Heads != 0:
+		return fmt.Errorf("teacher %s is no ViT this reads (width 1 to 16384, depth 1 to 256, heads dividing width)", c.Describe())
+	case c.Patch <= 0 || c.ImageSize <= 0 || c.ImageSize%c.Patch != 0 || c.ImageSize > 1<<13:
+		return fmt.Errorf("teacher patch %d and image size %d: the patch must divide the image size (at most 8192)", c.Patch, c.ImageSize)
+	case info.ImageSize != c.ImageSize:
+		return fmt.Errorf("image_size %d, but the teacher's is %d", info.ImageSize, c.ImageSize)
+	case math.IsNaN(info.Threshold) || math.IsInf(info.Threshold, 0):
+		return fmt.Errorf("threshold %g", info.Threshold)
+	}
+	if err := CheckBlocks(info.Blocks, c.Depth); err != nil {
+		return fmt.Errorf("blocks %v: %w", info.Blocks, err)
+	}
+	var m onnxpb.ModelProto
+	if err := proto.Unmarshal(mf.Proto, &m); err != nil {
+		return fmt.Errorf("graph: %w", err)
+	}
+	for _, in := range m.GetGraph().GetInput() {
+		if in.GetName() != InputImages {
+			continue
+		}
+		dims := in.GetType().GetTensorType().GetShape().GetDim()
+		if len(dims) != 4 || dims[1].GetDimValue() != int64(info.ImageSize) || dims[2].GetDimValue() != int64(info.ImageSize) {
+			return fmt.Errorf("image_size %d, but the graph takes images of %v", info.ImageSize, dims)
+		}
+		return nil
+	}
+	return fmt.Errorf("the graph has no %q input", InputImages)
 }
 
 // onnxMetadata scans a serialized ModelProto's top-level fields for
@@ -230,6 +270,9 @@ func DecodeBundle(info BundleInfo, mf ModelFile) (*ViT, []Block, Scoring, error)
 	v.PosEmbed = r.take("pos_embed_with_cls", 1, c.Tokens(), c.Dim)
 	v.ClsToken = make([]float32, c.Dim)
 	v.NormW, v.NormB = r.take("norm.weight", c.Dim), r.take("norm.bias", c.Dim)
+	if r.err != nil { // before anything sized by the metadata is made
+		return nil, nil, s, fmt.Errorf("decode bundle: %w", r.err)
+	}
 	readBlock := func(prefix string) Block {
 		var b Block
 		if has(weights, prefix+".ls1") {

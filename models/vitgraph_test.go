@@ -188,6 +188,7 @@ func TestScoredDetectorGraphAndBundle(t *testing.T) {
 	students := []models.Block{models.XavierBlock(v.Config, rng), models.XavierBlock(v.Config, rng)}
 	scoring := models.Scoring{Pretrained: randomQuadratic(v.Dim, 5, rng), Student: randomQuadratic(2, 2, rng)}
 	info := models.BundleInfo{Format: models.BundleFormat, ImageSize: v.ImageSize, Blocks: blocks, Threshold: 1.5}
+	info.Teacher.Config = v.Config
 	m, err := models.ScoredDetectorGraph(v, blocks, students, scoring, info, models.FP32)
 	if err != nil {
 		t.Fatal(err)
