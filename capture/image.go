@@ -8,10 +8,10 @@ import (
 	"errors"
 	"fmt"
 	"image"
-	"io"
-	"io/fs"
 	_ "image/jpeg" // second-opinion decoders for ValidateImageFile
 	_ "image/png"
+	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
