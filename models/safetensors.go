@@ -59,6 +59,9 @@ func ReadSafetensors(path string) (map[string]Tensor, map[string]string, error) 
 	if err != nil {
 		return nil, nil, fmt.Errorf("stat checkpoint %s: %w", path, err)
 	}
+	if st.IsDir() {
+		return nil, nil, fmt.Errorf("checkpoint %s is a folder: give the .safetensors file in it", path)
+	}
 	tensors, meta, err := decodeSafetensors(f, st.Size())
 	if err != nil {
 		return nil, nil, fmt.Errorf("read safetensors %s: %w", path, err)
@@ -99,6 +102,11 @@ func decodeSafetensors(r io.ReaderAt, fileSize int64) (map[string]Tensor, map[st
 	}
 	sort.Strings(names)
 	tensors := make(map[string]Tensor, len(names))
+	type span struct {
+		begin, end int64
+		name       string
+	}
+	var spans []span
 	for _, name := range names {
 		var e safetensorsEntry
 		if err := json.Unmarshal(raw[name], &e); err != nil {
@@ -112,6 +120,9 @@ func decodeSafetensors(r io.ReaderAt, fileSize int64) (map[string]Tensor, map[st
 		for _, d := range e.Shape {
 			if d < 0 {
 				return nil, nil, fmt.Errorf("tensor %q: negative dimension in shape %v", name, e.Shape)
+			}
+			if d > 0 && n > fileSize/int64(d) { // more values than the file has bytes (and no overflow)
+				return nil, nil, fmt.Errorf("tensor %q: shape %v holds more values than the %d-byte file", name, e.Shape, fileSize)
 			}
 			n *= int64(d)
 		}
@@ -127,6 +138,21 @@ func decodeSafetensors(r io.ReaderAt, fileSize int64) (map[string]Tensor, map[st
 			return nil, nil, fmt.Errorf("tensor %q: read data: %w", name, err)
 		}
 		tensors[name] = Tensor{Shape: append([]int{}, e.Shape...), Data: decodeFloats(buf, e.DType)}
+		spans = append(spans, span{begin, end, name})
+	}
+	// Two tensors sharing bytes were accepted: a damaged or forged file.
+	sort.Slice(spans, func(i, j int) bool { return spans[i].begin < spans[j].begin })
+	var reach span // the non-empty span reaching furthest so far
+	for _, b := range spans {
+		if b.begin == b.end {
+			continue
+		}
+		if b.begin < reach.end {
+			return nil, nil, fmt.Errorf("tensors %q and %q overlap in the file (bytes %d-%d and %d-%d)", reach.name, b.name, reach.begin, reach.end, b.begin, b.end)
+		}
+		if b.end > reach.end {
+			reach = b
+		}
 	}
 	return tensors, meta, nil
 }

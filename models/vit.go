@@ -343,10 +343,15 @@ func fromHuggingFace(t map[string]Tensor, configPath string) (*ViT, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := hf.contradicts(cfg); err != nil {
+		return nil, err
+	}
 	if hf.LayerNormEps > 0 {
 		cfg.Eps = hf.LayerNormEps
 	}
-	cfg.Heads = hf.NumAttentionHeads
+	if hf.NumAttentionHeads != nil {
+		cfg.Heads = *hf.NumAttentionHeads
+	}
 	r := newWeightReader(t)
 	v := &ViT{Config: cfg, Layout: LayoutHuggingFace}
 	v.PatchW = r.take(name("embeddings.patch_embeddings.projection.weight"), dim, 3, p, p)
@@ -382,7 +387,33 @@ func fromHuggingFace(t map[string]Tensor, configPath string) (*ViT, error) {
 
 type hfConfig struct {
 	LayerNormEps      float64 `json:"layer_norm_eps"`
-	NumAttentionHeads int     `json:"num_attention_heads"`
+	NumAttentionHeads *int    `json:"num_attention_heads"`
+	// What the weights also tell: compared with them, since a checkpoint
+	// missing its last layer loaded at depth 5 under num_hidden_layers: 6.
+	HiddenSize       *int `json:"hidden_size"`
+	NumHiddenLayers  *int `json:"num_hidden_layers"`
+	IntermediateSize *int `json:"intermediate_size"`
+	ImageSize        *int `json:"image_size"`
+	PatchSize        *int `json:"patch_size"`
+}
+
+// contradicts names the first setting of the config.json that the weights'
+// shapes contradict, if any.
+func (hf hfConfig) contradicts(c Config) error {
+	for _, k := range []struct {
+		key     string
+		file    *int
+		weights int
+	}{{"hidden_size", hf.HiddenSize, c.Dim}, {"num_hidden_layers", hf.NumHiddenLayers, c.Depth},
+		{"intermediate_size", hf.IntermediateSize, c.MLPDim}, {"image_size", hf.ImageSize, c.ImageSize}, {"patch_size", hf.PatchSize, c.Patch}} {
+		if k.file != nil && *k.file != k.weights {
+			return fmt.Errorf("config.json says %s %d, the weights %d (a checkpoint cut short, or the config of another model?)", k.key, *k.file, k.weights)
+		}
+	}
+	if h := hf.NumAttentionHeads; h != nil && (*h <= 0 || c.Dim%*h != 0) {
+		return fmt.Errorf("config.json says num_attention_heads %d, which does not divide the width %d", *h, c.Dim)
+	}
+	return nil
 }
 
 // readHFConfig reads the config.json beside a Hugging Face checkpoint; a

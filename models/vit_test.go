@@ -243,6 +243,12 @@ func TestBadCheckpointsGiveClearErrors(t *testing.T) {
 		{"offsets disagree with shape", func(p string) {
 			rewriteHeader(t, good, p, func(h map[string]map[string]any) { h["norm.bias"]["shape"] = []int{65} })
 		}, `tensor "norm.bias": offsets`},
+		{"overlapping tensors", func(p string) {
+			rewriteHeader(t, good, p, func(h map[string]map[string]any) {
+				h["norm.bias"]["data_offsets"] = h["norm.weight"]["data_offsets"]
+			})
+		}, `overlap in the file`},
+		{"a folder", func(p string) { os.Mkdir(p, 0o755) }, "is a folder"},
 		{"unknown layout", func(p string) {
 			models.WriteSafetensors(p, map[string]models.Tensor{"fc.weight": {Shape: []int{2}, Data: []float32{1, 2}}}, nil)
 		}, "unrecognised checkpoint layout"},
@@ -329,4 +335,47 @@ func halfToFloat(h uint16) float32 {
 		}
 		return 1024
 	}(), int(max(h>>10, 1))-25))
+}
+
+// A Hugging Face config.json that contradicts the weights is an error
+// naming the key (a checkpoint missing its last layer loaded at depth 2
+// under num_hidden_layers: 3), as are heads of 0; what agrees loads.
+func TestHuggingFaceConfigMustAgreeWithTheWeights(t *testing.T) {
+	v, _ := models.RandomViT(smallConfig, 2)
+	for _, c := range []struct {
+		config map[string]any
+		cut    bool // drop the last layer's tensors
+		want   string
+	}{
+		{map[string]any{"num_hidden_layers": 3, "hidden_size": 64, "num_attention_heads": 4, "image_size": 32, "patch_size": 8, "intermediate_size": 256}, false, ""},
+		{map[string]any{"num_hidden_layers": 3}, true, "num_hidden_layers 3, the weights 2"},
+		{map[string]any{"hidden_size": 768}, false, "hidden_size 768, the weights 64"},
+		{map[string]any{"image_size": 224}, false, "image_size 224, the weights 32"},
+		{map[string]any{"num_attention_heads": 0}, false, "num_attention_heads 0"},
+		{map[string]any{"num_attention_heads": 5}, false, "num_attention_heads 5"},
+	} {
+		dir := t.TempDir()
+		path := filepath.Join(dir, "model.safetensors")
+		saveHuggingFace(t, v, path, "")
+		if c.cut {
+			ts, _, err := models.ReadSafetensors(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for name := range ts {
+				if strings.HasPrefix(name, "encoder.layer.2.") {
+					delete(ts, name)
+				}
+			}
+			models.WriteSafetensors(path, ts, nil)
+		}
+		writeJSON(t, filepath.Join(dir, "config.json"), c.config)
+		got, err := models.LoadViT(path, models.LoadOptions{})
+		switch {
+		case c.want == "" && (err != nil || got.Heads != 4 || got.Depth != 3):
+			t.Errorf("%v: %v", c.config, err)
+		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
+			t.Errorf("%v: %v, want an error saying %q", c.config, err, c.want)
+		}
+	}
 }
