@@ -27,17 +27,7 @@ func TestPublisherDeliversQueuedEventsOnceAcrossReconnects(t *testing.T) {
 	// A broker that refuses connections while the test says so: a cut
 	// connection would otherwise be back before the test sees it go.
 	gate := new(connectionGate)
-	broker := mochi.New(&mochi.Options{Logger: slog.New(slog.DiscardHandler)})
-	if err := broker.AddHook(gate, nil); err != nil {
-		t.Fatal(err)
-	}
-	listener := listeners.NewTCP(listeners.Config{ID: "tcp", Address: "127.0.0.1:0"})
-	if err := broker.AddListener(listener); err != nil {
-		t.Fatal(err)
-	}
-	go broker.Serve()
-	defer broker.Close()
-	url := "tcp://" + listener.Address()
+	broker, url := startBroker(t, gate)
 
 	var mu sync.Mutex
 	var received []int
@@ -149,17 +139,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // refused until a connection lasts.
 func TestPublisherBacksOffFromABrokerThatDropsIt(t *testing.T) {
 	dropper := &connectionDropper{}
-	broker := mochi.New(&mochi.Options{Logger: slog.New(slog.DiscardHandler)})
-	if err := broker.AddHook(dropper, nil); err != nil {
-		t.Fatal(err)
-	}
-	listener := listeners.NewTCP(listeners.Config{ID: "tcp", Address: "127.0.0.1:0"})
-	if err := broker.AddListener(listener); err != nil {
-		t.Fatal(err)
-	}
-	go broker.Serve()
-	defer broker.Close()
-	url := "tcp://" + listener.Address()
+	_, url := startBroker(t, dropper)
 	queue, err := OpenQueue(filepath.Join(t.TempDir(), "events"), 10)
 	if err != nil {
 		t.Fatal(err)
@@ -197,4 +177,21 @@ func (d *connectionDropper) OnACLCheck(*mochi.Client, string, bool) bool { retur
 func (d *connectionDropper) OnSessionEstablished(cl *mochi.Client, _ packets.Packet) {
 	d.connections.Add(1)
 	time.AfterFunc(20*time.Millisecond, func() { cl.Stop(errors.New("dropped by the test")) })
+}
+
+// startBroker runs an embedded broker with hook on a free port until the
+// test ends, and returns it and its URL.
+func startBroker(t *testing.T, hook mochi.Hook) (*mochi.Server, string) {
+	t.Helper()
+	broker := mochi.New(&mochi.Options{Logger: slog.New(slog.DiscardHandler)})
+	if err := broker.AddHook(hook, nil); err != nil {
+		t.Fatal(err)
+	}
+	listener := listeners.NewTCP(listeners.Config{ID: "tcp", Address: "127.0.0.1:0"})
+	if err := broker.AddListener(listener); err != nil {
+		t.Fatal(err)
+	}
+	go broker.Serve()
+	t.Cleanup(func() { broker.Close() })
+	return broker, "tcp://" + listener.Address()
 }

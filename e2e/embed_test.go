@@ -96,10 +96,7 @@ func TestEmbedMatchesReference(t *testing.T) {
 
 func TestEmbedSkipsUnreadableImages(t *testing.T) {
 	dir := t.TempDir()
-	teacher := filepath.Join(dir, "vit.safetensors")
-	if r := runBinary(t, nil, "random-vit", "--depth", "1", "--image-size", "32", "--out", teacher); r.code != 0 {
-		t.Fatal(r.stderr)
-	}
+	teacher := oneBlockTeacher(t, dir)
 	good := filepath.Join(dir, "good.png")
 	writePNG(t, good, 40, 1)
 	data, _ := os.ReadFile(good)
@@ -125,10 +122,7 @@ func TestEmbedSkipsUnreadableImages(t *testing.T) {
 
 func TestMissingOrWrongRuntimeLibrary(t *testing.T) {
 	dir := t.TempDir()
-	teacher := filepath.Join(dir, "vit.safetensors")
-	if r := runBinary(t, nil, "random-vit", "--depth", "1", "--image-size", "32", "--out", teacher); r.code != 0 {
-		t.Fatal(r.stderr)
-	}
+	teacher := oneBlockTeacher(t, dir)
 	img := filepath.Join(dir, "a.png")
 	writePNG(t, img, 32, 1)
 	notALibrary := filepath.Join(dir, "libonnxruntime.so.1")
@@ -175,10 +169,7 @@ func TestHelpExplainsEveryCommand(t *testing.T) {
 // one).
 func TestNoRuntimeTelemetry(t *testing.T) {
 	dir := t.TempDir()
-	teacher := filepath.Join(dir, "vit.safetensors")
-	if r := runBinary(t, nil, "random-vit", "--depth", "1", "--image-size", "32", "--out", teacher); r.code != 0 {
-		t.Fatal(r.stderr)
-	}
+	teacher := oneBlockTeacher(t, dir)
 	img := filepath.Join(dir, "a.png")
 	writePNG(t, img, 32, 1)
 	home := t.TempDir()
@@ -200,10 +191,7 @@ func TestNoRuntimeTelemetry(t *testing.T) {
 // replaced the bytes, so two names could read the same).
 func TestOddFileNamesInOutputs(t *testing.T) {
 	dir := t.TempDir()
-	teacher := filepath.Join(dir, "vit.safetensors")
-	if r := runBinary(t, nil, "random-vit", "--depth", "1", "--image-size", "32", "--out", teacher); r.code != 0 {
-		t.Fatal(r.stderr)
-	}
+	teacher := oneBlockTeacher(t, dir)
 	names := []string{filepath.Join(dir, "two\nlines.png"), filepath.Join(dir, "latin1-\xe9.png")}
 	for i, n := range names {
 		writePNG(t, n, 32, uint64(i))
@@ -227,4 +215,14 @@ func TestOddFileNamesInOutputs(t *testing.T) {
 	if got, err := strconv.Unquote(line.Path); err != nil || got != names[1] {
 		t.Errorf("JSON path %q, want %q quoted", line.Path, names[1])
 	}
+}
+
+// oneBlockTeacher writes a random one-block ViT for 32 px images into dir.
+func oneBlockTeacher(t *testing.T, dir string) string {
+	t.Helper()
+	teacher := filepath.Join(dir, "vit.safetensors")
+	if r := runBinary(t, nil, "random-vit", "--depth", "1", "--image-size", "32", "--out", teacher); r.code != 0 {
+		t.Fatal(r.stderr)
+	}
+	return teacher
 }
