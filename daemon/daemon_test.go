@@ -1,9 +1,12 @@
 package daemon
 
 import (
+	"encoding/json"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -17,7 +20,7 @@ func TestTrackerOneEventPerDefect(t *testing.T) {
 	scores := []float64{1, 2, 50, 1, 1, 1, 20, 30, 5, 40, 35, 2, 2, 2, 1, 1}
 	var got []Event
 	for i, s := range scores {
-		evs, _ := tr.observe(uint64(i+1), t0.Add(time.Duration(i)*100*time.Millisecond), s, 10)
+		evs, _ := tr.observe(uint64(i+1), t0.Add(time.Duration(i)*100*time.Millisecond), s, s > 10, 10)
 		got = append(got, evs...)
 	}
 	var types []string
@@ -50,7 +53,7 @@ func TestTrackerUpdatesAreRateLimitedAndFlushCloses(t *testing.T) {
 	t0 := time.Unix(0, 0)
 	n := 0
 	for i := range 30 { // a rising peak every 100 ms for 3 s
-		evs, _ := tr.observe(uint64(i), t0.Add(time.Duration(i)*100*time.Millisecond), float64(20+i), 10)
+		evs, _ := tr.observe(uint64(i), t0.Add(time.Duration(i)*100*time.Millisecond), float64(20+i), float64(20+i) > 10, 10)
 		for _, e := range evs {
 			if e.Type == EventUpdate {
 				n++
@@ -163,5 +166,29 @@ func TestWindowPercentiles(t *testing.T) {
 	p := w.percentiles(0, 0.5, 0.99)
 	if p[0] != 150 || p[1] != 200 || p[2] != 249 {
 		t.Errorf("percentiles %v", p)
+	}
+}
+
+// Non-finite scores count as above the threshold but never become the
+// peak: the peak keeps its last finite value (the threshold until there is
+// one), so every event encodes as JSON (one peaking at +Inf never went out).
+func TestTrackerKeepsAFinitePeak(t *testing.T) {
+	tr := newTracker("cam", EventConfig{MinFrames: 2, EndFrames: 1, UpdateInterval: 0})
+	t0 := time.Now()
+	var all []Event
+	for i, s := range []float64{math.NaN(), math.Inf(1), 30, math.Inf(1), 40, 5} {
+		evs, _ := tr.observe(uint64(i+1), t0.Add(time.Duration(i)*time.Second), s, !(s <= 10), 10)
+		all = append(all, evs...)
+	}
+	var peaks []float64
+	for _, e := range all {
+		if _, err := json.Marshal(e); err != nil {
+			t.Errorf("event %s does not encode: %v", e.Type, err)
+		}
+		peaks = append(peaks, e.PeakScore)
+	}
+	// new at the Inf frame (peak: the threshold), updates at 30 and 40, end.
+	if want := []float64{10, 30, 40, 40}; !slices.Equal(peaks, want) {
+		t.Errorf("peaks %v, want %v", peaks, want)
 	}
 }

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"fmt"
+	"math"
 	"time"
 )
 
@@ -48,10 +49,17 @@ func newTracker(camera string, cfg EventConfig) *tracker {
 	return &tracker{camera: camera, cfg: cfg}
 }
 
-// observe takes one scored frame and returns the events to publish, and
-// whether this frame is the (possibly pending) event's new peak.
-func (t *tracker) observe(seq uint64, at time.Time, score, threshold float64) (events []Event, newPeak bool) {
-	if score > threshold {
+// observe takes one scored frame, anomalous or not, and returns the events
+// to publish, and whether this frame is the (possibly pending) event's new
+// peak. An anomalous frame whose score is not finite counts as above the
+// threshold but never becomes the peak score (JSON cannot carry it; an
+// event peaking at +Inf was never published): the peak keeps its last
+// finite value, or the threshold when there is none yet.
+func (t *tracker) observe(seq uint64, at time.Time, score float64, anomalous bool, threshold float64) (events []Event, newPeak bool) {
+	if math.IsNaN(score) || math.IsInf(score, 0) {
+		score = threshold
+	}
+	if anomalous {
 		t.below = 0
 		t.above++
 		if t.active == nil {

@@ -21,6 +21,7 @@ type collector struct {
 	d *Daemon
 
 	frames, dropped, processed, reconnects, events *prometheus.Desc
+	nonFinite                                      *prometheus.Desc
 	online, score, inferP50, inferP99              *prometheus.Desc
 	queue, connected, queueDropped, queueRejected  *prometheus.Desc
 }
@@ -28,11 +29,13 @@ type collector struct {
 func newCollector(d *Daemon) *collector {
 	cam := []string{"camera"}
 	return &collector{d: d,
-		frames:       prometheus.NewDesc("transformaly_frames_captured_total", "Frames delivered by the camera.", cam, nil),
-		dropped:      prometheus.NewDesc("transformaly_frames_dropped_total", "Frames replaced by newer ones before they were scored.", cam, nil),
-		processed:    prometheus.NewDesc("transformaly_frames_scored_total", "Frames scored by the detector.", cam, nil),
-		reconnects:   prometheus.NewDesc("transformaly_camera_reconnects_total", "Times the capture was recreated.", cam, nil),
-		events:       prometheus.NewDesc("transformaly_events_total", "Anomaly events opened.", cam, nil),
+		frames:     prometheus.NewDesc("transformaly_frames_captured_total", "Frames delivered by the camera.", cam, nil),
+		dropped:    prometheus.NewDesc("transformaly_frames_dropped_total", "Frames replaced by newer ones before they were scored.", cam, nil),
+		processed:  prometheus.NewDesc("transformaly_frames_scored_total", "Frames scored by the detector.", cam, nil),
+		reconnects: prometheus.NewDesc("transformaly_camera_reconnects_total", "Times the capture was recreated.", cam, nil),
+		events:     prometheus.NewDesc("transformaly_events_total", "Anomaly events opened.", cam, nil),
+		nonFinite: prometheus.NewDesc("transformaly_scores_non_finite_total",
+			"Frames whose score (or a part of it) was NaN or infinite, judged anomalous.", cam, nil),
 		online:       prometheus.NewDesc("transformaly_camera_online", "1 while the camera delivers frames.", cam, nil),
 		score:        prometheus.NewDesc("transformaly_score", "Last anomaly score.", cam, nil),
 		inferP50:     prometheus.NewDesc("transformaly_inference_ms_p50", "Median detector batch time over recent frames.", cam, nil),
@@ -46,7 +49,7 @@ func newCollector(d *Daemon) *collector {
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.frames, c.dropped, c.processed, c.reconnects, c.events, c.online, c.score, c.inferP50, c.inferP99, c.queue, c.queueDropped, c.queueRejected, c.connected} {
+	for _, d := range []*prometheus.Desc{c.frames, c.dropped, c.processed, c.reconnects, c.events, c.nonFinite, c.online, c.score, c.inferP50, c.inferP99, c.queue, c.queueDropped, c.queueRejected, c.connected} {
 		ch <- d
 	}
 }
@@ -67,6 +70,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(c.processed, prometheus.CounterValue, float64(cam.processed.Load()), n)
 			ch <- prometheus.MustNewConstMetric(c.reconnects, prometheus.CounterValue, float64(st.Reconnects), n)
 			ch <- prometheus.MustNewConstMetric(c.events, prometheus.CounterValue, float64(cam.events.Load()), n)
+			ch <- prometheus.MustNewConstMetric(c.nonFinite, prometheus.CounterValue, float64(cam.nonFinite.Load()), n)
 			ch <- prometheus.MustNewConstMetric(c.online, prometheus.GaugeValue, online, n)
 			ch <- prometheus.MustNewConstMetric(c.score, prometheus.GaugeValue, math.Float64frombits(cam.lastScore.Load()), n)
 			ch <- prometheus.MustNewConstMetric(c.inferP50, prometheus.GaugeValue, pct[0], n)

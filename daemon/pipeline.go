@@ -16,19 +16,26 @@ import (
 	"github.com/transformaly/transformaly/internal/heatmap"
 )
 
-// ScoreMessage is the payload of <prefix>/<camera>/score.
+// ScoreMessage is the payload of <prefix>/<camera>/score. A score part
+// that is not a finite number is null (JSON has no NaN: such a message
+// failed to encode and was dropped without a word), and Error says so.
 type ScoreMessage struct {
 	Camera       string    `json:"camera"`
 	Frame        uint64    `json:"frame"`
 	Timestamp    time.Time `json:"timestamp"` // capture time
-	Score        float64   `json:"score"`
+	Score        *float64  `json:"score"`
 	Threshold    float64   `json:"threshold"`
 	Anomalous    bool      `json:"anomalous"`
-	LLPretrained float64   `json:"ll_pretrained"`
-	LLStudent    float64   `json:"ll_student"`
+	LLPretrained *float64  `json:"ll_pretrained"`
+	LLStudent    *float64  `json:"ll_student"`
 	InferenceMS  float64   `json:"inference_ms"`
 	LatencyMS    float64   `json:"latency_ms"` // capture to publish
+	Error        string    `json:"error,omitempty"`
 }
+
+// nonFiniteLogEvery spaces the log lines about non-finite scores: a
+// provider gone wrong emits them for every frame.
+const nonFiniteLogEvery = time.Minute
 
 // peakFrame is what a snapshot is drawn from.
 type peakFrame struct {
@@ -47,12 +54,15 @@ type cameraRuntime struct {
 
 	processed atomic.Uint64
 	dropped   atomic.Uint64 // replaced while waiting for the detector
-	lastScore atomic.Uint64 // float64 bits
-	events    atomic.Uint64
-	lastSent  time.Time
-	peak      *peakFrame
-	latency   *window // inference ms
-	e2e       *window // capture-to-publish ms
+	nonFinite atomic.Uint64 // frames whose score was NaN or infinite
+	// nonFiniteLogged is when such a frame was last logged (unix nanos).
+	nonFiniteLogged atomic.Int64
+	lastScore       atomic.Uint64 // float64 bits
+	events          atomic.Uint64
+	lastSent        time.Time
+	peak            *peakFrame
+	latency         *window // inference ms
+	e2e             *window // capture-to-publish ms
 }
 
 // modelRuntime is one loaded bundle and the cameras it scores.
@@ -321,19 +331,31 @@ func (p *pipeline) handle(c *cameraRuntime, f capture.Frame, r detector.Result, 
 	c.processed.Add(1)
 	c.lastScore.Store(math.Float64bits(r.Score))
 	c.latency.add(inferMS)
-	anomalous := r.Score > c.threshold
 	now := time.Now()
+	// A score that is no number is never "normal": the frame is anomalous.
+	var fault string
+	if !r.Finite() {
+		fault = fmt.Sprintf("the detector gave a non-finite score (score %g, ll_pretrained %g, ll_student %g)", r.Score, r.LLPretrained, r.LLStudent)
+		n := c.nonFinite.Add(1)
+		if last := c.nonFiniteLogged.Load(); now.UnixNano()-last >= int64(nonFiniteLogEvery) && c.nonFiniteLogged.CompareAndSwap(last, now.UnixNano()) {
+			slog.Error("non-finite scores: frames judged anomalous (a provider or precision fault, or a damaged bundle)",
+				"camera", c.cfg.Name, "frame", f.Seq, "score", r.Score, "ll_pretrained", r.LLPretrained, "ll_student", r.LLStudent, "non_finite_total", n)
+		}
+	}
+	anomalous := fault != "" || r.Score > c.threshold
 	if rate := p.cfg.MQTT.ScoreRate; rate <= 0 || now.Sub(c.lastSent).Seconds() >= 1/rate {
 		c.lastSent = now
-		msg := ScoreMessage{Camera: c.cfg.Name, Frame: f.Seq, Timestamp: f.Time.UTC(), Score: r.Score, Threshold: c.threshold,
-			Anomalous: anomalous, LLPretrained: r.LLPretrained, LLStudent: r.LLStudent, InferenceMS: inferMS,
-			LatencyMS: float64(now.Sub(f.Time).Microseconds()) / 1000}
-		if b, err := json.Marshal(msg); err == nil {
+		msg := ScoreMessage{Camera: c.cfg.Name, Frame: f.Seq, Timestamp: f.Time.UTC(), Score: detector.NumberOrNull(r.Score), Threshold: c.threshold,
+			Anomalous: anomalous, LLPretrained: detector.NumberOrNull(r.LLPretrained), LLStudent: detector.NumberOrNull(r.LLStudent), InferenceMS: inferMS,
+			LatencyMS: float64(now.Sub(f.Time).Microseconds()) / 1000, Error: fault}
+		if b, err := json.Marshal(msg); err != nil {
+			slog.Error("score message not encoded", "camera", c.cfg.Name, "err", err)
+		} else {
 			p.pub.Publish(p.pub.Topic(c.cfg.Name, "score"), p.cfg.MQTT.ScoreQoS, false, b)
 		}
 	}
 	c.e2e.add(float64(time.Since(f.Time).Microseconds()) / 1000)
-	events, newPeak := c.tracker.observe(f.Seq, f.Time, r.Score, c.threshold)
+	events, newPeak := c.tracker.observe(f.Seq, f.Time, r.Score, anomalous, c.threshold)
 	if newPeak {
 		if c.peak != nil {
 			c.peak.view.Release()

@@ -2,10 +2,17 @@ package daemon
 
 import (
 	"context"
+	"encoding/json"
+	"math"
+	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
 	"github.com/transformaly/transformaly/capture"
+	"github.com/transformaly/transformaly/detector"
 )
 
 // A batch is not held back for frames that cannot come: with one of two
@@ -32,5 +39,80 @@ func TestBatchNeverWaitsForCamerasThatAreNotOnline(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("the batch waits for cameras that deliver nothing")
+	}
+}
+
+// A frame whose score is NaN or infinite is anomalous: its message carries
+// "score": null and an error (it failed to encode and was dropped before),
+// it is counted, and the event it opens keeps a finite peak.
+func TestNonFiniteScoresAreAnomalousAndPublished(t *testing.T) {
+	_, url := startBroker(t, new(connectionGate))
+	sub := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(url).SetClientID("test-sub"))
+	if tok := sub.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscriber: %v", tok.Error())
+	}
+	defer sub.Disconnect(100)
+	var mu sync.Mutex
+	var scores []map[string]any
+	tok := sub.Subscribe("tfy/cam/score", 0, func(_ mqtt.Client, m mqtt.Message) {
+		var v map[string]any
+		if err := json.Unmarshal(m.Payload(), &v); err != nil {
+			t.Errorf("score payload %q: %v", m.Payload(), err)
+		}
+		mu.Lock()
+		scores = append(scores, v)
+		mu.Unlock()
+	})
+	if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	queue, err := OpenQueue(filepath.Join(t.TempDir(), "events"), 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := NewPublisher(MQTTConfig{ClientID: "tfy-nan", TopicPrefix: "tfy"}, url, queue, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub.Start(context.Background(), url)
+	defer pub.Close()
+	waitFor(t, "the publisher to connect", pub.Connected)
+
+	cfg := DefaultConfig()
+	p := &pipeline{cfg: cfg, pub: pub}
+	c := &cameraRuntime{cfg: CameraConfig{Name: "cam"}, threshold: 10, latency: newWindow(16), e2e: newWindow(16),
+		tracker: newTracker("cam", EventConfig{MinFrames: 2, EndFrames: 2, UpdateInterval: time.Hour})}
+	nan, inf := math.NaN(), math.Inf(1)
+	t0 := time.Now()
+	for i, r := range []detector.Result{
+		{Score: 5, LLPretrained: -2, LLStudent: -3},
+		{Score: nan, LLPretrained: nan, LLStudent: -3},
+		{Score: inf, LLPretrained: -2, LLStudent: math.Inf(-1)},
+		{Score: 30, LLPretrained: -10, LLStudent: -20},
+		{Score: 5, LLPretrained: -2, LLStudent: -3},
+		{Score: 5, LLPretrained: -2, LLStudent: -3},
+	} {
+		p.handle(c, capture.Frame{Seq: uint64(i + 1), Time: t0.Add(time.Duration(i) * 100 * time.Millisecond)}, r, 1)
+	}
+	waitFor(t, "six score messages", func() bool { mu.Lock(); defer mu.Unlock(); return len(scores) == 6 })
+	mu.Lock()
+	for i, want := range []bool{false, true, true, true, false, false} {
+		m := scores[i]
+		if m["anomalous"] != want {
+			t.Errorf("frame %d: anomalous %v, want %v", i+1, m["anomalous"], want)
+		}
+		nonFinite := i == 1 || i == 2
+		if _, hasErr := m["error"]; hasErr != nonFinite || (m["score"] == nil) != nonFinite {
+			t.Errorf("frame %d: score %v, error %v", i+1, m["score"], m["error"])
+		}
+	}
+	mu.Unlock()
+	if n := c.nonFinite.Load(); n != 2 {
+		t.Errorf("%d non-finite frames counted, want 2", n)
+	}
+	// The event: opened by the NaN and Inf frames, peak the finite 30.
+	waitFor(t, "the events delivered", func() bool { return queue.Len() == 0 })
+	if c.events.Load() != 1 {
+		t.Errorf("%d events opened, want 1", c.events.Load())
 	}
 }

@@ -2,6 +2,7 @@ package detector
 
 import (
 	"fmt"
+	"math"
 
 	"github.com/transformaly/transformaly/models"
 )
@@ -22,7 +23,7 @@ type Result struct {
 	BlockErrors  []float32
 	TokenErrors  []float32 // [blocks * tokens], for heatmaps
 	Embedding    []float32
-	Anomalous    bool
+	Anomalous    bool // above the threshold, or not finite
 }
 
 var detectorOutputs = []string{
@@ -73,6 +74,27 @@ func fp16Model(info models.BundleInfo, mf models.ModelFile) ([]byte, error) {
 // Size is the image side length the bundle takes.
 func (d *Detector) Size() int { return d.Info.ImageSize }
 
+// Finite says whether the score and both log-likelihoods are finite
+// numbers (a provider or precision fault, or a damaged bundle, can make
+// them NaN or infinite).
+func (r Result) Finite() bool {
+	for _, x := range []float64{r.Score, r.LLPretrained, r.LLStudent} {
+		if math.IsNaN(x) || math.IsInf(x, 0) {
+			return false
+		}
+	}
+	return true
+}
+
+// NumberOrNull is x for JSON, or nil (null) when x is NaN or infinite,
+// which JSON cannot carry: a message holding one failed to encode.
+func NumberOrNull(x float64) *float64 {
+	if math.IsNaN(x) || math.IsInf(x, 0) {
+		return nil
+	}
+	return &x
+}
+
 // Score runs n packed RGB images of Size() squared; a result is Anomalous
 // when its score is above threshold (d.Info.Threshold is the bundle's
 // calibrated one; scores and thresholds may be negative).
@@ -94,7 +116,9 @@ func (d *Detector) Score(images []byte, n int, threshold float64) ([]Result, err
 			TokenErrors:  out[4].Data[i*nb*tokens : (i+1)*nb*tokens],
 			Embedding:    out[5].Data[i*dim : (i+1)*dim],
 		}
-		r.Anomalous = r.Score > threshold
+		// Written so that a NaN score is anomalous too (NaN > t is false):
+		// a score that is no number is never "normal".
+		r.Anomalous = !(r.Score <= threshold) || !r.Finite()
 		res[i] = r
 	}
 	return res, nil

@@ -2,6 +2,7 @@ package detector_test
 
 import (
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -111,6 +112,48 @@ func TestLoadedBundleOutlivesItsFile(t *testing.T) {
 		d.Close()
 		if err != nil || float32(res[0].Score) != want[0].Data[0] {
 			t.Errorf("format %d: score %v (%v), want %g", format, res, err, want[0].Data[0])
+		}
+	}
+}
+
+// A bundle whose graph emits NaN or infinite scores (here its scoring
+// weights are) judges every image anomalous and says the result is not
+// finite: NaN > threshold is false, and such images were called normal.
+func TestNonFiniteScoresAreAnomalous(t *testing.T) {
+	v, err := models.RandomViT(models.Config{Dim: 16, Depth: 2, Heads: 2, Patch: 8, ImageSize: 16}, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(3, 3))
+	for _, bad := range []float32{float32(math.NaN()), float32(math.Inf(1))} {
+		scoring := identityScoring(v.Dim, 1)
+		scoring.Pretrained.W[0] = bad
+		info := models.BundleInfo{Format: models.BundleFormat, ImageSize: v.ImageSize, Blocks: []int{1}, Threshold: 1}
+		info.Teacher.Config = v.Config
+		m, err := models.ScoredDetectorGraph(v, []int{1}, []models.Block{models.XavierBlock(v.Config, rng)}, scoring, info, models.FP32)
+		if err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(t.TempDir(), "nan.tfy")
+		if err := models.WriteBundle(path, m); err != nil {
+			t.Fatal(err)
+		}
+		d, err := detector.Load(path, detector.RunnerOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := d.Score(make([]byte, 2*16*16*3), 2, 1e300)
+		d.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, r := range res {
+			if r.Finite() || !r.Anomalous {
+				t.Errorf("weight %g, image %d: score %g finite=%v anomalous=%v; want not finite and anomalous", bad, i, r.Score, r.Finite(), r.Anomalous)
+			}
+			if detector.NumberOrNull(r.Score) != nil {
+				t.Errorf("score %g kept for JSON", r.Score)
+			}
 		}
 	}
 }

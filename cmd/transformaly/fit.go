@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -266,9 +267,9 @@ func (m *modelFlags) loadAs(rt runtimeFlags, precision string) (*detector.Detect
 
 type scoreLine struct {
 	Path         string    `json:"path"`
-	Score        float64   `json:"score"`
-	LLPretrained float64   `json:"ll_pretrained"`
-	LLStudent    float64   `json:"ll_student"`
+	Score        *float64  `json:"score"` // null when not finite (then Error says so)
+	LLPretrained *float64  `json:"ll_pretrained"`
+	LLStudent    *float64  `json:"ll_student"`
 	BlockErrors  []float32 `json:"block_errors"`
 	Anomalous    bool      `json:"anomalous"`
 	Threshold    float64   `json:"threshold"`
@@ -277,6 +278,7 @@ type scoreLine struct {
 	// Frame and Seconds place a video frame in its file (videos only).
 	Frame   uint64   `json:"frame,omitempty"`
 	Seconds *float64 `json:"seconds,omitempty"`
+	Error   string   `json:"error,omitempty"`
 }
 
 func scoreCommand(fs *pflag.FlagSet) func([]string) error {
@@ -331,8 +333,12 @@ func scoreCommand(fs *pflag.FlagSet) func([]string) error {
 					return fmt.Errorf("--heatmap: %w", err)
 				}
 			}
-			line.Score, line.LLPretrained, line.LLStudent = r.Score, r.LLPretrained, r.LLStudent
+			line.Score, line.LLPretrained, line.LLStudent = detector.NumberOrNull(r.Score), detector.NumberOrNull(r.LLPretrained), detector.NumberOrNull(r.LLStudent)
 			line.BlockErrors, line.Anomalous, line.Threshold = r.BlockErrors, r.Anomalous, threshold
+			if !r.Finite() || slices.ContainsFunc(r.BlockErrors, func(e float32) bool { return math.IsNaN(float64(e)) || math.IsInf(float64(e), 0) }) {
+				// JSON cannot carry NaN or infinities: the line would fail to encode.
+				line.Error, line.BlockErrors = "the detector gave a non-finite score; judged anomalous", nil
+			}
 			if *withEmbedding {
 				line.Embedding = r.Embedding
 			}
