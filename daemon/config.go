@@ -99,6 +99,10 @@ type MQTTConfig struct {
 	HomeAssistantPrefix string `yaml:"home_assistant_prefix"`
 	// StatsInterval is how often <prefix>/stats is published.
 	StatsInterval time.Duration `yaml:"stats_interval"`
+	// KeepAlive is the MQTT keepalive: the broker publishes our Last Will
+	// (status offline) about 1.5 keepalives after a hung daemon or a cut
+	// network went quiet.
+	KeepAlive time.Duration `yaml:"keepalive"`
 	// QueueLimit bounds the events kept while the broker is unreachable.
 	QueueLimit int `yaml:"queue_limit"`
 }
@@ -139,7 +143,7 @@ type MetricsConfig struct {
 func DefaultConfig() Config {
 	return Config{
 		MQTT: MQTTConfig{Broker: "tcp://127.0.0.1:1883", EmbeddedAddress: "127.0.0.1:1883", ClientID: "transformaly",
-			TopicPrefix: "transformaly", HomeAssistantPrefix: "homeassistant", StatsInterval: 60 * time.Second, QueueLimit: 10000,
+			TopicPrefix: "transformaly", HomeAssistantPrefix: "homeassistant", StatsInterval: 60 * time.Second, KeepAlive: 30 * time.Second, QueueLimit: 10000,
 			SnapshotSize: 960},
 		Events:         EventConfig{MinFrames: 2, EndFrames: 5, UpdateInterval: time.Second},
 		Detector:       DetectorConfig{Provider: "auto", MaxBatch: 8, BatchWait: 10 * time.Millisecond},
@@ -481,6 +485,9 @@ func (c Config) Validate() []error {
 	}
 	if m.StatsInterval < time.Second {
 		bad("mqtt.stats_interval", "must be at least 1s")
+	}
+	if m.KeepAlive < time.Second || m.KeepAlive > 18*time.Hour || m.KeepAlive%time.Second != 0 {
+		bad("mqtt.keepalive", "%s must be whole seconds from 1s to 18h (MQTT counts it in seconds up to 65535)", m.KeepAlive)
 	}
 	if c.Events.MinFrames < 1 {
 		bad("events.min_frames", "must be at least 1")

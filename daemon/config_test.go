@@ -134,6 +134,8 @@ func TestConfigRefusesNonsenseNumbers(t *testing.T) {
 		{"cameras: [{name: cam, source: 0}]\nevents: {update_interval: -1s}", "events.update_interval"},
 		{"cameras: [{name: cam, source: 0}]\ndetector: {threads: 100000}", "detector.threads"},
 		{"cameras: [{name: cam, source: 0}]\ndetector: {threads: -2}", "detector.threads"},
+		{"cameras: [{name: cam, source: 0}]\nmqtt: {keepalive: 0s}", "mqtt.keepalive"},
+		{"cameras: [{name: cam, source: 0}]\nmqtt: {keepalive: 1500ms}", "mqtt.keepalive"},
 	} {
 		path := filepath.Join(dir, "config.yaml")
 		os.WriteFile(path, []byte("defaults: {model: line.tfy}\n"+c.yaml+"\n"), 0o644)

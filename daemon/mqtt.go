@@ -115,7 +115,7 @@ func NewPublisher(cfg MQTTConfig, broker string, queue *Queue, onConnect func())
 		SetUsername(cfg.Username).
 		SetPassword(pw).
 		SetCleanSession(true).
-		SetKeepAlive(30*time.Second).
+		SetKeepAlive(cfg.KeepAlive).
 		SetConnectTimeout(10*time.Second).
 		SetAutoReconnect(false).
 		SetWill(p.Topic("status"), "offline", 1, true).
