@@ -67,8 +67,13 @@ install: build
 vet:
 	go vet ./...
 
+# staticcheck runs pinned (v0.8.2 is its release 2026.2.2), built through
+# the Go module proxy: no install step.
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+
 test: deps
 	go vet ./...
+	go run $(STATICCHECK) -tags matprofile ./...
 	go test -count=1 -tags matprofile $(GO_TEST_FLAGS) ./...
 
 # Fuzzing of what reads user files: image headers (then OpenCV's decoder),

@@ -160,8 +160,3 @@ func (symlogTicks) Ticks(lo, hi float64) []plot.Tick {
 	return ticks
 }
 
-func quantileOf(xs []float64, q float64) float64 {
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	return quantile(s, q)
-}

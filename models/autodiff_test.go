@@ -77,9 +77,6 @@ type ruleCase struct {
 	ref    func(in [][]float64) []float64
 }
 
-// Index helpers for the float64 references.
-func at2(cols int) func(i, j int) int { return func(i, j int) int { return i*cols + j } }
-
 var ruleCases = []ruleCase{
 	{
 		name: "Gemm transB", shapes: [][]int{{4, 3}, {5, 3}, {5}}, out: []int{4, 5},

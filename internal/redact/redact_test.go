@@ -26,6 +26,7 @@ func TestURL(t *testing.T) {
 }
 
 func TestParseErrorHidesTheURL(t *testing.T) {
+	//lint:ignore SA1007 a URL that does not parse is the point
 	_, err := url.Parse("tcp://user:50%off@broker:1883")
 	if err == nil {
 		t.Fatal("the URL parsed")
