@@ -234,6 +234,9 @@ type CameraStats struct {
 	InferenceP99 float64 `json:"inference_ms_p99"`
 	LatencyP50   float64 `json:"latency_ms_p50"`
 	LatencyP99   float64 `json:"latency_ms_p99"`
+	// Faults: frames lost to detector errors, and scored non-finite.
+	DetectorFailed uint64 `json:"detector_failed_frames"`
+	NonFinite      uint64 `json:"non_finite_scores"`
 }
 
 // Stats is the payload of <prefix>/stats.
@@ -244,13 +247,16 @@ type Stats struct {
 	Providers map[string]string      `json:"providers"` // bundle -> execution provider
 	Cameras   map[string]CameraStats `json:"cameras"`
 	Queue     int                    `json:"event_queue"`
+	// PublishSkipped counts score and snapshot messages not sent because
+	// the broker was unreachable (events are queued instead).
+	PublishSkipped uint64 `json:"publish_skipped"`
 }
 
 // Snapshot gathers the current figures; processed fps is measured since
 // the previous call with the same memory.
 func (d *Daemon) Snapshot(prev map[string]uint64, since time.Duration) (Stats, map[string]uint64) {
 	s := Stats{Time: time.Now().UTC(), UptimeS: time.Since(d.started).Seconds(), Version: models.Version,
-		Providers: map[string]string{}, Cameras: map[string]CameraStats{}, Queue: d.queue.Len()}
+		Providers: map[string]string{}, Cameras: map[string]CameraStats{}, Queue: d.queue.Len(), PublishSkipped: d.pub.Skipped()}
 	counts := map[string]uint64{}
 	p := d.current()
 	if p == nil {
@@ -269,6 +275,7 @@ func (d *Daemon) Snapshot(prev map[string]uint64, since time.Duration) (Stats, m
 			CaptureFPS: st.FPS, ProcessedFPS: float64(n-prev[c.cfg.Name]) / since.Seconds(),
 			Dropped: st.Dropped + c.dropped.Load(), Reconnects: st.Reconnects, State: string(st.State),
 			InferenceP50: nanToZero(inf[0]), InferenceP99: nanToZero(inf[1]), LatencyP50: nanToZero(lat[0]), LatencyP99: nanToZero(lat[1]),
+			DetectorFailed: c.detectorFailed.Load(), NonFinite: c.nonFinite.Load(),
 		}
 	}
 	return s, counts

@@ -21,7 +21,7 @@ type collector struct {
 	d *Daemon
 
 	frames, dropped, processed, reconnects, events *prometheus.Desc
-	nonFinite                                      *prometheus.Desc
+	nonFinite, detectorFailed, publishSkipped      *prometheus.Desc
 	online, score, inferP50, inferP99              *prometheus.Desc
 	queue, connected, queueDropped, queueRejected  *prometheus.Desc
 }
@@ -36,6 +36,10 @@ func newCollector(d *Daemon) *collector {
 		events:     prometheus.NewDesc("transformaly_events_total", "Anomaly events opened.", cam, nil),
 		nonFinite: prometheus.NewDesc("transformaly_scores_non_finite_total",
 			"Frames whose score (or a part of it) was NaN or infinite, judged anomalous.", cam, nil),
+		detectorFailed: prometheus.NewDesc("transformaly_frames_detector_failed_total",
+			"Frames not scored because the detector failed on their batch.", cam, nil),
+		publishSkipped: prometheus.NewDesc("transformaly_mqtt_publish_skipped_total",
+			"Score, snapshot and stats messages not sent because the broker was unreachable (events are queued instead).", nil, nil),
 		online:       prometheus.NewDesc("transformaly_camera_online", "1 while the camera delivers frames.", cam, nil),
 		score:        prometheus.NewDesc("transformaly_score", "Last anomaly score.", cam, nil),
 		inferP50:     prometheus.NewDesc("transformaly_inference_ms_p50", "Median detector batch time over recent frames.", cam, nil),
@@ -49,7 +53,7 @@ func newCollector(d *Daemon) *collector {
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.frames, c.dropped, c.processed, c.reconnects, c.events, c.nonFinite, c.online, c.score, c.inferP50, c.inferP99, c.queue, c.queueDropped, c.queueRejected, c.connected} {
+	for _, d := range []*prometheus.Desc{c.frames, c.dropped, c.processed, c.reconnects, c.events, c.nonFinite, c.detectorFailed, c.publishSkipped, c.online, c.score, c.inferP50, c.inferP99, c.queue, c.queueDropped, c.queueRejected, c.connected} {
 		ch <- d
 	}
 }
@@ -71,6 +75,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(c.reconnects, prometheus.CounterValue, float64(st.Reconnects), n)
 			ch <- prometheus.MustNewConstMetric(c.events, prometheus.CounterValue, float64(cam.events.Load()), n)
 			ch <- prometheus.MustNewConstMetric(c.nonFinite, prometheus.CounterValue, float64(cam.nonFinite.Load()), n)
+			ch <- prometheus.MustNewConstMetric(c.detectorFailed, prometheus.CounterValue, float64(cam.detectorFailed.Load()), n)
 			ch <- prometheus.MustNewConstMetric(c.online, prometheus.GaugeValue, online, n)
 			ch <- prometheus.MustNewConstMetric(c.score, prometheus.GaugeValue, math.Float64frombits(cam.lastScore.Load()), n)
 			ch <- prometheus.MustNewConstMetric(c.inferP50, prometheus.GaugeValue, pct[0], n)
@@ -83,6 +88,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(c.queue, prometheus.GaugeValue, float64(c.d.queue.Len()))
 	ch <- prometheus.MustNewConstMetric(c.queueDropped, prometheus.CounterValue, float64(c.d.queue.Dropped()))
+	ch <- prometheus.MustNewConstMetric(c.publishSkipped, prometheus.CounterValue, float64(c.d.pub.Skipped()))
 	ch <- prometheus.MustNewConstMetric(c.queueRejected, prometheus.CounterValue, float64(c.d.queue.Rejected()))
 	ch <- prometheus.MustNewConstMetric(c.connected, prometheus.GaugeValue, connected)
 }

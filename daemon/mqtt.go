@@ -31,7 +31,7 @@ type Publisher struct {
 	connected atomic.Bool
 	refused   atomic.Bool   // see Refused
 	published atomic.Uint64 // score messages sent
-	skipped   atomic.Uint64 // score messages not sent while disconnected
+	skipped   atomic.Uint64 // messages Publish did not send while disconnected
 
 	mu           sync.Mutex
 	availability map[string]string // camera -> online/offline, republished on connect
@@ -248,6 +248,9 @@ func (p *Publisher) connectedNow() {
 	// Events queued while we were away go out now.
 	p.queue.signal()
 }
+
+// Skipped counts the messages Publish did not send for want of a broker.
+func (p *Publisher) Skipped() uint64 { return p.skipped.Load() }
 
 // Connected reports the broker connection.
 func (p *Publisher) Connected() bool { return p.connected.Load() }

@@ -33,8 +33,8 @@ type ScoreMessage struct {
 	Error        string    `json:"error,omitempty"`
 }
 
-// nonFiniteLogEvery spaces the log lines about non-finite scores: a
-// provider gone wrong emits them for every frame.
+// nonFiniteLogEvery spaces the log lines about non-finite scores and failed
+// batches: a provider gone wrong emits them for every frame.
 const nonFiniteLogEvery = time.Minute
 
 // peakFrame is what a snapshot is drawn from.
@@ -55,6 +55,8 @@ type cameraRuntime struct {
 	processed atomic.Uint64
 	dropped   atomic.Uint64 // replaced while waiting for the detector
 	nonFinite atomic.Uint64 // frames whose score was NaN or infinite
+	// detectorFailed counts frames lost to a detector error on their batch.
+	detectorFailed atomic.Uint64
 	// nonFiniteLogged is when such a frame was last logged (unix nanos).
 	nonFiniteLogged atomic.Int64
 	lastScore       atomic.Uint64 // float64 bits
@@ -74,6 +76,8 @@ type modelRuntime struct {
 	mu      sync.Mutex
 	pending map[*cameraRuntime]capture.Frame // newest frame per camera
 	signal  chan struct{}
+
+	failLogged time.Time // last log of a failed batch (detectLoop's own)
 }
 
 // pipeline is everything a configuration runs: replaced whole on reload.
@@ -316,7 +320,17 @@ func (p *pipeline) detectLoop(ctx context.Context, m *modelRuntime) {
 		res, err := m.det.Score(pixels, len(batch), m.det.Info.Threshold) // each camera judges by its own threshold
 		inferMS := float64(time.Since(start).Microseconds()) / 1000
 		if err != nil {
-			slog.Error("detector failed on a batch", "bundle", m.path, "frames", len(batch), "err", err)
+			// The frames are lost: counted per camera, their buffers given
+			// back, and the log spared a line per batch.
+			for _, pf := range batch {
+				pf.cam.detectorFailed.Add(1)
+				pf.frame.View.Release()
+			}
+			if now := time.Now(); now.Sub(m.failLogged) >= nonFiniteLogEvery {
+				m.failLogged = now
+				slog.Error("detector failed on a batch; its frames are not scored (logged at most once a minute, counted in transformaly_frames_detector_failed_total)",
+					"bundle", m.path, "frames", len(batch), "err", err)
+			}
 			continue
 		}
 		for i, pf := range batch {

@@ -13,6 +13,8 @@ import (
 
 	"github.com/transformaly/transformaly/capture"
 	"github.com/transformaly/transformaly/detector"
+	"github.com/transformaly/transformaly/internal/ort"
+	"github.com/transformaly/transformaly/models"
 )
 
 // A batch is not held back for frames that cannot come: with one of two
@@ -114,5 +116,52 @@ func TestNonFiniteScoresAreAnomalousAndPublished(t *testing.T) {
 	waitFor(t, "the events delivered", func() bool { return queue.Len() == 0 })
 	if c.events.Load() != 1 {
 		t.Errorf("%d events opened, want 1", c.events.Load())
+	}
+}
+
+// Frames of a batch the detector fails on are counted per camera (and
+// their buffers given back), not only logged.
+func TestDetectorFailuresAreCounted(t *testing.T) {
+	if err := ort.Init(""); err != nil {
+		t.Fatal(err)
+	}
+	v, err := models.RandomViT(models.Config{Dim: 16, Depth: 2, Heads: 2, Patch: 8, ImageSize: 16}, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info := models.BundleInfo{Format: models.BundleFormat, ImageSize: 16, Blocks: []int{1}, Threshold: 1}
+	info.Teacher.Config = v.Config
+	q := func(in int) models.QuadraticScore {
+		return models.QuadraticScore{In: in, K: 1, W: make([]float32, in), B: make([]float32, 1)}
+	}
+	m, err := models.ScoredDetectorGraph(v, []int{1}, []models.Block{v.Blocks[1]}, models.Scoring{Pretrained: q(16), Student: q(1)}, info, models.FP32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "b.tfy")
+	if err := models.WriteBundle(path, m); err != nil {
+		t.Fatal(err)
+	}
+	det, err := detector.Load(path, detector.RunnerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer det.Close()
+	mr := &modelRuntime{path: path, det: det, pending: map[*cameraRuntime]capture.Frame{}, signal: make(chan struct{}, 1)}
+	cam, err := capture.NewCamera(capture.Config{Name: "cam", Source: t.TempDir(), Size: 16}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &cameraRuntime{cfg: CameraConfig{Name: "cam"}, cam: cam, model: mr, latency: newWindow(8), e2e: newWindow(8)}
+	mr.cameras = []*cameraRuntime{c}
+	p := &pipeline{cfg: DefaultConfig()}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { p.detectLoop(ctx, mr); close(done) }()
+	defer func() { cancel(); <-done }()
+	mr.put(c, capture.Frame{Seq: 1, Time: time.Now(), RGB: make([]byte, 5)}) // not 16x16x3: the detector refuses it
+	waitFor(t, "the failed frame to be counted", func() bool { return c.detectorFailed.Load() == 1 })
+	if c.processed.Load() != 0 {
+		t.Errorf("%d frames scored, want 0", c.processed.Load())
 	}
 }
