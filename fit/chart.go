@@ -159,4 +159,3 @@ func (symlogTicks) Ticks(lo, hi float64) []plot.Tick {
 	}
 	return ticks
 }
-

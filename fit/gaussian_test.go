@@ -3,6 +3,7 @@ package fit
 import (
 	"math"
 	"math/rand/v2"
+	"slices"
 	"testing"
 
 	"gonum.org/v1/gonum/mat"
@@ -203,5 +204,42 @@ func TestAUROCMatchesMannWhitney(t *testing.T) {
 	}
 	if got := AUROC([]float64{1, 2}, []float64{3, 4}); got != 1 {
 		t.Errorf("separable AUROC %g, want 1", got)
+	}
+}
+
+// The conformal threshold's promise checked by brute force: over many
+// draws of n normal calibration scores, the share of new normal scores
+// above the chosen threshold averages (n+1-j)/(n+1), and its spread matches
+// the Beta interval returned with it.
+func TestConformalThresholdKeepsItsPromise(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 5))
+	const n, draws, fresh = 200, 400, 2000
+	sum, inside := 0.0, 0
+	var expected, lo, hi float64
+	for range draws {
+		cal := make([]float64, n)
+		for i := range cal {
+			cal[i] = rng.ExpFloat64() // any continuous distribution: the promise is distribution-free
+		}
+		slices.Sort(cal)
+		var th float64
+		th, expected, lo, hi = conformalThreshold(cal, 0.995)
+		above := 0
+		for range fresh {
+			if rng.ExpFloat64() > th {
+				above++
+			}
+		}
+		rate := float64(above) / fresh
+		sum += rate
+		if rate >= lo && rate <= hi {
+			inside++
+		}
+	}
+	if mean := sum / draws; math.Abs(mean-expected) > 0.0015 || expected > 0.005 {
+		t.Errorf("mean false-alarm rate %.4f, promised %.4f (at most 0.005)", mean, expected)
+	}
+	if share := float64(inside) / draws; share < 0.9 {
+		t.Errorf("%.0f%% of draws inside the 95%% interval %.4f-%.4f", 100*share, lo, hi)
 	}
 }

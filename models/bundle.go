@@ -111,10 +111,24 @@ type BundleInfo struct {
 	Training      TrainingInfo `json:"training"`
 	PCAComponents int          `json:"pca_components"`
 	// Threshold is the default alert threshold on the score: the
-	// ThresholdQuantile of the held-out normal images' scores.
+	// ThresholdQuantile of the normal images' out-of-sample scores.
 	Threshold         float64            `json:"threshold"`
 	ThresholdQuantile float64            `json:"threshold_quantile"`
-	ScoreQuantiles    map[string]float64 `json:"score_quantiles"` // of held-out normal scores
+	ScoreQuantiles    map[string]float64 `json:"score_quantiles"` // of the calibration scores
+	// Calibration says how the threshold was set, and the false-alarm rate
+	// it promises on normal images with its 95% interval.
+	Calibration Calibration `json:"calibration"`
+}
+
+// Calibration is how a bundle's threshold was set.
+type Calibration struct {
+	Method string `json:"method"`
+	Images int    `json:"images"` // normal images scored out of sample
+	// ExpectedFalseAlarms is 1 - ThresholdQuantile; FalseAlarms95 is the
+	// 95% interval of the rate the threshold gives on unseen normal
+	// images, from the order statistics of Images scores.
+	ExpectedFalseAlarms float64    `json:"expected_false_alarm_rate"`
+	FalseAlarms95       [2]float64 `json:"false_alarm_rate_95"`
 }
 
 // TrainingInfo records how the students were trained.

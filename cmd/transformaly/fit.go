@@ -405,10 +405,14 @@ type evalReport struct {
 	AUROCStudent    float64 `json:"auroc_student"`
 	Threshold       float64 `json:"threshold"`
 	FalseAlarmRate  float64 `json:"false_alarm_rate"`
-	DetectionRate   float64 `json:"detection_rate"`
-	NormalImages    int     `json:"normal_images"`
-	AnomalousImages int     `json:"anomalous_images"`
-	SkippedImages   int     `json:"skipped_images"`
+	// What the bundle's calibration promised for its own threshold (absent
+	// for bundles fitted before calibration was recorded).
+	ExpectedFalseAlarmRate *float64    `json:"expected_false_alarm_rate,omitempty"`
+	ExpectedFalseAlarms95  *[2]float64 `json:"expected_false_alarm_rate_95,omitempty"`
+	DetectionRate          float64     `json:"detection_rate"`
+	NormalImages           int         `json:"normal_images"`
+	AnomalousImages        int         `json:"anomalous_images"`
+	SkippedImages          int         `json:"skipped_images"`
 	// Precision compares FP16 against FP32 (with --compare-precision).
 	Precision *precisionReport `json:"precision_compare,omitempty"`
 }
@@ -500,6 +504,9 @@ func printReport(rep evalReport) {
 	fmt.Printf("images: %d normal, %d anomalous (%d skipped)\n", rep.NormalImages, rep.AnomalousImages, rep.SkippedImages)
 	fmt.Printf("AUROC: %.4f combined, %.4f pretrained feature, %.4f teacher-student feature\n", rep.AUROC, rep.AUROCPretrained, rep.AUROCStudent)
 	fmt.Printf("at threshold %.4g: false alarm rate %.4f, detection rate %.4f\n", rep.Threshold, rep.FalseAlarmRate, rep.DetectionRate)
+	if e := rep.ExpectedFalseAlarmRate; e != nil {
+		fmt.Printf("the bundle's calibration promised a false alarm rate of %.4f (95%% interval %.4f-%.4f) at its threshold\n", *e, rep.ExpectedFalseAlarms95[0], rep.ExpectedFalseAlarms95[1])
+	}
 	if p := rep.Precision; p != nil {
 		fmt.Printf("fp16 vs fp32: AUROC %.4f vs %.4f (%+.4f), score difference max %.4g mean %.4g, %d verdicts changed\n",
 			p.AUROCFP16, p.AUROCFP32, p.AUROCDifference, p.MaxScoreDifference, p.MeanScoreDiff, p.VerdictsChanged)
@@ -539,6 +546,9 @@ func evaluate(det *detector.Detector, normalDir, anomalousDir string, threshold 
 	rep.AUROCPretrained = fit.AUROC(sets[0].pre, sets[1].pre)
 	rep.AUROCStudent = fit.AUROC(sets[0].stu, sets[1].stu)
 	rep.FalseAlarmRate = fit.FractionAbove(sets[0].all, rep.Threshold)
+	if c := det.Info.Calibration; c.Images > 0 && threshold == det.Info.Threshold {
+		rep.ExpectedFalseAlarmRate, rep.ExpectedFalseAlarms95 = &c.ExpectedFalseAlarms, &c.FalseAlarms95
+	}
 	rep.DetectionRate = fit.FractionAbove(sets[1].all, rep.Threshold)
 	return rep, append(sets[0].all, sets[1].all...), nil
 }
