@@ -99,7 +99,7 @@ func demoCommand(fs *pflag.FlagSet) func([]string) error {
 		if err != nil {
 			return err
 		}
-		rep, _, err := evaluate(det, d.testDir, d.defectDir, 0, 16)
+		rep, _, err := evaluate(det, d.testDir, d.defectDir, det.Info.Threshold, 16)
 		det.Close()
 		if err != nil {
 			return err
