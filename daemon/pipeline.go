@@ -30,7 +30,10 @@ type ScoreMessage struct {
 	LLStudent    *float64  `json:"ll_student"`
 	InferenceMS  float64   `json:"inference_ms"`
 	LatencyMS    float64   `json:"latency_ms"` // capture to publish
-	Error        string    `json:"error,omitempty"`
+	// NormalQuantile is the share of normal parts scoring at or below this
+	// one, from the bundle's calibration (bundles fitted before it lack it).
+	NormalQuantile *float64 `json:"normal_quantile,omitempty"`
+	Error          string   `json:"error,omitempty"`
 }
 
 // nonFiniteLogEvery spaces the log lines about non-finite scores and failed
@@ -57,6 +60,8 @@ type cameraRuntime struct {
 	nonFinite atomic.Uint64 // frames whose score was NaN or infinite
 	// detectorFailed counts frames lost to a detector error on their batch.
 	detectorFailed atomic.Uint64
+	// normalQuantile reads a score against the bundle's calibration.
+	normalQuantile func(score float64) float64
 	// nonFiniteLogged is when such a frame was last logged (unix nanos).
 	nonFiniteLogged atomic.Int64
 	lastScore       atomic.Uint64 // float64 bits
@@ -128,7 +133,8 @@ func buildPipeline(ctx context.Context, cfg Config, pub *Publisher, trackers map
 			p.closeModels()
 			return nil, fmt.Errorf("cameras[%d]: %w", i, err)
 		}
-		rt := &cameraRuntime{cfg: cc, model: m, threshold: m.det.Info.Threshold, latency: newWindow(1024), e2e: newWindow(1024)}
+		rt := &cameraRuntime{cfg: cc, model: m, threshold: m.det.Info.Threshold, latency: newWindow(1024), e2e: newWindow(1024),
+			normalQuantile: m.det.Info.Calibration.NormalQuantile}
 		if cc.Threshold != nil {
 			rt.threshold = *cc.Threshold
 		}
@@ -362,6 +368,9 @@ func (p *pipeline) handle(c *cameraRuntime, f capture.Frame, r detector.Result, 
 		msg := ScoreMessage{Camera: c.cfg.Name, Frame: f.Seq, Timestamp: f.Time.UTC(), Score: detector.NumberOrNull(r.Score), Threshold: c.threshold,
 			Anomalous: anomalous, LLPretrained: detector.NumberOrNull(r.LLPretrained), LLStudent: detector.NumberOrNull(r.LLStudent), InferenceMS: inferMS,
 			LatencyMS: float64(now.Sub(f.Time).Microseconds()) / 1000, Error: fault}
+		if c.normalQuantile != nil {
+			msg.NormalQuantile = detector.NumberOrNull(c.normalQuantile(r.Score))
+		}
 		if b, err := json.Marshal(msg); err != nil {
 			slog.Error("score message not encoded", "camera", c.cfg.Name, "err", err)
 		} else {

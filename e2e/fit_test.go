@@ -83,7 +83,8 @@ func TestFitEvalScoreInspect(t *testing.T) {
 	}
 	var rep map[string]any
 	json.Unmarshal([]byte(r.stdout), &rep)
-	for _, k := range []string{"auroc", "auroc_pretrained", "auroc_student", "false_alarm_rate", "detection_rate", "threshold", "normal_images", "anomalous_images"} {
+	for _, k := range []string{"auroc", "auroc_pretrained", "auroc_student", "false_alarm_rate", "detection_rate", "threshold", "normal_images", "anomalous_images",
+		"expected_false_alarm_rate", "expected_false_alarm_rate_95"} {
 		if _, ok := rep[k]; !ok {
 			t.Errorf("eval --json lacks %q", k)
 		}
@@ -111,10 +112,14 @@ func TestFitEvalScoreInspect(t *testing.T) {
 		if err := json.Unmarshal(sc.Bytes(), &line); err != nil {
 			t.Fatal(err)
 		}
-		for _, k := range []string{"path", "score", "ll_pretrained", "ll_student", "block_errors", "anomalous", "embedding", "heatmap"} {
+		for _, k := range []string{"path", "score", "ll_pretrained", "ll_student", "block_errors", "anomalous", "embedding", "heatmap", "normal_quantile"} {
 			if _, ok := line[k]; !ok {
 				t.Errorf("score --json lacks %q", k)
 			}
+		}
+		// Gross defects score above every normal calibration image.
+		if q, _ := line["normal_quantile"].(float64); q < 0.9 || q >= 1 {
+			t.Errorf("a defective part's normal_quantile %v, want in [0.9, 1)", line["normal_quantile"])
 		}
 		if be := line["block_errors"].([]any); len(be) != 2 {
 			t.Errorf("%d block errors, want 2 (blocks 2-3 of a 4-block teacher)", len(be))

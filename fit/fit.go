@@ -488,7 +488,7 @@ func (o *Options) fitScoring(ctx context.Context, images *Images, train, val []i
 		ImageSize: o.Teacher.ImageSize, Blocks: o.Blocks, PCAComponents: len(white.Variances),
 		ThresholdQuantile: o.Quantile, Threshold: threshold, ScoreQuantiles: map[string]float64{},
 		Calibration: models.Calibration{Method: fmt.Sprintf("%d-fold out-of-sample scores of every normal image (Gaussians refitted without each fold; students as trained)", folds),
-			Images: len(scores), ExpectedFalseAlarms: expected, FalseAlarms95: [2]float64{lo, hi}},
+			Images: len(scores), ExpectedFalseAlarms: expected, FalseAlarms95: [2]float64{lo, hi}, Scores: evenlySpaced(scores, 1001)},
 		Training: models.TrainingInfo{Epochs: o.Epochs, BatchSize: o.BatchSize, LR: o.LR, Seed: o.Seed,
 			ValFraction: o.ValFraction, Whitening: o.Whitening, TrainImages: len(train), ValImages: len(val)},
 	}
@@ -500,6 +500,19 @@ func (o *Options) fitScoring(ctx context.Context, images *Images, train, val []i
 		"expected_false_alarm_rate", info.Calibration.ExpectedFalseAlarms, "false_alarm_rate_95", fmt.Sprintf("%.4f-%.4f", lo, hi),
 		"calibration_images", len(scores))
 	return info, scoring, nil
+}
+
+// evenlySpaced keeps at most m of the sorted xs, evenly spaced by rank,
+// the first and last included.
+func evenlySpaced(xs []float64, m int) []float64 {
+	if len(xs) <= m {
+		return slices.Clone(xs)
+	}
+	out := make([]float64, m)
+	for i := range m {
+		out[i] = xs[int(math.Round(float64(i)*float64(len(xs)-1)/float64(m-1)))]
+	}
+	return out
 }
 
 // calibrationFolds is the k of the k-fold calibration.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"sort"
 	"time"
 
 	"google.golang.org/protobuf/encoding/protowire"
@@ -129,6 +130,41 @@ type Calibration struct {
 	// images, from the order statistics of Images scores.
 	ExpectedFalseAlarms float64    `json:"expected_false_alarm_rate"`
 	FalseAlarms95       [2]float64 `json:"false_alarm_rate_95"`
+	// Scores are the calibration scores, sorted (at most 1,001 evenly
+	// spaced order statistics of the Images), for NormalQuantile.
+	Scores []float64 `json:"scores,omitempty"`
+}
+
+// NormalQuantile is the share of normal parts expected to score at or
+// below score, read off the calibration scores: rank/(Images+1),
+// interpolated between the stored ones. Above the largest it stays at
+// Images/(Images+1) (no tail model extrapolates yet); NaN without
+// calibration scores or for a NaN score.
+func (c Calibration) NormalQuantile(score float64) float64 {
+	m := len(c.Scores)
+	if m == 0 || math.IsNaN(score) {
+		return math.NaN()
+	}
+	n := float64(c.Images)
+	// level of stored point i: its rank among the Images, over Images+1.
+	level := func(i int) float64 {
+		if m == 1 {
+			return n / (n + 1)
+		}
+		return (1 + math.Round(float64(i)*(n-1)/float64(m-1))) / (n + 1)
+	}
+	i := sort.SearchFloat64s(c.Scores, score) // first stored score >= score
+	switch {
+	case i == m:
+		return level(m - 1)
+	case c.Scores[i] == score || i == 0:
+		if score < c.Scores[0] {
+			return 0
+		}
+		return level(i)
+	}
+	lo, hi := c.Scores[i-1], c.Scores[i]
+	return level(i-1) + (score-lo)/(hi-lo)*(level(i)-level(i-1))
 }
 
 // TrainingInfo records how the students were trained.

@@ -2,10 +2,12 @@ package models_test
 
 import (
 	"bytes"
+	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -127,5 +129,42 @@ func TestBundleFileHoldsItsOwnExternalData(t *testing.T) {
 	os.WriteFile(renamed, file[:len(file)/2], 0o644)
 	if _, _, err := models.ReadBundle(renamed); err == nil || !strings.Contains(err.Error(), "truncated") {
 		t.Errorf("truncated bundle: %v", err)
+	}
+}
+
+// NormalQuantile against counting: for calibration scores kept whole, a
+// score equal to the r-th smallest reads r/(n+1); kept as 1,001 of 5,000,
+// any score reads within a grid step of the counted share.
+func TestNormalQuantileCountsTheCalibrationScores(t *testing.T) {
+	rng := rand.New(rand.NewPCG(2, 2))
+	for _, n := range []int{50, 5000} {
+		all := make([]float64, n)
+		for i := range all {
+			all[i] = rng.NormFloat64()
+		}
+		slices.Sort(all)
+		kept := all
+		if n > 1001 {
+			kept = make([]float64, 1001)
+			for i := range kept {
+				kept[i] = all[int(math.Round(float64(i)*float64(n-1)/1000))]
+			}
+		}
+		c := models.Calibration{Images: n, Scores: kept}
+		for _, s := range []float64{-10, all[0], all[n/3], (all[n/2] + all[n/2+1]) / 2, all[n-1], 10} {
+			counted := float64(sort.SearchFloat64s(all, math.Nextafter(s, math.Inf(1)))) / float64(n+1)
+			tol := 1e-9
+			if n > 1001 {
+				tol = 1.0 / 1000
+			} else if s > all[0] && s < all[n-1] && slices.Index(all, s) < 0 {
+				tol = 1.0 / float64(n+1) // between two scores: interpolated
+			}
+			if got := c.NormalQuantile(s); math.Abs(got-counted) > tol {
+				t.Errorf("n %d, score %g: %g, counted %g", n, s, got, counted)
+			}
+		}
+	}
+	if q := (models.Calibration{}).NormalQuantile(1); !math.IsNaN(q) {
+		t.Errorf("without calibration scores: %g, want NaN", q)
 	}
 }

@@ -266,15 +266,18 @@ func (m *modelFlags) loadAs(rt runtimeFlags, precision string) (*detector.Detect
 }
 
 type scoreLine struct {
-	Path         string    `json:"path"`
-	Score        *float64  `json:"score"` // null when not finite (then Error says so)
-	LLPretrained *float64  `json:"ll_pretrained"`
-	LLStudent    *float64  `json:"ll_student"`
-	BlockErrors  []float32 `json:"block_errors"`
-	Anomalous    bool      `json:"anomalous"`
-	Threshold    float64   `json:"threshold"`
-	Embedding    []float32 `json:"embedding,omitempty"`
-	Heatmap      string    `json:"heatmap,omitempty"` // the JPEG written with --heatmap
+	Path  string   `json:"path"`
+	Score *float64 `json:"score"` // null when not finite (then Error says so)
+	// NormalQuantile is the share of normal parts scoring at or below this
+	// one, from the bundle's calibration.
+	NormalQuantile *float64  `json:"normal_quantile,omitempty"`
+	LLPretrained   *float64  `json:"ll_pretrained"`
+	LLStudent      *float64  `json:"ll_student"`
+	BlockErrors    []float32 `json:"block_errors"`
+	Anomalous      bool      `json:"anomalous"`
+	Threshold      float64   `json:"threshold"`
+	Embedding      []float32 `json:"embedding,omitempty"`
+	Heatmap        string    `json:"heatmap,omitempty"` // the JPEG written with --heatmap
 	// Frame and Seconds place a video frame in its file (videos only).
 	Frame   uint64   `json:"frame,omitempty"`
 	Seconds *float64 `json:"seconds,omitempty"`
@@ -334,6 +337,7 @@ func scoreCommand(fs *pflag.FlagSet) func([]string) error {
 				}
 			}
 			line.Score, line.LLPretrained, line.LLStudent = detector.NumberOrNull(r.Score), detector.NumberOrNull(r.LLPretrained), detector.NumberOrNull(r.LLStudent)
+			line.NormalQuantile = detector.NumberOrNull(det.Info.Calibration.NormalQuantile(r.Score))
 			line.BlockErrors, line.Anomalous, line.Threshold = r.BlockErrors, r.Anomalous, threshold
 			if !r.Finite() || slices.ContainsFunc(r.BlockErrors, func(e float32) bool { return math.IsNaN(float64(e)) || math.IsInf(float64(e), 0) }) {
 				// JSON cannot carry NaN or infinities: the line would fail to encode.
