@@ -140,16 +140,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 func TestPublisherBacksOffFromABrokerThatDropsIt(t *testing.T) {
 	dropper := &connectionDropper{}
 	_, url := startBroker(t, dropper)
-	queue, err := OpenQueue(filepath.Join(t.TempDir(), "events"), 10)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pub, err := NewPublisher(MQTTConfig{ClientID: "tfy-dropped", TopicPrefix: "tfy"}, url, queue, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pub.Start(context.Background(), url)
-	defer pub.Close()
+	pub, _ := startPublisher(t, url, "tfy-dropped")
 	waitFor(t, "the publisher to be refused", pub.Refused)
 	time.Sleep(3 * time.Second)
 	// Five quick ones, then waits of 1 s and 2 s.
@@ -194,4 +185,21 @@ func startBroker(t *testing.T, hook mochi.Hook) (*mochi.Server, string) {
 	go broker.Serve()
 	t.Cleanup(func() { broker.Close() })
 	return broker, "tcp://" + listener.Address()
+}
+
+// startPublisher runs a publisher (prefix tfy) with its own event queue
+// against url until the test ends.
+func startPublisher(t *testing.T, url, clientID string) (*Publisher, *Queue) {
+	t.Helper()
+	queue, err := OpenQueue(filepath.Join(t.TempDir(), "events"), 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := NewPublisher(MQTTConfig{ClientID: clientID, TopicPrefix: "tfy"}, url, queue, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub.Start(context.Background(), url)
+	t.Cleanup(pub.Close)
+	return pub, queue
 }

@@ -68,16 +68,7 @@ func TestNonFiniteScoresAreAnomalousAndPublished(t *testing.T) {
 	if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
 		t.Fatal(tok.Error())
 	}
-	queue, err := OpenQueue(filepath.Join(t.TempDir(), "events"), 100)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pub, err := NewPublisher(MQTTConfig{ClientID: "tfy-nan", TopicPrefix: "tfy"}, url, queue, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pub.Start(context.Background(), url)
-	defer pub.Close()
+	pub, queue := startPublisher(t, url, "tfy-nan")
 	waitFor(t, "the publisher to connect", pub.Connected)
 
 	cfg := DefaultConfig()
