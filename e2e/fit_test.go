@@ -195,10 +195,20 @@ func TestFitEvalScoreInspect(t *testing.T) {
 	if err := json.Unmarshal([]byte(r.stdout), &info); r.code != 0 || err != nil {
 		t.Fatalf("inspect: %v %s", err, r.stderr)
 	}
-	for _, k := range []string{"threshold", "score_quantiles", "teacher", "training", "blocks", "image_size", "version"} {
+	for _, k := range []string{"threshold", "score_quantiles", "teacher", "training", "blocks", "image_size", "version", "calibration"} {
 		if _, ok := info[k]; !ok {
 			t.Errorf("inspect lacks %q", k)
 		}
+	}
+	// How the threshold was set, without the scores behind it unless asked.
+	cal, _ := info["calibration"].(map[string]any)
+	if _, ok := cal["expected_false_alarm_rate"]; !ok || cal["method"] == "" || cal["scores"] != nil {
+		t.Errorf("inspect's calibration: %v", cal)
+	}
+	r = runBinary(t, nil, "inspect", "--calibration-scores", bundle)
+	json.Unmarshal([]byte(r.stdout), &info)
+	if cal, _ := info["calibration"].(map[string]any); cal["scores"] == nil {
+		t.Errorf("inspect --calibration-scores: no scores in %v", cal)
 	}
 }
 

@@ -558,6 +558,7 @@ func evaluate(det *detector.Detector, normalDir, anomalousDir string, threshold 
 }
 
 func inspectCommand(fs *pflag.FlagSet) func([]string) error {
+	scores := fs.Bool("calibration-scores", false, "also print the calibration scores (up to 1,001 numbers) that normal_quantile is read from")
 	return func(args []string) error {
 		if len(args) != 1 {
 			return usageError("give exactly one bundle file")
@@ -565,6 +566,9 @@ func inspectCommand(fs *pflag.FlagSet) func([]string) error {
 		info, _, err := models.ReadBundle(args[0])
 		if err != nil {
 			return err
+		}
+		if !*scores {
+			info.Calibration.Scores = nil
 		}
 		enc := json.NewEncoder(os.Stdout)
 		enc.SetIndent("", "  ")
