@@ -105,6 +105,9 @@ type MQTTConfig struct {
 	KeepAlive time.Duration `yaml:"keepalive"`
 	// QueueLimit bounds the events kept while the broker is unreachable.
 	QueueLimit int `yaml:"queue_limit"`
+	// SnapshotQueueMB bounds the snapshots kept with them (the oldest goes
+	// first past it; events are never dropped for snapshots).
+	SnapshotQueueMB int `yaml:"snapshot_queue_mb"`
 }
 
 // EventConfig shapes anomaly events out of per-frame verdicts.
@@ -143,7 +146,7 @@ type MetricsConfig struct {
 func DefaultConfig() Config {
 	return Config{
 		MQTT: MQTTConfig{Broker: "tcp://127.0.0.1:1883", EmbeddedAddress: "127.0.0.1:1883", ClientID: "transformaly",
-			TopicPrefix: "transformaly", HomeAssistantPrefix: "homeassistant", StatsInterval: 60 * time.Second, KeepAlive: 30 * time.Second, QueueLimit: 10000,
+			TopicPrefix: "transformaly", HomeAssistantPrefix: "homeassistant", StatsInterval: 60 * time.Second, KeepAlive: 30 * time.Second, QueueLimit: 10000, SnapshotQueueMB: 64,
 			SnapshotSize: 960},
 		Events:         EventConfig{MinFrames: 2, EndFrames: 5, UpdateInterval: time.Second},
 		Detector:       DetectorConfig{Provider: "auto", MaxBatch: 8, BatchWait: 10 * time.Millisecond},
@@ -479,6 +482,9 @@ func (c Config) Validate() []error {
 	}
 	if m.QueueLimit < 1 {
 		bad("mqtt.queue_limit", "must be at least 1")
+	}
+	if m.SnapshotQueueMB < 0 || m.SnapshotQueueMB > 1<<20 {
+		bad("mqtt.snapshot_queue_mb", "%d must be 0 (snapshots are not queued) to 1048576", m.SnapshotQueueMB)
 	}
 	if m.SnapshotSize < 64 {
 		bad("mqtt.snapshot_size", "must be at least 64 (pixels)")

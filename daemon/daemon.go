@@ -97,7 +97,7 @@ func Run(ctx context.Context, opts Options) error {
 	if err := os.MkdirAll(cfg.StateDirectory, 0o750); err != nil {
 		return fmt.Errorf("state_directory: %w", err)
 	}
-	if d.queue, err = OpenQueue(filepath.Join(cfg.StateDirectory, "events"), cfg.MQTT.QueueLimit); err != nil {
+	if d.queue, err = OpenQueue(filepath.Join(cfg.StateDirectory, "events"), cfg.MQTT.QueueLimit, int64(cfg.MQTT.SnapshotQueueMB)<<20); err != nil {
 		return err
 	}
 	broker := cfg.MQTT.Broker

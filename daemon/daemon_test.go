@@ -71,7 +71,7 @@ func TestTrackerUpdatesAreRateLimitedAndFlushCloses(t *testing.T) {
 
 func TestQueuePersistsInOrderAndBounds(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "events")
-	q, err := OpenQueue(dir, 3)
+	q, err := OpenQueue(dir, 3, 1<<20)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,7 +84,7 @@ func TestQueuePersistsInOrderAndBounds(t *testing.T) {
 		t.Fatalf("len %d dropped %d, want 3 and 2 (oldest dropped)", q.Len(), q.Dropped())
 	}
 	// A new process sees the same queue, oldest first.
-	q2, err := OpenQueue(dir, 3)
+	q2, err := OpenQueue(dir, 3, 1<<20)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +125,7 @@ func TestQueueSetsAsideWhatCannotBeSent(t *testing.T) {
 		`{"topic":"","qos":1,"payload":{}}`,
 		`{"topic":"transformaly/cam/event","qos":3,"payload":{}}`,
 		`{"topic":"transformaly/c\u0000m/event","qos":1,"payload":{}}`,
-		`{"topic":"transformaly/cam/event","qos":1,"payload":"` + strings.Repeat("x", 2<<20) + `"}`,
+		`{"topic":"transformaly/cam/event","qos":1,"payload":"` + strings.Repeat("x", 17<<20) + `"}`,
 		`not json`,
 	}
 	for i, b := range bad {
@@ -135,7 +135,7 @@ func TestQueueSetsAsideWhatCannotBeSent(t *testing.T) {
 	leftover := filepath.Join(dir, ".00000000000000000009.msg.tmp-123")
 	os.WriteFile(leftover, []byte("half"), 0o644)
 
-	q, err := OpenQueue(dir, 100)
+	q, err := OpenQueue(dir, 100, 1<<20)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -190,5 +190,53 @@ func TestTrackerKeepsAFinitePeak(t *testing.T) {
 	// new at the Inf frame (peak: the threshold), updates at 30 and 40, end.
 	if want := []float64{10, 30, 40, 40}; !slices.Equal(peaks, want) {
 		t.Errorf("peaks %v, want %v", peaks, want)
+	}
+}
+
+// Snapshots queue behind their events and past their byte bound the
+// oldest snapshot goes, never an event; a restart knows which files are
+// snapshots.
+func TestQueueBoundsSnapshotsByBytes(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "events")
+	q, err := OpenQueue(dir, 100, 3000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jpg := make([]byte, 900) // about 1,200 bytes queued (base64)
+	for i := range 3 {
+		if err := q.Push("t/cam/event", 1, []byte(fmt.Sprintf(`{"n":%d}`, i))); err != nil {
+			t.Fatal(err)
+		}
+		jpg[0] = byte(i)
+		if err := q.PushSnapshot("t/cam/snapshot", jpg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if q.Len() != 5 || q.SnapshotsDropped() != 1 || q.Dropped() != 0 {
+		t.Fatalf("len %d, snapshots dropped %d, events dropped %d; want 5, 1, 0", q.Len(), q.SnapshotsDropped(), q.Dropped())
+	}
+	q2, err := OpenQueue(dir, 100, 3000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for {
+		m, ok, err := q2.Peek()
+		if err != nil || !ok {
+			break
+		}
+		if m.Data != nil {
+			if !m.Retained || m.QoS != 1 {
+				t.Errorf("snapshot queued with retained %v QoS %d", m.Retained, m.QoS)
+			}
+			got = append(got, fmt.Sprintf("snap%d", m.Data[0]))
+		} else {
+			got = append(got, string(m.Payload))
+		}
+		q2.Remove(m.Seq)
+	}
+	want := []string{`{"n":0}`, `{"n":1}`, "snap1", `{"n":2}`, "snap2"}
+	if !slices.Equal(got, want) {
+		t.Errorf("after a restart the queue held %v, want %v", got, want)
 	}
 }

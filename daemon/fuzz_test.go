@@ -55,7 +55,7 @@ func FuzzQueuedMessage(f *testing.F) {
 		if err := os.WriteFile(filepath.Join(dir, "00000000000000000001.msg"), data, 0o644); err != nil {
 			t.Fatal(err)
 		}
-		q, err := OpenQueue(dir, 10)
+		q, err := OpenQueue(dir, 10, 1<<20)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -24,6 +24,7 @@ type collector struct {
 	nonFinite, detectorFailed, publishSkipped      *prometheus.Desc
 	online, score, inferP50, inferP99              *prometheus.Desc
 	queue, connected, queueDropped, queueRejected  *prometheus.Desc
+	snapshotsDropped                               *prometheus.Desc
 }
 
 func newCollector(d *Daemon) *collector {
@@ -49,11 +50,13 @@ func newCollector(d *Daemon) *collector {
 		queueRejected: prometheus.NewDesc("transformaly_event_queue_rejected_total",
 			"Queued messages set aside in the queue's rejected/ folder as unreadable or unsendable.", nil, nil),
 		connected: prometheus.NewDesc("transformaly_mqtt_connected", "1 while connected to the broker.", nil, nil),
+		snapshotsDropped: prometheus.NewDesc("transformaly_snapshots_dropped_total",
+			"Queued snapshots dropped past mqtt.snapshot_queue_mb while the broker was unreachable (their events stay).", nil, nil),
 	}
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.frames, c.dropped, c.processed, c.reconnects, c.events, c.nonFinite, c.detectorFailed, c.publishSkipped, c.online, c.score, c.inferP50, c.inferP99, c.queue, c.queueDropped, c.queueRejected, c.connected} {
+	for _, d := range []*prometheus.Desc{c.frames, c.dropped, c.processed, c.reconnects, c.events, c.nonFinite, c.detectorFailed, c.publishSkipped, c.online, c.score, c.inferP50, c.inferP99, c.queue, c.queueDropped, c.queueRejected, c.snapshotsDropped, c.connected} {
 		ch <- d
 	}
 }
@@ -90,6 +93,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.queueDropped, prometheus.CounterValue, float64(c.d.queue.Dropped()))
 	ch <- prometheus.MustNewConstMetric(c.publishSkipped, prometheus.CounterValue, float64(c.d.pub.Skipped()))
 	ch <- prometheus.MustNewConstMetric(c.queueRejected, prometheus.CounterValue, float64(c.d.queue.Rejected()))
+	ch <- prometheus.MustNewConstMetric(c.snapshotsDropped, prometheus.CounterValue, float64(c.d.queue.SnapshotsDropped()))
 	ch <- prometheus.MustNewConstMetric(c.connected, prometheus.GaugeValue, connected)
 }
 

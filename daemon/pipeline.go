@@ -406,7 +406,9 @@ func (p *pipeline) publishEvent(c *cameraRuntime, e Event) {
 			if err != nil {
 				slog.Error("snapshot failed", "camera", c.cfg.Name, "err", err)
 			} else {
-				p.pub.Publish(p.pub.Topic(c.cfg.Name, "snapshot"), 1, true, jpg)
+				if err := p.pub.Snapshot(c.cfg.Name, jpg); err != nil {
+					slog.Error("could not queue a snapshot", "camera", c.cfg.Name, "event", e.ID, "err", err)
+				}
 			}
 			v.Release()
 		}
