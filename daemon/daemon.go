@@ -188,6 +188,7 @@ func (d *Daemon) reload(ctx context.Context) {
 		return
 	}
 	old.stop()
+	next.adoptPeaks(old)
 	d.mu.Lock()
 	d.pipe, d.cfg = next, cfg
 	d.mu.Unlock()

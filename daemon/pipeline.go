@@ -44,6 +44,7 @@ const nonFiniteLogEvery = time.Minute
 type peakFrame struct {
 	view   *capture.View // the camera's frame
 	tokens []float32     // [blocks * tokens]
+	blocks int           // of the bundle that scored it (a reload may change bundles)
 	score  float64
 }
 
@@ -383,7 +384,7 @@ func (p *pipeline) handle(c *cameraRuntime, f capture.Frame, r detector.Result, 
 		if c.peak != nil {
 			c.peak.view.Release()
 		}
-		c.peak = &peakFrame{view: f.View, tokens: append([]float32(nil), r.TokenErrors...), score: r.Score}
+		c.peak = &peakFrame{view: f.View, tokens: append([]float32(nil), r.TokenErrors...), blocks: len(r.BlockErrors), score: r.Score}
 	} else {
 		f.View.Release()
 	}
@@ -402,7 +403,7 @@ func (p *pipeline) publishEvent(c *cameraRuntime, e Event) {
 	slog.Info("anomaly event", "camera", c.cfg.Name, "type", e.Type, "id", e.ID, "peak_score", e.PeakScore, "frames_above", e.FramesAbove)
 	if e.Type == EventEnd && c.peak != nil {
 		if v := c.peak.view; v != nil {
-			jpg, err := heatmap.JPEG(v.BGR, v.Width, v.Height, c.peak.tokens, len(c.model.det.Info.Blocks), p.cfg.MQTT.SnapshotSize)
+			jpg, err := heatmap.JPEG(v.BGR, v.Width, v.Height, c.peak.tokens, c.peak.blocks, p.cfg.MQTT.SnapshotSize)
 			if err != nil {
 				slog.Error("snapshot failed", "camera", c.cfg.Name, "err", err)
 			} else {
@@ -424,6 +425,21 @@ func (p *pipeline) flush() {
 	for _, c := range p.cameras {
 		for _, e := range c.tracker.flush(now) {
 			p.publishEvent(c, e)
+		}
+	}
+}
+
+// adoptPeaks takes over, from the stopped pipeline old, the peak frames of
+// the events still open, so that their snapshots survive a reload (they
+// were dropped with the old pipeline's cameras).
+func (p *pipeline) adoptPeaks(old *pipeline) {
+	before := map[string]*cameraRuntime{}
+	for _, c := range old.cameras {
+		before[c.cfg.Name] = c
+	}
+	for _, c := range p.cameras {
+		if o := before[c.cfg.Name]; o != nil && o.peak != nil && o.tracker == c.tracker && c.peak == nil {
+			c.peak, o.peak = o.peak, nil
 		}
 	}
 }

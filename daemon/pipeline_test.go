@@ -156,3 +156,19 @@ func TestDetectorFailuresAreCounted(t *testing.T) {
 		t.Errorf("%d frames scored, want 0", c.processed.Load())
 	}
 }
+
+// An event open across a reload keeps its peak frame, so its snapshot is
+// still drawn when it ends (the frame went with the old pipeline's camera).
+func TestReloadKeepsAnOpenEventsPeak(t *testing.T) {
+	tr := newTracker("cam", EventConfig{MinFrames: 1, EndFrames: 1})
+	peak := &peakFrame{view: &capture.View{BGR: make([]byte, 8*8*3), Width: 8, Height: 8}, tokens: make([]float32, 4), blocks: 1}
+	old := &pipeline{cameras: []*cameraRuntime{{cfg: CameraConfig{Name: "cam"}, tracker: tr, peak: peak}}}
+	next := &pipeline{cameras: []*cameraRuntime{{cfg: CameraConfig{Name: "cam"}, tracker: tr}, {cfg: CameraConfig{Name: "other"}, tracker: newTracker("other", EventConfig{})}}}
+	next.adoptPeaks(old)
+	if next.cameras[0].peak != peak || old.cameras[0].peak != nil {
+		t.Error("the open event's peak frame did not move to the new pipeline")
+	}
+	if next.cameras[1].peak != nil {
+		t.Error("a peak frame went to another camera")
+	}
+}
