@@ -450,26 +450,12 @@ func (o *Options) fitScoring(ctx context.Context, images *Images, train, val []i
 	if err != nil {
 		return info, scoring, err
 	}
-	white, err := FitWhitening(emb, o.Whitening)
-	if err != nil {
-		return info, scoring, fmt.Errorf("fit feature 1 (pretrained): %w", err)
-	}
-	gPre, err := FitGaussian(white.Apply(emb), covarianceRidge)
-	if err != nil {
-		return info, scoring, fmt.Errorf("fit feature 1 (pretrained): %w", err)
-	}
 	if len(all) <= 2*len(o.Blocks) {
 		slog.Warn("few normal images for the teacher-student Gaussian: its covariance is barely (or not) determined and scores will swing; add normal images",
 			"images", len(all), "features", len(o.Blocks))
 	}
-	gStu, err := FitGaussian(blk, covarianceRidge)
+	scoring, white, err := o.fitGaussians(emb, blk)
 	if err != nil {
-		return info, scoring, fmt.Errorf("fit feature 2 (teacher-student): %w", err)
-	}
-	if scoring.Pretrained, err = quadratic(white, gPre, o.Teacher.Dim); err != nil {
-		return info, scoring, err
-	}
-	if scoring.Student, err = quadratic(nil, gStu, len(o.Blocks)); err != nil {
 		return info, scoring, err
 	}
 	folds := min(calibrationFolds, len(all))
@@ -544,33 +530,41 @@ func (o *Options) outOfFoldScores(emb, blk *mat.Dense, k int) ([]float64, error)
 				in = append(in, i)
 			}
 		}
-		e, b := rows(emb, in), rows(blk, in)
-		white, err := FitWhitening(e, o.Whitening)
-		if err != nil {
-			return nil, err
-		}
-		gPre, err := FitGaussian(white.Apply(e), covarianceRidge)
-		if err != nil {
-			return nil, err
-		}
-		gStu, err := FitGaussian(b, covarianceRidge)
-		if err != nil {
-			return nil, err
-		}
-		pre, err := quadratic(white, gPre, o.Teacher.Dim)
-		if err != nil {
-			return nil, err
-		}
-		_, nb := blk.Dims()
-		stu, err := quadratic(nil, gStu, nb)
+		fold, _, err := o.fitGaussians(rows(emb, in), rows(blk, in))
 		if err != nil {
 			return nil, err
 		}
 		for _, i := range out {
-			scores[i] = -(pre.LogLikelihood(row32(emb, i)) + stu.LogLikelihood(row32(blk, i)))
+			scores[i] = -(fold.Pretrained.LogLikelihood(row32(emb, i)) + fold.Student.LogLikelihood(row32(blk, i)))
 		}
 	}
 	return scores, nil
+}
+
+// fitGaussians fits the two Gaussians, on the PCA-whitened embeddings and
+// on the block errors, as the scoring of a bundle.
+func (o *Options) fitGaussians(emb, blk *mat.Dense) (models.Scoring, *Whitening, error) {
+	var s models.Scoring
+	white, err := FitWhitening(emb, o.Whitening)
+	if err != nil {
+		return s, nil, fmt.Errorf("fit feature 1 (pretrained): %w", err)
+	}
+	gPre, err := FitGaussian(white.Apply(emb), covarianceRidge)
+	if err != nil {
+		return s, nil, fmt.Errorf("fit feature 1 (pretrained): %w", err)
+	}
+	gStu, err := FitGaussian(blk, covarianceRidge)
+	if err != nil {
+		return s, nil, fmt.Errorf("fit feature 2 (teacher-student): %w", err)
+	}
+	if s.Pretrained, err = quadratic(white, gPre, o.Teacher.Dim); err != nil {
+		return s, nil, err
+	}
+	_, nb := blk.Dims()
+	if s.Student, err = quadratic(nil, gStu, nb); err != nil {
+		return s, nil, err
+	}
+	return s, white, nil
 }
 
 // rows copies the given rows of m.
