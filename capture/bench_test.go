@@ -1,6 +1,7 @@
 package capture
 
 import (
+	"context"
 	"fmt"
 	"image"
 	"image/color"
@@ -48,7 +49,7 @@ func BenchmarkDecodePreprocess(b *testing.B) {
 			frame := gocv.NewMat()
 			defer frame.Close()
 			out := make([]byte, 224*224*3)
-			src, err := openSource(Config{Name: "bench", Source: path})
+			src, err := openSource(context.Background(), Config{Name: "bench", Source: path}, false)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -59,7 +60,7 @@ func BenchmarkDecodePreprocess(b *testing.B) {
 			for range b.N * perOp {
 				if err := src.Read(&frame); err != nil { // loop the file
 					src.Close()
-					if src, err = openSource(Config{Name: "bench", Source: path}); err != nil {
+					if src, err = openSource(context.Background(), Config{Name: "bench", Source: path}, false); err != nil {
 						b.Fatal(err)
 					}
 					if err := src.Read(&frame); err != nil {

@@ -64,7 +64,8 @@ type Status struct {
 	Error      string    `json:"error,omitempty"` // the last failure
 	Frames     uint64    `json:"frames"`          // delivered to the mailbox
 	Dropped    uint64    `json:"dropped"`         // replaced before the consumer took them
-	Reconnects uint64    `json:"reconnects"`
+	Damaged    uint64    `json:"damaged"`         // cut or corrupted, skipped unscored
+	Reconnects uint64    `json:"reconnects"`      // recreated sources that delivered again
 	LastFrame  time.Time `json:"last_frame"`
 	FPS        float64   `json:"fps"` // measured capture rate
 }
@@ -76,6 +77,11 @@ type Camera struct {
 	cfg      Config
 	frames   chan Frame
 	onChange func(Status)
+
+	// Owned by Run's goroutine.
+	viaFFmpeg  bool      // an HTTP stream our MJPEG reader could not parse
+	recovering bool      // the source failed; the next delivered frame is a reconnect
+	damagedLog time.Time // when a damaged frame was last logged
 
 	mu     sync.Mutex
 	status Status
@@ -165,16 +171,11 @@ func (c *Camera) Run(ctx context.Context) error {
 	defer frame.Close()
 	wait := c.cfg.RetryStart
 	var seq uint64
-	for attempt := 0; ; attempt++ {
+	for {
 		if ctx.Err() != nil {
 			return nil
 		}
-		if attempt > 0 {
-			c.mu.Lock()
-			c.status.Reconnects++
-			c.mu.Unlock()
-		}
-		src, err := openSource(c.cfg)
+		src, err := openSource(ctx, c.cfg, c.viaFFmpeg)
 		delivered := false
 		if err == nil {
 			delivered, err = c.stream(ctx, src, pre, &frame, &seq)
@@ -195,7 +196,12 @@ func (c *Camera) Run(ctx context.Context) error {
 		case errors.Is(err, ErrPermanent):
 			c.setState(StateOffline, err)
 			return err
+		case errors.Is(err, errNotMJPEG) && !c.viaFFmpeg:
+			slog.Info("camera stream is read through FFmpeg", "camera", c.cfg.Name, "reason", err)
+			c.viaFFmpeg = true
+			continue
 		}
+		c.recovering = true
 		c.setState(StateReconnecting, err)
 		if !sleep(ctx, wait) {
 			return nil
@@ -204,9 +210,15 @@ func (c *Camera) Run(ctx context.Context) error {
 	}
 }
 
+// readRetries is how many failed reads in a row a source gets before it is
+// recreated (within the stall timeout): FFmpeg fails one read on a part it
+// cannot decode, and the next read on the same capture works.
+const readRetries = 3
+
 // stream reads frames from an open source until it fails, stalls or ends.
-// A read that blocks is bounded by FFMPEG's timeouts; a source that keeps
-// answering without producing frames is caught by the stall timeout.
+// A read that blocks is bounded by FFMPEG's timeouts (or mjpegSource's); a
+// source that keeps answering without producing frames, or only damaged
+// ones, is caught by the stall timeout.
 func (c *Camera) stream(ctx context.Context, src source, pre *preprocessor, frame *gocv.Mat, seq *uint64) (delivered bool, err error) {
 	pace := 0.0
 	if c.cfg.Pace {
@@ -217,11 +229,24 @@ func (c *Camera) stream(ctx context.Context, src source, pre *preprocessor, fram
 	}
 	start := time.Now()
 	lastGood, lastSent := time.Now(), time.Time{}
-	paced := 0
+	paced, failed := 0, 0
 	for ctx.Err() == nil {
 		if err := src.Read(frame); err != nil {
-			return delivered, err
+			stalled := time.Since(lastGood) > c.cfg.StallTimeout
+			switch {
+			case errors.Is(err, ErrDamaged):
+				c.countDamaged(err)
+				if stalled {
+					return delivered, fmt.Errorf("only damaged frames for %s, the last: %w", time.Since(lastGood).Round(time.Millisecond), err)
+				}
+				continue
+			case errors.Is(err, io.EOF) || errors.Is(err, errNotMJPEG) || failed >= readRetries || stalled:
+				return delivered, err
+			}
+			failed++
+			continue
 		}
+		failed = 0
 		now := time.Now()
 		if now.Sub(lastGood) > c.cfg.StallTimeout {
 			return delivered, fmt.Errorf("no frame for %s", now.Sub(lastGood).Round(time.Millisecond))
@@ -257,6 +282,10 @@ func (c *Camera) stream(ctx context.Context, src source, pre *preprocessor, fram
 		}
 		c.status.Frames++
 		c.status.LastFrame = now
+		if c.recovering {
+			c.recovering = false
+			c.status.Reconnects++
+		}
 		c.mu.Unlock()
 		c.setState(StateOnline, nil)
 		delivered = true
@@ -264,6 +293,19 @@ func (c *Camera) stream(ctx context.Context, src source, pre *preprocessor, fram
 		c.deliver(Frame{Camera: c.cfg.Name, Seq: *seq, Time: now, RGB: rgb, Size: c.cfg.Size, View: view})
 	}
 	return delivered, nil
+}
+
+// countDamaged counts a damaged frame and logs it at most once a minute,
+// with the count so far.
+func (c *Camera) countDamaged(err error) {
+	c.mu.Lock()
+	c.status.Damaged++
+	n := c.status.Damaged
+	c.mu.Unlock()
+	if time.Since(c.damagedLog) >= time.Minute {
+		c.damagedLog = time.Now()
+		slog.Warn("camera frame damaged, skipped unscored", "camera", c.cfg.Name, "err", err, "damaged_total", n)
+	}
 }
 
 // watchdog reports a stalled camera as reconnecting while its read is
@@ -310,7 +352,10 @@ func EachFrame(ctx context.Context, cfg Config, fn func(Frame) error) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	src, err := openSource(cfg)
+	src, err := openSource(ctx, cfg, false)
+	if errors.Is(err, errNotMJPEG) {
+		src, err = openSource(ctx, cfg, true)
+	}
 	if err != nil {
 		return err
 	}
@@ -322,8 +367,13 @@ func EachFrame(ctx context.Context, cfg Config, fn func(Frame) error) error {
 	fps := src.FrameRate()
 	for seq := uint64(1); ctx.Err() == nil; seq++ {
 		if err := src.Read(&frame); err != nil {
-			if errors.Is(err, io.EOF) {
+			switch {
+			case errors.Is(err, io.EOF):
 				return nil
+			case errors.Is(err, ErrDamaged):
+				slog.Warn("frame damaged, skipped", "source", cfg.Name, "err", err)
+				seq--
+				continue
 			}
 			return err
 		}

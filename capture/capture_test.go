@@ -52,7 +52,13 @@ func writeVideo(t testing.TB, path string, n, w, h int, fps float64) {
 
 func runCamera(t testing.TB, cfg Config) (*Camera, context.CancelFunc, chan error) {
 	t.Helper()
-	cam, err := NewCamera(cfg, nil)
+	return runCameraWatching(t, cfg, nil)
+}
+
+// runCameraWatching runs a camera that calls onChange at each state change.
+func runCameraWatching(t testing.TB, cfg Config, onChange func(Status)) (*Camera, context.CancelFunc, chan error) {
+	t.Helper()
+	cam, err := NewCamera(cfg, onChange)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -302,10 +308,14 @@ func TestMissingDeviceRetries(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- cam.Run(ctx) }()
-	waitFor(t, "three reconnect attempts", 10*time.Second, func() bool { return cam.Status().Reconnects >= 3 })
+	waitFor(t, "the first failed attempt", 10*time.Second, func() bool { return cam.Status().State == StateReconnecting })
+	time.Sleep(300 * time.Millisecond) // several more attempts
 	st := cam.Status()
 	if st.State != StateReconnecting || !bytes.Contains([]byte(st.Error), []byte("not present")) {
 		t.Errorf("status %+v, want reconnecting with 'not present'", st)
+	}
+	if st.Reconnects != 0 {
+		t.Errorf("%d reconnects counted, but no attempt succeeded", st.Reconnects)
 	}
 	cancel()
 	if err := <-done; err != nil {
@@ -512,5 +522,122 @@ func TestFIFOsAreNoImages(t *testing.T) {
 	got := src.(*folderSource).paths
 	if len(got) != 2 || strings.Contains(strings.Join(got, " "), "pipe.png") {
 		t.Errorf("folder images %v, want good.jpg and link.jpg", got)
+	}
+}
+
+// damagedPartsServer serves one MJPEG stream: good parts with damaged ones
+// among them, then holds the connection.
+func damagedPartsServer(t *testing.T, parts [][]byte, announced []int) *httptest.Server {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "multipart/x-mixed-replace;boundary=--part")
+		for i, p := range parts {
+			fmt.Fprintf(w, "--part\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n", announced[i])
+			w.Write(p)
+			w.Write([]byte("\r\n"))
+			w.(http.Flusher).Flush()
+			time.Sleep(10 * time.Millisecond)
+		}
+		<-r.Context().Done()
+	}))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// An MJPEG camera sending a few damaged parts: none of them is delivered,
+// each is counted, and the stream goes on (the camera never goes
+// offline or reconnects). Through FFmpeg, the cut parts decoded with an
+// older frame's rows and a part it could not decode dropped the stream.
+func TestDamagedMJPEGPartsAreSkippedAndCounted(t *testing.T) {
+	good := texturedJPEG(t, gocv.IMWriteJpegQuality, 90)
+	scan := scanStart(t, good)
+	corrupted := append([]byte{}, good...)
+	for i := scan + 200; i < scan+260; i++ {
+		corrupted[i] ^= 0x5A
+		if corrupted[i] == 0xFF {
+			corrupted[i] = 0x7F
+		}
+	}
+	var parts [][]byte
+	var announced []int
+	add := func(p []byte, n int) { parts = append(parts, p); announced = append(announced, n) }
+	for i := range 12 {
+		switch i {
+		case 2:
+			add(good[:len(good)/2], len(good)/2) // cut at 50%, announced as such
+		case 4:
+			add(good[:len(good)/5], len(good)/5) // cut at 20%
+		case 6:
+			add(corrupted, len(corrupted)) // a corrupted scan
+		case 8:
+			add([]byte("<html>camera busy</html>"), 24) // no JPEG
+		case 10:
+			add(good[:len(good)-100], len(good)) // shorter than announced
+		default:
+			add(good, len(good))
+		}
+	}
+	srv := damagedPartsServer(t, parts, announced)
+	var mu sync.Mutex
+	var states []State
+	cam, cancel, done := runCameraWatching(t, Config{Name: "mjpeg", Source: srv.URL + "/video.mjpg", Size: 16,
+		StallTimeout: 10 * time.Second}, func(s Status) { mu.Lock(); states = append(states, s.State); mu.Unlock() })
+	go func() {
+		for range cam.Frames() {
+		}
+	}()
+	waitFor(t, "all 12 parts read", 20*time.Second, func() bool { st := cam.Status(); return st.Frames+st.Damaged >= 12 })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	st := cam.Status()
+	if st.Frames != 7 || st.Damaged != 5 || st.Reconnects != 0 {
+		t.Errorf("status %+v: want 7 frames, 5 damaged, no reconnect", st)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, s := range states {
+		if s == StateReconnecting {
+			t.Errorf("the camera reconnected: states %v", states)
+		}
+	}
+}
+
+// One outage with one recovery is one reconnect, however many attempts
+// failed in between.
+func TestReconnectsCountRecoveries(t *testing.T) {
+	frame := writeJPEG(t, "", color.RGBA{90, 120, 150, 255})
+	var conns atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := conns.Add(1)
+		if n >= 2 && n <= 5 { // an outage: four refused attempts
+			http.Error(w, "down", http.StatusServiceUnavailable)
+			return
+		}
+		w.Header().Set("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+		for range 3 {
+			fmt.Fprintf(w, "--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n", len(frame))
+			w.Write(frame)
+			w.Write([]byte("\r\n"))
+			w.(http.Flusher).Flush()
+			time.Sleep(10 * time.Millisecond)
+		}
+		if n == 1 {
+			return // the first connection drops
+		}
+		<-r.Context().Done()
+	}))
+	defer srv.Close()
+	cam, cancel, done := runCamera(t, Config{Name: "outage", Source: srv.URL + "/s.mjpg", Size: 16,
+		RetryStart: 10 * time.Millisecond, RetryMax: 20 * time.Millisecond})
+	go func() {
+		for range cam.Frames() {
+		}
+	}()
+	waitFor(t, "frames after the outage", 30*time.Second, func() bool { return cam.Status().Frames >= 6 })
+	cancel()
+	<-done
+	if st := cam.Status(); st.Reconnects != 1 {
+		t.Errorf("status %+v after %d connections: want 1 reconnect", st, conns.Load())
 	}
 }

@@ -20,10 +20,17 @@ import (
 // decodeInto decodes an image file's bytes into dst (BGR). By hand around
 // cv::imdecode because gocv's IMDecode lets OpenCV's C++ exceptions through
 // and an uncaught one aborts the process: a BMP whose header OpenCV
-// rejects did so (found by FuzzImageFile). Here it is an error.
+// rejects did so (found by FuzzImageFile). Here it is an error. A JPEG
+// that is cut or corrupted is refused with ErrDamaged (OpenCV would fill
+// in what is missing without a word).
 func decodeInto(data []byte, dst *gocv.Mat) error {
 	if len(data) == 0 {
 		return errors.New("empty file")
+	}
+	if isJPEG(data) {
+		if err := checkJPEG(data); err != nil {
+			return err
+		}
 	}
 	d := C.tfy_imdecode((*C.uchar)(unsafe.Pointer(&data[0])), C.size_t(len(data)))
 	if d.err != nil {

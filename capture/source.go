@@ -1,10 +1,10 @@
 package capture
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"strconv"
 	"sync"
@@ -39,12 +39,14 @@ func setFFmpegOptions() {
 		if os.Getenv("OPENCV_FFMPEG_CAPTURE_OPTIONS") == "" {
 			os.Setenv("OPENCV_FFMPEG_CAPTURE_OPTIONS", ffmpegOptions)
 		}
+		routeFFmpegLog()
 	})
 }
 
-// openSource opens what cfg names. Errors wrap ErrPermanent when retrying
-// cannot help.
-func openSource(cfg Config) (source, error) {
+// openSource opens what cfg names: an HTTP multipart MJPEG stream through
+// mjpegSource unless viaFFmpeg, any other stream or file through FFmpeg.
+// Errors wrap ErrPermanent when retrying cannot help.
+func openSource(ctx context.Context, cfg Config, viaFFmpeg bool) (source, error) {
 	kind, target, err := ParseKind(cfg.Source)
 	if err != nil {
 		return nil, err
@@ -55,6 +57,15 @@ func openSource(cfg Config) (source, error) {
 	case KindDevice:
 		return openDevice(cfg, target)
 	default:
+		if kind == KindStream && isHTTP(target) && !viaFFmpeg {
+			src, err := openMJPEG(ctx, target, cfg.StallTimeout)
+			if err == nil {
+				return src, nil
+			}
+			if !errors.Is(err, errNotMJPEG) {
+				return nil, err
+			}
+		}
 		setFFmpegOptions()
 		vc, err := gocv.VideoCaptureFileWithAPI(target, gocv.VideoCaptureFFmpeg)
 		if err != nil || !vc.IsOpened() {
@@ -121,12 +132,11 @@ func (s *videoSource) FrameRate() float64 { return s.vc.Get(gocv.VideoCaptureFPS
 
 func (s *videoSource) Close() { s.vc.Close() }
 
-// folderSource reads the still images of a folder in name order. Corrupt
-// files are skipped (and logged once per pass), never delivered garbled.
+// folderSource reads the still images of a folder in name order. A corrupt
+// file is a damaged frame (ErrDamaged), never delivered garbled.
 type folderSource struct {
-	paths  []string
-	next   int
-	logged map[string]bool
+	paths []string
+	next  int
 }
 
 func openFolder(dir string) (source, error) {
@@ -134,7 +144,7 @@ func openFolder(dir string) (source, error) {
 	if err != nil {
 		return nil, permanent("read folder %s: %v", dir, err)
 	}
-	s := &folderSource{logged: map[string]bool{}}
+	s := &folderSource{}
 	for _, e := range entries {
 		if p := dir + string(os.PathSeparator) + e.Name(); IsImageFile(p, e) {
 			s.paths = append(s.paths, p)
@@ -147,28 +157,24 @@ func openFolder(dir string) (source, error) {
 }
 
 func (s *folderSource) Read(dst *gocv.Mat) error {
-	for ; s.next < len(s.paths); s.next++ {
-		p := s.paths[s.next]
-		data, err := ReadImageFile(p)
-		if err == nil {
-			err = ValidateImageFile(p, data)
-		}
-		if err == nil {
-			if err = decodeInto(data, dst); err != nil {
-				err = fmt.Errorf("image %s: %w", p, err)
-			}
-		}
-		if err != nil {
-			if !s.logged[p] {
-				s.logged[p] = true
-				slog.Warn("skipping image", "err", err)
-			}
-			continue
-		}
-		s.next++
-		return nil
+	if s.next >= len(s.paths) {
+		return io.EOF
 	}
-	return io.EOF
+	p := s.paths[s.next]
+	s.next++
+	data, err := ReadImageFile(p)
+	if err == nil {
+		err = ValidateImageFile(p, data)
+	}
+	if err == nil {
+		if err = decodeInto(data, dst); err != nil {
+			err = fmt.Errorf("image %s: %w", p, err)
+		}
+	}
+	if err != nil {
+		return damaged(err)
+	}
+	return nil
 }
 
 func (s *folderSource) FrameRate() float64 { return 0 }

@@ -235,7 +235,9 @@ type CameraStats struct {
 	InferenceP99 float64 `json:"inference_ms_p99"`
 	LatencyP50   float64 `json:"latency_ms_p50"`
 	LatencyP99   float64 `json:"latency_ms_p99"`
-	// Faults: frames lost to detector errors, and scored non-finite.
+	// Faults: frames damaged in transit (skipped), lost to detector errors,
+	// and scored non-finite.
+	Damaged        uint64 `json:"damaged_frames"`
 	DetectorFailed uint64 `json:"detector_failed_frames"`
 	NonFinite      uint64 `json:"non_finite_scores"`
 }
@@ -276,7 +278,7 @@ func (d *Daemon) Snapshot(prev map[string]uint64, since time.Duration) (Stats, m
 			CaptureFPS: st.FPS, ProcessedFPS: float64(n-prev[c.cfg.Name]) / since.Seconds(),
 			Dropped: st.Dropped + c.dropped.Load(), Reconnects: st.Reconnects, State: string(st.State),
 			InferenceP50: nanToZero(inf[0]), InferenceP99: nanToZero(inf[1]), LatencyP50: nanToZero(lat[0]), LatencyP99: nanToZero(lat[1]),
-			DetectorFailed: c.detectorFailed.Load(), NonFinite: c.nonFinite.Load(),
+			Damaged: st.Damaged, DetectorFailed: c.detectorFailed.Load(), NonFinite: c.nonFinite.Load(),
 		}
 	}
 	return s, counts

@@ -20,20 +20,23 @@ import (
 type collector struct {
 	d *Daemon
 
-	frames, dropped, processed, reconnects, events *prometheus.Desc
-	nonFinite, detectorFailed, publishSkipped      *prometheus.Desc
-	online, score, inferP50, inferP99              *prometheus.Desc
-	queue, connected, queueDropped, queueRejected  *prometheus.Desc
-	snapshotsDropped                               *prometheus.Desc
+	frames, dropped, damaged, processed           *prometheus.Desc
+	reconnects, events                            *prometheus.Desc
+	nonFinite, detectorFailed, publishSkipped     *prometheus.Desc
+	online, score, inferP50, inferP99             *prometheus.Desc
+	queue, connected, queueDropped, queueRejected *prometheus.Desc
+	snapshotsDropped                              *prometheus.Desc
 }
 
 func newCollector(d *Daemon) *collector {
 	cam := []string{"camera"}
 	return &collector{d: d,
-		frames:     prometheus.NewDesc("transformaly_frames_captured_total", "Frames delivered by the camera.", cam, nil),
-		dropped:    prometheus.NewDesc("transformaly_frames_dropped_total", "Frames replaced by newer ones before they were scored.", cam, nil),
+		frames:  prometheus.NewDesc("transformaly_frames_captured_total", "Frames delivered by the camera.", cam, nil),
+		dropped: prometheus.NewDesc("transformaly_frames_dropped_total", "Frames replaced by newer ones before they were scored.", cam, nil),
+		damaged: prometheus.NewDesc("transformaly_frames_damaged_total",
+			"Frames cut or corrupted in transit (or image files that do not decode), skipped unscored.", cam, nil),
 		processed:  prometheus.NewDesc("transformaly_frames_scored_total", "Frames scored by the detector.", cam, nil),
-		reconnects: prometheus.NewDesc("transformaly_camera_reconnects_total", "Times the capture was recreated.", cam, nil),
+		reconnects: prometheus.NewDesc("transformaly_camera_reconnects_total", "Times a failed capture was recreated and delivered frames again.", cam, nil),
 		events:     prometheus.NewDesc("transformaly_events_total", "Anomaly events opened.", cam, nil),
 		nonFinite: prometheus.NewDesc("transformaly_scores_non_finite_total",
 			"Frames whose score (or a part of it) was NaN or infinite, judged anomalous.", cam, nil),
@@ -56,7 +59,7 @@ func newCollector(d *Daemon) *collector {
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.frames, c.dropped, c.processed, c.reconnects, c.events, c.nonFinite, c.detectorFailed, c.publishSkipped, c.online, c.score, c.inferP50, c.inferP99, c.queue, c.queueDropped, c.queueRejected, c.snapshotsDropped, c.connected} {
+	for _, d := range []*prometheus.Desc{c.frames, c.dropped, c.damaged, c.processed, c.reconnects, c.events, c.nonFinite, c.detectorFailed, c.publishSkipped, c.online, c.score, c.inferP50, c.inferP99, c.queue, c.queueDropped, c.queueRejected, c.snapshotsDropped, c.connected} {
 		ch <- d
 	}
 }
@@ -74,6 +77,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			pct := cam.latency.percentiles(0.5, 0.99)
 			ch <- prometheus.MustNewConstMetric(c.frames, prometheus.CounterValue, float64(st.Frames), n)
 			ch <- prometheus.MustNewConstMetric(c.dropped, prometheus.CounterValue, float64(st.Dropped+cam.dropped.Load()), n)
+			ch <- prometheus.MustNewConstMetric(c.damaged, prometheus.CounterValue, float64(st.Damaged), n)
 			ch <- prometheus.MustNewConstMetric(c.processed, prometheus.CounterValue, float64(cam.processed.Load()), n)
 			ch <- prometheus.MustNewConstMetric(c.reconnects, prometheus.CounterValue, float64(st.Reconnects), n)
 			ch <- prometheus.MustNewConstMetric(c.events, prometheus.CounterValue, float64(cam.events.Load()), n)
