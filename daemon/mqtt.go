@@ -384,21 +384,29 @@ func (p *Publisher) Discover(camera string) {
 }
 
 // announce publishes Home Assistant discovery for a camera: a problem
-// binary_sensor (on while an event is open) and a score sensor, both
-// unavailable when the daemon's Last Will fires.
+// binary_sensor (on while an event is open), a score sensor, and an
+// "unusual" sensor, the share of normal parts scoring below the frame
+// (normal_quantile, in %: a raw negative log-likelihood means little to a
+// reader), all unavailable when the daemon's Last Will fires.
 func (p *Publisher) announce(camera string) {
 	id := p.cfg.ClientID + "_" + camera
 	device := map[string]any{"identifiers": []string{p.cfg.ClientID}, "name": "transformaly " + p.cfg.ClientID, "manufacturer": "transformaly"}
 	availability := []map[string]string{{"topic": p.Topic("status")}, {"topic": p.Topic(camera, "availability")}}
-	for kind, cfg := range map[string]map[string]any{
-		"binary_sensor": {"name": camera + " anomaly", "unique_id": id + "_problem", "device_class": "problem",
-			"state_topic": p.Topic(camera, "event"), "value_template": "{{ 'OFF' if value_json.type == 'end' else 'ON' }}"},
-		"sensor": {"name": camera + " anomaly score", "unique_id": id + "_score", "state_topic": p.Topic(camera, "score"),
-			"value_template": "{{ value_json.score | round(3) }}", "state_class": "measurement"},
+	for _, e := range []struct {
+		kind, object string
+		cfg          map[string]any
+	}{
+		{"binary_sensor", camera, map[string]any{"name": camera + " anomaly", "unique_id": id + "_problem", "device_class": "problem",
+			"state_topic": p.Topic(camera, "event"), "value_template": "{{ 'OFF' if value_json.type == 'end' else 'ON' }}"}},
+		{"sensor", camera, map[string]any{"name": camera + " anomaly score", "unique_id": id + "_score", "state_topic": p.Topic(camera, "score"),
+			"value_template": "{{ value_json.score | round(3) }}", "state_class": "measurement"}},
+		{"sensor", camera + "_unusual", map[string]any{"name": camera + " unusual", "unique_id": id + "_normal_quantile",
+			"state_topic": p.Topic(camera, "score"), "unit_of_measurement": "%", "state_class": "measurement", "suggested_display_precision": 3,
+			"value_template": "{{ (value_json.normal_quantile * 100) | round(5) if value_json.normal_quantile is number else none }}"}},
 	} {
-		cfg["device"], cfg["availability"], cfg["availability_mode"] = device, availability, "all"
-		b, _ := json.Marshal(cfg)
-		topic := fmt.Sprintf("%s/%s/%s/%s/config", p.cfg.HomeAssistantPrefix, kind, p.cfg.ClientID, camera)
+		e.cfg["device"], e.cfg["availability"], e.cfg["availability_mode"] = device, availability, "all"
+		b, _ := json.Marshal(e.cfg)
+		topic := fmt.Sprintf("%s/%s/%s/%s/config", p.cfg.HomeAssistantPrefix, e.kind, p.cfg.ClientID, e.object)
 		p.client.Publish(topic, 1, true, b)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/transformaly/transformaly/capture"
 	"github.com/transformaly/transformaly/detector"
 	"github.com/transformaly/transformaly/internal/heatmap"
+	"github.com/transformaly/transformaly/models"
 )
 
 // ScoreMessage is the payload of <prefix>/<camera>/score. A score part
@@ -42,10 +43,10 @@ const nonFiniteLogEvery = time.Minute
 
 // peakFrame is what a snapshot is drawn from.
 type peakFrame struct {
-	view   *capture.View // the camera's frame
-	tokens []float32     // [blocks * tokens]
-	blocks int           // of the bundle that scored it (a reload may change bundles)
-	score  float64
+	view    *capture.View // the camera's frame
+	tokens  []float32     // [blocks * tokens]
+	blocks  int           // of the bundle that scored it (a reload may change bundles)
+	caption string        // score, threshold and rarity, for the snapshot
 }
 
 // cameraRuntime is one camera inside a running pipeline.
@@ -384,7 +385,13 @@ func (p *pipeline) handle(c *cameraRuntime, f capture.Frame, r detector.Result, 
 		if c.peak != nil {
 			c.peak.view.Release()
 		}
-		c.peak = &peakFrame{view: f.View, tokens: append([]float32(nil), r.TokenErrors...), blocks: len(r.BlockErrors), score: r.Score}
+		caption := fmt.Sprintf("%s  score %.4g  threshold %.4g", c.cfg.Name, r.Score, c.threshold)
+		if c.normalQuantile != nil {
+			if rarity := models.RarityText(c.normalQuantile(r.Score)); rarity != "" {
+				caption += "  " + rarity
+			}
+		}
+		c.peak = &peakFrame{view: f.View, tokens: append([]float32(nil), r.TokenErrors...), blocks: len(r.BlockErrors), caption: caption}
 	} else {
 		f.View.Release()
 	}
@@ -403,7 +410,7 @@ func (p *pipeline) publishEvent(c *cameraRuntime, e Event) {
 	slog.Info("anomaly event", "camera", c.cfg.Name, "type", e.Type, "id", e.ID, "peak_score", e.PeakScore, "frames_above", e.FramesAbove)
 	if e.Type == EventEnd && c.peak != nil {
 		if v := c.peak.view; v != nil {
-			jpg, err := heatmap.JPEG(v.BGR, v.Width, v.Height, c.peak.tokens, c.peak.blocks, p.cfg.MQTT.SnapshotSize)
+			jpg, err := heatmap.JPEG(v.BGR, v.Width, v.Height, c.peak.tokens, c.peak.blocks, p.cfg.MQTT.SnapshotSize, c.peak.caption)
 			if err != nil {
 				slog.Error("snapshot failed", "camera", c.cfg.Name, "err", err)
 			} else {

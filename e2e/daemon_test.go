@@ -181,7 +181,8 @@ state_directory: %s
 	if r := httpGet(t, fmt.Sprintf("http://127.0.0.1:%d/readyz", metricsPort)); !strings.Contains(r, "not ready") {
 		t.Errorf("/readyz with every camera offline: %q", r)
 	}
-	for _, topic := range []string{"homeassistant/binary_sensor/transformaly/line1/config", "homeassistant/sensor/transformaly/line2/config"} {
+	for _, topic := range []string{"homeassistant/binary_sensor/transformaly/line1/config", "homeassistant/sensor/transformaly/line2/config",
+		"homeassistant/sensor/transformaly/line2_unusual/config"} {
 		msgs := ha.on(topic)
 		var cfg map[string]any
 		if len(msgs) == 0 || !msgs[0].Retained && len(msgs) > 1 || json.Unmarshal(msgs[0].Payload, &cfg) != nil || cfg["state_topic"] == nil {

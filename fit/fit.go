@@ -474,7 +474,8 @@ func (o *Options) fitScoring(ctx context.Context, images *Images, train, val []i
 		ImageSize: o.Teacher.ImageSize, Blocks: o.Blocks, PCAComponents: len(white.Variances),
 		ThresholdQuantile: o.Quantile, Threshold: threshold, ScoreQuantiles: map[string]float64{},
 		Calibration: models.Calibration{Method: fmt.Sprintf("%d-fold out-of-sample scores of every normal image (Gaussians refitted without each fold; students as trained)", folds),
-			Images: len(scores), ExpectedFalseAlarms: expected, FalseAlarms95: [2]float64{lo, hi}, Scores: evenlySpaced(scores, 1001)},
+			Images: len(scores), ExpectedFalseAlarms: expected, FalseAlarms95: [2]float64{lo, hi}, Scores: evenlySpaced(scores, 1001),
+			Tail: models.FitScoreTail(scores, tailShare, tailMinScores)},
 		Training: models.TrainingInfo{Epochs: o.Epochs, BatchSize: o.BatchSize, LR: o.LR, Seed: o.Seed,
 			ValFraction: o.ValFraction, Whitening: o.Whitening, TrainImages: len(train), ValImages: len(val)},
 	}
@@ -487,6 +488,15 @@ func (o *Options) fitScoring(ctx context.Context, images *Images, train, val []i
 		"calibration_images", len(scores))
 	return info, scoring, nil
 }
+
+// The tail model (models.ScoreTail) is fitted to the top 10% of the
+// calibration scores: near the 90% quantile the exponential form already
+// holds for chi-square-like scores, and it leaves 20 scores from 200
+// images (fewer, and no tail model is kept).
+const (
+	tailShare     = 0.1
+	tailMinScores = 20
+)
 
 // evenlySpaced keeps at most m of the sorted xs, evenly spaced by rank,
 // the first and last included.

@@ -133,17 +133,59 @@ type Calibration struct {
 	// Scores are the calibration scores, sorted (at most 1,001 evenly
 	// spaced order statistics of the Images), for NormalQuantile.
 	Scores []float64 `json:"scores,omitempty"`
+	// Tail extrapolates NormalQuantile past the calibration scores (nil in
+	// bundles from before it, or with too few scores to fit one).
+	Tail *ScoreTail `json:"tail,omitempty"`
+}
+
+// ScoreTail is an exponential model of the calibration scores' upper tail
+// (peaks over a threshold; a generalised Pareto tail with shape 0): the
+// share of normal scores above s > From is Share*exp(-(s-From)/Scale).
+// Shape 0 because the scores are sums of Gaussian negative
+// log-likelihoods, half Mahalanobis distances squared: chi-square-like,
+// whose tails are exponential (the Gumbel domain, where the shape is 0).
+// Estimating a shape from the hundred-odd scores above From would add more
+// variance than the bias it removes.
+type ScoreTail struct {
+	From  float64 `json:"from"`  // the tail's threshold: a high calibration quantile
+	Share float64 `json:"share"` // of calibration scores above From
+	Scale float64 `json:"scale"` // mean excess over From (the exponential's maximum likelihood)
+}
+
+// FitScoreTail fits the exponential tail to the scores above their
+// 1-share quantile; nil with fewer than minExceedances scores there.
+func FitScoreTail(sorted []float64, share float64, minExceedances int) *ScoreTail {
+	k := int(math.Floor(share * float64(len(sorted))))
+	if k < minExceedances || k >= len(sorted) {
+		return nil
+	}
+	from := sorted[len(sorted)-k-1]
+	excess := 0.0
+	for _, s := range sorted[len(sorted)-k:] {
+		excess += s - from
+	}
+	if excess <= 0 {
+		return nil
+	}
+	// Share (k+1)/(n+1): From ranks n-k of n, so the model meets the
+	// empirical level rank/(n+1) there.
+	return &ScoreTail{From: from, Share: float64(k+1) / float64(len(sorted)+1), Scale: excess / float64(k)}
 }
 
 // NormalQuantile is the share of normal parts expected to score at or
 // below score, read off the calibration scores: rank/(Images+1),
-// interpolated between the stored ones. Above the largest it stays at
-// Images/(Images+1) (no tail model extrapolates yet); NaN without
-// calibration scores or for a NaN score.
+// interpolated between the stored ones, and above the tail model's
+// threshold from the tail model (so a score far past every calibration
+// score still reads as how rare it is: 0.99997, not the Images/(Images+1)
+// every such score would get). NaN without calibration scores or for a
+// NaN score.
 func (c Calibration) NormalQuantile(score float64) float64 {
 	m := len(c.Scores)
 	if m == 0 || math.IsNaN(score) {
 		return math.NaN()
+	}
+	if t := c.Tail; t != nil && score > t.From {
+		return 1 - t.Share*math.Exp(-(score-t.From)/t.Scale)
 	}
 	n := float64(c.Images)
 	// level of stored point i: its rank among the Images, over Images+1.
@@ -165,6 +207,21 @@ func (c Calibration) NormalQuantile(score float64) float64 {
 	}
 	lo, hi := c.Scores[i-1], c.Scores[i]
 	return level(i-1) + (score-lo)/(hi-lo)*(level(i)-level(i-1))
+}
+
+// RarityText says in words how a score compares with normal parts, from its
+// NormalQuantile q: "above 99.97% of normal parts", with as many digits
+// as it takes to show how rare (the first digit of 1-q that is not 0);
+// "" for NaN.
+func RarityText(q float64) string {
+	if math.IsNaN(q) {
+		return ""
+	}
+	digits := 0
+	if rest := 1 - q; rest > 0 && rest < 0.1 {
+		digits = min(8, int(math.Floor(-math.Log10(rest)))-1)
+	}
+	return fmt.Sprintf("above %.*f%% of normal parts", digits, 100*q)
 }
 
 // TrainingInfo records how the students were trained.

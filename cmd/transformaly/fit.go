@@ -316,7 +316,11 @@ func scoreCommand(fs *pflag.FlagSet) func([]string) error {
 		heatmapNames := map[string]int{}
 		emit := func(line scoreLine, view *capture.View, r detector.Result) error {
 			if *heatmaps != "" && (line.Frame == 0 || r.Anomalous) {
-				jpg, err := heatmap.JPEG(view.BGR, view.Width, view.Height, r.TokenErrors, len(det.Info.Blocks), *heatmapSide)
+				caption := fmt.Sprintf("score %.4g  threshold %.4g", r.Score, threshold)
+				if rarity := models.RarityText(det.Info.Calibration.NormalQuantile(r.Score)); rarity != "" {
+					caption += "  " + rarity
+				}
+				jpg, err := heatmap.JPEG(view.BGR, view.Width, view.Height, r.TokenErrors, len(det.Info.Blocks), *heatmapSide, caption)
 				if err != nil {
 					return err
 				}

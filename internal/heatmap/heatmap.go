@@ -6,6 +6,7 @@ package heatmap
 import (
 	"fmt"
 	"image"
+	"image/color"
 	"math"
 
 	"gocv.io/x/gocv"
@@ -20,8 +21,9 @@ const minSide = 256
 // [blocks * tokens], averaged over blocks, class token left out) blended
 // over it, as a JPEG whose longer side is at most maxSide (and at least
 // minSide). The image is the frame the model saw resized to its
-// square input: the patch grid stretches back over it the same way.
-func JPEG(bgrImage []byte, width, height int, tokenErrors []float32, blocks, maxSide int) ([]byte, error) {
+// square input: the patch grid stretches back over it the same way. A
+// caption, when given, is written in a dark band along the bottom.
+func JPEG(bgrImage []byte, width, height int, tokenErrors []float32, blocks, maxSide int, caption string) ([]byte, error) {
 	if len(bgrImage) != width*height*3 {
 		return nil, fmt.Errorf("heatmap: %d bytes for a %dx%d image", len(bgrImage), width, height)
 	}
@@ -76,10 +78,37 @@ func JPEG(bgrImage []byte, width, height int, tokenErrors []float32, blocks, max
 	blend := gocv.NewMat()
 	defer blend.Close()
 	gocv.AddWeighted(frame, 0.6, colored, 0.4, 0, &blend)
+	if caption != "" {
+		drawCaption(&blend, caption)
+	}
 	buf, err := gocv.IMEncode(gocv.JPEGFileExt, blend)
 	if err != nil {
 		return nil, fmt.Errorf("heatmap: encode JPEG: %w", err)
 	}
 	defer buf.Close()
 	return append([]byte(nil), buf.GetBytes()...), nil
+}
+
+// drawCaption writes text in a dark band along the image's bottom, scaled
+// to the image's width. OpenCV's Hershey fonts have ASCII only: other
+// characters show as '?'.
+func drawCaption(img *gocv.Mat, text string) {
+	ascii := []rune(text)
+	for i, r := range ascii {
+		if r < 0x20 || r > 0x7e {
+			ascii[i] = '?'
+		}
+	}
+	text = string(ascii)
+	w, h := img.Cols(), img.Rows()
+	const font = gocv.FontHersheySimplex
+	scale := 1.0
+	size := gocv.GetTextSize(text, font, scale, 1)
+	if limit := float64(w) * 0.96; float64(size.X) > limit {
+		scale = limit / float64(size.X)
+	}
+	size = gocv.GetTextSize(text, font, scale, 1)
+	band := size.Y*2 + 4
+	gocv.Rectangle(img, image.Rect(0, h-band, w, h), color.RGBA{0, 0, 0, 0}, -1)
+	gocv.PutText(img, text, image.Pt(w/50, h-band/2+size.Y/2), font, scale, color.RGBA{255, 255, 255, 0}, 1)
 }

@@ -2,6 +2,7 @@ package heatmap_test
 
 import (
 	"bytes"
+	"image"
 	"image/jpeg"
 	"testing"
 
@@ -24,7 +25,7 @@ func TestJPEGPlacesThePatchGridOverTheImage(t *testing.T) {
 		{1200, 900, 600, 600, 450}, // shrunk to maxSide
 	} {
 		img := bytes.Repeat([]byte{128}, c.w*c.h*3)
-		jpg, err := heatmap.JPEG(img, c.w, c.h, tokens, 1, c.maxSide)
+		jpg, err := heatmap.JPEG(img, c.w, c.h, tokens, 1, c.maxSide, "")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -51,7 +52,46 @@ func TestJPEGPlacesThePatchGridOverTheImage(t *testing.T) {
 			t.Errorf("%dx%d image: hottest pixel at (%d,%d), want inside patch row %d col %d", c.w, c.h, hotX, hotY, row, col)
 		}
 	}
-	if _, err := heatmap.JPEG(make([]byte, 10), 300, 150, tokens, 1, 1000); err == nil {
+	if _, err := heatmap.JPEG(make([]byte, 10), 300, 150, tokens, 1, 1000, ""); err == nil {
 		t.Error("an image buffer of the wrong size was accepted")
+	}
+}
+
+// A caption is a dark band along the bottom with light text in it; the
+// rest of the image is as without one.
+func TestJPEGCaption(t *testing.T) {
+	tokens := make([]float32, 1+16)
+	img := bytes.Repeat([]byte{128}, 400*300*3)
+	decode := func(caption string) image.Image {
+		jpg, err := heatmap.JPEG(img, 400, 300, tokens, 1, 1000, caption)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := jpeg.Decode(bytes.NewReader(jpg))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	plain, captioned := decode(""), decode("cam1  score 437.2  threshold 12.3  above 99.97% of normal parts")
+	dark, light := 0, 0
+	for y := 280; y < 300; y++ {
+		for x := range 400 {
+			g, _, _, _ := captioned.At(x, y).RGBA()
+			switch {
+			case g>>8 < 40:
+				dark++
+			case g>>8 > 200:
+				light++
+			}
+		}
+	}
+	if dark < 400*20/2 || light < 100 {
+		t.Errorf("bottom band: %d dark and %d light pixels, want a dark band with text", dark, light)
+	}
+	a, _, _, _ := plain.At(200, 100).RGBA()
+	b, _, _, _ := captioned.At(200, 100).RGBA()
+	if d := int(a>>8) - int(b>>8); d < -3 || d > 3 {
+		t.Errorf("the caption changed the image above it: %d vs %d", a>>8, b>>8)
 	}
 }
