@@ -14,23 +14,40 @@ import (
 	"path/filepath"
 )
 
-// Defect kinds. A random ViT teacher sees gross defects (these) but hardly
-// fine ones such as thin cracks, so the demo uses gross ones.
+// Defect kinds. Gross ones change the whole scene; small ones cover a few
+// patches of a ViT's grid (2-4% of the image), the defects inspection is
+// for, which image-level features dilute.
 const (
 	Normal    = "normal"
 	Missing   = "missing"   // no washer on the belt
 	Foreign   = "foreign"   // a brass screw lying beside the washer
 	Recolored = "recolored" // a washer of the wrong material (red)
+
+	Crack = "crack" // a thin dark crack across the ring
+	Chip  = "chip"  // a bite out of the ring's outer edge
+	Stain = "stain" // a brown blot on the ring
+	Hole  = "hole"  // a small hole through the ring
 )
 
-// Defects lists the defect kinds Part can draw.
-var Defects = []string{Missing, Foreign, Recolored}
+// Defects lists the gross defect kinds; SmallDefects the small ones.
+var (
+	Defects      = []string{Missing, Foreign, Recolored}
+	SmallDefects = []string{Crack, Chip, Stain, Hole}
+)
 
 // Part draws one size x size RGB scene of the given kind; seed varies the
-// position, lighting and sensor noise.
+// position, lighting, defect placement and sensor noise.
 func Part(size int, kind string, seed uint64) *image.NRGBA {
+	img, _ := PartWithMask(size, kind, seed)
+	return img
+}
+
+// PartWithMask draws Part and the defect's mask: 255 where the scene
+// differs from a normal part by the defect, 0 elsewhere (all 0 for Normal).
+func PartWithMask(size int, kind string, seed uint64) (*image.NRGBA, *image.Gray) {
 	rng := rand.New(rand.NewPCG(seed, 0x5eed))
 	img := image.NewNRGBA(image.Rect(0, 0, size, size))
+	mask := image.NewGray(img.Rect)
 	s := float64(size)
 	light := 0.9 + 0.2*rng.Float64()
 	cx, cy := s/2+s*0.04*(rng.Float64()-0.5), s/2+s*0.04*(rng.Float64()-0.5)
@@ -40,27 +57,94 @@ func Part(size int, kind string, seed uint64) *image.NRGBA {
 		metal = [3]float64{200, 50, 40}
 	}
 	fx, fy := s*(0.15+0.1*rng.Float64()), s*(0.15+0.1*rng.Float64())
+	// A small defect sits on the ring at a random angle.
+	angle := 2 * math.Pi * rng.Float64()
+	mid := (outer + inner) / 2
+	dx, dy := math.Cos(angle), math.Sin(angle)
+	crackLen, crackW := s*0.09, math.Max(0.8, s*0.008)
 	for y := range size {
 		for x := range size {
+			px, py := float64(x)+0.5, float64(y)+0.5
 			// Belt: dark grey with faint stripes.
 			v := 60 + 8*math.Sin(float64(y)*0.7)
 			c := [3]float64{v, v, v + 5}
-			r := math.Hypot(float64(x)+0.5-cx, float64(y)+0.5-cy)
-			if kind != Missing && r < outer && r > inner {
+			r := math.Hypot(px-cx, py-cy)
+			onRing := kind != Missing && r < outer && r > inner
+			defect := false
+			switch kind {
+			case Chip: // a disc bitten out of the outer edge
+				defect = onRing && math.Hypot(px-(cx+dx*outer), py-(cy+dy*outer)) < s*0.06
+				onRing = onRing && !defect
+			case Hole:
+				defect = math.Hypot(px-(cx+dx*mid), py-(cy+dy*mid)) < s*0.035
+				onRing = onRing && !defect
+			}
+			if onRing {
 				shade := 1 - 0.25*(r-inner)/(outer-inner)
 				c = [3]float64{metal[0] * shade, metal[1] * shade, metal[2] * shade}
 			}
-			if kind == Foreign && math.Abs(float64(x)-fx) < s*0.12 && math.Abs(float64(y)-fy) < s*0.06 {
-				c = [3]float64{220, 180, 60}
+			switch kind {
+			case Foreign:
+				if math.Abs(px-fx) < s*0.12 && math.Abs(py-fy) < s*0.06 {
+					c = [3]float64{220, 180, 60}
+				}
+			case Crack: // radial, across the ring's middle
+				along := (px-cx)*dx + (py-cy)*dy - mid
+				across := -(px-cx)*dy + (py-cy)*dx
+				if onRing && math.Abs(along) < crackLen/2 && math.Abs(across) < crackW {
+					c, defect = [3]float64{35, 30, 30}, true
+				}
+			case Stain:
+				if onRing && math.Hypot(px-(cx+dx*mid), py-(cy+dy*mid)) < s*0.045 {
+					c, defect = [3]float64{110, 70, 35}, true
+				}
+			case Hole:
+				if defect {
+					c = [3]float64{15, 15, 15}
+				}
 			}
-			var px [3]uint8
+			var out [3]uint8
 			for i := range c {
-				px[i] = uint8(math.Max(0, math.Min(255, c[i]*light+rng.NormFloat64()*4)))
+				out[i] = uint8(math.Max(0, math.Min(255, c[i]*light+rng.NormFloat64()*4)))
 			}
-			img.SetNRGBA(x, y, color.NRGBA{px[0], px[1], px[2], 255})
+			img.SetNRGBA(x, y, color.NRGBA{out[0], out[1], out[2], 255})
+			if defect {
+				mask.SetGray(x, y, color.Gray{255})
+			}
 		}
 	}
-	return img
+	return img, mask
+}
+
+// WriteDataset writes an MVTec AD layout under dir: train/good with
+// trainN normal parts, test/good with testN, and for each defect kind
+// test/<kind> with testN parts and ground_truth/<kind>/<name>_mask.png.
+func WriteDataset(dir string, size, trainN, testN int, kinds []string, seed uint64) error {
+	if _, err := WriteParts(filepath.Join(dir, "train", "good"), size, Normal, trainN, seed); err != nil {
+		return err
+	}
+	if _, err := WriteParts(filepath.Join(dir, "test", "good"), size, Normal, testN, seed+1); err != nil {
+		return err
+	}
+	for k, kind := range kinds {
+		imgDir, maskDir := filepath.Join(dir, "test", kind), filepath.Join(dir, "ground_truth", kind)
+		for _, d := range []string{imgDir, maskDir} {
+			if err := os.MkdirAll(d, 0o755); err != nil {
+				return fmt.Errorf("create %s: %w", d, err)
+			}
+		}
+		for i := range testN {
+			img, mask := PartWithMask(size, kind, (seed+2+uint64(k))*1_000_003+uint64(i))
+			name := fmt.Sprintf("%03d", i)
+			if err := writePNG(filepath.Join(imgDir, name+".png"), img); err != nil {
+				return err
+			}
+			if err := writePNG(filepath.Join(maskDir, name+"_mask.png"), mask); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // WriteParts writes n scenes of kind into dir as kind-0000.png, ... and
