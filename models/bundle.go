@@ -30,7 +30,7 @@ const BundleFormat = 2
 
 // Scored detector outputs, besides the detector's own.
 const (
-	OutputScore        = "score"         // float32 [N]: -(ll_pretrained + ll_student)
+	OutputScore        = "score"         // float32 [N]: -(ll_pretrained + ll_student) + the patch term (PatchScore.Term)
 	OutputLLPretrained = "ll_pretrained" // float32 [N]
 	OutputLLStudent    = "ll_student"    // float32 [N]
 )
@@ -45,10 +45,12 @@ type QuadraticScore struct {
 	Const float64
 }
 
-// Scoring holds the two likelihoods of the method.
+// Scoring holds the two likelihoods of the method, and the patch feature
+// space when the bundle has one.
 type Scoring struct {
 	Pretrained QuadraticScore // over the CLS embedding
 	Student    QuadraticScore // over the per-block errors
+	Patch      *PatchScore    // nil: no patch feature space
 }
 
 // quadraticLL evaluates a QuadraticScore in float32 (whatever the compute
@@ -88,7 +90,14 @@ func ScoredDetectorGraph(v *ViT, blocks []int, students []Block, s Scoring, info
 	llStu := g.quadraticLL(out.blockErrors, s.Student, "score.student")
 	g.Output(OutputLLPretrained, llPre, Float32, batchDim)
 	g.Output(OutputLLStudent, llStu, Float32, batchDim)
-	g.Output(OutputScore, g.Op("Neg", []string{g.Op("Add", []string{llPre, llStu})}), Float32, batchDim)
+	score := g.Op("Neg", []string{g.Op("Add", []string{llPre, llStu})})
+	if p := s.Patch; p != nil {
+		if err := CheckPatchBlocks(p.Blocks, v.Depth); err != nil || p.D != v.Dim*len(p.Blocks) || len(p.Bank) != p.M*p.D || p.M == 0 || !(p.LogStd > 0) {
+			return nil, fmt.Errorf("scored detector graph: patch bank of %d x %d for blocks %v (%v)", p.M, p.D, p.Blocks, err)
+		}
+		score = g.Op("Add", []string{score, g.patchOutputs(out.ins, v.Config, p)})
+	}
+	g.Output(OutputScore, score, Float32, batchDim)
 	meta, err := json.Marshal(info)
 	if err != nil {
 		return nil, fmt.Errorf("encode bundle metadata: %w", err)
@@ -119,6 +128,8 @@ type BundleInfo struct {
 	// Calibration says how the threshold was set, and the false-alarm rate
 	// it promises on normal images with its 95% interval.
 	Calibration Calibration `json:"calibration"`
+	// Patch describes the patch feature space (nil: the bundle has none).
+	Patch *PatchInfo `json:"patch,omitempty"`
 }
 
 // Calibration is how a bundle's threshold was set.
@@ -224,6 +235,22 @@ func RarityText(q float64) string {
 	return fmt.Sprintf("above %.*f%% of normal parts", digits, 100*q)
 }
 
+// PatchInfo is what a bundle says of its patch feature space; the bank
+// itself is in the graph (patch.bank_t).
+type PatchInfo struct {
+	Blocks       []int   `json:"blocks"`        // teacher blocks of the features
+	FeatureWidth int     `json:"feature_width"` // Dim x len(Blocks)
+	BankEntries  int     `json:"bank_entries"`
+	Coreset      float64 `json:"coreset"`       // share of the normal images' patches kept
+	Patches      int     `json:"patches"`       // normal patches the coreset was chosen from
+	LogMean      float64 `json:"log_mean"`      // of normal images' out-of-sample ln(patch score)
+	LogStd       float64 `json:"log_std"`
+	// NormalDistance is a high quantile (99.9%) of normal patches'
+	// out-of-sample distances: anomaly maps are scaled by it, so a normal
+	// frame shows no hot spot.
+	NormalDistance float64 `json:"normal_patch_distance"`
+}
+
 // TrainingInfo records how the students were trained.
 type TrainingInfo struct {
 	Epochs      int       `json:"epochs"`
@@ -290,6 +317,14 @@ func (info BundleInfo) consistentWith(mf ModelFile) error {
 	}
 	if err := CheckBlocks(info.Blocks, c.Depth); err != nil {
 		return fmt.Errorf("blocks %v: %w", info.Blocks, err)
+	}
+	if p := info.Patch; p != nil {
+		if err := CheckPatchBlocks(p.Blocks, c.Depth); err != nil {
+			return err
+		}
+		if p.FeatureWidth != c.Dim*len(p.Blocks) || p.BankEntries <= 0 || p.BankEntries > 1<<24 || !(p.LogStd > 0) {
+			return fmt.Errorf("patch bank of %d entries of width %d for blocks %v of a teacher %d wide", p.BankEntries, p.FeatureWidth, p.Blocks, c.Dim)
+		}
 	}
 	var m onnxpb.ModelProto
 	if err := proto.Unmarshal(mf.Proto, &m); err != nil {
@@ -411,6 +446,18 @@ func DecodeBundle(info BundleInfo, mf ModelFile) (*ViT, []Block, Scoring, error)
 		if cst := r.take(q.name+".const", 1); cst != nil {
 			q.dst.Const = float64(cst[0])
 		}
+	}
+	if pi := info.Patch; pi != nil {
+		p := &PatchScore{Blocks: pi.Blocks, D: pi.FeatureWidth, M: pi.BankEntries, LogMean: pi.LogMean, LogStd: pi.LogStd}
+		if bankT := r.take("patch.bank_t", p.D, p.M); bankT != nil {
+			p.Bank = make([]float32, p.M*p.D)
+			for i := range p.D {
+				for j := range p.M {
+					p.Bank[j*p.D+i] = bankT[i*p.M+j]
+				}
+			}
+		}
+		s.Patch = p
 	}
 	if r.err != nil {
 		return nil, nil, s, fmt.Errorf("decode bundle: %w", r.err)

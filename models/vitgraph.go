@@ -229,7 +229,10 @@ func DetectorGraph(v *ViT, blocks []int, students []Block) (*onnxpb.ModelProto, 
 }
 
 // detectorOutputs are the values detectorBody leaves for scoring.
-type detectorOutputs struct{ embedding, blockErrors string }
+type detectorOutputs struct {
+	embedding, blockErrors string
+	ins                    []string // the teacher's residual stream before and after each block
+}
 
 func (g *Graph) detectorBody(v *ViT, blocks []int, students []Block) (detectorOutputs, error) {
 	if len(blocks) == 0 || len(blocks) != len(students) {
@@ -259,7 +262,7 @@ func (g *Graph) detectorBody(v *ViT, blocks []int, students []Block) (detectorOu
 	g.Output(OutputEmbedding, emb, Float32, batchDim, c.Dim)
 	g.Output(OutputBlockErrors, blockErrors, Float32, batchDim, len(blocks))
 	g.Output(OutputTokenErrors, tokenErrors, Float32, batchDim, len(blocks), c.Tokens())
-	return detectorOutputs{embedding: emb, blockErrors: blockErrors}, nil
+	return detectorOutputs{embedding: emb, blockErrors: blockErrors, ins: ins}, nil
 }
 
 func sortedKeys(m map[string]string) []string {

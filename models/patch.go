@@ -1,0 +1,130 @@
+package models
+
+import (
+	"fmt"
+	"math"
+	"slices"
+)
+
+// The patch-level feature space (PatchCore's, on the teacher's tokens): a
+// defect a few patches wide barely moves the CLS embedding or a block's
+// mean student error, but its patches lie far from every normal patch.
+// Each patch's feature is the teacher's token output of the chosen blocks,
+// averaged over its 3x3 neighbourhood on the patch grid (local context,
+// and robustness to a patch-sized shift), the blocks' features side by
+// side. A memory bank holds a coreset of the normal images' patch features;
+// a patch's distance is the Euclidean distance to its nearest bank entry,
+// and the image's patch score the largest over its patches.
+
+// Patch outputs of the scored detector graph.
+const (
+	OutputPatchDistances = "patch_distances" // float32 [N, Grid*Grid]: each patch's nearest-bank-entry distance
+	OutputPatchScore     = "patch_score"     // float32 [N]: the largest patch distance
+	OutputPatchFeatures  = "patch_features"  // float32 [N, Grid*Grid, D], of PatchFeatureGraph
+)
+
+// PatchScore is the patch feature space of a bundle.
+type PatchScore struct {
+	Blocks []int     // teacher blocks whose token outputs are the features
+	D, M   int       // feature width (Dim x len(Blocks)), bank entries
+	Bank   []float32 // [M, D] row-major
+	// Term turns the patch score s into the score's third part, on the
+	// footing of the two negative log-likelihoods: the one-sided Gaussian
+	// negative log-likelihood of ln s, 0.5 max(0, (ln s - LogMean)/LogStd)^2,
+	// fitted on normal images' out-of-sample patch scores. One-sided: a
+	// patch score lower than normal is no sign of an anomaly. In logs:
+	// distances are positive and right-skewed.
+	LogMean, LogStd float64
+}
+
+// Term is the patch part of the score for a patch score s, in float64
+// (the graph computes the same in float32).
+func (p PatchScore) Term(s float64) float64 {
+	z := math.Max(0, (math.Log(math.Max(s, 1e-30))-p.LogMean)/p.LogStd)
+	return 0.5 * z * z
+}
+
+// CheckPatchBlocks validates the patch blocks against the teacher's depth.
+func CheckPatchBlocks(blocks []int, depth int) error {
+	if err := CheckBlocks(blocks, depth); err != nil {
+		return fmt.Errorf("patch blocks: %w", err)
+	}
+	return nil
+}
+
+// patchFeatures turns the teacher's block outputs (ins[b+1], [N*Tokens,
+// Dim]) into float32 patch features [N*Grid*Grid, Dim*len(blocks)].
+func (g *Graph) patchFeatures(ins []string, c Config, blocks []int) string {
+	t, grid := int64(c.Tokens()), int64(c.Grid())
+	var per []string
+	for _, b := range blocks {
+		x := g.Op("Reshape", []string{ins[b+1], g.Shape(-1, t, int64(c.Dim))})
+		x = g.Op("Slice", []string{x, g.Ints([]int64{1}, 1), g.Ints([]int64{t}, 1), g.Ints([]int64{1}, 1)}) // the patches, not CLS
+		x = g.Op("Reshape", []string{x, g.Shape(-1, grid, grid, int64(c.Dim))})
+		x = g.Op("Transpose", []string{g.toF32(x)}, AttrInts("perm", 0, 3, 1, 2)) // [N, Dim, G, G]
+		// The 3x3 mean; at the grid's edge over the neighbours there are.
+		x = g.Op("AveragePool", []string{x}, AttrInts("kernel_shape", 3, 3), AttrInts("strides", 1, 1),
+			AttrInts("pads", 1, 1, 1, 1), AttrInt("count_include_pad", 0))
+		per = append(per, x)
+	}
+	x := per[0]
+	if len(per) > 1 {
+		x = g.Op("Concat", per, AttrInt("axis", 1))
+	}
+	d := int64(c.Dim * len(blocks))
+	x = g.Op("Reshape", []string{x, g.Shape(-1, d, grid*grid)})
+	x = g.Op("Transpose", []string{x}, AttrInts("perm", 0, 2, 1))
+	return g.Op("Reshape", []string{x, g.Shape(-1, d)})
+}
+
+// patchDistances computes each feature row's distance to its nearest bank
+// entry, in float32 at matmul speed: |x|^2 - 2 x.m + |m|^2 by one MatMul
+// against the transposed bank, then the minimum over the bank.
+func (g *Graph) patchDistances(features string, p *PatchScore) string {
+	bankT := make([]float32, p.D*p.M)
+	norms := make([]float32, p.M)
+	for j := range p.M {
+		row := p.Bank[j*p.D : (j+1)*p.D]
+		n := 0.0
+		for i, v := range row {
+			bankT[i*p.M+j] = v
+			n += float64(v) * float64(v)
+		}
+		norms[j] = float32(n)
+	}
+	xm := g.Op("MatMul", []string{features, g.Weight32("patch.bank_t", bankT, p.D, p.M)})
+	x2 := g.Op("ReduceSum", []string{g.Op("Mul", []string{features, features}), g.Ints([]int64{1}, 1)}, AttrInt("keepdims", 1))
+	d2 := g.Op("Add", []string{g.Op("Sub", []string{x2, g.Op("Mul", []string{xm, g.Scalar32(2)})}), g.Weight32("patch.bank_norms", norms, 1, p.M)})
+	nearest := g.Op("ReduceMin", []string{d2}, AttrInts("axes", 1), AttrInt("keepdims", 0))
+	// Rounding can leave a tiny negative square for an exact match.
+	return g.Op("Sqrt", []string{g.Op("Relu", []string{nearest})})
+}
+
+// patchOutputs adds the patch distances [N, Grid*Grid], the patch score [N]
+// and the patch term [N] (PatchScore.Term) to a detector graph.
+func (g *Graph) patchOutputs(ins []string, c Config, p *PatchScore) (term string) {
+	grid2 := int64(c.Grid() * c.Grid())
+	dist := g.Op("Reshape", []string{g.patchDistances(g.patchFeatures(ins, c, p.Blocks), p), g.Shape(-1, grid2)})
+	score := g.Op("ReduceMax", []string{dist}, AttrInts("axes", 1), AttrInt("keepdims", 0))
+	g.Output(OutputPatchDistances, dist, Float32, batchDim, int(grid2))
+	g.Output(OutputPatchScore, score, Float32, batchDim)
+	lnS := g.Op("Log", []string{g.Op("Max", []string{score, g.Scalar32(1e-30)})})
+	z := g.Op("Relu", []string{g.Op("Div", []string{g.Op("Sub", []string{lnS, g.Scalar32(float32(p.LogMean))}), g.Scalar32(float32(p.LogStd))})})
+	return g.Op("Mul", []string{g.Op("Mul", []string{z, z}), g.Scalar32(0.5)})
+}
+
+// PatchFeatureGraph emits images -> patch features [N, Grid*Grid, D] of
+// the given teacher blocks (fit's input for the memory bank); only the
+// teacher's blocks up to the deepest chosen one run.
+func PatchFeatureGraph(v *ViT, blocks []int) ([]byte, error) {
+	if err := CheckPatchBlocks(blocks, v.Depth); err != nil {
+		return nil, err
+	}
+	g := NewGraph()
+	ins := g.teacherPrefix(g.imagesInput(v.Config), v, slices.Max(blocks)+1)
+	grid2 := v.Grid() * v.Grid()
+	d := v.Dim * len(blocks)
+	f := g.Op("Reshape", []string{g.patchFeatures(ins, v.Config, blocks), g.Shape(-1, int64(grid2), int64(d))})
+	g.Output(OutputPatchFeatures, f, Float32, batchDim, grid2, d)
+	return g.Model("transformaly_patch_features", map[string]string{"config": v.Describe()})
+}

@@ -1,0 +1,163 @@
+package models_test
+
+import (
+	"math"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/transformaly/transformaly/internal/vitref"
+	"github.com/transformaly/transformaly/models"
+)
+
+// refPatchFeatures is the float64 reference of a patch feature map: each
+// patch's token output of each block, averaged over the 3x3 neighbourhood
+// that exists on the grid, blocks side by side. [Grid*Grid][Dim*len(blocks)]
+func refPatchFeatures(c models.Config, ref vitref.Result, blocks []int) [][]float64 {
+	g, d := c.Grid(), c.Dim
+	out := make([][]float64, g*g)
+	for p := range out {
+		py, px := p/g, p%g
+		for _, b := range blocks {
+			tokens := ref.BlockIO[b+1]
+			mean := make([]float64, d)
+			n := 0.0
+			for y := max(0, py-1); y <= min(g-1, py+1); y++ {
+				for x := max(0, px-1); x <= min(g-1, px+1); x++ {
+					tok := 1 + y*g + x
+					for o := range d {
+						mean[o] += tokens[tok*d+o]
+					}
+					n++
+				}
+			}
+			for o := range mean {
+				mean[o] /= n
+			}
+			out[p] = append(out[p], mean...)
+		}
+	}
+	return out
+}
+
+func TestPatchFeatureGraphMatchesReference(t *testing.T) {
+	v, _ := models.RandomViT(smallConfig, 3)
+	for _, blocks := range [][]int{{1}, {0, 2}} {
+		graph, err := models.PatchFeatureGraph(v, blocks)
+		if err != nil {
+			t.Fatal(err)
+		}
+		const n = 2
+		images := randomImages(n, v.ImageSize, 5)
+		got := runGraph(t, graph, images, n, v.ImageSize, models.OutputPatchFeatures)[0]
+		g2, d := v.Grid()*v.Grid(), v.Dim*len(blocks)
+		for img := range n {
+			ref := refPatchFeatures(v.Config, vitref.Forward(v, images[img*v.ImageSize*v.ImageSize*3:(img+1)*v.ImageSize*v.ImageSize*3]), blocks)
+			var want []float64
+			for _, f := range ref {
+				want = append(want, f...)
+			}
+			if e := relErr(got[img*g2*d:(img+1)*g2*d], want); e > tolerance {
+				t.Errorf("blocks %v, image %d: patch features relative error %.2g", blocks, img, e)
+			}
+		}
+	}
+	if _, err := models.PatchFeatureGraph(v, []int{3}); err == nil {
+		t.Error("a patch block past the teacher's depth was accepted")
+	}
+}
+
+// The scored detector's patch distances are each patch's distance to its
+// nearest bank entry, brute force in float64 over reference features; the
+// patch score is the largest; the score adds PatchScore.Term of it. The bank
+// holds random entries and exact copies of some of image 0's patches (a
+// distance of 0 must come out 0, not NaN).
+func TestPatchDistancesMatchBruteForce(t *testing.T) {
+	v, _ := models.RandomViT(smallConfig, 6)
+	blocks, patchBlocks := []int{1, 2}, []int{0, 1}
+	rng := rand.New(rand.NewPCG(4, 4))
+	students := []models.Block{models.XavierBlock(v.Config, rng), models.XavierBlock(v.Config, rng)}
+	const n = 3
+	size := v.ImageSize
+	images := randomImages(n, size, 9)
+	refs := make([][][]float64, n)
+	for i := range n {
+		refs[i] = refPatchFeatures(v.Config, vitref.Forward(v, images[i*size*size*3:(i+1)*size*size*3]), patchBlocks)
+	}
+	d := v.Dim * len(patchBlocks)
+	p := &models.PatchScore{Blocks: patchBlocks, D: d, LogMean: 0.5, LogStd: 0.3}
+	for j := range 40 { // random entries near the features' scale
+		src := refs[1+j%2][rng.IntN(len(refs[1]))]
+		for _, x := range src {
+			p.Bank = append(p.Bank, float32(x+0.3*rng.NormFloat64()))
+		}
+	}
+	for _, k := range []int{0, 5, 9} {
+		for _, x := range refs[0][k] {
+			p.Bank = append(p.Bank, float32(x))
+		}
+	}
+	p.M = len(p.Bank) / d
+	scoring := models.Scoring{Pretrained: randomQuadratic(v.Dim, 5, rng), Student: randomQuadratic(2, 2, rng), Patch: p}
+	info := models.BundleInfo{Format: models.BundleFormat, ImageSize: size, Blocks: blocks, Threshold: 1}
+	info.Teacher.Config = v.Config
+	m, err := models.ScoredDetectorGraph(v, blocks, students, scoring, info, models.FP32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	graph, err := models.Serialize(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := runGraph(t, graph, images, n, size, models.OutputPatchDistances, models.OutputPatchScore,
+		models.OutputLLPretrained, models.OutputLLStudent, models.OutputScore)
+	g2 := v.Grid() * v.Grid()
+	for i := range n {
+		want := make([]float64, g2)
+		worst := 0.0
+		for q, f := range refs[i] {
+			best := math.Inf(1)
+			for j := range p.M {
+				s := 0.0
+				for o, x := range f {
+					diff := x - float64(p.Bank[j*d+o])
+					s += diff * diff
+				}
+				best = math.Min(best, s)
+			}
+			want[q] = math.Sqrt(best)
+			worst = math.Max(worst, want[q])
+		}
+		dist := got[0][i*g2 : (i+1)*g2]
+		for q := range want { // absolute, against the features' scale: exact matches are 0
+			if diff := math.Abs(float64(dist[q]) - want[q]); diff > 1e-3*math.Sqrt(float64(d)) || math.IsNaN(float64(dist[q])) {
+				t.Errorf("image %d patch %d: distance %g, brute force %g", i, q, dist[q], want[q])
+			}
+		}
+		if i == 0 && (dist[0] > 0.05 || dist[5] > 0.05) {
+			t.Errorf("patches copied into the bank: distances %g and %g, want about 0", dist[0], dist[5])
+		}
+		if math.Abs(float64(got[1][i])-worst) > 1e-3*worst {
+			t.Errorf("image %d: patch score %g, want the largest distance %g", i, got[1][i], worst)
+		}
+		want4 := -(float64(got[2][i]) + float64(got[3][i])) + p.Term(float64(got[1][i]))
+		if math.Abs(float64(got[4][i])-want4) > 1e-4*math.Max(1, math.Abs(want4)) {
+			t.Errorf("image %d: score %g, want -(ll_pretrained + ll_student) + patch term = %g", i, got[4][i], want4)
+		}
+	}
+	// The bank reads back from the bundle's graph.
+	pi := &models.PatchInfo{Blocks: patchBlocks, FeatureWidth: d, BankEntries: p.M, LogMean: p.LogMean, LogStd: p.LogStd}
+	info.Patch = pi
+	m, _ = models.ScoredDetectorGraph(v, blocks, students, scoring, info, models.FP32)
+	path := t.TempDir() + "/p.tfy"
+	if err := models.WriteBundle(path, m); err != nil {
+		t.Fatal(err)
+	}
+	back, mf, err := models.ReadBundle(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _, s, err := models.DecodeBundle(back, mf)
+	if err != nil || s.Patch == nil || len(s.Patch.Bank) != len(p.Bank) || s.Patch.Bank[d+3] != p.Bank[d+3] || s.Patch.Bank[len(p.Bank)-1] != p.Bank[len(p.Bank)-1] {
+		t.Errorf("patch bank decoded from the bundle: %v", err)
+	}
+}
