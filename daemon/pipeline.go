@@ -29,8 +29,11 @@ type ScoreMessage struct {
 	Anomalous    bool      `json:"anomalous"`
 	LLPretrained *float64  `json:"ll_pretrained"`
 	LLStudent    *float64  `json:"ll_student"`
-	InferenceMS  float64   `json:"inference_ms"`
-	LatencyMS    float64   `json:"latency_ms"` // capture to publish
+	// PatchScore is the largest patch distance (bundles with a patch
+	// feature space only).
+	PatchScore  *float64 `json:"patch_score,omitempty"`
+	InferenceMS float64  `json:"inference_ms"`
+	LatencyMS   float64  `json:"latency_ms"` // capture to publish
 	// NormalQuantile is the share of normal parts scoring at or below this
 	// one, from the bundle's calibration (bundles fitted before it lack it).
 	NormalQuantile *float64 `json:"normal_quantile,omitempty"`
@@ -368,7 +371,7 @@ func (p *pipeline) handle(c *cameraRuntime, f capture.Frame, r detector.Result, 
 	if rate := p.cfg.MQTT.ScoreRate; rate <= 0 || now.Sub(c.lastSent).Seconds() >= 1/rate {
 		c.lastSent = now
 		msg := ScoreMessage{Camera: c.cfg.Name, Frame: f.Seq, Timestamp: f.Time.UTC(), Score: detector.NumberOrNull(r.Score), Threshold: c.threshold,
-			Anomalous: anomalous, LLPretrained: detector.NumberOrNull(r.LLPretrained), LLStudent: detector.NumberOrNull(r.LLStudent), InferenceMS: inferMS,
+			Anomalous: anomalous, LLPretrained: detector.NumberOrNull(r.LLPretrained), LLStudent: detector.NumberOrNull(r.LLStudent), PatchScore: detector.NumberOrNull(r.PatchScore), InferenceMS: inferMS,
 			LatencyMS: float64(now.Sub(f.Time).Microseconds()) / 1000, Error: fault}
 		if c.normalQuantile != nil {
 			msg.NormalQuantile = detector.NumberOrNull(c.normalQuantile(r.Score))

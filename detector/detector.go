@@ -23,12 +23,25 @@ type Result struct {
 	BlockErrors  []float32
 	TokenErrors  []float32 // [blocks * tokens], for heatmaps
 	Embedding    []float32
-	Anomalous    bool // above the threshold, or not finite
+	// PatchScore is the largest patch distance, PatchDistances each
+	// patch's ([Grid*Grid], row by row): NaN and nil for a bundle without a
+	// patch feature space.
+	PatchScore     float64
+	PatchDistances []float32
+	Anomalous      bool // above the threshold, or not finite
 }
 
-var detectorOutputs = []string{
-	models.OutputScore, models.OutputLLPretrained, models.OutputLLStudent,
-	models.OutputBlockErrors, models.OutputTokenErrors, models.OutputEmbedding,
+// outputsFor lists the graph outputs a bundle's detector reads, in the
+// order Score expects them.
+func outputsFor(info models.BundleInfo) []string {
+	out := []string{
+		models.OutputScore, models.OutputLLPretrained, models.OutputLLStudent,
+		models.OutputBlockErrors, models.OutputTokenErrors, models.OutputEmbedding,
+	}
+	if info.Patch != nil {
+		out = append(out, models.OutputPatchScore, models.OutputPatchDistances)
+	}
+	return out
 }
 
 // Load reads a bundle and opens its session.
@@ -41,12 +54,12 @@ func Load(path string, opts RunnerOptions) (*Detector, error) {
 	var r *Runner
 	switch opts.Precision {
 	case "", models.FP32:
-		r, err = NewFileRunner(mf, info.ImageSize, detectorOutputs, opts)
+		r, err = NewFileRunner(mf, info.ImageSize, outputsFor(info), opts)
 	case models.FP16:
 		var model []byte
 		model, err = fp16Model(info, mf)
 		if err == nil {
-			r, err = NewRunner(model, info.ImageSize, detectorOutputs, opts)
+			r, err = NewRunner(model, info.ImageSize, outputsFor(info), opts)
 		}
 	default:
 		err = fmt.Errorf("precision %q is not fp32 or fp16", opts.Precision)
@@ -74,11 +87,15 @@ func fp16Model(info models.BundleInfo, mf models.ModelFile) ([]byte, error) {
 // Size is the image side length the bundle takes.
 func (d *Detector) Size() int { return d.Info.ImageSize }
 
-// Finite says whether the score and both log-likelihoods are finite
-// numbers (a provider or precision fault, or a damaged bundle, can make
-// them NaN or infinite).
+// Finite says whether the score and its parts are finite numbers (a
+// provider or precision fault, or a damaged bundle, can make them NaN or
+// infinite); a bundle without patch scores has no patch part to check.
 func (r Result) Finite() bool {
-	for _, x := range []float64{r.Score, r.LLPretrained, r.LLStudent} {
+	patch := r.PatchScore
+	if r.PatchDistances == nil {
+		patch = 0
+	}
+	for _, x := range []float64{r.Score, r.LLPretrained, r.LLStudent, patch} {
 		if math.IsNaN(x) || math.IsInf(x, 0) {
 			return false
 		}
@@ -115,6 +132,12 @@ func (d *Detector) Score(images []byte, n int, threshold float64) ([]Result, err
 			BlockErrors:  out[3].Data[i*nb : (i+1)*nb],
 			TokenErrors:  out[4].Data[i*nb*tokens : (i+1)*nb*tokens],
 			Embedding:    out[5].Data[i*dim : (i+1)*dim],
+			PatchScore:   math.NaN(),
+		}
+		if len(out) > 7 {
+			patches := len(out[7].Data) / n
+			r.PatchScore = float64(out[6].Data[i])
+			r.PatchDistances = out[7].Data[i*patches : (i+1)*patches]
 		}
 		// Written so that a NaN score is anomalous too (NaN > t is false):
 		// a score that is no number is never "normal".

@@ -38,9 +38,15 @@ type Options struct {
 	LR        float64
 	Seed      uint64
 	Whitening float64 // PCA explained-variance fraction for feature 1
-	Quantile  float64 // of held-out normal scores, for the threshold
-	Threads   int
-	Provider  string // execution provider preference: auto (CUDA, else CPU), cuda or cpu; "" is cpu
+	// PatchBlocks are the teacher blocks of the patch feature space (nil:
+	// DefaultPatchBlocks; NoPatch: none). Coreset is the share of the
+	// normal patches its memory bank keeps (0: DefaultCoreset).
+	PatchBlocks []int
+	NoPatch     bool
+	Coreset     float64
+	Quantile    float64 // of held-out normal scores, for the threshold
+	Threads     int
+	Provider    string // execution provider preference: auto (CUDA, else CPU), cuda or cpu; "" is cpu
 	// ProviderLibrary is an execution-provider plugin library (see
 	// detector.RunnerOptions).
 	ProviderLibrary string
@@ -141,6 +147,22 @@ func (o *Options) check() error {
 	}
 	if err := models.CheckBlocks(o.Blocks, o.Teacher.Depth); err != nil {
 		return fmt.Errorf("blocks: %w", err)
+	}
+	if o.NoPatch {
+		o.PatchBlocks = nil
+		return nil
+	}
+	if o.PatchBlocks == nil {
+		o.PatchBlocks = DefaultPatchBlocks(o.Teacher.Depth)
+	}
+	if err := models.CheckPatchBlocks(o.PatchBlocks, o.Teacher.Depth); err != nil {
+		return fmt.Errorf("--patch-blocks: %w", err)
+	}
+	if o.Coreset == 0 {
+		o.Coreset = DefaultCoreset
+	}
+	if !(o.Coreset > 0 && o.Coreset <= 1) {
+		return fmt.Errorf("coreset %g (--coreset): the share of patches kept must be in (0, 1]", o.Coreset)
 	}
 	return nil
 }
@@ -463,17 +485,33 @@ func (o *Options) fitScoring(ctx context.Context, images *Images, train, val []i
 	if err != nil {
 		return info, scoring, fmt.Errorf("calibrate the threshold: %w", err)
 	}
+	var patches *patchSpace
+	if !o.NoPatch {
+		if patches, err = o.fitPatchSpace(ctx, images, all, scores); err != nil {
+			return info, scoring, err
+		}
+		// The patch term of each image's out-of-sample patch score joins
+		// its out-of-fold score: the threshold covers the combined score.
+		scoring.Patch = patches.score
+		for i := range scores {
+			scores[i] += patches.score.Term(patches.imageScores[i])
+		}
+	}
 	sort.Float64s(scores)
 	if need := int(math.Ceil(1 / (1 - o.Quantile))); len(scores) < need {
 		slog.Warn("few normal images for the threshold: its quantile is about their largest score, so it is noisy; check it with `transformaly eval` or add normal images",
 			"images", len(scores), "quantile", o.Quantile, "images_for_a_stable_quantile", need)
 	}
 	threshold, expected, lo, hi := conformalThreshold(scores, o.Quantile)
+	method := fmt.Sprintf("%d-fold out-of-sample scores of every normal image (Gaussians refitted without each fold; students as trained)", folds)
+	if patches != nil {
+		method += "; patch scores against the bank entries of the other images"
+	}
 	info = models.BundleInfo{
 		Format: models.BundleFormat, Version: models.Version, Created: time.Now().UTC(),
 		ImageSize: o.Teacher.ImageSize, Blocks: o.Blocks, PCAComponents: len(white.Variances),
 		ThresholdQuantile: o.Quantile, Threshold: threshold, ScoreQuantiles: map[string]float64{},
-		Calibration: models.Calibration{Method: fmt.Sprintf("%d-fold out-of-sample scores of every normal image (Gaussians refitted without each fold; students as trained)", folds),
+		Calibration: models.Calibration{Method: method,
 			Images: len(scores), ExpectedFalseAlarms: expected, FalseAlarms95: [2]float64{lo, hi}, Scores: evenlySpaced(scores, 1001),
 			Tail: models.FitScoreTail(scores, tailShare, tailMinScores)},
 		Training: models.TrainingInfo{Epochs: o.Epochs, BatchSize: o.BatchSize, LR: o.LR, Seed: o.Seed,
@@ -483,6 +521,9 @@ func (o *Options) fitScoring(ctx context.Context, images *Images, train, val []i
 		info.ScoreQuantiles[strconv.FormatFloat(q, 'f', -1, 64)] = quantile(scores, q)
 	}
 	info.Teacher.Path, info.Teacher.Layout, info.Teacher.Checksum, info.Teacher.Config = o.TeacherPath, o.Teacher.Layout, o.Teacher.Checksum, o.Teacher.Config
+	if patches != nil {
+		info.Patch = patches.info
+	}
 	slog.Info("scoring fitted", "pca_components", len(white.Variances), "explained", white.Explained, "threshold", info.Threshold,
 		"expected_false_alarm_rate", info.Calibration.ExpectedFalseAlarms, "false_alarm_rate_95", fmt.Sprintf("%.4f-%.4f", lo, hi),
 		"calibration_images", len(scores))

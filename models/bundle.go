@@ -92,7 +92,7 @@ func ScoredDetectorGraph(v *ViT, blocks []int, students []Block, s Scoring, info
 	g.Output(OutputLLStudent, llStu, Float32, batchDim)
 	score := g.Op("Neg", []string{g.Op("Add", []string{llPre, llStu})})
 	if p := s.Patch; p != nil {
-		if err := CheckPatchBlocks(p.Blocks, v.Depth); err != nil || p.D != v.Dim*len(p.Blocks) || len(p.Bank) != p.M*p.D || p.M == 0 || !(p.LogStd > 0) {
+		if err := CheckPatchBlocks(p.Blocks, v.Depth); err != nil || p.D != v.Dim*len(p.Blocks) || len(p.Bank) != p.M*p.D || p.M == 0 || !(p.Scale > 0) || !(p.Weight > 0) {
 			return nil, fmt.Errorf("scored detector graph: patch bank of %d x %d for blocks %v (%v)", p.M, p.D, p.Blocks, err)
 		}
 		score = g.Op("Add", []string{score, g.patchOutputs(out.ins, v.Config, p)})
@@ -243,8 +243,12 @@ type PatchInfo struct {
 	BankEntries  int     `json:"bank_entries"`
 	Coreset      float64 `json:"coreset"`       // share of the normal images' patches kept
 	Patches      int     `json:"patches"`       // normal patches the coreset was chosen from
-	LogMean      float64 `json:"log_mean"`      // of normal images' out-of-sample ln(patch score)
-	LogStd       float64 `json:"log_std"`
+	// TermMedian, TermScale and TermWeight set the patch term
+	// (PatchScore.Term): the median of normal images' out-of-sample patch
+	// scores, their spread, and the spread of the log-likelihoods' sum.
+	TermMedian float64 `json:"term_median"`
+	TermScale  float64 `json:"term_scale"`
+	TermWeight float64 `json:"term_weight"`
 	// NormalDistance is a high quantile (99.9%) of normal patches'
 	// out-of-sample distances: anomaly maps are scaled by it, so a normal
 	// frame shows no hot spot.
@@ -322,7 +326,7 @@ func (info BundleInfo) consistentWith(mf ModelFile) error {
 		if err := CheckPatchBlocks(p.Blocks, c.Depth); err != nil {
 			return err
 		}
-		if p.FeatureWidth != c.Dim*len(p.Blocks) || p.BankEntries <= 0 || p.BankEntries > 1<<24 || !(p.LogStd > 0) {
+		if p.FeatureWidth != c.Dim*len(p.Blocks) || p.BankEntries <= 0 || p.BankEntries > 1<<24 || !(p.TermScale > 0) || !(p.TermWeight > 0) {
 			return fmt.Errorf("patch bank of %d entries of width %d for blocks %v of a teacher %d wide", p.BankEntries, p.FeatureWidth, p.Blocks, c.Dim)
 		}
 	}
@@ -448,7 +452,7 @@ func DecodeBundle(info BundleInfo, mf ModelFile) (*ViT, []Block, Scoring, error)
 		}
 	}
 	if pi := info.Patch; pi != nil {
-		p := &PatchScore{Blocks: pi.Blocks, D: pi.FeatureWidth, M: pi.BankEntries, LogMean: pi.LogMean, LogStd: pi.LogStd}
+		p := &PatchScore{Blocks: pi.Blocks, D: pi.FeatureWidth, M: pi.BankEntries, Median: pi.TermMedian, Scale: pi.TermScale, Weight: pi.TermWeight}
 		if bankT := r.take("patch.bank_t", p.D, p.M); bankT != nil {
 			p.Bank = make([]float32, p.M*p.D)
 			for i := range p.D {

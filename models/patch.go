@@ -29,19 +29,21 @@ type PatchScore struct {
 	D, M   int       // feature width (Dim x len(Blocks)), bank entries
 	Bank   []float32 // [M, D] row-major
 	// Term turns the patch score s into the score's third part, on the
-	// footing of the two negative log-likelihoods: the one-sided Gaussian
-	// negative log-likelihood of ln s, 0.5 max(0, (ln s - LogMean)/LogStd)^2,
-	// fitted on normal images' out-of-sample patch scores. One-sided: a
-	// patch score lower than normal is no sign of an anomaly. In logs:
-	// distances are positive and right-skewed.
-	LogMean, LogStd float64
+	// footing of the two negative log-likelihoods: Weight max(0, (s -
+	// Median)/Scale). (s - Median)/Scale is the surprise -ln(2 P(S >= s)) of
+	// an exponential tail fitted to normal images' out-of-sample patch
+	// scores from their median (0 for the lower half: a patch score lower
+	// than normal is no sign of an anomaly); Weight is the same spread of
+	// the two log-likelihoods' sum on normal images, so that both feature
+	// spaces, image and patch, vary alike on normal images and an anomaly
+	// in either moves the score alike.
+	Median, Scale, Weight float64
 }
 
 // Term is the patch part of the score for a patch score s, in float64
 // (the graph computes the same in float32).
 func (p PatchScore) Term(s float64) float64 {
-	z := math.Max(0, (math.Log(math.Max(s, 1e-30))-p.LogMean)/p.LogStd)
-	return 0.5 * z * z
+	return p.Weight * math.Max(0, (s-p.Median)/p.Scale)
 }
 
 // CheckPatchBlocks validates the patch blocks against the teacher's depth.
@@ -108,9 +110,7 @@ func (g *Graph) patchOutputs(ins []string, c Config, p *PatchScore) (term string
 	score := g.Op("ReduceMax", []string{dist}, AttrInts("axes", 1), AttrInt("keepdims", 0))
 	g.Output(OutputPatchDistances, dist, Float32, batchDim, int(grid2))
 	g.Output(OutputPatchScore, score, Float32, batchDim)
-	lnS := g.Op("Log", []string{g.Op("Max", []string{score, g.Scalar32(1e-30)})})
-	z := g.Op("Relu", []string{g.Op("Div", []string{g.Op("Sub", []string{lnS, g.Scalar32(float32(p.LogMean))}), g.Scalar32(float32(p.LogStd))})})
-	return g.Op("Mul", []string{g.Op("Mul", []string{z, z}), g.Scalar32(0.5)})
+	return g.Op("Relu", []string{g.Op("Mul", []string{g.Op("Sub", []string{score, g.Scalar32(float32(p.Median))}), g.Scalar32(float32(p.Weight / p.Scale))})})
 }
 
 // PatchFeatureGraph emits images -> patch features [N, Grid*Grid, D] of

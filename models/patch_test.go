@@ -84,7 +84,7 @@ func TestPatchDistancesMatchBruteForce(t *testing.T) {
 		refs[i] = refPatchFeatures(v.Config, vitref.Forward(v, images[i*size*size*3:(i+1)*size*size*3]), patchBlocks)
 	}
 	d := v.Dim * len(patchBlocks)
-	p := &models.PatchScore{Blocks: patchBlocks, D: d, LogMean: 0.5, LogStd: 0.3}
+	p := &models.PatchScore{Blocks: patchBlocks, D: d, Median: 1.5, Scale: 0.3, Weight: 1.7}
 	for j := range 40 { // random entries near the features' scale
 		src := refs[1+j%2][rng.IntN(len(refs[1]))]
 		for _, x := range src {
@@ -145,7 +145,7 @@ func TestPatchDistancesMatchBruteForce(t *testing.T) {
 		}
 	}
 	// The bank reads back from the bundle's graph.
-	pi := &models.PatchInfo{Blocks: patchBlocks, FeatureWidth: d, BankEntries: p.M, LogMean: p.LogMean, LogStd: p.LogStd}
+	pi := &models.PatchInfo{Blocks: patchBlocks, FeatureWidth: d, BankEntries: p.M, TermMedian: p.Median, TermScale: p.Scale, TermWeight: p.Weight}
 	info.Patch = pi
 	m, _ = models.ScoredDetectorGraph(v, blocks, students, scoring, info, models.FP32)
 	path := t.TempDir() + "/p.tfy"

@@ -68,6 +68,8 @@ func fitCommand(fs *pflag.FlagSet) func([]string) error {
 	cudaOptions := fs.StringToString("cuda-options", nil, "ONNX Runtime CUDA provider options for training, e.g. device_id=1,gpu_mem_limit=8589934592")
 	memoryMB := fs.Int64("max-image-memory-mb", fit.DefaultMemoryBudget>>20, "decoded images, then the teacher's cached activations, kept in memory; beyond this they go to temporary files beside --out")
 	cacheMB := fs.Int64("activation-cache-mb", fit.DefaultActivationCache>>20, "largest cache of the teacher's activations, computed once so that epochs run only the students (CPU training; 0: run the teacher in every step)")
+	patchBlocks := fs.String("patch-blocks", "", "0-based teacher blocks whose patch tokens are the patch feature space (finds small defects and where they are), e.g. 2 or 2,4; \"none\" fits without it (default: one block a quarter of the way in)")
+	coreset := fs.Float64("coreset", fit.DefaultCoreset, "share of the normal images' patches the patch memory bank keeps (greedy coreset): more finds subtler defects, costs memory and scoring time")
 	rt.register(fs)
 	return func(args []string) error {
 		if len(args) > 0 {
@@ -97,13 +99,20 @@ func fitCommand(fs *pflag.FlagSet) func([]string) error {
 				return usageError("%v", err)
 			}
 		}
+		var patchList []int
+		noPatch := *patchBlocks == "none"
+		if *patchBlocks != "" && !noPatch {
+			if patchList, err = parseBlocks(*patchBlocks); err != nil {
+				return usageError("--patch-blocks: %v", err)
+			}
+		}
 		if err := rt.init(); err != nil {
 			return err
 		}
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
 		info, err := fit.Run(ctx, fit.Options{
-			Teacher: v, TeacherPath: teacher.path, NormalDir: *normal, Blocks: blockList,
+			Teacher: v, TeacherPath: teacher.path, NormalDir: *normal, Blocks: blockList, PatchBlocks: patchList, NoPatch: noPatch, Coreset: *coreset,
 			ValFraction: *valFraction, Epochs: *epochs, Patience: *patience, BatchSize: *batch, LR: *lr, Seed: *seed,
 			Whitening: *whitening, Quantile: *quantile, Threads: rt.threads, Provider: *provider, ProviderLibrary: *providerLibrary, CUDAOptions: *cudaOptions, MemoryBudget: *memoryMB << 20, ActivationCache: activationCache(*cacheMB), Out: *out, Resume: *resume,
 			Progress: progressLogger(),
@@ -270,14 +279,17 @@ type scoreLine struct {
 	Score *float64 `json:"score"` // null when not finite (then Error says so)
 	// NormalQuantile is the share of normal parts scoring at or below this
 	// one, from the bundle's calibration.
-	NormalQuantile *float64  `json:"normal_quantile,omitempty"`
-	LLPretrained   *float64  `json:"ll_pretrained"`
-	LLStudent      *float64  `json:"ll_student"`
-	BlockErrors    []float32 `json:"block_errors"`
-	Anomalous      bool      `json:"anomalous"`
-	Threshold      float64   `json:"threshold"`
-	Embedding      []float32 `json:"embedding,omitempty"`
-	Heatmap        string    `json:"heatmap,omitempty"` // the JPEG written with --heatmap
+	NormalQuantile *float64 `json:"normal_quantile,omitempty"`
+	LLPretrained   *float64 `json:"ll_pretrained"`
+	LLStudent      *float64 `json:"ll_student"`
+	// PatchScore is the largest patch distance (bundles with a patch
+	// feature space only).
+	PatchScore  *float64  `json:"patch_score,omitempty"`
+	BlockErrors []float32 `json:"block_errors"`
+	Anomalous   bool      `json:"anomalous"`
+	Threshold   float64   `json:"threshold"`
+	Embedding   []float32 `json:"embedding,omitempty"`
+	Heatmap     string    `json:"heatmap,omitempty"` // the JPEG written with --heatmap
 	// Frame and Seconds place a video frame in its file (videos only).
 	Frame   uint64   `json:"frame,omitempty"`
 	Seconds *float64 `json:"seconds,omitempty"`
@@ -288,7 +300,7 @@ func scoreCommand(fs *pflag.FlagSet) func([]string) error {
 	var model modelFlags
 	var rt runtimeFlags
 	model.register(fs)
-	asJSON := fs.Bool("json", false, "print one JSON object a line: path, score, ll_pretrained, ll_student, block_errors, anomalous, threshold (and frame, seconds for videos)")
+	asJSON := fs.Bool("json", false, "print one JSON object a line: path, score, ll_pretrained, ll_student, patch_score, block_errors, anomalous, threshold (and frame, seconds for videos)")
 	withEmbedding := fs.Bool("embedding", false, "include the teacher's embedding")
 	heatmaps := fs.String("heatmap", "", "write each image (and each anomalous video frame) with its per-patch anomaly heatmap as DIR/<name>[-<frame>].heatmap.jpg (--json gives each line's file)")
 	heatmapSide := fs.Int("heatmap-size", 1280, "longest side of the heatmap images in pixels (smaller images keep their size)")
@@ -342,6 +354,7 @@ func scoreCommand(fs *pflag.FlagSet) func([]string) error {
 			}
 			line.Score, line.LLPretrained, line.LLStudent = detector.NumberOrNull(r.Score), detector.NumberOrNull(r.LLPretrained), detector.NumberOrNull(r.LLStudent)
 			line.NormalQuantile = detector.NumberOrNull(det.Info.Calibration.NormalQuantile(r.Score))
+			line.PatchScore = detector.NumberOrNull(r.PatchScore)
 			line.BlockErrors, line.Anomalous, line.Threshold = r.BlockErrors, r.Anomalous, threshold
 			if !r.Finite() || slices.ContainsFunc(r.BlockErrors, func(e float32) bool { return math.IsNaN(float64(e)) || math.IsInf(float64(e), 0) }) {
 				// JSON cannot carry NaN or infinities: the line would fail to encode.
@@ -411,8 +424,11 @@ type evalReport struct {
 	AUROC           float64 `json:"auroc"`
 	AUROCPretrained float64 `json:"auroc_pretrained"`
 	AUROCStudent    float64 `json:"auroc_student"`
-	Threshold       float64 `json:"threshold"`
-	FalseAlarmRate  float64 `json:"false_alarm_rate"`
+	// AUROCPatch is the patch score's alone (bundles with a patch feature
+	// space only).
+	AUROCPatch     *float64 `json:"auroc_patch,omitempty"`
+	Threshold      float64  `json:"threshold"`
+	FalseAlarmRate float64  `json:"false_alarm_rate"`
 	// What the bundle's calibration promised for its own threshold (absent
 	// for bundles fitted before calibration was recorded).
 	ExpectedFalseAlarmRate *float64    `json:"expected_false_alarm_rate,omitempty"`
@@ -454,7 +470,7 @@ func evalCommand(fs *pflag.FlagSet) func([]string) error {
 	model.register(fs)
 	normalDir := fs.String("normal", "", "folder of normal test images (required)")
 	anomalousDir := fs.String("anomalous", "", "folder of anomalous test images (required)")
-	asJSON := fs.Bool("json", false, "print one JSON object: auroc, auroc_pretrained, auroc_student, false_alarm_rate, detection_rate, threshold and image counts")
+	asJSON := fs.Bool("json", false, "print one JSON object: auroc, auroc_pretrained, auroc_student, auroc_patch, false_alarm_rate, detection_rate, threshold and image counts")
 	compare := fs.Bool("compare-precision", false, "also score with the FP16 detector and report its AUROC and score differences against FP32")
 	batch := fs.Int("batch-size", 8, "images per ONNX Runtime call")
 	chart := fs.String("chart", "", "also write a PNG `file` with the ROC curve and the score distributions around the threshold")
@@ -510,7 +526,11 @@ func evalCommand(fs *pflag.FlagSet) func([]string) error {
 
 func printReport(rep evalReport) {
 	fmt.Printf("images: %d normal, %d anomalous (%d skipped)\n", rep.NormalImages, rep.AnomalousImages, rep.SkippedImages)
-	fmt.Printf("AUROC: %.4f combined, %.4f pretrained feature, %.4f teacher-student feature\n", rep.AUROC, rep.AUROCPretrained, rep.AUROCStudent)
+	fmt.Printf("AUROC: %.4f combined, %.4f pretrained feature, %.4f teacher-student feature", rep.AUROC, rep.AUROCPretrained, rep.AUROCStudent)
+	if rep.AUROCPatch != nil {
+		fmt.Printf(", %.4f patch feature", *rep.AUROCPatch)
+	}
+	fmt.Println()
 	fmt.Printf("at threshold %.4g: false alarm rate %.4f, detection rate %.4f\n", rep.Threshold, rep.FalseAlarmRate, rep.DetectionRate)
 	if e := rep.ExpectedFalseAlarmRate; e != nil {
 		fmt.Printf("the bundle's calibration promised a false alarm rate of %.4f (95%% interval %.4f-%.4f) at its threshold\n", *e, rep.ExpectedFalseAlarms95[0], rep.ExpectedFalseAlarms95[1])
@@ -525,7 +545,7 @@ func printReport(rep evalReport) {
 // the rates at the threshold.
 func evaluate(det *detector.Detector, normalDir, anomalousDir string, threshold float64, batch int) (evalReport, []float64, error) {
 	rep := evalReport{Threshold: threshold}
-	type scores struct{ all, pre, stu []float64 }
+	type scores struct{ all, pre, stu, patch []float64 }
 	var sets [2]scores
 	for i, dir := range []string{normalDir, anomalousDir} {
 		paths, err := fit.ListImages(dir)
@@ -539,6 +559,7 @@ func evaluate(det *detector.Detector, normalDir, anomalousDir string, threshold 
 			sets[i].all = append(sets[i].all, r.Score)
 			sets[i].pre = append(sets[i].pre, -r.LLPretrained)
 			sets[i].stu = append(sets[i].stu, -r.LLStudent)
+			sets[i].patch = append(sets[i].patch, r.PatchScore)
 			return nil
 		})
 		if err != nil {
@@ -553,6 +574,10 @@ func evaluate(det *detector.Detector, normalDir, anomalousDir string, threshold 
 	rep.AUROC = fit.AUROC(sets[0].all, sets[1].all)
 	rep.AUROCPretrained = fit.AUROC(sets[0].pre, sets[1].pre)
 	rep.AUROCStudent = fit.AUROC(sets[0].stu, sets[1].stu)
+	if det.Info.Patch != nil {
+		a := fit.AUROC(sets[0].patch, sets[1].patch)
+		rep.AUROCPatch = &a
+	}
 	rep.FalseAlarmRate = fit.FractionAbove(sets[0].all, rep.Threshold)
 	if c := det.Info.Calibration; c.Images > 0 && threshold == det.Info.Threshold {
 		rep.ExpectedFalseAlarmRate, rep.ExpectedFalseAlarms95 = &c.ExpectedFalseAlarms, &c.FalseAlarms95
