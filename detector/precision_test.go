@@ -25,7 +25,8 @@ import (
 // scripts/gpu-check.sh): each GPU provider that opens must score a random
 // detector like the CPU provider, within 1e-3 of the score spread in fp32
 // (an H200: 6e-6), 1e-2 by default (TF32 matmuls on CUDA, FP16 kernels on
-// TensorRT; an H200: 2.5e-3) and 5e-2 in fp16 (an H200: 2e-3).
+// TensorRT; an H200: 2.5e-3) and 5e-2 in fp16 (an H200: 2e-3); the patch
+// scores (nearest-bank-entry distances over a bank of 2,000) alike.
 func TestGPUMatchesCPU(t *testing.T) {
 	if os.Getenv("TRANSFORMALY_GPU") == "" {
 		t.Skip("set TRANSFORMALY_GPU=1 on a GPU box (scripts/gpu-check.sh)")
@@ -48,7 +49,14 @@ func TestGPUMatchesCPU(t *testing.T) {
 	// data, the FP16 variant rebuilt from them.
 	info := models.BundleInfo{Format: models.BundleFormat, ImageSize: v.ImageSize, Blocks: blocks, Threshold: 1}
 	info.Teacher.Config = v.Config
-	m, err := models.ScoredDetectorGraph(v, blocks, students, identityScoring(v.Dim, len(blocks)), info, models.FP32)
+	scoring := identityScoring(v.Dim, len(blocks))
+	patch := &models.PatchScore{Blocks: []int{1}, D: v.Dim, M: 2000, Median: 1, Scale: 1, Weight: 1}
+	for range patch.M * patch.D {
+		patch.Bank = append(patch.Bank, float32(rng.NormFloat64()))
+	}
+	scoring.Patch = patch
+	info.Patch = &models.PatchInfo{Blocks: patch.Blocks, FeatureWidth: patch.D, BankEntries: patch.M, TermMedian: 1, TermScale: 1, TermWeight: 1}
+	m, err := models.ScoredDetectorGraph(v, blocks, students, scoring, info, models.FP32)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,7 +64,7 @@ func TestGPUMatchesCPU(t *testing.T) {
 	if err := models.WriteBundle(bundle, m); err != nil {
 		t.Fatal(err)
 	}
-	run := func(provider, precision string) []float64 {
+	run := func(provider, precision string) [2][]float64 {
 		// Options users set, so ONNX Runtime confirms their names.
 		d, err := detector.Load(bundle, detector.RunnerOptions{Provider: provider, Precision: precision, MaxBatch: 8,
 			CacheDir: t.TempDir(), ProviderLibrary: os.Getenv("TRANSFORMALY_PROVIDER_LIBRARY"),
@@ -64,23 +72,25 @@ func TestGPUMatchesCPU(t *testing.T) {
 			TensorRTOptions: map[string]string{"trt_max_workspace_size": "2147483648"}})
 		if err != nil {
 			t.Logf("%s %s: not usable: %v", provider, precision, err)
-			return nil
+			return [2][]float64{}
 		}
 		defer d.Close()
 		res, err := d.Score(images, 8, d.Info.Threshold)
 		if err != nil {
 			t.Fatalf("%s %s: %v", provider, precision, err)
 		}
-		scores := make([]float64, len(res))
-		for i, r := range res {
-			scores[i] = r.Score
+		var out [2][]float64
+		for _, r := range res {
+			out[0], out[1] = append(out[0], r.Score), append(out[1], r.PatchScore)
 		}
-		return scores
+		return out
 	}
 	want := run("cpu", models.FP32)
-	spread := 0.0
-	for _, x := range want {
-		spread = math.Max(spread, math.Abs(x-want[0]))
+	var spread [2]float64
+	for k := range want {
+		for _, x := range want[k] {
+			spread[k] = math.Max(spread[k], math.Abs(x-want[k][0]))
+		}
 	}
 	usable := 0
 	for _, provider := range []string{"cuda", "tensorrt"} {
@@ -89,17 +99,19 @@ func TestGPUMatchesCPU(t *testing.T) {
 			tol       float64
 		}{{models.FP32, 1e-3}, {"", 1e-2}, {models.FP16, 5e-2}} { // "": the default, TF32 allowed
 			got := run(provider, c.precision)
-			if got == nil {
+			if got[0] == nil {
 				continue
 			}
 			usable++
-			worst := 0.0
-			for i := range want {
-				worst = math.Max(worst, math.Abs(got[i]-want[i]))
-			}
-			t.Logf("%s %s: max score difference %.3g (score spread %.3g, tolerance %.0e of it)", provider, c.precision, worst, spread, c.tol)
-			if worst > c.tol*math.Max(spread, 1) {
-				t.Errorf("%s %s: scores differ from the CPU by %g", provider, c.precision, worst)
+			for k, what := range []string{"score", "patch score"} {
+				worst := 0.0
+				for i := range want[k] {
+					worst = math.Max(worst, math.Abs(got[k][i]-want[k][i]))
+				}
+				t.Logf("%s %s: max %s difference %.3g (spread %.3g, tolerance %.0e of it)", provider, c.precision, what, worst, spread[k], c.tol)
+				if worst > c.tol*math.Max(spread[k], 1) || math.IsNaN(worst) {
+					t.Errorf("%s %s: %ss differ from the CPU by %g", provider, c.precision, what, worst)
+				}
 			}
 		}
 	}
