@@ -241,6 +241,52 @@ func TestGPUTrainingGraphPrefixes(t *testing.T) {
 		t.Skip("set TRANSFORMALY_GPU=1 on a GPU box (scripts/gpu-check.sh)")
 	}
 	graph, inputs, _, values := trainingStep(t)
+	bisectCrash(t, "TestGPUTrainingGraphPrefixes", graph, inputs, values)
+}
+
+// TestGPUPatchGraphPrefixes does the same for a scored detector with a
+// patch bank (its Slice and AveragePool version crashed the process on an
+// H200 with ORT 1.29's CUDA plugin).
+func TestGPUPatchGraphPrefixes(t *testing.T) {
+	if os.Getenv("TRANSFORMALY_GPU") == "" {
+		t.Skip("set TRANSFORMALY_GPU=1 on a GPU box (scripts/gpu-check.sh)")
+	}
+	v, err := models.RandomViT(models.Config{Dim: 192, Depth: 4, Heads: 3, Patch: 16, ImageSize: 224}, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(5, 5))
+	scoring := identityScoring(v.Dim, 1)
+	scoring.Patch = &models.PatchScore{Blocks: []int{1}, D: v.Dim, M: 500, Median: 1, Scale: 1, Weight: 1}
+	for range 500 * v.Dim {
+		scoring.Patch.Bank = append(scoring.Patch.Bank, float32(rng.NormFloat64()))
+	}
+	m, err := models.ScoredDetectorGraph(v, []int{2}, []models.Block{models.XavierBlock(v.Config, rng)}, scoring, models.BundleInfo{}, models.FP32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	graph, err := models.Serialize(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	images := make([]byte, 4*224*224*3)
+	for i := range images {
+		images[i] = byte(rng.IntN(256))
+	}
+	img, err := onnx.NewTensor(onnx.NewShape(4, 224, 224, 3), images)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Destroy()
+	bisectCrash(t, "TestGPUPatchGraphPrefixes", graph, []string{models.InputImages}, []onnx.Value{img})
+}
+
+// bisectCrash runs graph on the CUDA provider in a child process (the test
+// named test, run again); if it crashes the process, it names the first node whose run
+// crashes, running growing prefixes of the graph in child processes (a
+// bisection: each prefix outputs every value it computes, so a longer
+// prefix runs all a shorter one does).
+func bisectCrash(t *testing.T, test string, graph []byte, inputs []string, values []onnx.Value) {
 	var m onnxpb.ModelProto
 	if err := proto.Unmarshal(graph, &m); err != nil {
 		t.Fatal(err)
@@ -255,7 +301,7 @@ func TestGPUTrainingGraphPrefixes(t *testing.T) {
 		return
 	}
 	crashes := func(n int) bool {
-		cmd := exec.Command(os.Args[0], "-test.run=^TestGPUTrainingGraphPrefixes$", "-test.v")
+		cmd := exec.Command(os.Args[0], "-test.run=^"+test+"$", "-test.v")
 		cmd.Env = append(os.Environ(), "TRANSFORMALY_GRAPH_PREFIX="+strconv.Itoa(n))
 		out, err := cmd.CombinedOutput()
 		crashed := bytes.Contains(out, []byte("signal arrived during cgo execution")) || bytes.Contains(out, []byte("SIGSEGV")) || bytes.Contains(out, []byte("SIGABRT"))
