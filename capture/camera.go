@@ -30,6 +30,9 @@ type Frame struct {
 	Time   time.Time // when it was captured
 	RGB    []byte    // Size x Size x 3, owned by the receiver
 	Size   int
+	// Width and Height are the frame's after crop, rotation and flips,
+	// before the resize to Size x Size: the coordinates regions are given in.
+	Width, Height int
 	// View is the frame before the resize to Size x Size (only with
 	// Config.KeepView; nil otherwise).
 	View *View
@@ -290,7 +293,7 @@ func (c *Camera) stream(ctx context.Context, src source, pre *preprocessor, fram
 		c.setState(StateOnline, nil)
 		delivered = true
 		lastSent = now
-		c.deliver(Frame{Camera: c.cfg.Name, Seq: *seq, Time: now, RGB: rgb, Size: c.cfg.Size, View: view})
+		c.deliver(Frame{Camera: c.cfg.Name, Seq: *seq, Time: now, RGB: rgb, Size: c.cfg.Size, Width: pre.viewW, Height: pre.viewH, View: view})
 	}
 	return delivered, nil
 }
@@ -386,7 +389,7 @@ func EachFrame(ctx context.Context, cfg Config, fn func(Frame) error) error {
 		if fps > 0 {
 			at = at.Add(time.Duration(float64(seq-1) / fps * float64(time.Second)))
 		}
-		if err := fn(Frame{Camera: cfg.Name, Seq: seq, Time: at, RGB: rgb, Size: cfg.Size, View: view}); err != nil {
+		if err := fn(Frame{Camera: cfg.Name, Seq: seq, Time: at, RGB: rgb, Size: cfg.Size, Width: pre.viewW, Height: pre.viewH, View: view}); err != nil {
 			return err
 		}
 	}

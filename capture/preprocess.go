@@ -30,6 +30,9 @@ type preprocessor struct {
 	// are the mailbox's, the detector's pending and batch ones and an
 	// event's peak.
 	freeViews chan *View
+	// viewW and viewH are the last frame's size after crop, rotation and
+	// flips (what Frame.Width and Height report).
+	viewW, viewH int
 }
 
 func newPreprocessor(t Transform) *preprocessor {
@@ -73,6 +76,7 @@ func (p *preprocessor) Apply(src gocv.Mat, dst []byte) (*View, error) {
 		gocv.Flip(cur, &p.flipped, code)
 		cur = p.flipped
 	}
+	p.viewW, p.viewH = cur.Cols(), cur.Rows()
 	if size > 0 {
 		gocv.Resize(cur, &p.size, image.Pt(size, size), 0, 0, shrinkInterpolation(cur, size, size))
 		gocv.CvtColor(p.size, &p.rgb, gocv.ColorBGRToRGB)

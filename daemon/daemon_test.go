@@ -20,7 +20,7 @@ func TestTrackerOneEventPerDefect(t *testing.T) {
 	scores := []float64{1, 2, 50, 1, 1, 1, 20, 30, 5, 40, 35, 2, 2, 2, 1, 1}
 	var got []Event
 	for i, s := range scores {
-		evs, _ := tr.observe(uint64(i+1), t0.Add(time.Duration(i)*100*time.Millisecond), s, s > 10, 10)
+		evs, _ := tr.observe(uint64(i+1), t0.Add(time.Duration(i)*100*time.Millisecond), s, nil, s > 10, 10)
 		got = append(got, evs...)
 	}
 	var types []string
@@ -53,7 +53,7 @@ func TestTrackerUpdatesAreRateLimitedAndFlushCloses(t *testing.T) {
 	t0 := time.Unix(0, 0)
 	n := 0
 	for i := range 30 { // a rising peak every 100 ms for 3 s
-		evs, _ := tr.observe(uint64(i), t0.Add(time.Duration(i)*100*time.Millisecond), float64(20+i), float64(20+i) > 10, 10)
+		evs, _ := tr.observe(uint64(i), t0.Add(time.Duration(i)*100*time.Millisecond), float64(20+i), nil, float64(20+i) > 10, 10)
 		for _, e := range evs {
 			if e.Type == EventUpdate {
 				n++
@@ -177,7 +177,7 @@ func TestTrackerKeepsAFinitePeak(t *testing.T) {
 	t0 := time.Now()
 	var all []Event
 	for i, s := range []float64{math.NaN(), math.Inf(1), 30, math.Inf(1), 40, 5} {
-		evs, _ := tr.observe(uint64(i+1), t0.Add(time.Duration(i)*time.Second), s, !(s <= 10), 10)
+		evs, _ := tr.observe(uint64(i+1), t0.Add(time.Duration(i)*time.Second), s, nil, !(s <= 10), 10)
 		all = append(all, evs...)
 	}
 	var peaks []float64

@@ -25,6 +25,18 @@ type Event struct {
 	PeakTime    time.Time  `json:"peak_time"`
 	FramesAbove int        `json:"frames_above"`
 	Threshold   float64    `json:"threshold"`
+	// Region is the peak frame's worst region (bundles with a patch
+	// feature space only).
+	Region *Region `json:"region,omitempty"`
+}
+
+// Region is a box in the camera frame's coordinates after crop and
+// rotation: where a frame is most unlike normal ones.
+type Region struct {
+	X      int `json:"x"`
+	Y      int `json:"y"`
+	Width  int `json:"width"`
+	Height int `json:"height"`
 }
 
 // tracker turns one camera's per-frame verdicts into events: MinFrames
@@ -54,8 +66,9 @@ func newTracker(camera string, cfg EventConfig) *tracker {
 // peak. An anomalous frame whose score is not finite counts as above the
 // threshold but never becomes the peak score (JSON cannot carry it; an
 // event peaking at +Inf was never published): the peak keeps its last
-// finite value, or the threshold when there is none yet.
-func (t *tracker) observe(seq uint64, at time.Time, score float64, anomalous bool, threshold float64) (events []Event, newPeak bool) {
+// finite value, or the threshold when there is none yet. region is the
+// frame's worst region (nil without one).
+func (t *tracker) observe(seq uint64, at time.Time, score float64, region *Region, anomalous bool, threshold float64) (events []Event, newPeak bool) {
 	if math.IsNaN(score) || math.IsInf(score, 0) {
 		score = threshold
 	}
@@ -67,7 +80,7 @@ func (t *tracker) observe(seq uint64, at time.Time, score float64, anomalous boo
 				if t.above == 1 {
 					t.candidate = Event{Camera: t.camera, StartTime: at, Threshold: threshold}
 				}
-				t.candidate.PeakScore, t.candidate.PeakFrame, t.candidate.PeakTime = score, seq, at
+				t.candidate.PeakScore, t.candidate.PeakFrame, t.candidate.PeakTime, t.candidate.Region = score, seq, at, region
 				newPeak = true
 			}
 			t.candidate.FramesAbove = t.above
@@ -84,7 +97,7 @@ func (t *tracker) observe(seq uint64, at time.Time, score float64, anomalous boo
 		}
 		t.active.FramesAbove++
 		if score > t.active.PeakScore {
-			t.active.PeakScore, t.active.PeakFrame, t.active.PeakTime = score, seq, at
+			t.active.PeakScore, t.active.PeakFrame, t.active.PeakTime, t.active.Region = score, seq, at, region
 			t.peakPending, newPeak = true, true
 		}
 		if t.peakPending && at.Sub(t.lastUpdate) >= t.cfg.UpdateInterval {

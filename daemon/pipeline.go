@@ -31,9 +31,12 @@ type ScoreMessage struct {
 	LLStudent    *float64  `json:"ll_student"`
 	// PatchScore is the largest patch distance (bundles with a patch
 	// feature space only).
-	PatchScore  *float64 `json:"patch_score,omitempty"`
-	InferenceMS float64  `json:"inference_ms"`
-	LatencyMS   float64  `json:"latency_ms"` // capture to publish
+	PatchScore *float64 `json:"patch_score,omitempty"`
+	// Region is the frame's worst region (bundles with a patch feature
+	// space only).
+	Region      *Region `json:"region,omitempty"`
+	InferenceMS float64 `json:"inference_ms"`
+	LatencyMS   float64 `json:"latency_ms"` // capture to publish
 	// NormalQuantile is the share of normal parts scoring at or below this
 	// one, from the bundle's calibration (bundles fitted before it lack it).
 	NormalQuantile *float64 `json:"normal_quantile,omitempty"`
@@ -47,8 +50,7 @@ const nonFiniteLogEvery = time.Minute
 // peakFrame is what a snapshot is drawn from.
 type peakFrame struct {
 	view    *capture.View // the camera's frame
-	tokens  []float32     // [blocks * tokens]
-	blocks  int           // of the bundle that scored it (a reload may change bundles)
+	anomaly heatmap.Map   // from the bundle that scored it (a reload may change bundles)
 	caption string        // score, threshold and rarity, for the snapshot
 }
 
@@ -67,6 +69,9 @@ type cameraRuntime struct {
 	detectorFailed atomic.Uint64
 	// normalQuantile reads a score against the bundle's calibration.
 	normalQuantile func(score float64) float64
+	// normalPatchDistance scales anomaly maps and finds regions (NaN for
+	// a bundle without a patch feature space).
+	normalPatchDistance float64
 	// nonFiniteLogged is when such a frame was last logged (unix nanos).
 	nonFiniteLogged atomic.Int64
 	lastScore       atomic.Uint64 // float64 bits
@@ -139,7 +144,10 @@ func buildPipeline(ctx context.Context, cfg Config, pub *Publisher, trackers map
 			return nil, fmt.Errorf("cameras[%d]: %w", i, err)
 		}
 		rt := &cameraRuntime{cfg: cc, model: m, threshold: m.det.Info.Threshold, latency: newWindow(1024), e2e: newWindow(1024),
-			normalQuantile: m.det.Info.Calibration.NormalQuantile}
+			normalQuantile: m.det.Info.Calibration.NormalQuantile, normalPatchDistance: math.NaN()}
+		if pi := m.det.Info.Patch; pi != nil {
+			rt.normalPatchDistance = pi.NormalDistance
+		}
 		if cc.Threshold != nil {
 			rt.threshold = *cc.Threshold
 		}
@@ -368,11 +376,17 @@ func (p *pipeline) handle(c *cameraRuntime, f capture.Frame, r detector.Result, 
 		}
 	}
 	anomalous := fault != "" || r.Score > c.threshold
+	var region *Region
+	anomaly, mapErr := heatmap.ForResult(r.PatchDistances, c.normalPatchDistance, r.TokenErrors, len(r.BlockErrors))
+	if r.PatchDistances != nil && mapErr == nil && f.Width > 0 {
+		box := anomaly.Region(f.Width, f.Height)
+		region = &Region{X: box.Min.X, Y: box.Min.Y, Width: box.Dx(), Height: box.Dy()}
+	}
 	if rate := p.cfg.MQTT.ScoreRate; rate <= 0 || now.Sub(c.lastSent).Seconds() >= 1/rate {
 		c.lastSent = now
 		msg := ScoreMessage{Camera: c.cfg.Name, Frame: f.Seq, Timestamp: f.Time.UTC(), Score: detector.NumberOrNull(r.Score), Threshold: c.threshold,
 			Anomalous: anomalous, LLPretrained: detector.NumberOrNull(r.LLPretrained), LLStudent: detector.NumberOrNull(r.LLStudent), PatchScore: detector.NumberOrNull(r.PatchScore), InferenceMS: inferMS,
-			LatencyMS: float64(now.Sub(f.Time).Microseconds()) / 1000, Error: fault}
+			LatencyMS: float64(now.Sub(f.Time).Microseconds()) / 1000, Region: region, Error: fault}
 		if c.normalQuantile != nil {
 			msg.NormalQuantile = detector.NumberOrNull(c.normalQuantile(r.Score))
 		}
@@ -383,7 +397,7 @@ func (p *pipeline) handle(c *cameraRuntime, f capture.Frame, r detector.Result, 
 		}
 	}
 	c.e2e.add(float64(time.Since(f.Time).Microseconds()) / 1000)
-	events, newPeak := c.tracker.observe(f.Seq, f.Time, r.Score, anomalous, c.threshold)
+	events, newPeak := c.tracker.observe(f.Seq, f.Time, r.Score, region, anomalous, c.threshold)
 	if newPeak {
 		if c.peak != nil {
 			c.peak.view.Release()
@@ -394,7 +408,10 @@ func (p *pipeline) handle(c *cameraRuntime, f capture.Frame, r detector.Result, 
 				caption += "  " + rarity
 			}
 		}
-		c.peak = &peakFrame{view: f.View, tokens: append([]float32(nil), r.TokenErrors...), blocks: len(r.BlockErrors), caption: caption}
+		c.peak = &peakFrame{view: f.View, anomaly: anomaly, caption: caption}
+		if mapErr != nil {
+			slog.Error("anomaly map failed", "camera", c.cfg.Name, "err", mapErr)
+		}
 	} else {
 		f.View.Release()
 	}
@@ -413,7 +430,7 @@ func (p *pipeline) publishEvent(c *cameraRuntime, e Event) {
 	slog.Info("anomaly event", "camera", c.cfg.Name, "type", e.Type, "id", e.ID, "peak_score", e.PeakScore, "frames_above", e.FramesAbove)
 	if e.Type == EventEnd && c.peak != nil {
 		if v := c.peak.view; v != nil {
-			jpg, err := heatmap.JPEG(v.BGR, v.Width, v.Height, c.peak.tokens, c.peak.blocks, p.cfg.MQTT.SnapshotSize, c.peak.caption)
+			jpg, err := heatmap.JPEG(v.BGR, v.Width, v.Height, c.peak.anomaly, p.cfg.MQTT.SnapshotSize, c.peak.caption)
 			if err != nil {
 				slog.Error("snapshot failed", "camera", c.cfg.Name, "err", err)
 			} else {

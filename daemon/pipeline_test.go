@@ -161,7 +161,7 @@ func TestDetectorFailuresAreCounted(t *testing.T) {
 // still drawn when it ends (the frame went with the old pipeline's camera).
 func TestReloadKeepsAnOpenEventsPeak(t *testing.T) {
 	tr := newTracker("cam", EventConfig{MinFrames: 1, EndFrames: 1})
-	peak := &peakFrame{view: &capture.View{BGR: make([]byte, 8*8*3), Width: 8, Height: 8}, tokens: make([]float32, 4), blocks: 1}
+	peak := &peakFrame{view: &capture.View{BGR: make([]byte, 8*8*3), Width: 8, Height: 8}}
 	old := &pipeline{cameras: []*cameraRuntime{{cfg: CameraConfig{Name: "cam"}, tracker: tr, peak: peak}}}
 	next := &pipeline{cameras: []*cameraRuntime{{cfg: CameraConfig{Name: "cam"}, tracker: tr}, {cfg: CameraConfig{Name: "other"}, tracker: newTracker("other", EventConfig{})}}}
 	next.adoptPeaks(old)

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"math"
 	"math/rand/v2"
+	"runtime"
 	"slices"
 	"sync"
 	"time"
@@ -173,7 +174,7 @@ func greedyCoreset(ctx context.Context, x []float32, k, m int, seed uint64) []in
 	}
 	picked := make([]int, 0, m)
 	next := rng.IntN(p)
-	workers := 2
+	workers := runtime.GOMAXPROCS(0)
 	var wg sync.WaitGroup
 	for len(picked) < m && ctx.Err() == nil {
 		picked = append(picked, next)

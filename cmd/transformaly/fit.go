@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/transformaly/transformaly/capture"
+	"github.com/transformaly/transformaly/daemon"
 	"github.com/transformaly/transformaly/detector"
 	"github.com/transformaly/transformaly/fit"
 	"github.com/transformaly/transformaly/internal/atomicfile"
@@ -290,6 +291,10 @@ type scoreLine struct {
 	Threshold   float64   `json:"threshold"`
 	Embedding   []float32 `json:"embedding,omitempty"`
 	Heatmap     string    `json:"heatmap,omitempty"` // the JPEG written with --heatmap
+	// AnomalyMap is the TIFF written with --anomaly-maps; Region the worst
+	// region in the image's coordinates (bundles with a patch feature space).
+	AnomalyMap string         `json:"anomaly_map,omitempty"`
+	Region     *daemon.Region `json:"region,omitempty"`
 	// Frame and Seconds place a video frame in its file (videos only).
 	Frame   uint64   `json:"frame,omitempty"`
 	Seconds *float64 `json:"seconds,omitempty"`
@@ -304,6 +309,7 @@ func scoreCommand(fs *pflag.FlagSet) func([]string) error {
 	withEmbedding := fs.Bool("embedding", false, "include the teacher's embedding")
 	heatmaps := fs.String("heatmap", "", "write each image (and each anomalous video frame) with its per-patch anomaly heatmap as DIR/<name>[-<frame>].heatmap.jpg (--json gives each line's file)")
 	heatmapSide := fs.Int("heatmap-size", 1280, "longest side of the heatmap images in pixels (smaller images keep their size)")
+	anomalyMaps := fs.String("anomaly-maps", "", "write each image's (and each anomalous video frame's) anomaly map as DIR/<name>[-<frame>].tiff: single-channel float32 at the image's resolution, each pixel's patch distance (higher is more anomalous; bundles with a patch feature space)")
 	batch := fs.Int("batch-size", 8, "images per ONNX Runtime call")
 	rt.register(fs)
 	return func(args []string) error {
@@ -319,37 +325,76 @@ func scoreCommand(fs *pflag.FlagSet) func([]string) error {
 		}
 		defer det.Close()
 		threshold := model.thresholdFor(det)
-		if *heatmaps != "" {
-			if err := os.MkdirAll(*heatmaps, 0o755); err != nil {
-				return fmt.Errorf("--heatmap: %w", err)
+		for _, dir := range []struct{ flag, path string }{{"--heatmap", *heatmaps}, {"--anomaly-maps", *anomalyMaps}} {
+			if dir.path == "" {
+				continue
+			}
+			if err := os.MkdirAll(dir.path, 0o755); err != nil {
+				return fmt.Errorf("%s: %w", dir.flag, err)
 			}
 		}
+		if *anomalyMaps != "" && det.Info.Patch == nil {
+			return usageError("--anomaly-maps: the bundle %s has no patch feature space (fitted with --patch-blocks none, or before it existed)", model.path)
+		}
+		keepViews := *heatmaps != "" || det.Info.Patch != nil // regions are in the image's coordinates
 		enc := json.NewEncoder(os.Stdout)
-		heatmapNames := map[string]int{}
+		outputNames := map[string]int{}
+		// outputName names an image's heatmap and map files: its base name,
+		// the frame for videos, and a count for images of the same name in
+		// different folders.
+		outputName := func(line scoreLine) string {
+			name := strings.TrimSuffix(filepath.Base(line.Path), filepath.Ext(line.Path))
+			if line.Frame > 0 {
+				name += fmt.Sprintf("-%06d", line.Frame)
+			}
+			if n := outputNames[name]; n > 0 {
+				outputNames[name] = n + 1
+				return name + fmt.Sprintf("-%d", n+1)
+			}
+			outputNames[name] = 1
+			return name
+		}
+		normalDistance := math.NaN()
+		if det.Info.Patch != nil {
+			normalDistance = det.Info.Patch.NormalDistance
+		}
 		emit := func(line scoreLine, view *capture.View, r detector.Result) error {
-			if *heatmaps != "" && (line.Frame == 0 || r.Anomalous) {
+			anomaly, err := heatmap.ForResult(r.PatchDistances, normalDistance, r.TokenErrors, len(det.Info.Blocks))
+			if err != nil {
+				return err
+			}
+			if r.PatchDistances != nil && view != nil {
+				box := anomaly.Region(view.Width, view.Height)
+				line.Region = &daemon.Region{X: box.Min.X, Y: box.Min.Y, Width: box.Dx(), Height: box.Dy()}
+			}
+			writeHeatmap := *heatmaps != "" && (line.Frame == 0 || r.Anomalous)
+			writeMap := *anomalyMaps != "" && r.PatchDistances != nil && (line.Frame == 0 || r.Anomalous)
+			var name string
+			if writeHeatmap || writeMap {
+				name = outputName(line)
+			}
+			if writeHeatmap {
 				caption := fmt.Sprintf("score %.4g  threshold %.4g", r.Score, threshold)
 				if rarity := models.RarityText(det.Info.Calibration.NormalQuantile(r.Score)); rarity != "" {
 					caption += "  " + rarity
 				}
-				jpg, err := heatmap.JPEG(view.BGR, view.Width, view.Height, r.TokenErrors, len(det.Info.Blocks), *heatmapSide, caption)
+				jpg, err := heatmap.JPEG(view.BGR, view.Width, view.Height, anomaly, *heatmapSide, caption)
 				if err != nil {
 					return err
-				}
-				name := strings.TrimSuffix(filepath.Base(line.Path), filepath.Ext(line.Path))
-				if line.Frame > 0 {
-					name += fmt.Sprintf("-%06d", line.Frame)
-				}
-				// Images of the same name in different folders keep apart.
-				if n := heatmapNames[name]; n > 0 {
-					heatmapNames[name] = n + 1
-					name += fmt.Sprintf("-%d", n+1)
-				} else {
-					heatmapNames[name] = 1
 				}
 				line.Heatmap = filepath.Join(*heatmaps, name+".heatmap.jpg")
 				if err := os.WriteFile(line.Heatmap, jpg, 0o644); err != nil {
 					return fmt.Errorf("--heatmap: %w", err)
+				}
+			}
+			if writeMap {
+				full, err := anomaly.Full(view.Width, view.Height)
+				if err != nil {
+					return err
+				}
+				line.AnomalyMap = filepath.Join(*anomalyMaps, name+".tiff")
+				if err := heatmap.WriteTIFF(line.AnomalyMap, full, view.Width, view.Height); err != nil {
+					return fmt.Errorf("--anomaly-maps: %w", err)
 				}
 			}
 			line.Score, line.LLPretrained, line.LLStudent = detector.NumberOrNull(r.Score), detector.NumberOrNull(r.LLPretrained), detector.NumberOrNull(r.LLStudent)
@@ -375,21 +420,28 @@ func scoreCommand(fs *pflag.FlagSet) func([]string) error {
 			if line.Frame > 0 {
 				where += fmt.Sprintf("#%d", line.Frame)
 			}
-			_, err := fmt.Printf("%s\tscore=%.3f\t%s\tll_pretrained=%.3f\tll_student=%.3f\tblock_errors=%v\n", where, r.Score, verdict, r.LLPretrained, r.LLStudent, r.BlockErrors)
+			patch := ""
+			if r.PatchDistances != nil {
+				patch = fmt.Sprintf("\tpatch_score=%.3f", r.PatchScore)
+				if line.Region != nil {
+					patch += fmt.Sprintf("\tregion=%dx%d+%d+%d", line.Region.Width, line.Region.Height, line.Region.X, line.Region.Y)
+				}
+			}
+			_, err = fmt.Printf("%s\tscore=%.3f\t%s\tll_pretrained=%.3f\tll_student=%.3f%s\tblock_errors=%v\n", where, r.Score, verdict, r.LLPretrained, r.LLStudent, patch, r.BlockErrors)
 			return err
 		}
 		images, videos, err := imageArgs(args)
 		if err != nil {
 			return err
 		}
-		failed, err := scoreFilesWithViews(det, images, *batch, *heatmaps != "", threshold, func(p string, view *capture.View, r detector.Result) error {
+		failed, err := scoreFilesWithViews(det, images, *batch, keepViews, threshold, func(p string, view *capture.View, r detector.Result) error {
 			return emit(scoreLine{Path: p}, view, r)
 		})
 		for _, v := range videos {
 			if err != nil {
 				break
 			}
-			err = scoreVideo(det, v, *batch, *heatmaps != "", threshold, emit)
+			err = scoreVideo(det, v, *batch, keepViews, threshold, emit)
 		}
 		return unreadable(failed, len(images), err)
 	}

@@ -15,9 +15,11 @@ import (
 // daemon runs can be measured at any size and count on any box (the GPU
 // check does so) without a camera or a dataset.
 func synthCommand(fs *pflag.FlagSet) func([]string) error {
-	kinds := append([]string{synth.Normal}, synth.Defects...)
+	kinds := append(append([]string{synth.Normal}, synth.Defects...), synth.SmallDefects...)
 	out := fs.String("out", "", "folder for the images (PNG, one file a part)")
 	video := fs.String("video", "", "write an MJPG AVI of parts passing the camera instead (every tenth part defective, kinds in turn)")
+	dataset := fs.String("dataset", "", "write an MVTec AD layout instead: train/good (--count normal parts), test/good and test/<kind> for every defect kind (--test-count each), ground_truth/<kind>/<name>_mask.png")
+	testCount := fs.Int("test-count", 50, "with --dataset: test images of each kind")
 	kind := fs.String("kind", synth.Normal, "what the images show: "+strings.Join(kinds, ", "))
 	count := fs.Int("count", 100, "number of images, or of parts in the video")
 	size := fs.Int("image-size", 224, "side of the square images or video frames, in pixels")
@@ -27,14 +29,31 @@ func synthCommand(fs *pflag.FlagSet) func([]string) error {
 		if len(args) > 0 {
 			return usageError("unexpected arguments %q", args)
 		}
-		if (*out == "") == (*video == "") {
-			return usageError("give one of --out (images) and --video")
+		given := 0
+		for _, f := range []string{*out, *video, *dataset} {
+			if f != "" {
+				given++
+			}
+		}
+		if given != 1 {
+			return usageError("give one of --out (images), --video and --dataset")
 		}
 		if !slices.Contains(kinds, *kind) {
 			return usageError("--kind %q: one of %s", *kind, strings.Join(kinds, ", "))
 		}
 		if *count < 1 || *size < 16 || *framesPerPart < 1 {
 			return usageError("--count and --frames-per-part must be at least 1 and --image-size at least 16")
+		}
+		if *dataset != "" {
+			if *testCount < 1 {
+				return usageError("--test-count must be at least 1")
+			}
+			defects := append(append([]string{}, synth.Defects...), synth.SmallDefects...)
+			if err := synth.WriteDataset(*dataset, *size, *count, *testCount, defects, *seed); err != nil {
+				return err
+			}
+			slog.Info("synthetic dataset written", "folder", *dataset, "train", *count, "test_per_kind", *testCount, "defects", defects, "size", *size)
+			return nil
 		}
 		if *video != "" {
 			parts := make([]string, *count)

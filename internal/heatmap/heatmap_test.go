@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"image"
 	"image/jpeg"
+	"path/filepath"
 	"testing"
+
+	"gocv.io/x/gocv"
 
 	"github.com/transformaly/transformaly/internal/heatmap"
 )
@@ -25,7 +28,11 @@ func TestJPEGPlacesThePatchGridOverTheImage(t *testing.T) {
 		{1200, 900, 600, 600, 450}, // shrunk to maxSide
 	} {
 		img := bytes.Repeat([]byte{128}, c.w*c.h*3)
-		jpg, err := heatmap.JPEG(img, c.w, c.h, tokens, 1, c.maxSide, "")
+		m, err := heatmap.FromTokenErrors(tokens, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		jpg, err := heatmap.JPEG(img, c.w, c.h, m, c.maxSide, "")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -52,7 +59,8 @@ func TestJPEGPlacesThePatchGridOverTheImage(t *testing.T) {
 			t.Errorf("%dx%d image: hottest pixel at (%d,%d), want inside patch row %d col %d", c.w, c.h, hotX, hotY, row, col)
 		}
 	}
-	if _, err := heatmap.JPEG(make([]byte, 10), 300, 150, tokens, 1, 1000, ""); err == nil {
+	m, _ := heatmap.FromTokenErrors(tokens, 1)
+	if _, err := heatmap.JPEG(make([]byte, 10), 300, 150, m, 1000, ""); err == nil {
 		t.Error("an image buffer of the wrong size was accepted")
 	}
 }
@@ -60,10 +68,10 @@ func TestJPEGPlacesThePatchGridOverTheImage(t *testing.T) {
 // A caption is a dark band along the bottom with light text in it; the
 // rest of the image is as without one.
 func TestJPEGCaption(t *testing.T) {
-	tokens := make([]float32, 1+16)
+	m, _ := heatmap.FromPatchDistances(make([]float32, 16), 1)
 	img := bytes.Repeat([]byte{128}, 400*300*3)
 	decode := func(caption string) image.Image {
-		jpg, err := heatmap.JPEG(img, 400, 300, tokens, 1, 1000, caption)
+		jpg, err := heatmap.JPEG(img, 400, 300, m, 1000, caption)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -93,5 +101,102 @@ func TestJPEGCaption(t *testing.T) {
 	b, _, _, _ := captioned.At(200, 100).RGBA()
 	if d := int(a>>8) - int(b>>8); d < -3 || d > 3 {
 		t.Errorf("the caption changed the image above it: %d vs %d", a>>8, b>>8)
+	}
+}
+
+// The worst region is the box of the patches above normal connected to the
+// worst one, in the image's coordinates; with none above normal, the worst
+// patch alone.
+func TestRegion(t *testing.T) {
+	dist := make([]float32, 8*8)
+	for _, p := range [][2]int{{2, 3}, {2, 4}, {3, 4}, {4, 4}} { // an L of 4 patches
+		dist[p[0]*8+p[1]] = 3
+	}
+	dist[3*8+4] = 5 // the worst
+	dist[6*8+0] = 4 // above normal but apart
+	m, _ := heatmap.FromPatchDistances(dist, 2)
+	if got, want := m.Region(800, 400), image.Rect(300, 100, 500, 250); got != want {
+		t.Errorf("region %v, want %v", got, want)
+	}
+	calm, _ := heatmap.FromPatchDistances(make([]float32, 64), 2)
+	calm.Values[9] = 1
+	if got, want := calm.Region(80, 80), image.Rect(10, 10, 20, 20); got != want {
+		t.Errorf("region of a map with nothing above normal: %v, want the worst patch %v", got, want)
+	}
+}
+
+// On the fixed scale, a normal frame (every patch at or under the normal
+// distance) shows no warm colour, and a patch at twice it is red.
+func TestFixedScaleShowsNoHotSpotOnNormalFrames(t *testing.T) {
+	img := bytes.Repeat([]byte{128}, 256*256*3)
+	warm := func(dist []float32) int {
+		m, _ := heatmap.FromPatchDistances(dist, 1)
+		jpg, err := heatmap.JPEG(img, 256, 256, m, 256, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, _ := jpeg.Decode(bytes.NewReader(jpg))
+		n := 0
+		for y := range 256 {
+			for x := range 256 {
+				r, _, b, _ := out.At(x, y).RGBA()
+				if int(r>>8)-int(b>>8) > 60 {
+					n++
+				}
+			}
+		}
+		return n
+	}
+	normal := make([]float32, 16)
+	for i := range normal {
+		normal[i] = 0.5 + 0.5*float32(i%3)/2 // 0.5 .. 1, the normal range
+	}
+	if n := warm(normal); n > 0 {
+		t.Errorf("a normal frame has %d warm pixels", n)
+	}
+	normal[5] = 2
+	if n := warm(normal); n < 100 {
+		t.Errorf("a patch at twice the normal distance shows only %d warm pixels", n)
+	}
+}
+
+// Full upsamples and blurs: the peak stays where its patch is, and the map
+// has the image's size.
+func TestFullMap(t *testing.T) {
+	dist := make([]float32, 16)
+	dist[1*4+2] = 4
+	m, _ := heatmap.FromPatchDistances(dist, 1)
+	full, err := m.Full(200, 100)
+	if err != nil || len(full) != 200*100 {
+		t.Fatalf("%d values, %v", len(full), err)
+	}
+	best := 0
+	for i, v := range full {
+		if v > full[best] {
+			best = i
+		}
+	}
+	if x, y := best%200, best/200; x/50 != 2 || y/25 != 1 {
+		t.Errorf("peak at (%d, %d), want inside patch row 1 col 2", x, y)
+	}
+}
+
+// A map written as TIFF reads back as the same float32 values.
+func TestWriteTIFF(t *testing.T) {
+	values := []float32{0, 0.5, 1.25, 3e-7, 42, -1}
+	path := filepath.Join(t.TempDir(), "m.tiff")
+	if err := heatmap.WriteTIFF(path, values, 3, 2); err != nil {
+		t.Fatal(err)
+	}
+	m := gocv.IMRead(path, gocv.IMReadUnchanged)
+	defer m.Close()
+	if m.Type() != gocv.MatTypeCV32F || m.Cols() != 3 || m.Rows() != 2 {
+		t.Fatalf("read back a %dx%d Mat of type %v", m.Cols(), m.Rows(), m.Type())
+	}
+	got, _ := m.DataPtrFloat32()
+	for i, v := range values {
+		if got[i] != v {
+			t.Errorf("value %d: %g, want %g", i, got[i], v)
+		}
 	}
 }
