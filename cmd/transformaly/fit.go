@@ -520,8 +520,9 @@ func evalCommand(fs *pflag.FlagSet) func([]string) error {
 	var model modelFlags
 	var rt runtimeFlags
 	model.register(fs)
-	normalDir := fs.String("normal", "", "folder of normal test images (required)")
-	anomalousDir := fs.String("anomalous", "", "folder of anomalous test images (required)")
+	normalDir := fs.String("normal", "", "folder of normal test images (or --dataset)")
+	anomalousDir := fs.String("anomalous", "", "folder of anomalous test images (or --dataset)")
+	dataset := fs.String("dataset", "", "an MVTec AD layout instead of --normal and --anomalous: test/good, test/<defect>/, ground_truth/<defect>/<name>_mask.png; image AUROC per defect kind and feature space, pixel AUROC and AUPRO (to a false positive rate of 0.3) from the anomaly maps")
 	asJSON := fs.Bool("json", false, "print one JSON object: auroc, auroc_pretrained, auroc_student, auroc_patch, false_alarm_rate, detection_rate, threshold and image counts")
 	compare := fs.Bool("compare-precision", false, "also score with the FP16 detector and report its AUROC and score differences against FP32")
 	batch := fs.Int("batch-size", 8, "images per ONNX Runtime call")
@@ -531,8 +532,11 @@ func evalCommand(fs *pflag.FlagSet) func([]string) error {
 		if len(args) > 0 {
 			return usageError("unexpected arguments %q", args)
 		}
-		if *normalDir == "" || *anomalousDir == "" {
-			return usageError("--normal and --anomalous are required")
+		if (*dataset == "") == (*normalDir == "" || *anomalousDir == "") {
+			return usageError("give --normal and --anomalous, or --dataset")
+		}
+		if *dataset != "" && (*compare || *chart != "") {
+			return usageError("--compare-precision and --chart go with --normal and --anomalous, not --dataset")
 		}
 		if *batch < 1 {
 			return usageError("--batch-size must be at least 1")
@@ -546,6 +550,17 @@ func evalCommand(fs *pflag.FlagSet) func([]string) error {
 			if err := atomicfile.Writable(*chart); err != nil {
 				return fmt.Errorf("--chart: %w", err)
 			}
+		}
+		if *dataset != "" {
+			rep, err := evaluateDataset(det, *dataset, model.thresholdFor(det), *batch)
+			if err != nil {
+				return err
+			}
+			if *asJSON {
+				return json.NewEncoder(os.Stdout).Encode(rep)
+			}
+			printDatasetReport(rep)
+			return nil
 		}
 		rep, scores, err := evaluate(det, *normalDir, *anomalousDir, model.thresholdFor(det), *batch)
 		if err != nil {

@@ -72,6 +72,10 @@ func PartWithMask(size int, kind string, seed uint64) (*image.NRGBA, *image.Gray
 			onRing := kind != Missing && r < outer && r > inner
 			defect := false
 			switch kind {
+			case Missing: // where the washer should be
+				defect = r < outer && r > inner
+			case Recolored:
+				defect = onRing
 			case Chip: // a disc bitten out of the outer edge
 				defect = onRing && math.Hypot(px-(cx+dx*outer), py-(cy+dy*outer)) < s*0.06
 				onRing = onRing && !defect
@@ -86,7 +90,7 @@ func PartWithMask(size int, kind string, seed uint64) (*image.NRGBA, *image.Gray
 			switch kind {
 			case Foreign:
 				if math.Abs(px-fx) < s*0.12 && math.Abs(py-fy) < s*0.06 {
-					c = [3]float64{220, 180, 60}
+					c, defect = [3]float64{220, 180, 60}, true
 				}
 			case Crack: // radial, across the ring's middle
 				along := (px-cx)*dx + (py-cy)*dy - mid
