@@ -55,7 +55,9 @@ func benchBatches(provider string) []int {
 
 // BenchmarkGraphs reports per-image latency, GFLOP/s and the fraction of
 // the sgemm peak for the teacher and the scored detector (students on
-// blocks 2..11), per provider, precision and batch size.
+// blocks 2..11), per provider, precision and batch size; at 224 also the
+// detector with a patch memory bank (block 2's tokens) of a 1% and a 10%
+// coreset of 500 images' patches, with the bank's size.
 func BenchmarkGraphs(b *testing.B) {
 	for _, shape := range benchShapes {
 		v, err := models.RandomViT(shape.cfg, 1)
@@ -87,14 +89,39 @@ func BenchmarkGraphs(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				graphs := []struct {
+				type graph struct {
 					kind    string
 					model   []byte
 					outputs []string
 					flops   float64
-				}{
-					{"teacher", teacher, []string{models.OutputEmbedding}, teacherFLOPs},
-					{"detector", det, []string{models.OutputScore, models.OutputTokenErrors}, teacherFLOPs + float64(len(blocks))*blockFLOPs},
+					bankMB  float64
+				}
+				graphs := []graph{
+					{"teacher", teacher, []string{models.OutputEmbedding}, teacherFLOPs, 0},
+					{"detector", det, []string{models.OutputScore, models.OutputTokenErrors}, teacherFLOPs + float64(len(blocks))*blockFLOPs, 0},
+				}
+				if shape.cfg.ImageSize == 224 {
+					for _, coreset := range []float64{0.01, 0.1} {
+						patches := v.Grid() * v.Grid()
+						bank := int(coreset * 500 * float64(patches))
+						scoring := identityScoring(v.Dim, len(blocks))
+						scoring.Patch = &models.PatchScore{Blocks: []int{2}, D: v.Dim, M: bank, Median: 1, Scale: 1, Weight: 1, Bank: make([]float32, bank*v.Dim)}
+						for i := range scoring.Patch.Bank {
+							scoring.Patch.Bank[i] = float32(rng.NormFloat64())
+						}
+						m, err := models.ScoredDetectorGraph(v, blocks, students, scoring, models.BundleInfo{}, precision)
+						if err != nil {
+							b.Fatal(err)
+						}
+						model, err := models.Serialize(m)
+						if err != nil {
+							b.Fatal(err)
+						}
+						// The neighbourhood MatMul and the distances' MatMul.
+						patchFLOPs := 2*float64(patches*v.Tokens()*v.Dim) + 2*float64(patches*v.Dim*bank)
+						graphs = append(graphs, graph{fmt.Sprintf("detector+patch%g%%", 100*coreset), model,
+							[]string{models.OutputScore, models.OutputPatchDistances}, graphs[1].flops + patchFLOPs, float64(2*bank*v.Dim*4) / 1e6})
+					}
 				}
 				for _, g := range graphs {
 					if g.kind == "teacher" && precision == models.FP16 {
@@ -119,6 +146,9 @@ func BenchmarkGraphs(b *testing.B) {
 								b.Skipf("provider %s unusable here: %v", provider, openErr)
 							}
 							benchRunner(b, r, batch, g.flops)
+							if g.bankMB > 0 {
+								b.ReportMetric(g.bankMB, "bank-MB") // the bank, transposed, and its norms: twice its floats
+							}
 						})
 					}
 					if r != nil {

@@ -14,6 +14,8 @@ import (
 	"gonum.org/v1/gonum/blas"
 	"gonum.org/v1/gonum/blas/blas32"
 
+	onnx "github.com/yalue/onnxruntime_go"
+
 	"github.com/transformaly/transformaly/detector"
 	"github.com/transformaly/transformaly/models"
 )
@@ -98,7 +100,15 @@ func (o *Options) fitPatchSpace(ctx context.Context, images *Images, idx []int, 
 		bank = append(bank, feats[p*d:(p+1)*d]...)
 		owner[j] = p / g2
 	}
-	dist := outOfSampleDistances(feats, d, g2, bank, owner)
+	products, closeProducts, err := o.bankProducts(bank, m, d)
+	if err != nil {
+		return nil, err
+	}
+	dist, err := outOfSampleDistances(feats, d, g2, bank, owner, products)
+	closeProducts()
+	if err != nil {
+		return nil, fmt.Errorf("out-of-sample patch distances: %w", err)
+	}
 	imageScores := make([]float64, n)
 	for i := range n {
 		imageScores[i] = float64(slices.Max(dist[i*g2 : (i+1)*g2]))
@@ -224,7 +234,7 @@ func greedyCoreset(ctx context.Context, x []float32, k, m int, seed uint64) []in
 // 90% quantile of patch scores came out above that of unseen normal
 // images, and the patch term, scaled by it, cost the small defects 0.07 of
 // AUROC.
-func outOfSampleDistances(feats []float32, d, perImage int, bank []float32, owner []int) []float32 {
+func outOfSampleDistances(feats []float32, d, perImage int, bank []float32, owner []int, products productFunc) ([]float32, error) {
 	m := len(owner)
 	norms := make([]float32, m)
 	for j := range m {
@@ -235,12 +245,12 @@ func outOfSampleDistances(feats []float32, d, perImage int, bank []float32, owne
 	nearest := make([]int, rows) // each row's nearest entry over the whole bank
 	// Chunks of whole images, about 16M products each.
 	chunk := max(perImage, (16<<20)/max(m, 1)/perImage*perImage)
-	prod := make([]float32, chunk*m)
 	for lo := 0; lo < rows; lo += chunk {
 		hi := min(rows, lo+chunk)
-		c := blas32.General{Rows: hi - lo, Cols: m, Stride: m, Data: prod[:(hi-lo)*m]}
-		blas32.Gemm(blas.NoTrans, blas.Trans, 1, blas32.General{Rows: hi - lo, Cols: d, Stride: d, Data: feats[lo*d : hi*d]},
-			blas32.General{Rows: m, Cols: d, Stride: d, Data: bank}, 0, c)
+		prod, err := products(feats[lo*d:hi*d], hi-lo)
+		if err != nil {
+			return nil, err
+		}
 		for r := lo; r < hi; r++ {
 			x2 := dot(feats[r*d:(r+1)*d], feats[r*d:(r+1)*d])
 			img := r / perImage
@@ -259,25 +269,78 @@ func outOfSampleDistances(feats []float32, d, perImage int, bank []float32, owne
 	}
 	// The patches of other images that each image's entries stand for.
 	standsFor := map[int][]int{}
+	sq := make([]float32, rows) // their squared norms
 	for r, j := range nearest {
 		if img := owner[j]; img != r/perImage {
 			standsFor[img] = append(standsFor[img], r)
+			sq[r] = dot(feats[r*d:(r+1)*d], feats[r*d:(r+1)*d])
 		}
 	}
-	for r := range rows {
-		x := feats[r*d : (r+1)*d]
-		for _, q := range standsFor[r/perImage] {
-			y := feats[q*d : (q+1)*d]
-			var dist float32
-			for i, v := range x {
-				diff := v - y[i]
-				dist += diff * diff
+	// Per image, one small Sgemm of its patches against those patches.
+	var others, prod []float32
+	for img := range rows / perImage {
+		qs := standsFor[img]
+		others = others[:0]
+		for _, q := range qs {
+			others = append(others, feats[q*d:(q+1)*d]...)
+		}
+		lo := img * perImage
+		if len(qs) > 0 {
+			prod = slices.Grow(prod[:0], perImage*len(qs))[:perImage*len(qs)]
+			blas32.Gemm(blas.NoTrans, blas.Trans, 1, blas32.General{Rows: perImage, Cols: d, Stride: d, Data: feats[lo*d : (lo+perImage)*d]},
+				blas32.General{Rows: len(qs), Cols: d, Stride: d, Data: others}, 0, blas32.General{Rows: perImage, Cols: len(qs), Stride: len(qs), Data: prod})
+		}
+		for r := lo; r < lo+perImage; r++ {
+			x2 := dot(feats[r*d:(r+1)*d], feats[r*d:(r+1)*d])
+			for k, q := range qs {
+				out[r] = min(out[r], x2-2*prod[(r-lo)*len(qs)+k]+sq[q])
 			}
-			out[r] = min(out[r], dist)
+			out[r] = float32(math.Sqrt(math.Max(0, float64(out[r]))))
 		}
-		out[r] = float32(math.Sqrt(math.Max(0, float64(out[r]))))
 	}
-	return out
+	return out, nil
+}
+
+// productFunc returns the n rows of x ([n, d]) times the bank's entries:
+// [n, M] dot products.
+type productFunc func(x []float32, n int) ([]float32, error)
+
+// bankProducts opens an ONNX Runtime session for a bank's dot products
+// (BankProductGraph), on the fit's provider: the products are nearly all of
+// the out-of-sample distances' work, 10x faster there than in gonum's
+// Sgemm on 2 cores (7.6 s for a 1% bank of 98,000 ViT-S patches).
+func (o *Options) bankProducts(bank []float32, m, d int) (productFunc, func(), error) {
+	graph, err := models.BankProductGraph(bank, m, d)
+	if err != nil {
+		return nil, nil, err
+	}
+	var s *onnx.DynamicAdvancedSession
+	opts := o.runnerOptions()
+	opts.ImageSize = 0
+	if _, err := detector.OpenOnProvider(opts, func(so *onnx.SessionOptions, _ string) error {
+		var err error
+		s, err = onnx.NewDynamicAdvancedSessionWithONNXData(graph, []string{models.InputBankFeatures}, []string{models.OutputBankProducts}, so)
+		return err
+	}); err != nil {
+		return nil, nil, fmt.Errorf("bank products session: %w", err)
+	}
+	products := func(x []float32, n int) ([]float32, error) {
+		in, err := onnx.NewTensor(onnx.NewShape(int64(n), int64(d)), x)
+		if err != nil {
+			return nil, err
+		}
+		defer in.Destroy()
+		out, err := onnx.NewEmptyTensor[float32](onnx.NewShape(int64(n), int64(m)))
+		if err != nil {
+			return nil, err
+		}
+		defer out.Destroy()
+		if err := s.Run([]onnx.Value{in}, []onnx.Value{out}); err != nil {
+			return nil, err
+		}
+		return slices.Clone(out.GetData()), nil // the tensor's memory goes with it
+	}
+	return products, func() { s.Destroy() }, nil
 }
 
 func dot(a, b []float32) float32 {

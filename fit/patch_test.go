@@ -79,7 +79,15 @@ func TestOutOfSampleDistancesLeaveTheImageOut(t *testing.T) {
 		}
 		return s
 	}
-	got := outOfSampleDistances(feats, d, per, bank, owner)
+	products, closeProducts, err := (&Options{}).bankProducts(bank, m, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeProducts()
+	got, err := outOfSampleDistances(feats, d, per, bank, owner, products)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for r := range images * per {
 		x := feats[r*d : (r+1)*d]
 		best := math.Inf(1)

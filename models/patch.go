@@ -138,3 +138,28 @@ func PatchFeatureGraph(v *ViT, blocks []int) ([]byte, error) {
 	g.Output(OutputPatchFeatures, f, Float32, batchDim, grid2, d)
 	return g.Model("transformaly_patch_features", map[string]string{"config": v.Describe()})
 }
+
+// BankProductGraph emits features [N, D] -> products [N, M], each feature
+// row's dot products with the bank's entries ([M, D] row-major): fit's
+// out-of-sample patch distances, at matmul speed.
+func BankProductGraph(bank []float32, m, d int) ([]byte, error) {
+	if len(bank) != m*d || m == 0 {
+		return nil, fmt.Errorf("bank product graph: %d values for a bank of %d x %d", len(bank), m, d)
+	}
+	bankT := make([]float32, d*m)
+	for j := range m {
+		for i := range d {
+			bankT[i*m+j] = bank[j*d+i]
+		}
+	}
+	g := NewGraph()
+	x := g.Input(InputBankFeatures, Float32, batchDim, d)
+	g.Output(OutputBankProducts, g.Op("MatMul", []string{x, g.Weight32("bank_t", bankT, d, m)}), Float32, batchDim, m)
+	return g.Model("transformaly_bank_products", nil)
+}
+
+// The bank product graph's input and output.
+const (
+	InputBankFeatures  = "features"
+	OutputBankProducts = "products"
+)
