@@ -1,0 +1,197 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"math"
+	"os"
+
+	"github.com/spf13/pflag"
+
+	"github.com/transformaly/transformaly/detector"
+	"github.com/transformaly/transformaly/fit"
+	"github.com/transformaly/transformaly/internal/atomicfile"
+	"github.com/transformaly/transformaly/models"
+)
+
+// evalReport is what eval prints.
+type evalReport struct {
+	AUROC           float64 `json:"auroc"`
+	AUROCPretrained float64 `json:"auroc_pretrained"`
+	AUROCStudent    float64 `json:"auroc_student"`
+	// AUROCPatch is the patch score's alone (bundles with a patch feature
+	// space only).
+	AUROCPatch     *float64 `json:"auroc_patch,omitempty"`
+	Threshold      float64  `json:"threshold"`
+	FalseAlarmRate float64  `json:"false_alarm_rate"`
+	// What the bundle's calibration promised for its own threshold (absent
+	// for bundles fitted before calibration was recorded).
+	ExpectedFalseAlarmRate *float64    `json:"expected_false_alarm_rate,omitempty"`
+	ExpectedFalseAlarms95  *[2]float64 `json:"expected_false_alarm_rate_95,omitempty"`
+	DetectionRate          float64     `json:"detection_rate"`
+	NormalImages           int         `json:"normal_images"`
+	AnomalousImages        int         `json:"anomalous_images"`
+	SkippedImages          int         `json:"skipped_images"`
+	// Precision compares FP16 against FP32 (with --compare-precision).
+	Precision *precisionReport `json:"precision_compare,omitempty"`
+}
+
+// precisionReport says what FP16 costs on the evaluated images.
+type precisionReport struct {
+	AUROCFP32          float64 `json:"auroc_fp32"`
+	AUROCFP16          float64 `json:"auroc_fp16"`
+	AUROCDifference    float64 `json:"auroc_difference"`
+	MaxScoreDifference float64 `json:"max_score_difference"`
+	MeanScoreDiff      float64 `json:"mean_score_difference"`
+	VerdictsChanged    int     `json:"verdicts_changed"`
+}
+
+func comparePrecision(full evalReport, fullScores []float64, half evalReport, halfScores []float64) *precisionReport {
+	p := &precisionReport{AUROCFP32: full.AUROC, AUROCFP16: half.AUROC, AUROCDifference: half.AUROC - full.AUROC}
+	for i := range fullScores {
+		d := math.Abs(fullScores[i] - halfScores[i])
+		p.MaxScoreDifference = math.Max(p.MaxScoreDifference, d)
+		p.MeanScoreDiff += d / float64(len(fullScores))
+		if (fullScores[i] > full.Threshold) != (halfScores[i] > full.Threshold) {
+			p.VerdictsChanged++
+		}
+	}
+	return p
+}
+
+func evalCommand(fs *pflag.FlagSet) func([]string) error {
+	var model modelFlags
+	var rt runtimeFlags
+	model.register(fs)
+	normalDir := fs.String("normal", "", "folder of normal test images (or --dataset)")
+	anomalousDir := fs.String("anomalous", "", "folder of anomalous test images (or --dataset)")
+	dataset := fs.String("dataset", "", "an MVTec AD layout instead of --normal and --anomalous: test/good, test/<defect>/, ground_truth/<defect>/<name>_mask.png; image AUROC per defect kind and feature space, pixel AUROC and AUPRO (to a false positive rate of 0.3) from the anomaly maps")
+	asJSON := fs.Bool("json", false, "print one JSON object: auroc, auroc_pretrained, auroc_student, auroc_patch, false_alarm_rate, detection_rate, threshold and image counts")
+	compare := fs.Bool("compare-precision", false, "also score with the FP16 detector and report its AUROC and score differences against FP32")
+	batch := fs.Int("batch-size", 8, "images per ONNX Runtime call")
+	chart := fs.String("chart", "", "also write a PNG `file` with the ROC curve and the score distributions around the threshold")
+	rt.register(fs)
+	return func(args []string) error {
+		if len(args) > 0 {
+			return usageError("unexpected arguments %q", args)
+		}
+		if (*dataset == "") == (*normalDir == "" || *anomalousDir == "") {
+			return usageError("give --normal and --anomalous, or --dataset")
+		}
+		if *dataset != "" && (*compare || *chart != "") {
+			return usageError("--compare-precision and --chart go with --normal and --anomalous, not --dataset")
+		}
+		if *batch < 1 {
+			return usageError("--batch-size must be at least 1")
+		}
+		det, err := model.load(rt)
+		if err != nil {
+			return err
+		}
+		defer det.Close()
+		if *chart != "" {
+			if err := atomicfile.Writable(*chart); err != nil {
+				return fmt.Errorf("--chart: %w", err)
+			}
+		}
+		if *dataset != "" {
+			rep, err := evaluateDataset(det, *dataset, model.thresholdFor(det), *batch)
+			if err != nil {
+				return err
+			}
+			if *asJSON {
+				return json.NewEncoder(os.Stdout).Encode(rep)
+			}
+			printDatasetReport(rep)
+			return nil
+		}
+		rep, scores, err := evaluate(det, *normalDir, *anomalousDir, model.thresholdFor(det), *batch)
+		if err != nil {
+			return err
+		}
+		if *compare {
+			half, err := model.loadAs(rt, models.FP16)
+			if err != nil {
+				return err
+			}
+			defer half.Close()
+			halfRep, halfScores, err := evaluate(half, *normalDir, *anomalousDir, model.thresholdFor(half), *batch)
+			if err != nil {
+				return err
+			}
+			rep.Precision = comparePrecision(rep, scores, halfRep, halfScores)
+		}
+		if *chart != "" {
+			if err := fit.WriteEvalChart(*chart, scores[:rep.NormalImages], scores[rep.NormalImages:], rep.Threshold); err != nil {
+				return err
+			}
+		}
+		if *asJSON {
+			return json.NewEncoder(os.Stdout).Encode(rep)
+		}
+		printReport(rep)
+		return nil
+	}
+}
+
+func printReport(rep evalReport) {
+	fmt.Printf("images: %d normal, %d anomalous (%d skipped)\n", rep.NormalImages, rep.AnomalousImages, rep.SkippedImages)
+	fmt.Printf("AUROC: %.4f combined, %.4f pretrained feature, %.4f teacher-student feature", rep.AUROC, rep.AUROCPretrained, rep.AUROCStudent)
+	if rep.AUROCPatch != nil {
+		fmt.Printf(", %.4f patch feature", *rep.AUROCPatch)
+	}
+	fmt.Println()
+	fmt.Printf("at threshold %.4g: false alarm rate %.4f, detection rate %.4f\n", rep.Threshold, rep.FalseAlarmRate, rep.DetectionRate)
+	if e := rep.ExpectedFalseAlarmRate; e != nil {
+		fmt.Printf("the bundle's calibration promised a false alarm rate of %.4f (95%% interval %.4f-%.4f) at its threshold\n", *e, rep.ExpectedFalseAlarms95[0], rep.ExpectedFalseAlarms95[1])
+	}
+	if p := rep.Precision; p != nil {
+		fmt.Printf("fp16 vs fp32: AUROC %.4f vs %.4f (%+.4f), score difference max %.4g mean %.4g, %d verdicts changed\n",
+			p.AUROCFP16, p.AUROCFP32, p.AUROCDifference, p.MaxScoreDifference, p.MeanScoreDiff, p.VerdictsChanged)
+	}
+}
+
+// evaluate scores every image under the two folders and measures AUROC and
+// the rates at the threshold.
+func evaluate(det *detector.Detector, normalDir, anomalousDir string, threshold float64, batch int) (evalReport, []float64, error) {
+	rep := evalReport{Threshold: threshold}
+	type scores struct{ all, pre, stu, patch []float64 }
+	var sets [2]scores
+	for i, dir := range []string{normalDir, anomalousDir} {
+		paths, err := fit.ListImages(dir)
+		if err != nil {
+			return rep, nil, err
+		}
+		if len(paths) == 0 {
+			return rep, nil, fmt.Errorf("no images (png, jpg, jpeg, bmp) under %s", dir)
+		}
+		failed, err := scoreFiles(det, paths, batch, rep.Threshold, func(_ string, r detector.Result) error {
+			sets[i].all = append(sets[i].all, r.Score)
+			sets[i].pre = append(sets[i].pre, -r.LLPretrained)
+			sets[i].stu = append(sets[i].stu, -r.LLStudent)
+			sets[i].patch = append(sets[i].patch, r.PatchScore)
+			return nil
+		})
+		if err != nil {
+			return rep, nil, err
+		}
+		rep.SkippedImages += failed
+		if len(sets[i].all) == 0 {
+			return rep, nil, fmt.Errorf("no readable images under %s", dir)
+		}
+	}
+	rep.NormalImages, rep.AnomalousImages = len(sets[0].all), len(sets[1].all)
+	rep.AUROC = fit.AUROC(sets[0].all, sets[1].all)
+	rep.AUROCPretrained = fit.AUROC(sets[0].pre, sets[1].pre)
+	rep.AUROCStudent = fit.AUROC(sets[0].stu, sets[1].stu)
+	if det.Info.Patch != nil {
+		a := fit.AUROC(sets[0].patch, sets[1].patch)
+		rep.AUROCPatch = &a
+	}
+	rep.FalseAlarmRate = fit.FractionAbove(sets[0].all, rep.Threshold)
+	if c := det.Info.Calibration; c.Images > 0 && threshold == det.Info.Threshold {
+		rep.ExpectedFalseAlarmRate, rep.ExpectedFalseAlarms95 = &c.ExpectedFalseAlarms, &c.FalseAlarms95
+	}
+	rep.DetectionRate = fit.FractionAbove(sets[1].all, rep.Threshold)
+	return rep, append(sets[0].all, sets[1].all...), nil
+}
