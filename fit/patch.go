@@ -21,7 +21,10 @@ import (
 )
 
 // DefaultCoreset is the share of the normal images' patches the memory
-// bank keeps (PatchCore's 10%).
+// bank keeps (PatchCore's 10%). Measured on the synthetic small defects at
+// 128 px (200 normal images, eval --dataset): chips, the hardest, image
+// AUROC 0.80 / 0.94 / 0.96 and AUPRO 0.81 / 0.97 / 0.97 with 1% / 10% / 25%;
+// the bank's fit took 2 / 9 / 22 s.
 const DefaultCoreset = 0.1
 
 // DefaultPatchBlocks are the teacher blocks whose tokens are the patch
