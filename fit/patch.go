@@ -62,7 +62,7 @@ func (o *Options) fitPatchSpace(ctx context.Context, images *Images, idx []int, 
 	n := len(idx)
 	bytes := int64(n) * int64(g2) * int64(d) * 4
 	if bytes > o.memoryBudget() {
-		return nil, fmt.Errorf("patch features of %d images (%d patches of width %d) take %.1f GB, over the memory budget of %.1f GB (--memory-budget): use fewer images or patch blocks, or --patch none",
+		return nil, fmt.Errorf("patch features of %d images (%d patches of width %d) take %.1f GB, over the memory budget of %.1f GB (--memory-budget): use fewer images or patch blocks, or --patch-blocks none",
 			n, n*g2, d, float64(bytes)/1e9, float64(o.memoryBudget())/1e9)
 	}
 	graph, err := models.PatchFeatureGraph(v, o.PatchBlocks)

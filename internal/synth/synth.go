@@ -23,6 +23,10 @@ const (
 	Foreign   = "foreign"   // a brass screw lying beside the washer
 	Recolored = "recolored" // a washer of the wrong material (red)
 
+	// Nut is a semantic anomaly (a Fashion-MNIST-style other class): a
+	// hexagonal nut of the same metal where a washer belongs.
+	Nut = "nut"
+
 	Crack = "crack" // a thin dark crack across the ring
 	Chip  = "chip"  // a bite out of the ring's outer edge
 	Stain = "stain" // a brown blot on the ring
@@ -69,8 +73,14 @@ func PartWithMask(size int, kind string, seed uint64) (*image.NRGBA, *image.Gray
 			v := 60 + 8*math.Sin(float64(y)*0.7)
 			c := [3]float64{v, v, v + 5}
 			r := math.Hypot(px-cx, py-cy)
-			onRing := kind != Missing && r < outer && r > inner
+			onRing := kind != Missing && kind != Nut && r < outer && r > inner
 			defect := false
+			if kind == Nut { // a hexagon (circumradius outer) with a round hole
+				ax, ay := math.Abs(px-cx), math.Abs(py-cy)
+				hex := ay <= outer*math.Sqrt(3)/2 && math.Sqrt(3)*ax+ay <= math.Sqrt(3)*outer
+				onRing = hex && r > inner
+				defect = onRing || (r < outer && r > inner)
+			}
 			switch kind {
 			case Missing: // where the washer should be
 				defect = r < outer && r > inner
