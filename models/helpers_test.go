@@ -10,6 +10,7 @@ import (
 	"github.com/transformaly/transformaly/internal/ort"
 	"github.com/transformaly/transformaly/internal/ort/orttest"
 	"github.com/transformaly/transformaly/models"
+	"github.com/transformaly/transformaly/models/onnxpb"
 )
 
 func TestMain(m *testing.M) { orttest.Main(m) }
@@ -68,4 +69,18 @@ func relErr(got []float32, want []float64) float64 {
 		maxRef = math.Max(maxRef, math.Abs(want[i]))
 	}
 	return maxDiff / maxRef
+}
+
+// scoredGraph builds a scored detector graph and its serialized model.
+func scoredGraph(t testing.TB, v *models.ViT, blocks []int, students []models.Block, s models.Scoring, info models.BundleInfo) (*onnxpb.ModelProto, []byte) {
+	t.Helper()
+	m, err := models.ScoredDetectorGraph(v, blocks, students, s, info, models.FP32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	graph, err := models.Serialize(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m, graph
 }

@@ -31,14 +31,7 @@ func TestBundleFileHoldsItsOwnExternalData(t *testing.T) {
 	scoring := models.Scoring{Pretrained: randomQuadratic(v.Dim, 4, rng), Student: randomQuadratic(2, 2, rng)}
 	info := models.BundleInfo{Format: models.BundleFormat, ImageSize: v.ImageSize, Blocks: blocks, Threshold: 2}
 	info.Teacher.Config = v.Config
-	m, err := models.ScoredDetectorGraph(v, blocks, students, scoring, info, models.FP32)
-	if err != nil {
-		t.Fatal(err)
-	}
-	inline, err := models.Serialize(m)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m, inline := scoredGraph(t, v, blocks, students, scoring, info)
 	dir := t.TempDir()
 	path := filepath.Join(dir, "line.tfy")
 	if err := models.WriteBundle(path, m); err != nil {

@@ -100,14 +100,7 @@ func TestPatchDistancesMatchBruteForce(t *testing.T) {
 	scoring := models.Scoring{Pretrained: randomQuadratic(v.Dim, 5, rng), Student: randomQuadratic(2, 2, rng), Patch: p}
 	info := models.BundleInfo{Format: models.BundleFormat, ImageSize: size, Blocks: blocks, Threshold: 1}
 	info.Teacher.Config = v.Config
-	m, err := models.ScoredDetectorGraph(v, blocks, students, scoring, info, models.FP32)
-	if err != nil {
-		t.Fatal(err)
-	}
-	graph, err := models.Serialize(m)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m, graph := scoredGraph(t, v, blocks, students, scoring, info)
 	got := runGraph(t, graph, images, n, size, models.OutputPatchDistances, models.OutputPatchScore,
 		models.OutputLLPretrained, models.OutputLLStudent, models.OutputScore)
 	g2 := v.Grid() * v.Grid()

@@ -189,14 +189,7 @@ func TestScoredDetectorGraphAndBundle(t *testing.T) {
 	scoring := models.Scoring{Pretrained: randomQuadratic(v.Dim, 5, rng), Student: randomQuadratic(2, 2, rng)}
 	info := models.BundleInfo{Format: models.BundleFormat, ImageSize: v.ImageSize, Blocks: blocks, Threshold: 1.5}
 	info.Teacher.Config = v.Config
-	m, err := models.ScoredDetectorGraph(v, blocks, students, scoring, info, models.FP32)
-	if err != nil {
-		t.Fatal(err)
-	}
-	graph, err := models.Serialize(m)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m, graph := scoredGraph(t, v, blocks, students, scoring, info)
 	const n = 3
 	images := randomImages(n, v.ImageSize, 8)
 	got := runGraph(t, graph, images, n, v.ImageSize, models.OutputEmbedding, models.OutputBlockErrors,
