@@ -31,6 +31,9 @@ type eventMsg struct {
 	Camera    string    `json:"camera"`
 	StartTime time.Time `json:"start_time"`
 	PeakScore float64   `json:"peak_score"`
+	Region    *struct {
+		X, Y, Width, Height int
+	} `json:"region"`
 }
 
 func events(t *testing.T, msgs []message) []eventMsg {
@@ -132,7 +135,7 @@ state_directory: %s
 		if err := json.Unmarshal(scores[0].Payload, &s); err != nil {
 			t.Fatal(err)
 		}
-		for _, k := range []string{"camera", "frame", "timestamp", "score", "threshold", "anomalous", "ll_pretrained", "ll_student", "inference_ms"} {
+		for _, k := range []string{"camera", "frame", "timestamp", "score", "threshold", "anomalous", "ll_pretrained", "ll_student", "patch_score", "region", "inference_ms"} {
 			if _, ok := s[k]; !ok {
 				t.Errorf("%s score message lacks %q: %s", cam, k, scores[0].Payload)
 			}
@@ -140,7 +143,19 @@ state_directory: %s
 		if _, err := time.Parse(time.RFC3339Nano, s["timestamp"].(string)); err != nil {
 			t.Errorf("timestamp %v is not RFC 3339", s["timestamp"])
 		}
+		// The worst region lies in the camera's 96x96 frame.
+		if r, ok := s["region"].(map[string]any); ok {
+			x, y, w, h := r["x"].(float64), r["y"].(float64), r["width"].(float64), r["height"].(float64)
+			if x < 0 || y < 0 || w <= 0 || h <= 0 || x+w > 96 || y+h > 96 {
+				t.Errorf("%s: region %v outside the 96x96 frame", cam, r)
+			}
+		}
 		evs := events(t, sub.on("transformaly/"+cam+"/event"))
+		for _, e := range evs {
+			if e.Region == nil || e.Region.Width <= 0 {
+				t.Errorf("%s: event %s %s without its peak frame's region", cam, e.ID, e.Type)
+			}
+		}
 		if n := checkEventSequences(t, evs); n != 3 {
 			t.Errorf("%s: %d events for 3 defective parts: %+v", cam, n, evs)
 		}

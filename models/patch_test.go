@@ -100,7 +100,7 @@ func TestPatchDistancesMatchBruteForce(t *testing.T) {
 	scoring := models.Scoring{Pretrained: randomQuadratic(v.Dim, 5, rng), Student: randomQuadratic(2, 2, rng), Patch: p}
 	info := models.BundleInfo{Format: models.BundleFormat, ImageSize: size, Blocks: blocks, Threshold: 1}
 	info.Teacher.Config = v.Config
-	m, graph := scoredGraph(t, v, blocks, students, scoring, info)
+	_, graph := scoredGraph(t, v, blocks, students, scoring, info)
 	got := runGraph(t, graph, images, n, size, models.OutputPatchDistances, models.OutputPatchScore,
 		models.OutputLLPretrained, models.OutputLLStudent, models.OutputScore)
 	g2 := v.Grid() * v.Grid()
@@ -140,7 +140,7 @@ func TestPatchDistancesMatchBruteForce(t *testing.T) {
 	// The bank reads back from the bundle's graph.
 	pi := &models.PatchInfo{Blocks: patchBlocks, FeatureWidth: d, BankEntries: p.M, TermMedian: p.Median, TermScale: p.Scale, TermWeight: p.Weight}
 	info.Patch = pi
-	m, _ = models.ScoredDetectorGraph(v, blocks, students, scoring, info, models.FP32)
+	m, _ := models.ScoredDetectorGraph(v, blocks, students, scoring, info, models.FP32)
 	path := t.TempDir() + "/p.tfy"
 	if err := models.WriteBundle(path, m); err != nil {
 		t.Fatal(err)
