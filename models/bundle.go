@@ -228,6 +228,9 @@ func RarityText(q float64) string {
 	if math.IsNaN(q) {
 		return ""
 	}
+	if 1-q <= 1e-6 { // rounding would say 100%; rarer than one in a million is what is known
+		return "above 99.9999% of normal parts"
+	}
 	digits := 0
 	if rest := 1 - q; rest > 0 && rest < 0.1 {
 		digits = min(8, int(math.Floor(-math.Log10(rest)))-1)

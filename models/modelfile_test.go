@@ -214,7 +214,7 @@ func TestNormalQuantileTailMatchesTheTrueTail(t *testing.T) {
 func TestRarityText(t *testing.T) {
 	for q, want := range map[float64]string{
 		0.5: "above 50% of normal parts", 0.97: "above 97% of normal parts", 0.9997: "above 99.97% of normal parts",
-		0.999993: "above 99.9993% of normal parts", 1: "above 100% of normal parts", math.NaN(): "",
+		0.999993: "above 99.9993% of normal parts", 1 - 1e-12: "above 99.9999% of normal parts", 1: "above 99.9999% of normal parts", math.NaN(): "",
 	} {
 		if got := models.RarityText(q); got != want {
 			t.Errorf("RarityText(%g) = %q, want %q", q, got, want)
