@@ -522,6 +522,8 @@ func (o *Options) fitScoring(ctx context.Context, images *Images, train, val []i
 		info.ScoreQuantiles[strconv.FormatFloat(q, 'f', -1, 64)] = quantile(scores, q)
 	}
 	info.Teacher.Path, info.Teacher.Layout, info.Teacher.Checksum, info.Teacher.Config = o.TeacherPath, o.Teacher.Layout, o.Teacher.Checksum, o.Teacher.Config
+	input := o.Teacher.InputNormalization()
+	info.Teacher.Normalization = &input
 	if patches != nil {
 		info.Patch = patches.info
 	}

@@ -117,6 +117,9 @@ type BundleInfo struct {
 		Layout   string `json:"layout"`
 		Checksum string `json:"sha256"`
 		Config   Config `json:"config"`
+		// Normalization is the teacher's input normalisation, baked into the
+		// graph (absent in bundles from before it was read: 0.5 and 0.5).
+		Normalization *Normalization `json:"normalization,omitempty"`
 	} `json:"teacher"`
 	Training      TrainingInfo `json:"training"`
 	PCAComponents int          `json:"pca_components"`
@@ -414,6 +417,9 @@ func DecodeBundle(info BundleInfo, mf ModelFile) (*ViT, []Block, Scoring, error)
 	}
 	r := newWeightReader(weights)
 	v := &ViT{Config: c, Layout: info.Teacher.Layout, Checksum: info.Teacher.Checksum}
+	if n := info.Teacher.Normalization; n != nil {
+		v.Input = *n
+	}
 	v.PatchW = r.take("patch_embed.weight", c.Dim, 3, c.Patch, c.Patch)
 	v.PatchB = r.take("patch_embed.bias", c.Dim)
 	v.PosEmbed = r.take("pos_embed_with_cls", 1, c.Tokens(), c.Dim)

@@ -59,7 +59,7 @@ func RandomViT(c Config, seed uint64) (*ViT, error) {
 		return out
 	}
 	d := c.Dim
-	v := &ViT{Config: c, Layout: LayoutTimm}
+	v := &ViT{Config: c, Layout: LayoutTimm, Input: AssumedNormalization()}
 	v.PatchW = normal(d*3*c.Patch*c.Patch, 0, math.Sqrt(1/float64(3*c.Patch*c.Patch)))
 	v.PatchB = normal(d, 0, 0.02)
 	v.ClsToken = normal(d, 0, 0.02)

@@ -76,6 +76,8 @@ type ViT struct {
 	Blocks   []Block
 	NormW    []float32
 	NormB    []float32
+	// Input is the pixel normalisation the checkpoint was trained with.
+	Input Normalization
 }
 
 // LoadOptions adjust how a checkpoint is interpreted.
@@ -86,6 +88,9 @@ type LoadOptions struct {
 	// ImageSize resizes the position embedding to this input size (0: keep
 	// the checkpoint's own).
 	ImageSize int
+	// Input overrides the normalisation read beside the checkpoint (nil:
+	// from its files, else AssumedNormalization).
+	Input *Normalization
 }
 
 // LoadViT reads a timm or Hugging Face ViT checkpoint (safetensors),
@@ -113,6 +118,19 @@ func LoadViT(path string, opts LoadOptions) (*ViT, error) {
 		return nil, fmt.Errorf("load %s (%s layout): %w", path, layoutOf(tensors), err)
 	}
 	v.Checksum = sum
+	switch n, ok, err := readNormalization(filepath.Dir(path)); {
+	case opts.Input != nil:
+		v.Input = *opts.Input
+	case err != nil:
+		return nil, fmt.Errorf("load %s: normalisation: %w", path, err)
+	case ok:
+		v.Input = n
+	default:
+		v.Input = AssumedNormalization()
+	}
+	if err := v.Input.Check(); err != nil {
+		return nil, fmt.Errorf("load %s: %w", path, err)
+	}
 	if h, ok := meta[HeadsMetadataKey]; ok && v.Heads == 0 {
 		if v.Heads, err = strconv.Atoi(h); err != nil {
 			return nil, fmt.Errorf("load %s: metadata %s=%q is not an integer", path, HeadsMetadataKey, h)

@@ -134,8 +134,16 @@ func (g *Graph) block(x string, w blockValues, c Config) string {
 // prepend the class token and add the position embedding.
 func (g *Graph) embedTokens(images string, v *ViT) string {
 	c := v.Config
+	// (x * rescale - mean) / std per channel, as x * scale + shift over
+	// the last (RGB) axis.
+	n := v.InputNormalization()
+	var scale, shift []float32
+	for ch := range 3 {
+		scale = append(scale, float32(n.Rescale/n.Std[ch]))
+		shift = append(shift, float32(-n.Mean[ch]/n.Std[ch]))
+	}
 	x := g.Op("Cast", []string{images}, AttrInt("to", int64(g.compute)))
-	x = g.Op("Sub", []string{g.Op("Mul", []string{x, g.Scalar(1 / 127.5)}), g.Scalar(1)})
+	x = g.Op("Add", []string{g.Op("Mul", []string{x, g.Weight("input.scale", scale, 3)}), g.Weight("input.shift", shift, 3)})
 	x = g.Op("Transpose", []string{x}, AttrInts("perm", 0, 3, 1, 2)) // [N, 3, H, W]
 	pw := g.Weight("patch_embed.weight", v.PatchW, c.Dim, 3, c.Patch, c.Patch)
 	pb := g.Weight("patch_embed.bias", v.PatchB, c.Dim)

@@ -23,12 +23,15 @@ type teacherFlags struct {
 	path      string
 	imageSize int
 	heads     int
+	mean, std []float64
 }
 
 func (t *teacherFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&t.path, "teacher", "", "ViT checkpoint: timm model.safetensors or Hugging Face ViT safetensors (required)")
 	fs.IntVar(&t.imageSize, "image-size", 0, "run the ViT at this input size, resizing its position embedding (default: the checkpoint's own)")
 	fs.IntVar(&t.heads, "heads", 0, "attention heads (default: from the checkpoint's metadata or config.json, else dim/64)")
+	fs.Float64SliceVar(&t.mean, "mean", nil, "input normalisation mean, R,G,B of 0..1 pixels, e.g. 0.485,0.456,0.406 (ImageNet's; with --std; default: the checkpoint's config.json pretrained_cfg or preprocessor_config.json, else 0.5)")
+	fs.Float64SliceVar(&t.std, "std", nil, "input normalisation std, R,G,B, e.g. 0.229,0.224,0.225 (with --mean)")
 }
 
 func (t *teacherFlags) load() (*models.ViT, error) {
@@ -38,11 +41,26 @@ func (t *teacherFlags) load() (*models.ViT, error) {
 	if t.imageSize < 0 || t.heads < 0 {
 		return nil, usageError("--image-size and --heads must not be negative (0: the checkpoint's own)")
 	}
-	v, err := models.LoadViT(t.path, models.LoadOptions{Heads: t.heads, ImageSize: t.imageSize})
+	opts := models.LoadOptions{Heads: t.heads, ImageSize: t.imageSize}
+	if t.mean != nil || t.std != nil {
+		if len(t.mean) != 3 || len(t.std) != 3 {
+			return nil, usageError("--mean and --std go together, three values each (R,G,B)")
+		}
+		n := models.Normalization{Rescale: 1.0 / 255, Source: "--mean and --std"}
+		copy(n.Mean[:], t.mean)
+		copy(n.Std[:], t.std)
+		if err := n.Check(); err != nil {
+			return nil, usageError("--mean/--std: %v", err)
+		}
+		opts.Input = &n
+	}
+	v, err := models.LoadViT(t.path, opts)
 	if err != nil {
 		return nil, err
 	}
 	slog.Info("teacher loaded", "path", t.path, "layout", v.Layout, "config", v.Describe(), "parameters", v.Parameters())
+	n := v.InputNormalization()
+	slog.Info("teacher input normalisation", "mean", n.Mean, "std", n.Std, "rescale", n.Rescale, "from", n.Source)
 	return v, nil
 }
 

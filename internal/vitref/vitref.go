@@ -19,6 +19,12 @@ type Result struct {
 func Forward(v *models.ViT, img []uint8) Result {
 	c := v.Config
 	d, p, g := c.Dim, c.Patch, c.Grid()
+	// The checkpoint's input normalisation; a ViT made without one gets
+	// Google's (x/255 - 0.5)/0.5, as the models package does.
+	rescale, mean, std := 1.0/255, [3]float64{0.5, 0.5, 0.5}, [3]float64{0.5, 0.5, 0.5}
+	if n := v.Input; n.Rescale != 0 {
+		rescale, mean, std = n.Rescale, n.Mean, n.Std
+	}
 	x := make([]float64, c.Tokens()*d)
 	for o := range d {
 		x[o] = float64(v.ClsToken[o]) + float64(v.PosEmbed[o])
@@ -32,7 +38,7 @@ func Forward(v *models.ViT, img []uint8) Result {
 					for ky := range p {
 						for kx := range p {
 							pix := img[((gy*p+ky)*c.ImageSize+gx*p+kx)*3+ch]
-							norm := (float64(pix)/255 - 0.5) / 0.5
+							norm := (float64(pix)*rescale - mean[ch]) / std[ch]
 							s += float64(v.PatchW[((o*3+ch)*p+ky)*p+kx]) * norm
 						}
 					}
