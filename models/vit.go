@@ -78,12 +78,14 @@ type ViT struct {
 	NormB    []float32
 	// Input is the pixel normalisation the checkpoint was trained with.
 	Input Normalization
+	// HeadsSource says where the number of heads came from.
+	HeadsSource string
 }
 
 // LoadOptions adjust how a checkpoint is interpreted.
 type LoadOptions struct {
-	// Heads overrides the number of attention heads (0: from metadata or
-	// config.json, else Dim/64).
+	// Heads overrides the number of attention heads (0: from config.json,
+	// metadata or timm's architecture name, else the usual for the width).
 	Heads int
 	// ImageSize resizes the position embedding to this input size (0: keep
 	// the checkpoint's own).
@@ -131,16 +133,35 @@ func LoadViT(path string, opts LoadOptions) (*ViT, error) {
 	if err := v.Input.Check(); err != nil {
 		return nil, fmt.Errorf("load %s: %w", path, err)
 	}
-	if h, ok := meta[HeadsMetadataKey]; ok && v.Heads == 0 {
-		if v.Heads, err = strconv.Atoi(h); err != nil {
-			return nil, fmt.Errorf("load %s: metadata %s=%q is not an integer", path, HeadsMetadataKey, h)
+	// Heads: --heads, else the Hugging Face config.json (read with the
+	// weights), safetensors metadata, timm's config.json architecture name,
+	// and last the width of a known family (said so: HeadsSource).
+	switch {
+	case opts.Heads > 0:
+		v.Heads, v.HeadsSource = opts.Heads, "--heads"
+	case v.Heads > 0:
+		v.HeadsSource = "config.json num_attention_heads"
+	default:
+		if h, ok := meta[HeadsMetadataKey]; ok {
+			if v.Heads, err = strconv.Atoi(h); err != nil {
+				return nil, fmt.Errorf("load %s: metadata %s=%q is not an integer", path, HeadsMetadataKey, h)
+			}
+			v.HeadsSource = "safetensors metadata " + HeadsMetadataKey
+			break
 		}
-	}
-	if opts.Heads > 0 {
-		v.Heads = opts.Heads
-	}
-	if v.Heads == 0 {
-		v.Heads = v.Dim / 64
+		h, source, err := timmHeads(filepath.Dir(path), v.Dim)
+		if err != nil {
+			return nil, fmt.Errorf("load %s: %w", path, err)
+		}
+		if h > 0 {
+			v.Heads, v.HeadsSource = h, source
+			break
+		}
+		if h, ok := headsByWidth[v.Dim]; ok {
+			v.Heads, v.HeadsSource = h, fmt.Sprintf("assumed from the width %d (the usual ViT of that width; nothing beside the weights says)", v.Dim)
+			break
+		}
+		return nil, fmt.Errorf("load %s: nothing says how many attention heads this %d-wide ViT has (no config.json, no metadata, and no usual ViT is that wide): give --heads", path, v.Dim)
 	}
 	if v.Heads <= 0 || v.Dim%v.Heads != 0 {
 		return nil, fmt.Errorf("load %s: %d attention heads do not divide dim %d (set the number of heads explicitly)", path, v.Heads, v.Dim)

@@ -113,18 +113,14 @@ func TestHuggingFaceEpsilonAndHeads(t *testing.T) {
 	v, _ := models.RandomViT(smallConfig, 2)
 	path := filepath.Join(t.TempDir(), "model.safetensors")
 	saveHuggingFace(t, v, path, "vit.")
-	// No config.json: HF's default epsilon, heads from dim/64 = 1.
-	hf, err := models.LoadViT(path, models.LoadOptions{})
-	if err != nil {
-		t.Fatal(err)
+	// No config.json and a width no usual ViT has: the heads are asked for.
+	if _, err := models.LoadViT(path, models.LoadOptions{}); err == nil || !strings.Contains(err.Error(), "give --heads") {
+		t.Errorf("a 64-wide ViT with nothing saying its heads: %v", err)
 	}
-	if hf.Eps != 1e-12 || hf.Heads != 1 {
-		t.Errorf("without config.json: eps %g heads %d, want 1e-12 and 1", hf.Eps, hf.Heads)
-	}
-	// The heads flag wins.
-	hf, err = models.LoadViT(path, models.LoadOptions{Heads: 8})
-	if err != nil || hf.Heads != 8 {
-		t.Errorf("heads override: %v heads %d", err, hf.Heads)
+	// The heads flag wins; without config.json HF's default epsilon.
+	hf, err := models.LoadViT(path, models.LoadOptions{Heads: 8})
+	if err != nil || hf.Heads != 8 || hf.Eps != 1e-12 || hf.HeadsSource != "--heads" {
+		t.Errorf("heads override: %v heads %d eps %g", err, hf.Heads, hf.Eps)
 	}
 	// The epsilon matters: the embeddings differ measurably.
 	hf.Heads = 4
@@ -376,6 +372,54 @@ func TestHuggingFaceConfigMustAgreeWithTheWeights(t *testing.T) {
 			t.Errorf("%v: %v", c.config, err)
 		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
 			t.Errorf("%v: %v, want an error saying %q", c.config, err, c.want)
+		}
+	}
+}
+
+// Heads from timm's config.json architecture name, checked against the
+// width; else from a usual width (huge/14 is 1280 wide with 16 heads, not
+// 1280/64 = 20).
+func TestHeadsFromTimmArchitecture(t *testing.T) {
+	for _, c := range []struct {
+		arch      string
+		dim       int
+		heads     int
+		wantError string
+	}{
+		{"vit_small_patch16_224.augreg_in21k", 384, 6, ""},
+		{"deit_tiny_patch16_224", 192, 3, ""},
+		{"vit_huge_patch14_224", 1280, 16, ""},
+		{"vit_giant_patch14_dinov2.lvd142m", 1536, 24, ""},
+		{"vit_base_patch16_224", 384, 0, "says architecture vit_base_patch16_224 (768 wide), but the weights are 384 wide"},
+		{"", 1280, 16, ""}, // no architecture: the usual for the width
+	} {
+		v, err := models.RandomViT(models.Config{Dim: c.dim, Depth: 1, Heads: 4, Patch: 16, ImageSize: 32}, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir := t.TempDir()
+		path := filepath.Join(dir, "model.safetensors")
+		if err := v.SaveTimm(path); err != nil {
+			t.Fatal(err)
+		}
+		tensors, _, err := models.ReadSafetensors(path) // written again without the heads metadata
+		if err != nil {
+			t.Fatal(err)
+		}
+		models.WriteSafetensors(path, tensors, nil)
+		if c.arch != "" {
+			writeJSON(t, filepath.Join(dir, "config.json"), map[string]any{"architecture": c.arch})
+		}
+		w, err := models.LoadViT(path, models.LoadOptions{})
+		switch {
+		case c.wantError != "":
+			if err == nil || !strings.Contains(err.Error(), c.wantError) {
+				t.Errorf("%s at width %d: %v, want %q", c.arch, c.dim, err, c.wantError)
+			}
+		case err != nil || w.Heads != c.heads:
+			t.Errorf("%s at width %d: heads %v (%v), want %d", c.arch, c.dim, w, err, c.heads)
+		default:
+			t.Logf("%s: %d heads from %s", c.arch, w.Heads, w.HeadsSource)
 		}
 	}
 }

@@ -29,7 +29,7 @@ type teacherFlags struct {
 func (t *teacherFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&t.path, "teacher", "", "ViT checkpoint: timm model.safetensors or Hugging Face ViT safetensors (required)")
 	fs.IntVar(&t.imageSize, "image-size", 0, "run the ViT at this input size, resizing its position embedding (default: the checkpoint's own)")
-	fs.IntVar(&t.heads, "heads", 0, "attention heads (default: from the checkpoint's metadata or config.json, else dim/64)")
+	fs.IntVar(&t.heads, "heads", 0, "attention heads (default: from config.json (Hugging Face's num_attention_heads or timm's architecture name) or the checkpoint's metadata, else the usual for the width)")
 	fs.Float64SliceVar(&t.mean, "mean", nil, "input normalisation mean, R,G,B of 0..1 pixels, e.g. 0.485,0.456,0.406 (ImageNet's; with --std; default: the checkpoint's config.json pretrained_cfg or preprocessor_config.json, else 0.5)")
 	fs.Float64SliceVar(&t.std, "std", nil, "input normalisation std, R,G,B, e.g. 0.229,0.224,0.225 (with --mean)")
 }
@@ -58,7 +58,7 @@ func (t *teacherFlags) load() (*models.ViT, error) {
 	if err != nil {
 		return nil, err
 	}
-	slog.Info("teacher loaded", "path", t.path, "layout", v.Layout, "config", v.Describe(), "parameters", v.Parameters())
+	slog.Info("teacher loaded", "path", t.path, "layout", v.Layout, "config", v.Describe(), "parameters", v.Parameters(), "heads_from", v.HeadsSource)
 	n := v.InputNormalization()
 	slog.Info("teacher input normalisation", "mean", n.Mean, "std", n.Std, "rescale", n.Rescale, "from", n.Source)
 	return v, nil
