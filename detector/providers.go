@@ -174,8 +174,12 @@ func withProvider(opts RunnerOptions, provider string, open func(*onnx.SessionOp
 
 // providerSettings are the options of a GPU provider: the user's CUDA
 // options (TF32 matmuls off for an explicit fp32); TensorRT with FP16
-// kernels allowed unless fp32 is asked for, and its engine and timing caches in the cache directory so restarts do not
-// rebuild engines, then the user's TensorRT options over those.
+// kernels only where precision fp16 is asked for (TensorRT's FP16 mode may
+// run any layer in half precision, the scoring's squares and sums too:
+// left on by default it could overflow them unasked), then with LayerNorm
+// kept in float32, and its engine and timing caches in the cache directory
+// so restarts do not rebuild engines, then the user's TensorRT options over
+// those.
 func providerSettings(provider string, opts RunnerOptions) map[string]string {
 	switch provider {
 	case "cuda":
@@ -193,11 +197,11 @@ func providerSettings(provider string, opts RunnerOptions) map[string]string {
 	default:
 		return nil
 	}
-	fp16 := "1"
-	if opts.Precision == models.FP32 {
-		fp16 = "0"
+	settings := map[string]string{"trt_fp16_enable": "0"}
+	if opts.Precision == models.FP16 {
+		settings["trt_fp16_enable"] = "1"
+		settings["trt_layer_norm_fp32_fallback"] = "1"
 	}
-	settings := map[string]string{"trt_fp16_enable": fp16}
 	if opts.ImageSize > 0 && opts.MaxBatch > 0 {
 		// One fixed profile over the batch sizes used (1 to the max batch),
 		// so no batch shape triggers an engine rebuild while running.

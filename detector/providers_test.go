@@ -10,7 +10,7 @@ import (
 )
 
 // Each GPU provider gets the settings derived from the options (TensorRT:
-// FP16 kernels, one batch profile, engine and timing caches; CUDA: TF32)
+// FP16 kernels with fp16 only, one batch profile, engine and timing caches; CUDA: TF32)
 // with the user's own options over them; the CPU gets none.
 func TestProviderSettings(t *testing.T) {
 	opts := detector.RunnerOptions{Precision: models.FP32, ImageSize: 224, MaxBatch: 8, CacheDir: "/var/cache/t",
@@ -31,10 +31,16 @@ func TestProviderSettings(t *testing.T) {
 	if !maps.Equal(trt, want) {
 		t.Errorf("TensorRT settings\n%v\nwant\n%v", trt, want)
 	}
+	// FP16 kernels only with fp16 asked for, and LayerNorm kept in float32.
 	opts.Precision = ""
-	if got := detector.ProviderSettings("tensorrt", opts)["trt_fp16_enable"]; got != "1" {
-		t.Errorf("TensorRT without fp32 asked for: trt_fp16_enable=%q, want 1", got)
+	if got := detector.ProviderSettings("tensorrt", opts)["trt_fp16_enable"]; got != "0" {
+		t.Errorf("TensorRT at the default precision: trt_fp16_enable=%q, want 0", got)
 	}
+	opts.Precision = models.FP16
+	if got := detector.ProviderSettings("tensorrt", opts); got["trt_fp16_enable"] != "1" || got["trt_layer_norm_fp32_fallback"] != "1" {
+		t.Errorf("TensorRT with fp16 asked for: %v, want FP16 kernels with LayerNorm in float32", got)
+	}
+	opts.Precision = ""
 	cuda := detector.ProviderSettings("cuda", opts)
 	if !maps.Equal(cuda, opts.CUDAOptions) {
 		t.Errorf("CUDA settings %v, want %v", cuda, opts.CUDAOptions)
