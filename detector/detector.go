@@ -2,6 +2,7 @@ package detector
 
 import (
 	"fmt"
+	"log/slog"
 	"math"
 
 	"github.com/transformaly/transformaly/models"
@@ -67,7 +68,26 @@ func Load(path string, opts RunnerOptions) (*Detector, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load bundle %s: %w", path, err)
 	}
+	if c := info.Calibration; c.Precision != "" {
+		if runs := EffectivePrecision(r.Provider(), opts.Precision); runs != c.Precision {
+			slog.Warn("the bundle's threshold was set on scores of another precision: scores move a little (an H200: TF32 2.5e-3, fp16 2e-3 of their spread); check false alarms with transformaly eval",
+				"bundle", path, "calibrated_on", c.Provider+" "+c.Precision, "scoring_on", r.Provider()+" "+runs)
+		}
+	}
 	return &Detector{Info: info, Path: path, runner: r}, nil
+}
+
+// EffectivePrecision is the arithmetic a provider runs a detector in at a
+// precision setting: fp16 when asked; TF32 matmuls on CUDA by default;
+// fp32 otherwise (TensorRT uses FP16 kernels only when asked).
+func EffectivePrecision(provider, precision string) string {
+	switch {
+	case precision == models.FP16:
+		return models.FP16
+	case provider == "cuda" && precision == "":
+		return "tf32"
+	}
+	return models.FP32
 }
 
 // fp16Model rebuilds a bundle's detector in half precision (half the size:

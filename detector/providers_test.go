@@ -77,3 +77,14 @@ func TestCheckProviderOptions(t *testing.T) {
 		}
 	}
 }
+
+func TestEffectivePrecision(t *testing.T) {
+	for _, c := range []struct{ provider, precision, want string }{
+		{"cpu", "", "fp32"}, {"cuda", "", "tf32"}, {"cuda", "fp32", "fp32"}, {"tensorrt", "", "fp32"},
+		{"tensorrt", "fp16", "fp16"}, {"cuda", "fp16", "fp16"},
+	} {
+		if got := detector.EffectivePrecision(c.provider, c.precision); got != c.want {
+			t.Errorf("%s at %q: %s, want %s", c.provider, c.precision, got, c.want)
+		}
+	}
+}

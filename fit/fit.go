@@ -512,7 +512,7 @@ func (o *Options) fitScoring(ctx context.Context, images *Images, train, val []i
 		Format: models.BundleFormat, Version: models.Version, Created: time.Now().UTC(),
 		ImageSize: o.Teacher.ImageSize, Blocks: o.Blocks, PCAComponents: len(white.Variances),
 		ThresholdQuantile: o.Quantile, Threshold: threshold, ScoreQuantiles: map[string]float64{},
-		Calibration: models.Calibration{Method: method,
+		Calibration: models.Calibration{Method: method, Provider: r.Provider(), Precision: models.FP32,
 			Images: len(scores), ExpectedFalseAlarms: expected, FalseAlarms95: [2]float64{lo, hi}, Scores: evenlySpaced(scores, 1001),
 			Tail: models.FitScoreTail(scores, tailShare, tailMinScores)},
 		Training: models.TrainingInfo{Epochs: o.Epochs, BatchSize: o.BatchSize, LR: o.LR, Seed: o.Seed,

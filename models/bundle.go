@@ -139,6 +139,10 @@ type BundleInfo struct {
 type Calibration struct {
 	Method string `json:"method"`
 	Images int    `json:"images"` // normal images scored out of sample
+	// Provider and Precision are what the calibration scores were computed
+	// on (fit runs strict fp32): scoring elsewhere moves scores a little.
+	Provider  string `json:"provider,omitempty"`
+	Precision string `json:"precision,omitempty"`
 	// ExpectedFalseAlarms is 1 - ThresholdQuantile; FalseAlarms95 is the
 	// 95% interval of the rate the threshold gives on unseen normal
 	// images, from the order statistics of Images scores.
