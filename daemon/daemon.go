@@ -9,6 +9,8 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -25,6 +27,7 @@ type Daemon struct {
 	cfg        Config
 	queue      *Queue
 	pub        *Publisher
+	control    *Control
 	broker     *EmbeddedBroker
 	started    time.Time
 
@@ -100,6 +103,9 @@ func Run(ctx context.Context, opts Options) error {
 	if d.queue, err = OpenQueue(filepath.Join(cfg.StateDirectory, "events"), cfg.MQTT.QueueLimit, int64(cfg.MQTT.SnapshotQueueMB)<<20); err != nil {
 		return err
 	}
+	if d.control, err = OpenControl(filepath.Join(cfg.StateDirectory, "control.json")); err != nil {
+		return err
+	}
 	broker := cfg.MQTT.Broker
 	if broker == "embedded" {
 		if d.broker, err = StartEmbeddedBroker(cfg.MQTT.EmbeddedAddress); err != nil {
@@ -108,8 +114,13 @@ func Run(ctx context.Context, opts Options) error {
 		defer d.broker.Close()
 		broker = "tcp://" + d.broker.Address()
 	}
-	if d.pub, err = NewPublisher(cfg.MQTT, broker, d.queue, nil); err != nil {
+	if d.pub, err = NewPublisher(cfg.MQTT, broker, d.queue, d.publishControlStates); err != nil {
 		return err
+	}
+	for _, command := range []string{detectSet, thresholdSet} {
+		d.pub.Subscribe(d.pub.Topic("+", command), func(topic string, payload []byte) {
+			d.control.handleCommand(cfg.MQTT.TopicPrefix, topic, payload, d.knownCamera, d.publishControlState)
+		})
 	}
 	// The publisher outlives ctx: on shutdown it still delivers the events
 	// that closing the pipeline produces; Close stops it.
@@ -123,7 +134,7 @@ func Run(ctx context.Context, opts Options) error {
 		defer stop()
 	}
 
-	pipe, err := buildPipeline(ctx, cfg, d.pub, nil)
+	pipe, err := buildPipeline(ctx, cfg, d.pub, d.control, nil)
 	if err != nil {
 		if ctx.Err() != nil {
 			slog.Info("stopped before running", "reason", err)
@@ -135,6 +146,7 @@ func Run(ctx context.Context, opts Options) error {
 	d.pipe = pipe
 	d.mu.Unlock()
 	pipe.start(ctx)
+	d.publishControlStates()
 	notify(sd.SdNotifyReady)
 	slog.Info("transformaly running", "cameras", len(cfg.Cameras), "models", len(pipe.models), "version", models.Version)
 	if opts.Ready != nil {
@@ -182,7 +194,7 @@ func (d *Daemon) reload(ctx context.Context) {
 		return
 	}
 	old := d.current()
-	next, err := buildPipeline(ctx, cfg, d.pub, old.trackers())
+	next, err := buildPipeline(ctx, cfg, d.pub, d.control, old.trackers())
 	if err != nil {
 		slog.Error("reload failed; still running the previous configuration", "err", err)
 		return
@@ -193,6 +205,7 @@ func (d *Daemon) reload(ctx context.Context) {
 	d.pipe, d.cfg = next, cfg
 	d.mu.Unlock()
 	next.start(ctx)
+	d.publishControlStates()
 	slog.Info("reloaded", "cameras", len(cfg.Cameras), "models", len(next.models))
 }
 
@@ -308,5 +321,52 @@ func (d *Daemon) stats(ctx context.Context, interval time.Duration) {
 				d.pub.Publish(d.pub.Topic("stats"), 0, false, b)
 			}
 		}
+	}
+}
+
+// knownCamera says whether the running configuration has the camera.
+func (d *Daemon) knownCamera(name string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, c := range d.cfg.Cameras {
+		if c.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// publishControlState publishes a camera's retained detect/state (ON or
+// OFF) and threshold/state (the threshold it is judged by).
+func (d *Daemon) publishControlState(camera string) {
+	detect := "OFF"
+	if d.control.Detect(camera) {
+		detect = "ON"
+	}
+	d.pub.Publish(d.pub.Topic(camera, "detect", "state"), 1, true, []byte(detect))
+	threshold, ok := d.control.Threshold(camera)
+	if !ok {
+		p := d.current()
+		if p == nil {
+			return // loading: published once running
+		}
+		for _, c := range p.cameras {
+			if c.cfg.Name == camera {
+				threshold, ok = c.threshold, true
+			}
+		}
+	}
+	if ok {
+		d.pub.Publish(d.pub.Topic(camera, "threshold", "state"), 1, true, []byte(strconv.FormatFloat(threshold, 'g', -1, 64)))
+	}
+}
+
+// publishControlStates publishes every camera's (on each connect).
+func (d *Daemon) publishControlStates() {
+	d.mu.Lock()
+	cams := slices.Clone(d.cfg.Cameras)
+	d.mu.Unlock()
+	for _, c := range cams {
+		d.publishControlState(c.Name)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -37,6 +38,10 @@ type Publisher struct {
 	availability map[string]string // camera -> online/offline, republished on connect
 	discovery    []string          // cameras announced to Home Assistant
 	onConnect    func()
+	// subscriptions are made again on every connect: with a clean session
+	// the broker forgets them when the connection drops (Frigate lost its
+	// commands after a broker restart).
+	subscriptions map[string]func(topic string, payload []byte)
 
 	lost chan struct{} // the connection dropped; Start's loop reconnects
 
@@ -233,7 +238,11 @@ func (p *Publisher) connectedNow() {
 		avail[k] = v
 	}
 	cams := append([]string(nil), p.discovery...)
+	subs := maps.Clone(p.subscriptions)
 	p.mu.Unlock()
+	for filter, handle := range subs {
+		p.subscribe(filter, handle)
+	}
 	for cam, state := range avail {
 		p.client.Publish(p.Topic(cam, "availability"), 1, true, state)
 	}
@@ -247,6 +256,29 @@ func (p *Publisher) connectedNow() {
 	}
 	// Events queued while we were away go out now.
 	p.queue.signal()
+}
+
+// Subscribe calls handle with every message on the topic filter, from now
+// and after every reconnect. Handlers run on paho's goroutines.
+func (p *Publisher) Subscribe(filter string, handle func(topic string, payload []byte)) {
+	p.mu.Lock()
+	if p.subscriptions == nil {
+		p.subscriptions = map[string]func(string, []byte){}
+	}
+	p.subscriptions[filter] = handle
+	p.mu.Unlock()
+	if p.connected.Load() {
+		p.subscribe(filter, handle)
+	}
+}
+
+func (p *Publisher) subscribe(filter string, handle func(topic string, payload []byte)) {
+	tok := p.client.Subscribe(filter, 1, func(_ mqtt.Client, m mqtt.Message) { handle(m.Topic(), m.Payload()) })
+	go func() {
+		if tok.WaitTimeout(10*time.Second) && tok.Error() != nil {
+			slog.Error("MQTT subscription refused (check the broker's ACL for the topic prefix)", "filter", filter, "err", tok.Error())
+		}
+	}()
 }
 
 // Skipped counts the messages Publish did not send for want of a broker.

@@ -101,6 +101,7 @@ type pipeline struct {
 	models  []*modelRuntime
 	cameras []*cameraRuntime
 	pub     *Publisher
+	control *Control // run-time settings over MQTT (nil: none)
 
 	heartbeat atomic.Int64 // unix nanos of the last detector loop turn
 	cancel    context.CancelFunc
@@ -112,8 +113,8 @@ type pipeline struct {
 // Trackers are carried over by camera name so a reload does not split an
 // open event. It gives up between bundles once ctx ends (loading one can
 // take minutes: a TensorRT engine build).
-func buildPipeline(ctx context.Context, cfg Config, pub *Publisher, trackers map[string]*tracker) (*pipeline, error) {
-	p := &pipeline{cfg: cfg, pub: pub}
+func buildPipeline(ctx context.Context, cfg Config, pub *Publisher, control *Control, trackers map[string]*tracker) (*pipeline, error) {
+	p := &pipeline{cfg: cfg, pub: pub, control: control}
 	byPath := map[string]*modelRuntime{}
 	for i := range cfg.Cameras {
 		cc := cfg.Camera(i)
@@ -210,6 +211,10 @@ func (p *pipeline) start(ctx context.Context) {
 		go func() {
 			defer p.wg.Done()
 			for f := range c.cam.Frames() {
+				if !p.control.Detect(c.cfg.Name) { // detect/set OFF: captured, not scored
+					f.View.Release()
+					continue
+				}
 				c.model.put(c, f)
 			}
 		}()
@@ -375,7 +380,11 @@ func (p *pipeline) handle(c *cameraRuntime, f capture.Frame, r detector.Result, 
 				"camera", c.cfg.Name, "frame", f.Seq, "score", r.Score, "ll_pretrained", r.LLPretrained, "ll_student", r.LLStudent, "non_finite_total", n)
 		}
 	}
-	anomalous := fault != "" || r.Score > c.threshold
+	threshold := c.threshold
+	if t, ok := p.control.Threshold(c.cfg.Name); ok { // threshold/set over MQTT
+		threshold = t
+	}
+	anomalous := fault != "" || r.Score > threshold
 	var region *Region
 	anomaly, mapErr := heatmap.ForResult(r.PatchDistances, c.normalPatchDistance, r.TokenErrors, len(r.BlockErrors))
 	if r.PatchDistances != nil && mapErr == nil && f.Width > 0 {
@@ -384,7 +393,7 @@ func (p *pipeline) handle(c *cameraRuntime, f capture.Frame, r detector.Result, 
 	}
 	if rate := p.cfg.MQTT.ScoreRate; rate <= 0 || now.Sub(c.lastSent).Seconds() >= 1/rate {
 		c.lastSent = now
-		msg := ScoreMessage{Camera: c.cfg.Name, Frame: f.Seq, Timestamp: f.Time.UTC(), Score: detector.NumberOrNull(r.Score), Threshold: c.threshold,
+		msg := ScoreMessage{Camera: c.cfg.Name, Frame: f.Seq, Timestamp: f.Time.UTC(), Score: detector.NumberOrNull(r.Score), Threshold: threshold,
 			Anomalous: anomalous, LLPretrained: detector.NumberOrNull(r.LLPretrained), LLStudent: detector.NumberOrNull(r.LLStudent), PatchScore: detector.NumberOrNull(r.PatchScore), InferenceMS: inferMS,
 			LatencyMS: float64(now.Sub(f.Time).Microseconds()) / 1000, Region: region, Error: fault}
 		if c.normalQuantile != nil {
@@ -397,12 +406,12 @@ func (p *pipeline) handle(c *cameraRuntime, f capture.Frame, r detector.Result, 
 		}
 	}
 	c.e2e.add(float64(time.Since(f.Time).Microseconds()) / 1000)
-	events, newPeak := c.tracker.observe(f.Seq, f.Time, r.Score, region, anomalous, c.threshold)
+	events, newPeak := c.tracker.observe(f.Seq, f.Time, r.Score, region, anomalous, threshold)
 	if newPeak {
 		if c.peak != nil {
 			c.peak.view.Release()
 		}
-		caption := fmt.Sprintf("%s  score %.4g  threshold %.4g", c.cfg.Name, r.Score, c.threshold)
+		caption := fmt.Sprintf("%s  score %.4g  threshold %.4g", c.cfg.Name, r.Score, threshold)
 		if c.normalQuantile != nil {
 			if rarity := models.RarityText(c.normalQuantile(r.Score)); rarity != "" {
 				caption += "  " + rarity
