@@ -251,8 +251,8 @@ type PatchInfo struct {
 	Blocks       []int   `json:"blocks"`        // teacher blocks of the features
 	FeatureWidth int     `json:"feature_width"` // Dim x len(Blocks)
 	BankEntries  int     `json:"bank_entries"`
-	Coreset      float64 `json:"coreset"`       // share of the normal images' patches kept
-	Patches      int     `json:"patches"`       // normal patches the coreset was chosen from
+	Coreset      float64 `json:"coreset"` // share of the normal images' patches kept
+	Patches      int     `json:"patches"` // normal patches the coreset was chosen from
 	// TermMedian, TermScale and TermWeight set the patch term
 	// (PatchScore.Term): the median of normal images' out-of-sample patch
 	// scores, their spread, and the spread of the log-likelihoods' sum.

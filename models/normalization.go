@@ -20,6 +20,13 @@ type Normalization struct {
 	Std     [3]float64 `json:"std"`
 	// Source says where it came from: a file, flags, or "assumed".
 	Source string `json:"source"`
+	// Interpolation, CropPct and InputSize are what timm's pretrained_cfg
+	// says the checkpoint was evaluated with, reported (not applied: frames
+	// are resized whole, after the camera's own crop, with OpenCV's
+	// bilinear or area interpolation). Zero when the file does not say.
+	Interpolation string  `json:"interpolation,omitempty"`
+	CropPct       float64 `json:"crop_pct,omitempty"`
+	InputSize     int     `json:"input_size,omitempty"`
 }
 
 // AssumedNormalization is what a checkpoint without any preprocessing
@@ -99,8 +106,11 @@ func readNormalization(dir string) (n Normalization, ok bool, err error) {
 	}
 	var c struct {
 		PretrainedCfg *struct {
-			Mean []float64 `json:"mean"`
-			Std  []float64 `json:"std"`
+			Mean          []float64 `json:"mean"`
+			Std           []float64 `json:"std"`
+			Interpolation string    `json:"interpolation"`
+			CropPct       float64   `json:"crop_pct"`
+			InputSize     []int     `json:"input_size"` // [3, H, W]
 		} `json:"pretrained_cfg"`
 	}
 	if err := json.Unmarshal(data, &c); err != nil {
@@ -116,6 +126,10 @@ func readNormalization(dir string) (n Normalization, ok bool, err error) {
 		return n, false, err
 	}
 	n.Source = cfg
+	n.Interpolation, n.CropPct = c.PretrainedCfg.Interpolation, c.PretrainedCfg.CropPct
+	if in := c.PretrainedCfg.InputSize; len(in) == 3 {
+		n.InputSize = in[2]
+	}
 	return n, true, n.Check()
 }
 

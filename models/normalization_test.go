@@ -42,7 +42,8 @@ func TestNormalizationFromTheCheckpoint(t *testing.T) {
 		t.Fatal(err)
 	}
 	writeJSON(t, filepath.Join(filepath.Dir(timm), "config.json"), map[string]any{"architecture": "deit_tiny_patch16_224",
-		"pretrained_cfg": map[string]any{"mean": imagenetMean[:], "std": imagenetStd[:], "input_size": []int{3, 32, 32}}})
+		"pretrained_cfg": map[string]any{"mean": imagenetMean[:], "std": imagenetStd[:], "input_size": []int{3, 32, 32},
+			"crop_pct": 0.875, "interpolation": "bicubic"}})
 	hf := filepath.Join(t.TempDir(), "model.safetensors")
 	saveHuggingFace(t, v, hf, "")
 	writeJSON(t, filepath.Join(filepath.Dir(hf), "preprocessor_config.json"), map[string]any{"do_normalize": true,
@@ -56,6 +57,9 @@ func TestNormalizationFromTheCheckpoint(t *testing.T) {
 		}
 		if w.Input.Mean != imagenetMean || w.Input.Std != imagenetStd || !strings.HasSuffix(w.Input.Source, ".json") {
 			t.Errorf("%s: normalisation %+v, want ImageNet's from the file", name, w.Input)
+		}
+		if path == timm && (w.Input.CropPct != 0.875 || w.Input.Interpolation != "bicubic" || w.Input.InputSize != 32) {
+			t.Errorf("timm's evaluation settings not reported: %+v", w.Input)
 		}
 		got := embed(w)
 		for img := range 2 {

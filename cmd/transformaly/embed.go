@@ -61,6 +61,10 @@ func (t *teacherFlags) load() (*models.ViT, error) {
 	slog.Info("teacher loaded", "path", t.path, "layout", v.Layout, "config", v.Describe(), "parameters", v.Parameters(), "heads_from", v.HeadsSource)
 	n := v.InputNormalization()
 	slog.Info("teacher input normalisation", "mean", n.Mean, "std", n.Std, "rescale", n.Rescale, "from", n.Source)
+	if n.InputSize > 0 && n.InputSize != v.ImageSize || n.CropPct > 0 && n.CropPct != 1 {
+		slog.Info("the checkpoint was evaluated otherwise: transformaly resizes each (camera-cropped) frame whole to the image size, without a centre crop",
+			"checkpoint_input_size", n.InputSize, "checkpoint_crop_pct", n.CropPct, "checkpoint_interpolation", n.Interpolation, "image_size", v.ImageSize)
+	}
 	return v, nil
 }
 
