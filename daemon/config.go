@@ -66,6 +66,34 @@ type CameraConfig struct {
 	StallTimeout *time.Duration `yaml:"stall_timeout"`
 	RetryStart   *time.Duration `yaml:"retry_start"`
 	RetryMax     *time.Duration `yaml:"retry_max"`
+	// Trigger makes the camera judge parts, not streams (see TriggerConfig).
+	Trigger *TriggerConfig `yaml:"trigger"`
+}
+
+// TriggerConfig: on each trigger (MQTT <prefix>/<camera>/trigger, POST
+// /trigger/<camera>) the camera scores the next Frames frames captured
+// Delay after it, and publishes one result, the worst of them, to
+// <prefix>/<camera>/result; a trigger not answered within Deadline gets the
+// verdict "error" (fail-safe: the line rejects the part).
+type TriggerConfig struct {
+	Frames   int            `yaml:"frames"`   // default 1
+	Delay    *time.Duration `yaml:"delay"`    // default 0
+	Deadline *time.Duration `yaml:"deadline"` // default 500ms
+}
+
+// withDefaults fills the unset keys.
+func (t TriggerConfig) withDefaults() TriggerConfig {
+	if t.Frames == 0 {
+		t.Frames = 1
+	}
+	if t.Delay == nil {
+		t.Delay = new(time.Duration)
+	}
+	if t.Deadline == nil {
+		d := 500 * time.Millisecond
+		t.Deadline = &d
+	}
+	return t
 }
 
 // MQTTConfig says where and how to publish.
@@ -311,6 +339,7 @@ func (c Config) Camera(i int) CameraConfig {
 	inherit(&cam.StallTimeout, d.StallTimeout)
 	inherit(&cam.RetryStart, d.RetryStart)
 	inherit(&cam.RetryMax, d.RetryMax)
+	inherit(&cam.Trigger, d.Trigger)
 	return cam
 }
 
@@ -411,6 +440,17 @@ func (c Config) Validate() []error {
 		if cam.ROI != "" {
 			if _, err := capture.ParseROI(cam.ROI); err != nil {
 				bad(key("roi"), "%v", err)
+			}
+		}
+		if cam.Trigger != nil {
+			t := cam.Trigger.withDefaults()
+			switch {
+			case t.Frames < 1 || t.Frames > 100:
+				bad(key("trigger.frames"), "%d: 1 to 100 frames a part", t.Frames)
+			case *t.Delay < 0 || *t.Delay > time.Minute:
+				bad(key("trigger.delay"), "%s: 0 to 1m", *t.Delay)
+			case *t.Deadline <= *t.Delay || *t.Deadline > time.Minute:
+				bad(key("trigger.deadline"), "%s: longer than the delay (%s) and at most 1m", *t.Deadline, *t.Delay)
 			}
 		}
 		if r := deref(cam.Rotate); r != 0 && r != 90 && r != 180 && r != 270 {

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -122,6 +123,12 @@ func Run(ctx context.Context, opts Options) error {
 			d.control.handleCommand(cfg.MQTT.TopicPrefix, topic, payload, d.knownCamera, d.publishControlState)
 		})
 	}
+	d.pub.Subscribe(d.pub.Topic("+", "trigger"), func(topic string, payload []byte) {
+		camera := strings.TrimSuffix(strings.TrimPrefix(topic, cfg.MQTT.TopicPrefix+"/"), "/trigger")
+		if _, err := d.TriggerPart(camera, string(payload)); err != nil {
+			slog.Warn("MQTT trigger ignored", "topic", topic, "err", err)
+		}
+	})
 	// The publisher outlives ctx: on shutdown it still delivers the events
 	// that closing the pipeline produces; Close stops it.
 	d.pub.Start(context.Background(), broker)
@@ -369,4 +376,28 @@ func (d *Daemon) publishControlStates() {
 	for _, c := range cams {
 		d.publishControlState(c.Name)
 	}
+}
+
+// TriggerPart starts judging a part on a triggered camera (id "": the next
+// count) and returns the part's id; its result goes to
+// <prefix>/<camera>/result.
+func (d *Daemon) TriggerPart(camera, id string) (string, error) {
+	at := time.Now()
+	id = strings.TrimSpace(id)
+	if len(id) > 128 || !printable(id) {
+		return "", fmt.Errorf("part id %q: at most 128 printable characters", clip(id))
+	}
+	p := d.current()
+	if p == nil {
+		return "", errors.New("not running yet: the models are loading")
+	}
+	for _, c := range p.cameras {
+		if c.cfg.Name == camera {
+			if c.trig == nil {
+				return "", fmt.Errorf("camera %q has no trigger configured (cameras[].trigger)", camera)
+			}
+			return c.trig.trigger(camera, id, at)
+		}
+	}
+	return "", fmt.Errorf("no camera %q", camera)
 }

@@ -2,8 +2,10 @@ package daemon
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
 	"net"
@@ -115,6 +117,21 @@ func (d *Daemon) serveHTTP(address string) (func(), error) {
 			return
 		}
 		http.Error(w, "not ready: models loading, no camera online, or the broker refusing what is published", http.StatusServiceUnavailable)
+	})
+	mux.HandleFunc("POST /trigger/{camera}", func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(io.LimitReader(r.Body, 256))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		id, err := d.TriggerPart(r.PathValue("camera"), string(body))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusConflict)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusAccepted)
+		json.NewEncoder(w).Encode(map[string]string{"camera": r.PathValue("camera"), "part_id": id})
 	})
 	ln, err := net.Listen("tcp", address)
 	if err != nil {

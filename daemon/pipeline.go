@@ -72,6 +72,8 @@ type cameraRuntime struct {
 	// normalPatchDistance scales anomaly maps and finds regions (NaN for
 	// a bundle without a patch feature space).
 	normalPatchDistance float64
+	// trig judges parts on trigger (nil: the camera judges its stream).
+	trig *triggers
 	// nonFiniteLogged is when such a frame was last logged (unix nanos).
 	nonFiniteLogged atomic.Int64
 	lastScore       atomic.Uint64 // float64 bits
@@ -149,6 +151,9 @@ func buildPipeline(ctx context.Context, cfg Config, pub *Publisher, control *Con
 		if pi := m.det.Info.Patch; pi != nil {
 			rt.normalPatchDistance = pi.NormalDistance
 		}
+		if cc.Trigger != nil {
+			rt.trig = newTriggers(*cc.Trigger, p.publishResult)
+		}
 		if cc.Threshold != nil {
 			rt.threshold = *cc.Threshold
 		}
@@ -211,8 +216,8 @@ func (p *pipeline) start(ctx context.Context) {
 		go func() {
 			defer p.wg.Done()
 			for f := range c.cam.Frames() {
-				if !p.control.Detect(c.cfg.Name) { // detect/set OFF: captured, not scored
-					f.View.Release()
+				if !p.control.Detect(c.cfg.Name) || c.trig != nil && !c.trig.wants(f.Seq, f.Time) {
+					f.View.Release() // detect/set OFF, or no part triggered: captured, not scored
 					continue
 				}
 				c.model.put(c, f)
@@ -243,6 +248,9 @@ func (m *modelRuntime) put(c *cameraRuntime, f capture.Frame) {
 	if old, waiting := m.pending[c]; waiting {
 		c.dropped.Add(1)
 		old.View.Release()
+		if c.trig != nil {
+			c.trig.unassign(old.Seq)
+		}
 	}
 	m.pending[c] = f
 	m.mu.Unlock()
@@ -300,11 +308,12 @@ func (m *modelRuntime) fill(ctx context.Context, batch []pendingFrame, maxBatch 
 	return batch, true
 }
 
-// online counts the cameras of this bundle delivering frames now.
+// online counts the cameras of this bundle delivering frames now; a
+// triggered camera delivers only now and then, and is never waited for.
 func (m *modelRuntime) online() int {
 	n := 0
 	for _, c := range m.cameras {
-		if c.cam.Status().State == capture.StateOnline {
+		if c.trig == nil && c.cam.Status().State == capture.StateOnline {
 			n++
 		}
 	}
@@ -406,6 +415,9 @@ func (p *pipeline) handle(c *cameraRuntime, f capture.Frame, r detector.Result, 
 		}
 	}
 	c.e2e.add(float64(time.Since(f.Time).Microseconds()) / 1000)
+	if c.trig != nil {
+		c.trig.scored(f.Seq, r, threshold, region, fault)
+	}
 	events, newPeak := c.tracker.observe(f.Seq, f.Time, r.Score, region, anomalous, threshold)
 	if newPeak {
 		if c.peak != nil {

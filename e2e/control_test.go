@@ -3,11 +3,14 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/transformaly/transformaly/internal/synth"
 )
 
 // MQTT control, Frigate's way, against real mosquitto: detect/set OFF stops
@@ -105,4 +108,96 @@ state_directory: %s
 		json.Unmarshal([]byte(last("transformaly/line1/score")), &s)
 		return s.Threshold != 2e9 && s.Threshold != 0
 	})
+}
+
+// Triggered inspection: a camera with trigger: judges parts, not its stream.
+// A trigger over MQTT (the part id as payload) and one over HTTP (POST
+// /trigger/<camera>) each get one result on <prefix>/<camera>/result with
+// the part id, a verdict and the latency; a camera whose frames stopped
+// answers "error" at the deadline (fail-safe).
+func TestTriggeredInspection(t *testing.T) {
+	f := getDaemonFixture(t)
+	b := startMosquitto(t, "")
+	sub := subscribe(t, b.url(), "transformaly/#", "test-sub-trigger")
+	cmd := subscribe(t, b.url(), "nothing/#", "test-trigger-sender")
+	port := freePort(t)
+	folder := t.TempDir()
+	if _, err := synth.WriteParts(folder, 96, synth.Normal, 2, 9); err != nil {
+		t.Fatal(err)
+	}
+	startDaemon(t, fmt.Sprintf(`
+cameras:
+  - {name: line1, source: %s, model: %s, loop: true, pace: true, trigger: {frames: 2, deadline: 2s}}
+  - {name: ended, source: %s, model: %s, trigger: {deadline: 300ms}}
+mqtt: {broker: %s}
+metrics: {address: "127.0.0.1:%d"}
+state_directory: %s
+`, f.loop, f.bundle, folder, f.bundle, b.url(), port, t.TempDir()))
+	eventually(t, "running", 30*time.Second, func() bool {
+		resp, err := http.Post(fmt.Sprintf("http://127.0.0.1:%d/trigger/line1", port), "text/plain", strings.NewReader("warm-up"))
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusAccepted
+	})
+	results := func() []map[string]any {
+		var out []map[string]any
+		for _, m := range sub.on("transformaly/line1/result") {
+			var r map[string]any
+			json.Unmarshal(m.Payload, &r)
+			out = append(out, r)
+		}
+		return out
+	}
+	find := func(id string) map[string]any {
+		for _, r := range results() {
+			if r["part_id"] == id {
+				return r
+			}
+		}
+		return nil
+	}
+	if tok := cmd.client.Publish("transformaly/line1/trigger", 1, false, "part-7"); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	eventually(t, "the result of part-7", 10*time.Second, func() bool { return find("part-7") != nil })
+	r := find("part-7")
+	if v := r["verdict"]; v != "ok" && v != "ng" {
+		t.Errorf("part-7: verdict %v (%v), want ok or ng", v, r["reason"])
+	}
+	if r["frames"] != 2.0 || r["score"] == nil || r["latency_ms"].(float64) > 2000 {
+		t.Errorf("part-7 result %v: want 2 frames, a score, within the deadline", r)
+	}
+	resp, err := http.Post(fmt.Sprintf("http://127.0.0.1:%d/trigger/line1", port), "text/plain", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var accepted struct {
+		PartID string `json:"part_id"`
+	}
+	json.NewDecoder(resp.Body).Decode(&accepted)
+	resp.Body.Close()
+	eventually(t, "the result of the HTTP trigger", 10*time.Second, func() bool { return accepted.PartID != "" && find(accepted.PartID) != nil })
+
+	// The folder camera has ended: no frame comes, the part is an error.
+	eventually(t, "the ended camera offline", 10*time.Second, func() bool {
+		av := sub.on("transformaly/ended/availability")
+		return len(av) > 0 && string(av[len(av)-1].Payload) == "offline"
+	})
+	resp, err = http.Post(fmt.Sprintf("http://127.0.0.1:%d/trigger/ended", port), "text/plain", strings.NewReader("late"))
+	if err != nil || resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("trigger on the ended camera: %v %v", resp.Status, err)
+	}
+	resp.Body.Close()
+	eventually(t, "an error at the deadline", 5*time.Second, func() bool {
+		m := sub.on("transformaly/ended/result")
+		return len(m) == 1 && strings.Contains(string(m[0].Payload), `"verdict":"error"`) && strings.Contains(string(m[0].Payload), "deadline")
+	})
+	// Unknown cameras and untriggered ones are refused.
+	resp, _ = http.Post(fmt.Sprintf("http://127.0.0.1:%d/trigger/nocam", port), "text/plain", nil)
+	if resp.StatusCode != http.StatusConflict {
+		t.Errorf("trigger on an unknown camera: %s", resp.Status)
+	}
+	resp.Body.Close()
 }

@@ -1,0 +1,195 @@
+package daemon
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/transformaly/transformaly/detector"
+)
+
+// Part verdicts.
+const (
+	VerdictOK    = "ok"
+	VerdictNG    = "ng"
+	VerdictError = "error" // not judged in time, or not judgeable: the line rejects the part
+)
+
+// PartResult is the payload of <prefix>/<camera>/result: one triggered
+// part's verdict.
+type PartResult struct {
+	Camera      string    `json:"camera"`
+	PartID      string    `json:"part_id"`
+	Verdict     string    `json:"verdict"`
+	Reason      string    `json:"reason,omitempty"` // with error
+	Score       *float64  `json:"score,omitempty"`  // the worst frame's
+	Threshold   float64   `json:"threshold"`
+	Region      *Region   `json:"region,omitempty"`
+	Frames      int       `json:"frames"` // scored for this part
+	TriggerTime time.Time `json:"trigger_time"`
+	ResultTime  time.Time `json:"result_time"`
+	LatencyMS   float64   `json:"latency_ms"`
+}
+
+// maxPendingParts bounds the triggers waiting for frames on one camera.
+const maxPendingParts = 64
+
+// errTriggerQueueFull refuses a trigger past maxPendingParts.
+var errTriggerQueueFull = errors.New("too many parts waiting for frames")
+
+// partRequest is one trigger in progress.
+type partRequest struct {
+	result   PartResult
+	from     time.Time // frames captured at or after it count
+	assigned int       // frames handed to the detector
+	worst    float64
+	timer    *time.Timer
+}
+
+// triggers turns a triggered camera's frames into part results: each
+// trigger takes the next Frames frames captured Delay after it, in order.
+type triggers struct {
+	cfg     TriggerConfig
+	publish func(PartResult)
+
+	mu      sync.Mutex
+	pending []*partRequest
+	bySeq   map[uint64]*partRequest
+	counter uint64
+}
+
+func newTriggers(cfg TriggerConfig, publish func(PartResult)) *triggers {
+	return &triggers{cfg: cfg.withDefaults(), publish: publish, bySeq: map[uint64]*partRequest{}}
+}
+
+// trigger starts a part (id "" takes the next count) and returns its id.
+func (t *triggers) trigger(camera, id string, at time.Time) (string, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(t.pending) >= maxPendingParts {
+		return "", errTriggerQueueFull
+	}
+	t.counter++
+	if id == "" {
+		id = strconv.FormatUint(t.counter, 10)
+	}
+	req := &partRequest{result: PartResult{Camera: camera, PartID: id, TriggerTime: at.UTC()}, from: at.Add(*t.cfg.Delay), worst: math.Inf(-1)}
+	req.timer = time.AfterFunc(*t.cfg.Deadline, func() { t.expire(req) })
+	t.pending = append(t.pending, req)
+	return id, nil
+}
+
+// wants says whether a frame captured at the given time goes to the
+// detector for a part, and records which.
+func (t *triggers) wants(seq uint64, captured time.Time) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, req := range t.pending {
+		if req.assigned < t.cfg.Frames {
+			if captured.Before(req.from) {
+				return false
+			}
+			req.assigned++
+			t.bySeq[seq] = req
+			return true
+		}
+	}
+	return false
+}
+
+// unassign gives back a frame that was replaced before it was scored: the
+// part waits for another.
+func (t *triggers) unassign(seq uint64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if req, ok := t.bySeq[seq]; ok {
+		delete(t.bySeq, seq)
+		req.assigned--
+	}
+}
+
+// scored takes a frame's result; the part's last frame publishes it.
+func (t *triggers) scored(seq uint64, r detector.Result, threshold float64, region *Region, fault string) {
+	t.mu.Lock()
+	req, ok := t.bySeq[seq]
+	if !ok {
+		t.mu.Unlock()
+		return
+	}
+	delete(t.bySeq, seq)
+	req.result.Frames++
+	req.result.Threshold = threshold
+	switch {
+	case fault != "":
+		req.result.Verdict, req.result.Reason = VerdictError, fault
+	case r.Score > req.worst:
+		req.worst, req.result.Region = r.Score, region
+	}
+	if req.result.Frames < t.cfg.Frames {
+		t.mu.Unlock()
+		return
+	}
+	t.remove(req)
+	t.mu.Unlock()
+	req.timer.Stop()
+	if req.result.Verdict == "" {
+		req.result.Score = detector.NumberOrNull(req.worst)
+		req.result.Verdict = VerdictOK
+		if req.worst > threshold {
+			req.result.Verdict = VerdictNG
+		}
+	}
+	t.finish(req)
+}
+
+// expire answers a part its frames did not reach in time.
+func (t *triggers) expire(req *partRequest) {
+	t.mu.Lock()
+	if !t.remove(req) {
+		t.mu.Unlock()
+		return // answered meanwhile
+	}
+	for seq, r := range t.bySeq {
+		if r == req {
+			delete(t.bySeq, seq)
+		}
+	}
+	t.mu.Unlock()
+	req.result.Verdict = VerdictError
+	req.result.Reason = fmt.Sprintf("deadline: %d of %d frames scored within %s", req.result.Frames, t.cfg.Frames, *t.cfg.Deadline)
+	req.result.Score, req.result.Region = nil, nil
+	t.finish(req)
+}
+
+// remove takes a part off the pending list; false if it was not on it.
+func (t *triggers) remove(req *partRequest) bool {
+	for i, r := range t.pending {
+		if r == req {
+			t.pending = append(t.pending[:i], t.pending[i+1:]...)
+			return true
+		}
+	}
+	return false
+}
+
+func (t *triggers) finish(req *partRequest) {
+	req.result.ResultTime = time.Now().UTC()
+	req.result.LatencyMS = float64(req.result.ResultTime.Sub(req.result.TriggerTime).Microseconds()) / 1000
+	t.publish(req.result)
+}
+
+// publishResult sends a part result (QoS 1) and logs it.
+func (p *pipeline) publishResult(r PartResult) {
+	b, err := json.Marshal(r)
+	if err != nil {
+		slog.Error("part result not encoded", "camera", r.Camera, "err", err)
+		return
+	}
+	p.pub.Publish(p.pub.Topic(r.Camera, "result"), 1, false, b)
+	slog.Info("part result", "camera", r.Camera, "part_id", r.PartID, "verdict", r.Verdict, "reason", r.Reason, "latency_ms", r.LatencyMS)
+}
