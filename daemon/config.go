@@ -39,6 +39,9 @@ type Config struct {
 	Events   EventConfig    `yaml:"events"`
 	Detector DetectorConfig `yaml:"detector"`
 	Metrics  MetricsConfig  `yaml:"metrics"`
+	// Modbus serves the PLC the triggered cameras' registers (off unless an
+	// address is given; see the modbus package for the map).
+	Modbus ModbusConfig `yaml:"modbus"`
 	// StateDirectory holds the event queue (systemd StateDirectory).
 	StateDirectory string `yaml:"state_directory"`
 	// CacheDirectory holds TensorRT engine caches (systemd CacheDirectory).
@@ -168,6 +171,11 @@ type DetectorConfig struct {
 // MetricsConfig places the HTTP endpoint (/metrics, /healthz, /readyz).
 type MetricsConfig struct {
 	Address string `yaml:"address"` // "" or "off" disables
+}
+
+// ModbusConfig places the Modbus TCP server.
+type ModbusConfig struct {
+	Address string `yaml:"address"` // host:port, e.g. 0.0.0.0:502; "" is off
 }
 
 // DefaultConfig is what an empty file means.
@@ -577,6 +585,11 @@ func (c Config) Validate() []error {
 	if a := c.Metrics.Address; a != "" && a != "off" {
 		if err := checkHostPort(a); err != nil {
 			bad("metrics.address", "%v", err)
+		}
+	}
+	if a := c.Modbus.Address; a != "" {
+		if err := checkHostPort(a); err != nil {
+			bad("modbus.address", "%v", err)
 		}
 	}
 	if c.StateDirectory == "" {

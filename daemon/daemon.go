@@ -5,7 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/transformaly/transformaly/capture"
+	"github.com/transformaly/transformaly/modbus"
 	"log/slog"
+	"math"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -29,6 +32,7 @@ type Daemon struct {
 	queue      *Queue
 	pub        *Publisher
 	control    *Control
+	modbus     *modbus.Server // nil: off
 	broker     *EmbeddedBroker
 	started    time.Time
 
@@ -149,6 +153,18 @@ func Run(ctx context.Context, opts Options) error {
 		}
 		return err
 	}
+	if a := cfg.Modbus.Address; a != "" {
+		var names []string
+		for _, c := range cfg.Cameras {
+			names = append(names, c.Name)
+		}
+		if d.modbus, err = modbus.Start(a, names, d); err != nil {
+			pipe.closeModels()
+			return err
+		}
+		defer d.modbus.Close()
+	}
+	pipe.results = d.forwardResult
 	d.mu.Lock()
 	d.pipe = pipe
 	d.mu.Unlock()
@@ -206,6 +222,7 @@ func (d *Daemon) reload(ctx context.Context) {
 		slog.Error("reload failed; still running the previous configuration", "err", err)
 		return
 	}
+	next.results = d.forwardResult
 	old.stop()
 	next.adoptPeaks(old)
 	d.mu.Lock()
@@ -400,4 +417,45 @@ func (d *Daemon) TriggerPart(camera, id string) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("no camera %q", camera)
+}
+
+// forwardResult shows a part result on the Modbus map.
+func (d *Daemon) forwardResult(r PartResult) {
+	if d.modbus == nil {
+		return
+	}
+	score := math.NaN()
+	if r.Score != nil {
+		score = *r.Score
+	}
+	d.modbus.Publish(r.Camera, modbus.Result{PartID: r.PartID, Verdict: r.Verdict, Score: score})
+}
+
+// Trigger is TriggerPart for the Modbus map (modbus.Line).
+func (d *Daemon) Trigger(camera, partID string) error {
+	_, err := d.TriggerPart(camera, partID)
+	return err
+}
+
+// Ready says whether a triggered camera delivers frames (modbus.Line).
+func (d *Daemon) Ready(camera string) bool {
+	c := d.cameraRuntime(camera)
+	return c != nil && c.trig != nil && c.cam.Status().State == capture.StateOnline && d.control.Detect(camera)
+}
+
+// Busy says whether a triggered camera has parts waiting (modbus.Line).
+func (d *Daemon) Busy(camera string) bool {
+	c := d.cameraRuntime(camera)
+	return c != nil && c.trig != nil && c.trig.busy()
+}
+
+func (d *Daemon) cameraRuntime(name string) *cameraRuntime {
+	if p := d.current(); p != nil {
+		for _, c := range p.cameras {
+			if c.cfg.Name == name {
+				return c
+			}
+		}
+	}
+	return nil
 }

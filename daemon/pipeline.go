@@ -103,7 +103,8 @@ type pipeline struct {
 	models  []*modelRuntime
 	cameras []*cameraRuntime
 	pub     *Publisher
-	control *Control // run-time settings over MQTT (nil: none)
+	control *Control         // run-time settings over MQTT (nil: none)
+	results func(PartResult) // also told every part result (the Modbus map); nil: none
 
 	heartbeat atomic.Int64 // unix nanos of the last detector loop turn
 	cancel    context.CancelFunc

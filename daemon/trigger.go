@@ -191,5 +191,15 @@ func (p *pipeline) publishResult(r PartResult) {
 		return
 	}
 	p.pub.Publish(p.pub.Topic(r.Camera, "result"), 1, false, b)
+	if p.results != nil {
+		p.results(r)
+	}
 	slog.Info("part result", "camera", r.Camera, "part_id", r.PartID, "verdict", r.Verdict, "reason", r.Reason, "latency_ms", r.LatencyMS)
+}
+
+// busy says whether parts wait for their results.
+func (t *triggers) busy() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.pending) > 0
 }

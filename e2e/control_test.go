@@ -10,7 +10,10 @@ import (
 	"testing"
 	"time"
 
+	mb "github.com/simonvetter/modbus"
+
 	"github.com/transformaly/transformaly/internal/synth"
+	"github.com/transformaly/transformaly/modbus"
 )
 
 // MQTT control, Frigate's way, against real mosquitto: detect/set OFF stops
@@ -120,7 +123,7 @@ func TestTriggeredInspection(t *testing.T) {
 	b := startMosquitto(t, "")
 	sub := subscribe(t, b.url(), "transformaly/#", "test-sub-trigger")
 	cmd := subscribe(t, b.url(), "nothing/#", "test-trigger-sender")
-	port := freePort(t)
+	port, modbusPort := freePort(t), freePort(t)
 	folder := t.TempDir()
 	if _, err := synth.WriteParts(folder, 96, synth.Normal, 2, 9); err != nil {
 		t.Fatal(err)
@@ -131,8 +134,9 @@ cameras:
   - {name: ended, source: %s, model: %s, trigger: {deadline: 300ms}}
 mqtt: {broker: %s}
 metrics: {address: "127.0.0.1:%d"}
+modbus: {address: "127.0.0.1:%d"}
 state_directory: %s
-`, f.loop, f.bundle, folder, f.bundle, b.url(), port, t.TempDir()))
+`, f.loop, f.bundle, folder, f.bundle, b.url(), port, modbusPort, t.TempDir()))
 	eventually(t, "running", 30*time.Second, func() bool {
 		resp, err := http.Post(fmt.Sprintf("http://127.0.0.1:%d/trigger/line1", port), "text/plain", strings.NewReader("warm-up"))
 		if err != nil {
@@ -194,6 +198,42 @@ state_directory: %s
 		m := sub.on("transformaly/ended/result")
 		return len(m) == 1 && strings.Contains(string(m[0].Payload), `"verdict":"error"`) && strings.Contains(string(m[0].Payload), "deadline")
 	})
+	// The PLC's way: a rising edge on line1's Trigger coil, the result in
+	// its registers (a real Modbus TCP client).
+	plc, err := mb.NewClient(&mb.ClientConfiguration{URL: fmt.Sprintf("tcp://127.0.0.1:%d", modbusPort), Timeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := plc.Open(); err != nil {
+		t.Fatal(err)
+	}
+	defer plc.Close()
+	if ready, err := plc.ReadDiscreteInput(modbus.InputReady); err != nil || !ready {
+		t.Errorf("line1 Ready: %v (%v)", ready, err)
+	}
+	counter := func() uint16 {
+		r, err := plc.ReadRegisters(modbus.RegisterResultCounter, 1, mb.INPUT_REGISTER)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r[0]
+	}
+	before := counter()
+	valid, _ := plc.ReadDiscreteInput(modbus.InputResultValid)
+	plc.WriteUint32(modbus.HoldingPartID, 31337)
+	plc.WriteCoil(modbus.CoilTrigger, false)
+	if err := plc.WriteCoil(modbus.CoilTrigger, true); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "a result in the registers", 10*time.Second, func() bool { return counter() == before+1 })
+	bits, _ := plc.ReadDiscreteInputs(0, 6)
+	if bits[modbus.InputResultValid] == valid || bits[modbus.InputOK] == bits[modbus.InputNG] || bits[modbus.InputError] {
+		t.Errorf("bits after the Modbus-triggered part: %v (Valid was %v)", bits, valid)
+	}
+	if id, _ := plc.ReadUint32(modbus.RegisterPartID, mb.INPUT_REGISTER); id != 31337 || find("31337") == nil {
+		t.Errorf("part id %d in the registers; MQTT result %v", id, find("31337"))
+	}
+
 	// Unknown cameras and untriggered ones are refused.
 	resp, _ = http.Post(fmt.Sprintf("http://127.0.0.1:%d/trigger/nocam", port), "text/plain", nil)
 	if resp.StatusCode != http.StatusConflict {
