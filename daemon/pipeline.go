@@ -395,11 +395,19 @@ func (p *pipeline) handle(c *cameraRuntime, f capture.Frame, r detector.Result, 
 		threshold = t
 	}
 	anomalous := fault != "" || r.Score > threshold
+	// The map is made for every frame only where it gives the frame's
+	// region (a patch feature space); otherwise only for a new peak.
 	var region *Region
-	anomaly, mapErr := heatmap.ForResult(r.PatchDistances, c.normalPatchDistance, r.TokenErrors, len(r.BlockErrors))
-	if r.PatchDistances != nil && mapErr == nil && f.Width > 0 {
-		box := anomaly.Region(f.Width, f.Height)
-		region = &Region{X: box.Min.X, Y: box.Min.Y, Width: box.Dx(), Height: box.Dy()}
+	var anomaly heatmap.Map
+	var mapErr error
+	mapped := false
+	if r.PatchDistances != nil {
+		anomaly, mapErr = heatmap.FromPatchDistances(r.PatchDistances, c.normalPatchDistance)
+		mapped = true
+		if mapErr == nil && f.Width > 0 {
+			box := anomaly.Region(f.Width, f.Height)
+			region = &Region{X: box.Min.X, Y: box.Min.Y, Width: box.Dx(), Height: box.Dy()}
+		}
 	}
 	if rate := p.cfg.MQTT.ScoreRate; rate <= 0 || now.Sub(c.lastSent).Seconds() >= 1/rate {
 		c.lastSent = now
@@ -429,6 +437,9 @@ func (p *pipeline) handle(c *cameraRuntime, f capture.Frame, r detector.Result, 
 			if rarity := models.RarityText(c.normalQuantile(r.Score)); rarity != "" {
 				caption += "  " + rarity
 			}
+		}
+		if !mapped {
+			anomaly, mapErr = heatmap.ForResult(r.PatchDistances, c.normalPatchDistance, r.TokenErrors, len(r.BlockErrors))
 		}
 		c.peak = &peakFrame{view: f.View, anomaly: anomaly, caption: caption}
 		if mapErr != nil {

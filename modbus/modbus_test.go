@@ -111,7 +111,7 @@ func TestRegisterMap(t *testing.T) {
 
 	// Read-only data and unknown addresses.
 	for what, err := range map[string]error{
-		"a write to a coil that is not Trigger": c.WriteCoil(line2+3, true),
+		"a write to a coil that is not Trigger":          c.WriteCoil(line2+3, true),
 		"a write to a holding register past the part id": c.WriteRegister(line2+5, 1),
 		"a read past the cameras":                        func() error { _, err := c.ReadDiscreteInputs(2*BlockSize, 1); return err }(),
 	} {
