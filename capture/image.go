@@ -143,3 +143,20 @@ func ReadImageRGB(path string, size int, keepView bool) ([]byte, *View, error) {
 	}
 	return out, view, nil
 }
+
+// EncodeImage encodes packed BGR pixels (a View's) as an image file's bytes
+// of the type ext names (".png", ".jpg"): how collect and the daemon's NG
+// images save frames, so both folders are alike.
+func EncodeImage(bgr []byte, width, height int, ext string) ([]byte, error) {
+	m, err := gocv.NewMatFromBytes(height, width, gocv.MatTypeCV8UC3, bgr)
+	if err != nil {
+		return nil, fmt.Errorf("encode a %dx%d image: %w", width, height, err)
+	}
+	defer m.Close()
+	buf, err := gocv.IMEncode(gocv.FileExt(ext), m)
+	if err != nil {
+		return nil, fmt.Errorf("encode a %dx%d image as %s: %w", width, height, ext, err)
+	}
+	defer buf.Close()
+	return append([]byte(nil), buf.GetBytes()...), nil
+}

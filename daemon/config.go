@@ -42,6 +42,8 @@ type Config struct {
 	// Modbus serves the PLC the triggered cameras' registers (off unless an
 	// address is given; see the modbus package for the map).
 	Modbus ModbusConfig `yaml:"modbus"`
+	// NGImages keeps triggered cameras' NG parts' images.
+	NGImages NGImagesConfig `yaml:"ng_images"`
 	// StateDirectory holds the event queue (systemd StateDirectory).
 	StateDirectory string `yaml:"state_directory"`
 	// CacheDirectory holds TensorRT engine caches (systemd CacheDirectory).
@@ -178,6 +180,23 @@ type ModbusConfig struct {
 	Address string `yaml:"address"` // host:port, e.g. 0.0.0.0:502; "" is off
 }
 
+// cameraNames lists the cameras in configuration order (the Modbus blocks).
+func (c Config) cameraNames() []string {
+	names := make([]string, len(c.Cameras))
+	for i, cam := range c.Cameras {
+		names[i] = cam.Name
+	}
+	return names
+}
+
+// NGImagesDirectory is where NG parts' images go.
+func (c Config) NGImagesDirectory() string {
+	if c.NGImages.Directory != "" {
+		return c.NGImages.Directory
+	}
+	return filepath.Join(c.StateDirectory, "ng_images")
+}
+
 // DefaultConfig is what an empty file means.
 func DefaultConfig() Config {
 	return Config{
@@ -187,6 +206,7 @@ func DefaultConfig() Config {
 		Events:         EventConfig{MinFrames: 2, EndFrames: 5, UpdateInterval: time.Second},
 		Detector:       DetectorConfig{Provider: "auto", MaxBatch: 8, BatchWait: 10 * time.Millisecond},
 		Metrics:        MetricsConfig{Address: "127.0.0.1:9108"},
+		NGImages:       NGImagesConfig{MaxMB: 512},
 		StateDirectory: "/var/lib/transformaly",
 		CacheDirectory: "/var/cache/transformaly",
 	}
@@ -238,7 +258,7 @@ func (c *Config) resolvePaths(dir string) {
 			abs(&cam.Source)
 		}
 	}
-	for _, p := range []*string{&c.StateDirectory, &c.CacheDirectory, &c.MQTT.PasswordFile, &c.MQTT.TLS.CAFile, &c.MQTT.TLS.CertFile, &c.MQTT.TLS.KeyFile} {
+	for _, p := range []*string{&c.StateDirectory, &c.CacheDirectory, &c.NGImages.Directory, &c.MQTT.PasswordFile, &c.MQTT.TLS.CAFile, &c.MQTT.TLS.CertFile, &c.MQTT.TLS.KeyFile} {
 		abs(p)
 	}
 	if c.Detector.ProviderLibrary != "" {
@@ -594,6 +614,9 @@ func (c Config) Validate() []error {
 	}
 	if c.StateDirectory == "" {
 		bad("state_directory", "missing")
+	}
+	if c.NGImages.MaxMB < 0 {
+		bad("ng_images.max_mb", "%d: 0 (keep none) or more", c.NGImages.MaxMB)
 	}
 	return errs
 }

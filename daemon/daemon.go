@@ -33,6 +33,7 @@ type Daemon struct {
 	pub        *Publisher
 	control    *Control
 	modbus     *modbus.Server // nil: off
+	ngImages   *ngArchive     // nil: off
 	broker     *EmbeddedBroker
 	started    time.Time
 
@@ -111,6 +112,12 @@ func Run(ctx context.Context, opts Options) error {
 	if d.control, err = OpenControl(filepath.Join(cfg.StateDirectory, "control.json")); err != nil {
 		return err
 	}
+	if d.ngImages, err = openNGArchive(cfg.NGImagesDirectory(), cfg.NGImages.MaxMB); err != nil {
+		return err
+	}
+	if d.ngImages != nil {
+		defer d.ngImages.close()
+	}
 	broker := cfg.MQTT.Broker
 	if broker == "embedded" {
 		if d.broker, err = StartEmbeddedBroker(cfg.MQTT.EmbeddedAddress); err != nil {
@@ -154,17 +161,13 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 	if a := cfg.Modbus.Address; a != "" {
-		var names []string
-		for _, c := range cfg.Cameras {
-			names = append(names, c.Name)
-		}
-		if d.modbus, err = modbus.Start(a, names, d); err != nil {
+		if d.modbus, err = modbus.Start(a, cfg.cameraNames(), d); err != nil {
 			pipe.closeModels()
 			return err
 		}
 		defer d.modbus.Close()
 	}
-	pipe.results = d.forwardResult
+	pipe.results, pipe.ngImages = d.forwardResult, d.ngImages
 	d.mu.Lock()
 	d.pipe = pipe
 	d.mu.Unlock()
@@ -209,8 +212,8 @@ func (d *Daemon) reload(ctx context.Context) {
 	defer notify(sd.SdNotifyReady)
 	slog.Info("reloading configuration and bundles", "config", d.configPath)
 	cfg, err := LoadAndValidate(d.configPath, d.override)
-	if err == nil && (cfg.MQTT.Broker != d.cfg.MQTT.Broker || cfg.StateDirectory != d.cfg.StateDirectory) {
-		err = errors.New("mqtt.broker and state_directory change only with a restart")
+	if err == nil && (cfg.MQTT.Broker != d.cfg.MQTT.Broker || cfg.StateDirectory != d.cfg.StateDirectory || cfg.NGImages != d.cfg.NGImages || cfg.Modbus != d.cfg.Modbus) {
+		err = errors.New("mqtt.broker, state_directory, ng_images and modbus change only with a restart")
 	}
 	if err != nil {
 		slog.Error("reload refused; still running the previous configuration", "err", err)
@@ -222,9 +225,12 @@ func (d *Daemon) reload(ctx context.Context) {
 		slog.Error("reload failed; still running the previous configuration", "err", err)
 		return
 	}
-	next.results = d.forwardResult
+	next.results, next.ngImages = d.forwardResult, d.ngImages
 	old.stop()
 	next.adoptPeaks(old)
+	if d.modbus != nil {
+		d.modbus.SetCameras(cfg.cameraNames())
+	}
 	d.mu.Lock()
 	d.pipe, d.cfg = next, cfg
 	d.mu.Unlock()

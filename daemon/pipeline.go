@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -105,6 +106,9 @@ type pipeline struct {
 	pub     *Publisher
 	control *Control         // run-time settings over MQTT (nil: none)
 	results func(PartResult) // also told every part result (the Modbus map); nil: none
+	// ngImages keeps NG parts' images (nil: off). The daemon's, set before
+	// start like results.
+	ngImages *ngArchive
 
 	heartbeat atomic.Int64 // unix nanos of the last detector loop turn
 	cancel    context.CancelFunc
@@ -142,7 +146,8 @@ func buildPipeline(ctx context.Context, cfg Config, pub *Publisher, control *Con
 			}
 			slog.Info("model loaded", "bundle", cc.Model, "provider", det.Provider(), "image_size", det.Size(), "threshold", det.Info.Threshold)
 		}
-		capCfg, err := cc.CaptureConfig(m.det.Size(), snapshotsEnabled(cfg.MQTT))
+		// Views are kept for snapshots and for NG parts' images.
+		capCfg, err := cc.CaptureConfig(m.det.Size(), snapshotsEnabled(cfg.MQTT) || cc.Trigger != nil && cfg.NGImages.MaxMB > 0)
 		if err != nil {
 			p.closeModels()
 			return nil, fmt.Errorf("cameras[%d]: %w", i, err)
@@ -425,23 +430,31 @@ func (p *pipeline) handle(c *cameraRuntime, f capture.Frame, r detector.Result, 
 	}
 	c.e2e.add(float64(time.Since(f.Time).Microseconds()) / 1000)
 	if c.trig != nil {
-		c.trig.scored(f.Seq, r, threshold, region, fault)
+		var evidence func() *partImage
+		if p.ngImages != nil && f.View != nil {
+			evidence = func() *partImage {
+				img := &partImage{bgr: slices.Clone(f.View.BGR), width: f.View.Width, height: f.View.Height, anomaly: anomaly,
+					caption: c.caption(r.Score, threshold)}
+				if !mapped {
+					var err error
+					if img.anomaly, err = heatmap.ForResult(r.PatchDistances, c.normalPatchDistance, r.TokenErrors, len(r.BlockErrors)); err != nil {
+						slog.Error("anomaly map failed", "camera", c.cfg.Name, "err", err)
+					}
+				}
+				return img
+			}
+		}
+		c.trig.scored(f.Seq, r, threshold, region, fault, evidence)
 	}
 	events, newPeak := c.tracker.observe(f.Seq, f.Time, r.Score, region, anomalous, threshold)
 	if newPeak {
 		if c.peak != nil {
 			c.peak.view.Release()
 		}
-		caption := fmt.Sprintf("%s  score %.4g  threshold %.4g", c.cfg.Name, r.Score, threshold)
-		if c.normalQuantile != nil {
-			if rarity := models.RarityText(c.normalQuantile(r.Score)); rarity != "" {
-				caption += "  " + rarity
-			}
-		}
 		if !mapped {
 			anomaly, mapErr = heatmap.ForResult(r.PatchDistances, c.normalPatchDistance, r.TokenErrors, len(r.BlockErrors))
 		}
-		c.peak = &peakFrame{view: f.View, anomaly: anomaly, caption: caption}
+		c.peak = &peakFrame{view: f.View, anomaly: anomaly, caption: c.caption(r.Score, threshold)}
 		if mapErr != nil {
 			slog.Error("anomaly map failed", "camera", c.cfg.Name, "err", mapErr)
 		}
@@ -451,6 +464,17 @@ func (p *pipeline) handle(c *cameraRuntime, f capture.Frame, r detector.Result, 
 	for _, e := range events {
 		p.publishEvent(c, e)
 	}
+}
+
+// caption names the camera, score, threshold and rarity on saved images.
+func (c *cameraRuntime) caption(score, threshold float64) string {
+	caption := fmt.Sprintf("%s  score %.4g  threshold %.4g", c.cfg.Name, score, threshold)
+	if c.normalQuantile != nil {
+		if rarity := models.RarityText(c.normalQuantile(score)); rarity != "" {
+			caption += "  " + rarity
+		}
+	}
+	return caption
 }
 
 func (p *pipeline) publishEvent(c *cameraRuntime, e Event) {

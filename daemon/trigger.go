@@ -30,7 +30,8 @@ type PartResult struct {
 	Score       *float64  `json:"score,omitempty"`  // the worst frame's
 	Threshold   float64   `json:"threshold"`
 	Region      *Region   `json:"region,omitempty"`
-	Frames      int       `json:"frames"` // scored for this part
+	Frames      int       `json:"frames"`          // scored for this part
+	Frame       uint64    `json:"frame,omitempty"` // the worst one's number (the camera's count)
 	TriggerTime time.Time `json:"trigger_time"`
 	ResultTime  time.Time `json:"result_time"`
 	LatencyMS   float64   `json:"latency_ms"`
@@ -48,6 +49,7 @@ type partRequest struct {
 	from     time.Time // frames captured at or after it count
 	assigned int       // frames handed to the detector
 	worst    float64
+	image    *partImage // the worst frame's, when NG images are kept
 	timer    *time.Timer
 }
 
@@ -55,7 +57,7 @@ type partRequest struct {
 // trigger takes the next Frames frames captured Delay after it, in order.
 type triggers struct {
 	cfg     TriggerConfig
-	publish func(PartResult)
+	publish func(PartResult, *partImage)
 
 	mu      sync.Mutex
 	pending []*partRequest
@@ -63,7 +65,7 @@ type triggers struct {
 	counter uint64
 }
 
-func newTriggers(cfg TriggerConfig, publish func(PartResult)) *triggers {
+func newTriggers(cfg TriggerConfig, publish func(PartResult, *partImage)) *triggers {
 	return &triggers{cfg: cfg.withDefaults(), publish: publish, bySeq: map[uint64]*partRequest{}}
 }
 
@@ -114,7 +116,9 @@ func (t *triggers) unassign(seq uint64) {
 }
 
 // scored takes a frame's result; the part's last frame publishes it.
-func (t *triggers) scored(seq uint64, r detector.Result, threshold float64, region *Region, fault string) {
+// evidence (nil: none wanted) copies the frame and its map when the frame
+// is the part's worst so far.
+func (t *triggers) scored(seq uint64, r detector.Result, threshold float64, region *Region, fault string, evidence func() *partImage) {
 	t.mu.Lock()
 	req, ok := t.bySeq[seq]
 	if !ok {
@@ -128,7 +132,10 @@ func (t *triggers) scored(seq uint64, r detector.Result, threshold float64, regi
 	case fault != "":
 		req.result.Verdict, req.result.Reason = VerdictError, fault
 	case r.Score > req.worst:
-		req.worst, req.result.Region = r.Score, region
+		req.worst, req.result.Region, req.result.Frame = r.Score, region, seq
+		if evidence != nil {
+			req.image = evidence()
+		}
 	}
 	if req.result.Frames < t.cfg.Frames {
 		t.mu.Unlock()
@@ -162,7 +169,7 @@ func (t *triggers) expire(req *partRequest) {
 	t.mu.Unlock()
 	req.result.Verdict = VerdictError
 	req.result.Reason = fmt.Sprintf("deadline: %d of %d frames scored within %s", req.result.Frames, t.cfg.Frames, *t.cfg.Deadline)
-	req.result.Score, req.result.Region = nil, nil
+	req.result.Score, req.result.Region, req.result.Frame, req.image = nil, nil, 0, nil
 	t.finish(req)
 }
 
@@ -180,11 +187,12 @@ func (t *triggers) remove(req *partRequest) bool {
 func (t *triggers) finish(req *partRequest) {
 	req.result.ResultTime = time.Now().UTC()
 	req.result.LatencyMS = float64(req.result.ResultTime.Sub(req.result.TriggerTime).Microseconds()) / 1000
-	t.publish(req.result)
+	t.publish(req.result, req.image)
 }
 
-// publishResult sends a part result (QoS 1) and logs it.
-func (p *pipeline) publishResult(r PartResult) {
+// publishResult sends a part result (QoS 1) and logs it; an NG part's
+// image goes to the NG folder.
+func (p *pipeline) publishResult(r PartResult, img *partImage) {
 	b, err := json.Marshal(r)
 	if err != nil {
 		slog.Error("part result not encoded", "camera", r.Camera, "err", err)
@@ -193,6 +201,9 @@ func (p *pipeline) publishResult(r PartResult) {
 	p.pub.Publish(p.pub.Topic(r.Camera, "result"), 1, false, b)
 	if p.results != nil {
 		p.results(r)
+	}
+	if r.Verdict == VerdictNG && img != nil && p.ngImages != nil {
+		p.ngImages.keep(r, img)
 	}
 	slog.Info("part result", "camera", r.Camera, "part_id", r.PartID, "verdict", r.Verdict, "reason", r.Reason, "latency_ms", r.LatencyMS)
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -88,12 +89,38 @@ func waitForPort(t testing.TB, port int) {
 
 // BenchmarkTriggerToCoil measures what a PLC sees: from its rising edge on
 // the Trigger coil to the result counter changing, polled every 0.5 ms by a
-// Modbus TCP client, 50 parts per run (p50 and p99 ms). The daemon runs the
-// fixture's bundle (dim 64, 4 blocks, 48 px, with its patch space) on a
-// paced 25 fps camera, one frame a part: the latency includes waiting for
-// the next frame (up to 40 ms).
+// Modbus TCP client, 50 parts per run (p50 and p99 ms), on a paced 25 fps
+// camera, one frame a part: the latency includes waiting for the next frame
+// (up to 40 ms). fixture: the e2e bundle (dim 64, 4 blocks, 48 px, with its
+// patch space); vit-s16: a ViT-S/16-shaped teacher at 224 (random weights,
+// fitted briefly: the latency does not depend on what it learned).
 func BenchmarkTriggerToCoil(b *testing.B) {
-	f := getDaemonFixture(b)
+	b.Run("fixture", func(b *testing.B) {
+		f := getDaemonFixture(b)
+		triggerToCoil(b, f.bundle, f.loop)
+	})
+	b.Run("vit-s16", func(b *testing.B) {
+		dir := b.TempDir()
+		teacher, normal, bundle, video := filepath.Join(dir, "vit-s16.safetensors"), filepath.Join(dir, "normal"), filepath.Join(dir, "vit-s16.tfy"), filepath.Join(dir, "loop.avi")
+		if _, err := synth.WriteParts(normal, 224, synth.Normal, 24, 1); err != nil {
+			b.Fatal(err)
+		}
+		if err := synth.WriteVideo(video, 224, 25, []string{synth.Normal, synth.Missing}, 6, 4); err != nil {
+			b.Fatal(err)
+		}
+		for _, args := range [][]string{
+			{"random-vit", "--dim", "384", "--depth", "12", "--heads", "6", "--patch", "16", "--image-size", "224", "--out", teacher},
+			{"fit", "--teacher", teacher, "--normal", normal, "--out", bundle, "--epochs", "1", "--batch-size", "8", "--val-fraction", "0.25"},
+		} {
+			if out, err := exec.Command(binary, args...).CombinedOutput(); err != nil {
+				b.Fatalf("%v: %v\n%s", args, err, out)
+			}
+		}
+		triggerToCoil(b, bundle, video)
+	})
+}
+
+func triggerToCoil(b *testing.B, bundle, video string) {
 	for range b.N {
 		modbusPort := freePort(b)
 		d := startDaemon(b, fmt.Sprintf(`
@@ -104,7 +131,7 @@ metrics: {address: "off"}
 modbus: {address: "127.0.0.1:%d"}
 detector: {max_batch: 1}
 state_directory: %q
-`, f.loop, f.bundle, freePort(b), modbusPort, b.TempDir()))
+`, video, bundle, freePort(b), modbusPort, b.TempDir()))
 		plc, err := mb.NewClient(&mb.ClientConfiguration{URL: fmt.Sprintf("tcp://127.0.0.1:%d", modbusPort), Timeout: 2 * time.Second})
 		if err != nil {
 			b.Fatal(err)

@@ -418,6 +418,10 @@ func TestCheckConfigNamesTheKey(t *testing.T) {
 		{"bad cuda option", fmt.Sprintf("cameras: [{name: a, source: %s, model: %s}]\ndetector: {cuda_options: {arena_extend_strategy: same}}\n", f.video, f.bundle), "detector.cuda_options: arena_extend_strategy"},
 		{"bad duration", fmt.Sprintf("cameras: [{name: a, source: %s, model: %s, stall_timeout: soon}]\n", f.video, f.bundle), "stall_timeout"},
 		{"bad metrics address", fmt.Sprintf("cameras: [{name: a, source: %s, model: %s}]\nmetrics: {address: nine}\n", f.video, f.bundle), "metrics.address"},
+		{"bad trigger frames", fmt.Sprintf("cameras: [{name: a, source: %s, model: %s, trigger: {frames: 101}}]\n", f.video, f.bundle), "cameras[0].trigger.frames"},
+		{"bad trigger deadline", fmt.Sprintf("cameras: [{name: a, source: %s, model: %s, trigger: {delay: 1s, deadline: 500ms}}]\n", f.video, f.bundle), "cameras[0].trigger.deadline"},
+		{"bad modbus address", fmt.Sprintf("cameras: [{name: a, source: %s, model: %s}]\nmodbus: {address: \"502\"}\n", f.video, f.bundle), "modbus.address"},
+		{"negative ng_images cap", fmt.Sprintf("cameras: [{name: a, source: %s, model: %s}]\nng_images: {max_mb: -1}\n", f.video, f.bundle), "ng_images.max_mb"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			path := filepath.Join(dir, strings.ReplaceAll(c.name, " ", "-")+".yaml")

@@ -83,11 +83,8 @@ type Server struct {
 // Start serves the map of the given cameras (block i is cameras[i]) at
 // address (host:port).
 func Start(address string, cameras []string, line Line) (*Server, error) {
-	s := &Server{line: line, index: map[string]int{}}
-	for i, name := range cameras {
-		s.cameras = append(s.cameras, &camera{name: name, score: float32(math.NaN())})
-		s.index[name] = i
-	}
+	s := &Server{line: line}
+	s.SetCameras(cameras)
 	srv, err := mb.NewServer(&mb.ServerConfiguration{URL: "tcp://" + address, Timeout: 5 * time.Minute, MaxClients: 8}, s)
 	if err != nil {
 		return nil, fmt.Errorf("modbus.address %s: %w", address, err)
@@ -98,6 +95,25 @@ func Start(address string, cameras []string, line Line) (*Server, error) {
 	s.server = srv
 	slog.Info("Modbus TCP server listening", "address", address, "cameras", cameras)
 	return s, nil
+}
+
+// SetCameras lays the blocks out anew (a reload): block i is cameras[i]; a
+// camera that stays keeps its last result and registers, wherever its
+// block moves.
+func (s *Server) SetCameras(cameras []string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	blocks := make([]*camera, len(cameras))
+	index := make(map[string]int, len(cameras))
+	for i, name := range cameras {
+		if j, ok := s.index[name]; ok {
+			blocks[i] = s.cameras[j]
+		} else {
+			blocks[i] = &camera{name: name, score: float32(math.NaN())}
+		}
+		index[name] = i
+	}
+	s.cameras, s.index = blocks, index
 }
 
 // Close stops the server.

@@ -120,3 +120,33 @@ func TestRegisterMap(t *testing.T) {
 		}
 	}
 }
+
+// A reload lays the blocks out anew: a camera that stays keeps its last
+// result wherever its block moves; a new one starts empty.
+func TestSetCamerasKeepsResultsByName(t *testing.T) {
+	addr := freeAddress(t)
+	s, err := Start(addr, []string{"line1", "line2"}, &fakeLine{ready: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	s.Publish("line2", Result{PartID: "7", Verdict: "ng", Score: 3})
+	s.SetCameras([]string{"line2", "line3"})
+	c, err := mb.NewClient(&mb.ClientConfiguration{URL: "tcp://" + addr, Timeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Open(); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if id, err := c.ReadUint32(RegisterPartID, mb.INPUT_REGISTER); err != nil || id != 7 {
+		t.Errorf("block 0 (now line2): part id %d (%v), want line2's 7", id, err)
+	}
+	if b, err := c.ReadDiscreteInputs(BlockSize, 6); err != nil || b[InputNG] || b[InputResultValid] {
+		t.Errorf("block 1 (new line3): %v (%v), want no result", b, err)
+	}
+	if _, err := c.ReadDiscreteInputs(2*BlockSize, 1); !errors.Is(err, mb.ErrIllegalDataAddress) {
+		t.Errorf("a third block after the reload: %v", err)
+	}
+}

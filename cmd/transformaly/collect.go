@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
-	"gocv.io/x/gocv"
 
 	"github.com/transformaly/transformaly/capture"
 	"github.com/transformaly/transformaly/daemon"
@@ -134,15 +133,9 @@ func pickCamera(cfg daemon.Config, name string) (daemon.CameraConfig, error) {
 
 // saveView writes a frame's view as an image file, atomically.
 func saveView(path string, v *capture.View, ext string) error {
-	m, err := gocv.NewMatFromBytes(v.Height, v.Width, gocv.MatTypeCV8UC3, v.BGR)
+	data, err := capture.EncodeImage(v.BGR, v.Width, v.Height, ext)
 	if err != nil {
-		return err
+		return fmt.Errorf("%s: %w", path, err)
 	}
-	defer m.Close()
-	buf, err := gocv.IMEncode(gocv.FileExt(ext), m)
-	if err != nil {
-		return fmt.Errorf("encode %s: %w", path, err)
-	}
-	defer buf.Close()
-	return atomicfile.Write(path, buf.GetBytes())
+	return atomicfile.Write(path, data)
 }

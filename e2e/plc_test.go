@@ -1,0 +1,169 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"image"
+	_ "image/jpeg"
+	_ "image/png"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	mb "github.com/simonvetter/modbus"
+
+	"github.com/transformaly/transformaly/internal/synth"
+	"github.com/transformaly/transformaly/modbus"
+)
+
+// A PLC judges 20 parts over Modbus TCP (a real client) on a looping part
+// video with known good and bad parts: 20 results, each with the verdict
+// its part deserves, Result Valid toggling each time, and every NG part's
+// image and map kept in the NG folder.
+func TestModbusJudgesTwentyParts(t *testing.T) {
+	f := getDaemonFixture(t)
+	// The loop's parts (six frames each): the fourth is missing, NG.
+	kinds := []string{synth.Normal, synth.Normal, synth.Normal, synth.Missing, synth.Normal, synth.Normal}
+	const perPart = 6
+	loopFrames := perPart * len(kinds)
+	bad := func(frame uint64) bool { return kinds[int((frame-1)%uint64(loopFrames))/perPart] == synth.Missing }
+
+	// The threshold between the loop's normal and missing frames, from
+	// score on the same file: the verdicts then depend only on which part
+	// a trigger caught.
+	r := runBinary(t, nil, "score", "--model", f.bundle, "--json", f.loop)
+	if r.code != 0 {
+		t.Fatalf("score the loop: %s", r.stderr)
+	}
+	maxNormal, minBad := math.Inf(-1), math.Inf(1)
+	for l := range strings.SplitSeq(strings.TrimSpace(r.stdout), "\n") {
+		var s struct {
+			Frame uint64  `json:"frame"`
+			Score float64 `json:"score"`
+		}
+		if err := json.Unmarshal([]byte(l), &s); err != nil {
+			t.Fatal(err)
+		}
+		if bad(s.Frame) {
+			minBad = min(minBad, s.Score)
+		} else {
+			maxNormal = max(maxNormal, s.Score)
+		}
+	}
+	if !(minBad > maxNormal) {
+		t.Fatalf("the bundle does not separate the missing part (lowest %g) from normal ones (highest %g)", minBad, maxNormal)
+	}
+	threshold := (minBad + maxNormal) / 2
+
+	b := startMosquitto(t, "")
+	sub := subscribe(t, b.url(), "transformaly/line1/result", "test-sub-plc")
+	modbusPort := freePort(t)
+	state := t.TempDir()
+	startDaemon(t, fmt.Sprintf(`
+cameras:
+  - {name: line1, source: %q, model: %q, loop: true, pace: true, threshold: %g, trigger: {deadline: 2s}}
+mqtt: {broker: %s}
+metrics: {address: "off"}
+modbus: {address: "127.0.0.1:%d"}
+state_directory: %q
+`, f.loop, f.bundle, threshold, b.url(), modbusPort, state))
+	plc, err := mb.NewClient(&mb.ClientConfiguration{URL: fmt.Sprintf("tcp://127.0.0.1:%d", modbusPort), Timeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the Modbus server", 30*time.Second, func() bool { return plc.Open() == nil })
+	defer plc.Close()
+	eventually(t, "line1 ready", 30*time.Second, func() bool { r, _ := plc.ReadDiscreteInput(modbus.InputReady); return r })
+
+	counter := func() uint16 {
+		r, err := plc.ReadRegisters(modbus.RegisterResultCounter, 1, mb.INPUT_REGISTER)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r[0]
+	}
+	result := func(part string) map[string]any {
+		for _, m := range sub.on("transformaly/line1/result") {
+			var r map[string]any
+			json.Unmarshal(m.Payload, &r)
+			if r["part_id"] == part {
+				return r
+			}
+		}
+		return nil
+	}
+	valid, _ := plc.ReadDiscreteInput(modbus.InputResultValid)
+	toggles, ng := 0, 0
+	// Triggers 7 frames (280 ms at 25 fps) apart step through the loop's
+	// parts one by one: both verdicts come up several times.
+	for i := range 20 {
+		start := time.Now()
+		part := uint32(1000 + i)
+		before := counter()
+		if err := plc.WriteUint32(modbus.HoldingPartID, part); err != nil {
+			t.Fatal(err)
+		}
+		plc.WriteCoil(modbus.CoilTrigger, false)
+		if err := plc.WriteCoil(modbus.CoilTrigger, true); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, fmt.Sprintf("part %d's result in the registers", part), 5*time.Second, func() bool { return counter() != before })
+		bits, err := plc.ReadDiscreteInputs(0, 6)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bits[modbus.InputResultValid] != valid {
+			toggles++
+		}
+		valid = bits[modbus.InputResultValid]
+		if id, _ := plc.ReadUint32(modbus.RegisterPartID, mb.INPUT_REGISTER); id != part {
+			t.Errorf("part id register %d, want %d", id, part)
+		}
+		eventually(t, fmt.Sprintf("part %d's result over MQTT", part), 5*time.Second, func() bool { return result(fmt.Sprint(part)) != nil })
+		res := result(fmt.Sprint(part))
+		frame := uint64(res["frame"].(float64))
+		want := "ok"
+		if bad(frame) {
+			want = "ng"
+			ng++
+		}
+		if res["verdict"] != want || bits[modbus.InputNG] != (want == "ng") || bits[modbus.InputOK] != (want == "ok") || bits[modbus.InputError] {
+			t.Errorf("part %d (frame %d): verdict %v, bits %v; want %s", part, frame, res["verdict"], bits, want)
+		}
+		time.Sleep(time.Until(start.Add(280 * time.Millisecond)))
+	}
+	if toggles != 20 {
+		t.Errorf("Result Valid toggled %d times for 20 results", toggles)
+	}
+	t.Logf("%d of 20 parts NG (threshold %.4g between normal frames up to %.4g and missing parts from %.4g)", ng, threshold, maxNormal, minBad)
+	if ng == 0 || ng == 20 {
+		t.Fatalf("%d of 20 parts NG: the triggers did not step through the loop", ng)
+	}
+
+	// Each NG part's frame and its map, named by trigger time and part id.
+	dir := filepath.Join(state, "ng_images", "line1")
+	var images []string
+	eventually(t, "the NG images written", 5*time.Second, func() bool {
+		images, _ = filepath.Glob(filepath.Join(dir, "images", "*.png"))
+		return len(images) == ng
+	})
+	for _, p := range images {
+		for _, file := range []string{p, filepath.Join(dir, "maps", strings.TrimSuffix(filepath.Base(p), ".png")+".jpg")} {
+			fh, err := os.Open(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg, _, err := image.DecodeConfig(fh)
+			fh.Close()
+			if err != nil || cfg.Width < 96 || cfg.Height < 96 {
+				t.Errorf("%s: %dx%d (%v), want an image at least the camera's 96x96", file, cfg.Width, cfg.Height, err)
+			}
+		}
+		if !strings.Contains(filepath.Base(p), "_10") {
+			t.Errorf("NG image %s is not named by its part id", p)
+		}
+	}
+}
