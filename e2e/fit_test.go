@@ -258,6 +258,17 @@ func TestFitInterruptAndResume(t *testing.T) {
 	if r.code != 1 || !strings.Contains(r.stderr, "same settings") {
 		t.Errorf("resume with another batch size: exit %d\n%s", r.code, r.stderr)
 	}
+	// So are other images under the same names.
+	if _, err := synth.WriteParts(f.normal, 48, synth.Normal, 40, 99); err != nil {
+		t.Fatal(err)
+	}
+	r = runBinary(t, nil, "fit", "--teacher", f.teacher, "--normal", f.normal, "--out", bundle, "--epochs", "2", "--batch-size", "4", "--resume")
+	if r.code != 1 || !strings.Contains(r.stderr, "names or contents") {
+		t.Errorf("resume on replaced images: exit %d\n%s", r.code, r.stderr)
+	}
+	if _, err := synth.WriteParts(f.normal, 48, synth.Normal, 40, 1); err != nil {
+		t.Fatal(err)
+	}
 	// Resuming finishes the remaining epochs from the saved ones.
 	r = runBinary(t, nil, "fit", "--teacher", f.teacher, "--normal", f.normal, "--out", bundle, "--epochs", "3", "--batch-size", "4", "--resume")
 	if r.code != 0 {

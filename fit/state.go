@@ -36,19 +36,31 @@ const stateMetadataKey = "transformaly.fit_state"
 
 // fingerprint ties a state file to the settings that shape the training
 // trajectory; a resume with other settings is refused. Epochs may grow.
-func (o *Options) fingerprint(images *Images, train []int) string {
+// The training images count by their decoded pixels, not only their
+// names: a folder whose images were replaced under the same names resumed
+// silently (hashing them costs about 1 ms per 224 px image).
+func (o *Options) fingerprint(images *Images, train []int) (string, error) {
 	h := sha256.New()
 	fmt.Fprintf(h, "%s|%d|%v|%d|%g|%d|%g|", o.Teacher.Checksum, o.Teacher.ImageSize, o.Blocks, o.BatchSize, o.LR, o.Seed, o.ValFraction)
+	var buf []byte
 	for _, i := range train {
 		fmt.Fprintf(h, "%s\n", images.Paths[i])
+		var err error
+		if buf, err = images.Batch([]int{i}, buf); err != nil {
+			return "", fmt.Errorf("fingerprint the training images: %w", err)
+		}
+		h.Write(buf)
 	}
-	return hex.EncodeToString(h.Sum(nil))
+	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // startState makes fresh students, or with Resume reloads the state file.
 func (o *Options) startState(images *Images, train []int) (*fitState, error) {
 	path := StatePath(o.Out)
-	fp := o.fingerprint(images, train)
+	fp, err := o.fingerprint(images, train)
+	if err != nil {
+		return nil, err
+	}
 	_, statErr := os.Stat(path)
 	if !o.Resume {
 		if statErr == nil {
@@ -75,7 +87,7 @@ func (o *Options) startState(images *Images, train []int) (*fitState, error) {
 		return nil, err
 	}
 	if st.Fingerprint != fp {
-		return nil, fmt.Errorf("fit: %s was made with another teacher, image set, blocks, batch size, learning rate, seed or validation fraction; resume with the same settings or delete it", path)
+		return nil, fmt.Errorf("fit: %s was made with another teacher, image set (names or contents), blocks, batch size, learning rate, seed or validation fraction; resume with the same settings or delete it", path)
 	}
 	slog.Info("resuming fit", "finished_epochs", st.epoch, "state", path)
 	return st, nil
