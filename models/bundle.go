@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"sort"
 	"time"
 
@@ -426,7 +427,12 @@ func DecodeBundle(info BundleInfo, mf ModelFile) (*ViT, []Block, Scoring, error)
 	}
 	v.PatchW = r.take("patch_embed.weight", c.Dim, 3, c.Patch, c.Patch)
 	v.PatchB = r.take("patch_embed.bias", c.Dim)
-	v.PosEmbed = r.take("pos_embed_with_cls", 1, c.Tokens(), c.Dim)
+	if pos := r.take("pos_embed_with_cls", 1, c.Tokens(), c.Dim); pos != nil {
+		// Rows: class token, registers, patches (see embedTokens).
+		d, reg := c.Dim, c.Registers*c.Dim
+		v.PosEmbed = slices.Concat(pos[:d], pos[d+reg:])
+		v.RegTokens = pos[d : d+reg]
+	}
 	v.ClsToken = make([]float32, c.Dim)
 	v.NormW, v.NormB = r.take("norm.weight", c.Dim), r.take("norm.bias", c.Dim)
 	if r.err != nil { // before anything sized by the metadata is made

@@ -57,7 +57,7 @@ func CheckPatchBlocks(blocks []int, depth int) error {
 // patchFeatures turns the teacher's block outputs (ins[b+1], [N*Tokens,
 // Dim]) into float32 patch features [N*Grid*Grid, Dim*len(blocks)]. The 3x3
 // neighbourhood mean (over the neighbours there are at the grid's edge)
-// and the class token's removal are one MatMul by a fixed [Grid^2, Tokens]
+// and the removal of the class and register tokens are one MatMul by a fixed [Grid^2, Tokens]
 // matrix: 0.3% of a ViT-B forward pass, and no Slice or AveragePool (an
 // AveragePool and Slice version crashed ORT 1.29's CUDA plugin on an H200).
 func (g *Graph) patchFeatures(ins []string, c Config, blocks []int) string {
@@ -68,7 +68,7 @@ func (g *Graph) patchFeatures(ins []string, c Config, blocks []int) string {
 			var neighbours []int
 			for y := max(0, py-1); y <= min(grid-1, py+1); y++ {
 				for x := max(0, px-1); x <= min(grid-1, px+1); x++ {
-					neighbours = append(neighbours, 1+y*grid+x) // token 0 is the class token
+					neighbours = append(neighbours, 1+c.Registers+y*grid+x) // the class token and registers come first
 				}
 			}
 			for _, tok := range neighbours {

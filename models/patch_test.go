@@ -23,7 +23,7 @@ func refPatchFeatures(c models.Config, ref vitref.Result, blocks []int) [][]floa
 			n := 0.0
 			for y := max(0, py-1); y <= min(g-1, py+1); y++ {
 				for x := max(0, px-1); x <= min(g-1, px+1); x++ {
-					tok := 1 + y*g + x
+					tok := 1 + c.Registers + y*g + x // after the class token and registers
 					for o := range d {
 						mean[o] += tokens[tok*d+o]
 					}

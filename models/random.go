@@ -63,7 +63,10 @@ func RandomViT(c Config, seed uint64) (*ViT, error) {
 	v.PatchW = normal(d*3*c.Patch*c.Patch, 0, math.Sqrt(1/float64(3*c.Patch*c.Patch)))
 	v.PatchB = normal(d, 0, 0.02)
 	v.ClsToken = normal(d, 0, 0.02)
-	v.PosEmbed = normal(c.Tokens()*d, 0, 0.02)
+	v.PosEmbed = normal(c.ImageTokens()*d, 0, 0.02)
+	if c.Registers > 0 {
+		v.RegTokens = normal(c.Registers*d, 0, 0.5) // DINOv2's registers are far from zero
+	}
 	for range c.Depth {
 		b := XavierBlock(c, rng)
 		b.Norm1W, b.Norm1B = normal(d, 1, 0.1), normal(d, 0, 0.05)
@@ -76,17 +79,45 @@ func RandomViT(c Config, seed uint64) (*ViT, error) {
 	return v, nil
 }
 
+// RandomLayerScale gives every block seeded per-channel LayerScale factors
+// in [0.5, 1.5), as DINOv2's blocks have (a random model for tests).
+func (v *ViT) RandomLayerScale(seed uint64) {
+	rng := rand.New(rand.NewPCG(seed, 0x6c73))
+	scale := func() []float32 {
+		out := make([]float32, v.Dim)
+		for i := range out {
+			out[i] = float32(0.5 + rng.Float64())
+		}
+		return out
+	}
+	for i := range v.Blocks {
+		v.Blocks[i].LayerScale1, v.Blocks[i].LayerScale2 = scale(), scale()
+	}
+}
+
 // SaveTimm writes the ViT as a timm model.safetensors, recording the number
 // of heads in the metadata (timm's own files leave it to the model name).
+// With registers it takes timm's DINOv2-with-registers layout
+// (no_embed_class): reg_token, a position table without the class token's
+// row, and that row folded into cls_token, as timm converts them.
 func (v *ViT) SaveTimm(path string) error {
 	d, m, p := v.Dim, v.MLPDim, v.Patch
 	t := map[string]Tensor{
 		"patch_embed.proj.weight": {Shape: []int{d, 3, p, p}, Data: v.PatchW},
 		"patch_embed.proj.bias":   {Shape: []int{d}, Data: v.PatchB},
 		"cls_token":               {Shape: []int{1, 1, d}, Data: v.ClsToken},
-		"pos_embed":               {Shape: []int{1, v.Tokens(), d}, Data: v.PosEmbed},
+		"pos_embed":               {Shape: []int{1, v.ImageTokens(), d}, Data: v.PosEmbed},
 		"norm.weight":             {Shape: []int{d}, Data: v.NormW},
 		"norm.bias":               {Shape: []int{d}, Data: v.NormB},
+	}
+	if v.Registers > 0 {
+		cls := make([]float32, d)
+		for i := range cls {
+			cls[i] = v.ClsToken[i] + v.PosEmbed[i]
+		}
+		t["cls_token"] = Tensor{Shape: []int{1, 1, d}, Data: cls}
+		t["pos_embed"] = Tensor{Shape: []int{1, v.ImageTokens() - 1, d}, Data: v.PosEmbed[d:]}
+		t["reg_token"] = Tensor{Shape: []int{1, v.Registers, d}, Data: v.RegTokens}
 	}
 	for i, b := range v.Blocks {
 		n := func(s string) string { return fmt.Sprintf("blocks.%d.%s", i, s) }

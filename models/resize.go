@@ -6,9 +6,12 @@ import (
 )
 
 // ResizePositionEmbedding resamples the patch part of the position embedding
-// to the grid of imageSize, keeping the class token's entry, the way timm's
-// resample_abs_pos_embed does when a checkpoint is loaded at another size:
-// F.interpolate(mode="bicubic", antialias=True, align_corners=False).
+// to the grid of imageSize, keeping the class token's entry, as the
+// checkpoint's own library does at another size: timm's
+// resample_abs_pos_embed, F.interpolate(mode="bicubic", antialias=True,
+// align_corners=False); Hugging Face's interpolate_pos_encoding (ViT and
+// DINOv2) the same without antialias, which differs when shrinking (a
+// DINOv2 at 518 used at 224).
 func (v *ViT) ResizePositionEmbedding(imageSize int) error {
 	if imageSize <= 0 || imageSize%v.Patch != 0 {
 		return fmt.Errorf("image size %d is not a positive multiple of the patch size %d", imageSize, v.Patch)
@@ -19,7 +22,11 @@ func (v *ViT) ResizePositionEmbedding(imageSize int) error {
 	for i := range grid {
 		grid[i] = float64(v.PosEmbed[d+i])
 	}
-	resized := resizeBicubicAA(grid, oldGrid, oldGrid, newGrid, newGrid, d)
+	taps := aaWeights
+	if v.Layout == LayoutHuggingFace {
+		taps = bicubicWeights
+	}
+	resized := resizeBicubic(grid, oldGrid, oldGrid, newGrid, newGrid, d, taps)
 	pos := make([]float32, (newGrid*newGrid+1)*d)
 	copy(pos, v.PosEmbed[:d])
 	for i, x := range resized {
@@ -30,15 +37,14 @@ func (v *ViT) ResizePositionEmbedding(imageSize int) error {
 	return nil
 }
 
-// resizeBicubicAA resizes an [h, w, c] grid to [outH, outW, c] with PyTorch's
-// separable antialiased bicubic filter (Keys a=-0.5, support widened by the
-// scale when shrinking, weights renormalised at the borders). Written here
-// because no Go image library offers this exact kernel, and position
-// embeddings must match what timm computes.
-func resizeBicubicAA(src []float64, h, w, outH, outW, c int) []float64 {
+// resizeBicubic resizes an [h, w, c] grid to [outH, outW, c] separably with
+// one of PyTorch's bicubic filters (taps: aaWeights or bicubicWeights).
+// Written here because no Go image library offers these exact kernels, and
+// position embeddings must match what timm and transformers compute.
+func resizeBicubic(src []float64, h, w, outH, outW, c int, taps func(in, out int) []tapWeights) []float64 {
 	// Width pass: [h, w, c] -> [h, outW, c].
 	tmp := make([]float64, h*outW*c)
-	for ox, ws := range aaWeights(w, outW) {
+	for ox, ws := range taps(w, outW) {
 		for y := range h {
 			dst := tmp[(y*outW+ox)*c : (y*outW+ox+1)*c]
 			for j, wt := range ws.weights {
@@ -51,7 +57,7 @@ func resizeBicubicAA(src []float64, h, w, outH, outW, c int) []float64 {
 	}
 	// Height pass: [h, outW, c] -> [outH, outW, c].
 	out := make([]float64, outH*outW*c)
-	for oy, ws := range aaWeights(h, outH) {
+	for oy, ws := range taps(h, outH) {
 		for x := range outW {
 			dst := out[(oy*outW+x)*c : (oy*outW+x+1)*c]
 			for j, wt := range ws.weights {
@@ -68,6 +74,31 @@ func resizeBicubicAA(src []float64, h, w, outH, outW, c int) []float64 {
 type tapWeights struct {
 	first   int
 	weights []float64
+}
+
+// bicubicWeights follows PyTorch's upsample_bicubic2d without antialias,
+// align_corners=False: four taps around scale*(i+0.5)-0.5 with the cubic
+// convolution of A=-0.75, indices clamped to the edge (a clamped tap adds
+// its weight to the edge one).
+func bicubicWeights(in, out int) []tapWeights {
+	const a = -0.75
+	near := func(x float64) float64 { return ((a+2)*x-(a+3))*x*x + 1 }  // |x| <= 1
+	far := func(x float64) float64 { return ((a*x-5*a)*x+8*a)*x - 4*a } // 1 < |x| < 2
+	scale := float64(in) / float64(out)
+	taps := make([]tapWeights, out)
+	for i := range out {
+		src := scale*(float64(i)+0.5) - 0.5
+		x0 := int(math.Floor(src))
+		t := src - float64(x0)
+		coeffs := [4]float64{far(t + 1), near(t), near(1 - t), far(2 - t)}
+		first, last := min(max(x0-1, 0), in-1), min(max(x0+2, 0), in-1)
+		ws := make([]float64, last-first+1)
+		for k, c := range coeffs {
+			ws[min(max(x0-1+k, 0), in-1)-first] += c
+		}
+		taps[i] = tapWeights{first: first, weights: ws}
+	}
+	return taps
 }
 
 // aaWeights follows _compute_indices_min_size_weights_aa in PyTorch's

@@ -33,7 +33,8 @@ const (
 // real timm files do not, and fall back to dim/64).
 const HeadsMetadataKey = "transformaly.num_heads"
 
-// Config is the architecture of a plain ViT with a class token.
+// Config is the architecture of a plain ViT with a class token, and
+// optionally register tokens (DINOv2 with registers).
 type Config struct {
 	Dim       int     `json:"dim"`
 	Depth     int     `json:"depth"`
@@ -42,13 +43,22 @@ type Config struct {
 	Patch     int     `json:"patch"`
 	ImageSize int     `json:"image_size"`
 	Eps       float64 `json:"layer_norm_eps"`
+	// Registers are the register tokens between the class token and the
+	// patches: they take part in attention, have no position, and are left
+	// out of student errors, maps and patch features.
+	Registers int `json:"registers,omitempty"`
 }
 
 // Grid is the number of patches along one side of the image.
 func (c Config) Grid() int { return c.ImageSize / c.Patch }
 
-// Tokens is the sequence length: patches plus the class token.
-func (c Config) Tokens() int { return c.Grid()*c.Grid() + 1 }
+// Tokens is the sequence length: the class token, the registers and the
+// patches.
+func (c Config) Tokens() int { return c.Grid()*c.Grid() + 1 + c.Registers }
+
+// ImageTokens are the class token and the patches, without registers: the
+// rows of the position embedding, and the tokens errors and maps cover.
+func (c Config) ImageTokens() int { return c.Grid()*c.Grid() + 1 }
 
 // Block holds one transformer block's weights. Linear weights keep PyTorch's
 // [out, in] layout.
@@ -72,10 +82,13 @@ type ViT struct {
 	PatchW   []float32 // [Dim, 3, Patch, Patch]
 	PatchB   []float32 // [Dim]
 	ClsToken []float32 // [Dim]
-	PosEmbed []float32 // [Tokens, Dim]
-	Blocks   []Block
-	NormW    []float32
-	NormB    []float32
+	// PosEmbed is [ImageTokens, Dim]: the class token's row first (zero for
+	// checkpoints whose class token has no position, timm's no_embed_class).
+	PosEmbed  []float32
+	RegTokens []float32 // [Registers, Dim]
+	Blocks    []Block
+	NormW     []float32
+	NormB     []float32
 	// Input is the pixel normalisation the checkpoint was trained with.
 	Input Normalization
 	// HeadsSource says where the number of heads came from.
@@ -301,10 +314,38 @@ func embeddingShapes(patch Tensor, patchName string, pos Tensor, posName string)
 	return dim, p, grid * p, nil
 }
 
+// withClassPosition gives a position embedding without the class token's
+// row (timm's no_embed_class: DeiT-III, DINOv2 with registers) a zero one,
+// the canonical layout; a square token count marks such a table.
+func withClassPosition(t map[string]Tensor, name string) {
+	pos, ok := t[name]
+	if !ok || len(pos.Shape) != 3 {
+		return
+	}
+	grid := int(math.Round(math.Sqrt(float64(pos.Shape[1]))))
+	if grid > 1 && grid*grid == pos.Shape[1] {
+		t[name] = Tensor{Shape: []int{1, pos.Shape[1] + 1, pos.Shape[2]}, Data: append(make([]float32, pos.Shape[2]), pos.Data...)}
+	}
+}
+
+// registers reads the register tokens ([1, R, Dim]) under name, if any.
+func (r *weightReader) registers(name string, dim int) (int, []float32) {
+	t, ok := r.tensors[name]
+	if !ok {
+		return 0, nil
+	}
+	if len(t.Shape) != 3 || t.Shape[0] != 1 || t.Shape[1] < 1 {
+		r.err = fmt.Errorf("tensor %q has shape %v, want [1, registers, %d]", name, t.Shape, dim)
+		return 0, nil
+	}
+	return t.Shape[1], r.take(name, 1, t.Shape[1], dim)
+}
+
 func fromTimm(t map[string]Tensor) (*ViT, error) {
 	if !has(t, "pos_embed") {
 		return nil, errors.New(`missing tensor "pos_embed"`)
 	}
+	withClassPosition(t, "pos_embed")
 	dim, p, image, err := embeddingShapes(t["patch_embed.proj.weight"], "patch_embed.proj.weight", t["pos_embed"], "pos_embed")
 	if err != nil {
 		return nil, err
@@ -323,7 +364,8 @@ func fromTimm(t map[string]Tensor) (*ViT, error) {
 	v.PatchW = r.take("patch_embed.proj.weight", dim, 3, p, p)
 	v.PatchB = r.take("patch_embed.proj.bias", dim)
 	v.ClsToken = r.take("cls_token", 1, 1, dim)
-	v.PosEmbed = r.take("pos_embed", 1, cfg.Tokens(), dim)
+	v.PosEmbed = r.take("pos_embed", 1, cfg.ImageTokens(), dim)
+	v.Registers, v.RegTokens = r.registers("reg_token", dim)
 	for i := range depth {
 		n := func(s string) string { return fmt.Sprintf("blocks.%d.%s", i, s) }
 		b := Block{
@@ -355,12 +397,33 @@ func fromTimm(t map[string]Tensor) (*ViT, error) {
 	return v, nil
 }
 
+// hfNames are a Hugging Face ViT family's tensor names inside a block.
+type hfNames struct {
+	norm1, norm2, fc1, fc2 string
+	layerScale1            string // "" when the family has none
+	layerScale2            string
+	eps                    float64 // the family's default layer_norm_eps
+}
+
+var (
+	hfViTNames = hfNames{norm1: "layernorm_before", norm2: "layernorm_after", fc1: "intermediate.dense", fc2: "output.dense", eps: hfLayerNormEps}
+	// Dinov2Model (facebook/dinov2-*), with or without registers.
+	hfDinov2Names = hfNames{norm1: "norm1", norm2: "norm2", fc1: "mlp.fc1", fc2: "mlp.fc2",
+		layerScale1: "layer_scale1.lambda1", layerScale2: "layer_scale2.lambda1", eps: 1e-6}
+)
+
 func fromHuggingFace(t map[string]Tensor, configPath string) (*ViT, error) {
 	prefix := ""
-	if has(t, "vit.embeddings.patch_embeddings.projection.weight") {
-		prefix = "vit."
+	for _, p := range []string{"vit.", "dinov2."} {
+		if has(t, p+"embeddings.patch_embeddings.projection.weight") {
+			prefix = p
+		}
 	}
 	name := func(s string) string { return prefix + s }
+	names := hfViTNames
+	if has(t, name("encoder.layer.0.norm1.weight")) {
+		names = hfDinov2Names
+	}
 	if !has(t, name("embeddings.position_embeddings")) {
 		return nil, fmt.Errorf("missing tensor %q", name("embeddings.position_embeddings"))
 	}
@@ -369,21 +432,25 @@ func fromHuggingFace(t map[string]Tensor, configPath string) (*ViT, error) {
 	if err != nil {
 		return nil, err
 	}
-	depth, err := countBlocks(t, name("encoder.layer."), ".layernorm_before.weight")
+	depth, err := countBlocks(t, name("encoder.layer."), "."+names.norm1+".weight")
 	if err != nil {
 		return nil, err
 	}
-	fc1, ok := t[name("encoder.layer.0.intermediate.dense.weight")]
+	fc1Name := name("encoder.layer.0." + names.fc1 + ".weight")
+	fc1, ok := t[fc1Name]
 	if !ok || len(fc1.Shape) != 2 {
-		return nil, fmt.Errorf("missing tensor %q or it is not a matrix", name("encoder.layer.0.intermediate.dense.weight"))
+		return nil, fmt.Errorf("missing tensor %q or it is not a matrix (a SwiGLU DINOv2, giant, is not supported)", fc1Name)
 	}
-	cfg := Config{Dim: dim, Depth: depth, MLPDim: fc1.Shape[0], Patch: p, ImageSize: image, Eps: hfLayerNormEps}
+	cfg := Config{Dim: dim, Depth: depth, MLPDim: fc1.Shape[0], Patch: p, ImageSize: image, Eps: names.eps}
 	hf, err := readHFConfig(configPath)
 	if err != nil {
 		return nil, err
 	}
 	if err := hf.contradicts(cfg); err != nil {
 		return nil, err
+	}
+	if hf.UseSwiGLU {
+		return nil, fmt.Errorf("%s says use_swiglu_ffn: SwiGLU blocks (DINOv2 giant) are not supported", configPath)
 	}
 	if hf.LayerNormEps > 0 {
 		cfg.Eps = hf.LayerNormEps
@@ -396,7 +463,12 @@ func fromHuggingFace(t map[string]Tensor, configPath string) (*ViT, error) {
 	v.PatchW = r.take(name("embeddings.patch_embeddings.projection.weight"), dim, 3, p, p)
 	v.PatchB = r.take(name("embeddings.patch_embeddings.projection.bias"), dim)
 	v.ClsToken = r.take(name("embeddings.cls_token"), 1, 1, dim)
-	v.PosEmbed = r.take(name("embeddings.position_embeddings"), 1, cfg.Tokens(), dim)
+	v.PosEmbed = r.take(name("embeddings.position_embeddings"), 1, cfg.ImageTokens(), dim)
+	v.Registers, v.RegTokens = r.registers(name("embeddings.register_tokens"), dim)
+	if hf.NumRegisterTokens != nil && *hf.NumRegisterTokens != v.Registers {
+		return nil, fmt.Errorf("%s says num_register_tokens %d, the weights have %d", configPath, *hf.NumRegisterTokens, v.Registers)
+	}
+	r.optional(name("embeddings.mask_token"), 1, dim) // masked-image pretraining only
 	for i := range depth {
 		n := func(s string) string { return name(fmt.Sprintf("encoder.layer.%d.%s", i, s)) }
 		var qkvW, qkvB []float32
@@ -404,14 +476,18 @@ func fromHuggingFace(t map[string]Tensor, configPath string) (*ViT, error) {
 			qkvW = append(qkvW, r.take(n("attention.attention."+part+".weight"), dim, dim)...)
 			qkvB = append(qkvB, r.take(n("attention.attention."+part+".bias"), dim)...)
 		}
-		v.Blocks = append(v.Blocks, Block{
-			Norm1W: r.take(n("layernorm_before.weight"), dim), Norm1B: r.take(n("layernorm_before.bias"), dim),
+		b := Block{
+			Norm1W: r.take(n(names.norm1+".weight"), dim), Norm1B: r.take(n(names.norm1+".bias"), dim),
 			QKVW: qkvW, QKVB: qkvB,
 			ProjW: r.take(n("attention.output.dense.weight"), dim, dim), ProjB: r.take(n("attention.output.dense.bias"), dim),
-			Norm2W: r.take(n("layernorm_after.weight"), dim), Norm2B: r.take(n("layernorm_after.bias"), dim),
-			FC1W: r.take(n("intermediate.dense.weight"), cfg.MLPDim, dim), FC1B: r.take(n("intermediate.dense.bias"), cfg.MLPDim),
-			FC2W: r.take(n("output.dense.weight"), dim, cfg.MLPDim), FC2B: r.take(n("output.dense.bias"), dim),
-		})
+			Norm2W: r.take(n(names.norm2+".weight"), dim), Norm2B: r.take(n(names.norm2+".bias"), dim),
+			FC1W: r.take(n(names.fc1+".weight"), cfg.MLPDim, dim), FC1B: r.take(n(names.fc1+".bias"), cfg.MLPDim),
+			FC2W: r.take(n(names.fc2+".weight"), dim, cfg.MLPDim), FC2B: r.take(n(names.fc2+".bias"), dim),
+		}
+		if names.layerScale1 != "" {
+			b.LayerScale1, b.LayerScale2 = r.take(n(names.layerScale1), dim), r.take(n(names.layerScale2), dim)
+		}
+		v.Blocks = append(v.Blocks, b)
 	}
 	v.NormW = r.take(name("layernorm.weight"), dim)
 	v.NormB = r.take(name("layernorm.bias"), dim)
@@ -434,6 +510,9 @@ type hfConfig struct {
 	IntermediateSize *int `json:"intermediate_size"`
 	ImageSize        *int `json:"image_size"`
 	PatchSize        *int `json:"patch_size"`
+	// DINOv2's.
+	NumRegisterTokens *int `json:"num_register_tokens"`
+	UseSwiGLU         bool `json:"use_swiglu_ffn"`
 }
 
 // contradicts names the first setting of the config.json that the weights'
@@ -474,7 +553,7 @@ func readHFConfig(path string) (hfConfig, error) {
 
 // Parameters returns the number of weights in the backbone.
 func (v *ViT) Parameters() int {
-	n := len(v.PatchW) + len(v.PatchB) + len(v.ClsToken) + len(v.PosEmbed) + len(v.NormW) + len(v.NormB)
+	n := len(v.PatchW) + len(v.PatchB) + len(v.ClsToken) + len(v.PosEmbed) + len(v.RegTokens) + len(v.NormW) + len(v.NormB)
 	for _, b := range v.Blocks {
 		n += len(b.Norm1W) + len(b.Norm1B) + len(b.QKVW) + len(b.QKVB) + len(b.ProjW) + len(b.ProjB) +
 			len(b.Norm2W) + len(b.Norm2B) + len(b.FC1W) + len(b.FC1B) + len(b.FC2W) + len(b.FC2B) +
@@ -485,9 +564,13 @@ func (v *ViT) Parameters() int {
 
 // Describe is a one-line summary of the architecture.
 func (c Config) Describe() string {
-	return strings.Join([]string{
+	parts := []string{
 		fmt.Sprintf("dim=%d", c.Dim), fmt.Sprintf("depth=%d", c.Depth), fmt.Sprintf("heads=%d", c.Heads),
 		fmt.Sprintf("mlp=%d", c.MLPDim), fmt.Sprintf("patch=%d", c.Patch), fmt.Sprintf("image=%d", c.ImageSize),
 		fmt.Sprintf("eps=%g", c.Eps),
-	}, " ")
+	}
+	if c.Registers > 0 {
+		parts = append(parts, fmt.Sprintf("registers=%d", c.Registers))
+	}
+	return strings.Join(parts, " ")
 }

@@ -24,7 +24,7 @@ func saveHuggingFace(t *testing.T, v *models.ViT, path, prefix string) {
 		prefix + "embeddings.patch_embeddings.projection.weight": {Shape: []int{d, 3, p, p}, Data: v.PatchW},
 		prefix + "embeddings.patch_embeddings.projection.bias":   {Shape: []int{d}, Data: v.PatchB},
 		prefix + "embeddings.cls_token":                          {Shape: []int{1, 1, d}, Data: v.ClsToken},
-		prefix + "embeddings.position_embeddings":                {Shape: []int{1, v.Tokens(), d}, Data: v.PosEmbed},
+		prefix + "embeddings.position_embeddings":                {Shape: []int{1, v.ImageTokens(), d}, Data: v.PosEmbed},
 		prefix + "layernorm.weight":                              {Shape: []int{d}, Data: v.NormW},
 		prefix + "layernorm.bias":                                {Shape: []int{d}, Data: v.NormB},
 	}
@@ -180,6 +180,26 @@ func TestBicubicMatchesHandComputation(t *testing.T) {
 	}
 	if v.PosEmbed[0] != 9 {
 		t.Error("class token changed")
+	}
+}
+
+// Hugging Face layouts resize as transformers does, without antialias
+// (A=-0.75, clamped taps). By hand for [0 1] -> 4: output 0 sits at source
+// -0.25, taps -2..1 clamp to 0,0,0,1 with weights W(1.75), W(0.75),
+// W(0.25), W(1.25) = -0.03515625, 0.26171875, 0.87890625, -0.10546875, so it
+// is -0.10546875; output 1 at 0.25 takes W(0.75)+W(1.75) of the 1, 0.2265625.
+func TestHuggingFaceBicubicMatchesHandComputation(t *testing.T) {
+	v, _ := models.RandomViT(models.Config{Dim: 1, Depth: 1, Heads: 1, Patch: 1, ImageSize: 2}, 1)
+	v.Layout = models.LayoutHuggingFace
+	v.PosEmbed = []float32{9, 0, 1, 0, 1}
+	if err := v.ResizePositionEmbedding(4); err != nil {
+		t.Fatal(err)
+	}
+	want := []float64{-0.10546875, 0.2265625, 0.7734375, 1.10546875}
+	for i, w := range want {
+		if got := float64(v.PosEmbed[1+i]); math.Abs(got-w) > 1e-6 {
+			t.Errorf("output %d: %g, want %g", i, got, w)
+		}
 	}
 }
 

@@ -151,12 +151,14 @@ func (g *Graph) embedTokens(images string, v *ViT) string {
 	x = g.Op("Conv", []string{x, pw, pb}, AttrInts("kernel_shape", p, p), AttrInts("strides", p, p)) // [N, D, g, g]
 	x = g.Op("Reshape", []string{x, g.Shape(0, int64(c.Dim), -1)})
 	x = g.Op("Transpose", []string{x}, AttrInts("perm", 0, 2, 1)) // [N, g*g, D]
-	// A zero row padded in front of the patches, plus a position table whose
-	// first row already holds cls_token + pos_embed[0], places the class token
-	// without any batch-size-dependent Expand.
-	x = g.Op("Pad", []string{x, g.Ints([]int64{0, 1, 0, 0, 0, 0})})
-	pos := slices.Clone(v.PosEmbed)
-	for i := range c.Dim {
+	// Zero rows padded in front of the patches, plus a position table whose
+	// first row already holds cls_token + pos_embed[0] and whose next rows
+	// are the register tokens (which have no position), place the class and
+	// register tokens without any batch-size-dependent Expand.
+	x = g.Op("Pad", []string{x, g.Ints([]int64{0, int64(1 + c.Registers), 0, 0, 0, 0})})
+	d := c.Dim
+	pos := slices.Concat(v.PosEmbed[:d], v.RegTokens, v.PosEmbed[d:])
+	for i := range d {
 		pos[i] += v.ClsToken[i]
 	}
 	x = g.Op("Add", []string{x, g.Weight("pos_embed_with_cls", pos, 1, c.Tokens(), c.Dim)})
@@ -224,7 +226,8 @@ func TeacherGraph(v *ViT) ([]byte, error) {
 }
 
 // DetectorGraph emits teacher and students in one graph: images ->
-// embedding, per-block MSE [N, B] and per-token errors [N, B, Tokens], where
+// embedding, per-block MSE [N, B] and per-token errors [N, B, ImageTokens]
+// (registers left out of both), where
 // student k mimics teacher block blocks[k] fed the teacher's input of it.
 // Teacher and students together may pass 2 GiB (ViT-L): WriteModelFile
 // stores the model whatever its size.
@@ -265,11 +268,18 @@ func (g *Graph) detectorBody(v *ViT, blocks []int, students []Block) (detectorOu
 	if len(perBlock) > 1 {
 		tokenErrors = g.Op("Concat", perBlock, AttrInt("axis", 1))
 	}
+	if c.Registers > 0 { // registers carry no image position: left out
+		keep := []int64{0}
+		for tok := 1 + c.Registers; tok < c.Tokens(); tok++ {
+			keep = append(keep, int64(tok))
+		}
+		tokenErrors = g.Op("Gather", []string{tokenErrors, g.Ints(keep, len(keep))}, AttrInt("axis", 2))
+	}
 	blockErrors := g.Op("ReduceMean", []string{tokenErrors}, AttrInts("axes", 2), AttrInt("keepdims", 0))
 	emb = g.toF32(emb)
 	g.Output(OutputEmbedding, emb, Float32, batchDim, c.Dim)
 	g.Output(OutputBlockErrors, blockErrors, Float32, batchDim, len(blocks))
-	g.Output(OutputTokenErrors, tokenErrors, Float32, batchDim, len(blocks), c.Tokens())
+	g.Output(OutputTokenErrors, tokenErrors, Float32, batchDim, len(blocks), c.ImageTokens())
 	return detectorOutputs{embedding: emb, blockErrors: blockErrors, ins: ins}, nil
 }
 

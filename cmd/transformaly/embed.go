@@ -161,6 +161,8 @@ func randomViTCommand(fs *pflag.FlagSet) func([]string) error {
 	fs.IntVar(&c.MLPDim, "mlp-dim", 0, "MLP hidden width (default 4 x dim)")
 	fs.IntVar(&c.Patch, "patch", 8, "patch size in pixels")
 	fs.IntVar(&c.ImageSize, "image-size", 64, "input image size in pixels (a multiple of --patch)")
+	fs.IntVar(&c.Registers, "registers", 0, "register tokens after the class token (written in timm's DINOv2-with-registers layout)")
+	layerScale := fs.Bool("layer-scale", false, "per-channel LayerScale in every block, as DINOv2 and DeiT-III have")
 	seed := fs.Uint64("seed", 1, "random seed: the same seed gives the same weights")
 	out := fs.String("out", "", "output file, e.g. random-vit.safetensors (required)")
 	return func(args []string) error {
@@ -170,9 +172,15 @@ func randomViTCommand(fs *pflag.FlagSet) func([]string) error {
 		if *out == "" {
 			return usageError("--out is required")
 		}
+		if c.Registers < 0 {
+			return usageError("--registers %d: 0 or more", c.Registers)
+		}
 		v, err := models.RandomViT(c, *seed)
 		if err != nil {
 			return usageError("%v", err)
+		}
+		if *layerScale {
+			v.RandomLayerScale(*seed)
 		}
 		if err := v.SaveTimm(*out); err != nil {
 			return err

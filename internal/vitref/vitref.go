@@ -25,13 +25,20 @@ func Forward(v *models.ViT, img []uint8) Result {
 	if n := v.Input; n.Rescale != 0 {
 		rescale, mean, std = n.Rescale, n.Mean, n.Std
 	}
+	// Tokens: the class token, then DINOv2's registers (no position), then
+	// the patches (the position table has no rows for registers).
+	r := c.Registers
 	x := make([]float64, c.Tokens()*d)
 	for o := range d {
 		x[o] = float64(v.ClsToken[o]) + float64(v.PosEmbed[o])
 	}
+	for i := range r * d {
+		x[d+i] = float64(v.RegTokens[i])
+	}
 	for gy := range g {
 		for gx := range g {
-			tok := 1 + gy*g + gx
+			pos := 1 + gy*g + gx
+			tok := pos + r
 			for o := range d {
 				s := float64(v.PatchB[o])
 				for ch := range 3 {
@@ -43,7 +50,7 @@ func Forward(v *models.ViT, img []uint8) Result {
 						}
 					}
 				}
-				x[tok*d+o] = s + float64(v.PosEmbed[tok*d+o])
+				x[tok*d+o] = s + float64(v.PosEmbed[pos*d+o])
 			}
 		}
 	}
@@ -149,13 +156,18 @@ func Block(c models.Config, b models.Block, x []float64) []float64 {
 	return out
 }
 
-// TokenErrors is the mean over channels of (student - teacher)^2 per token.
+// TokenErrors is the mean over channels of (student - teacher)^2 per token
+// of the class token and the patches (registers skipped).
 func TokenErrors(c models.Config, student, teacher []float64) []float64 {
 	d := c.Dim
-	out := make([]float64, c.Tokens())
+	out := make([]float64, c.ImageTokens())
 	for i := range out {
+		tok := i
+		if i > 0 {
+			tok += c.Registers
+		}
 		for e := range d {
-			diff := student[i*d+e] - teacher[i*d+e]
+			diff := student[tok*d+e] - teacher[tok*d+e]
 			out[i] += diff * diff
 		}
 		out[i] /= float64(d)
