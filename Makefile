@@ -7,7 +7,7 @@ ORT_TGZ_SHA256 := 6e3390d6b783e7be946fad629292799da28d0b42f84856e50d2c1b0383291e
 ORT_LIB_SHA256 := ffb75a925ba05e47b235bb66e3e3911714a80b328a9c9425539feb204aa32a23
 ORT_DIR        := .deps/onnxruntime
 ORT_LIB        := $(ORT_DIR)/libonnxruntime.so.1
-APT_PACKAGES   := libopencv-dev libjpeg-dev libavutil-dev mosquitto pkg-config gcc
+APT_PACKAGES   := libopencv-dev libjpeg-dev libavutil-dev mosquitto chromium pkg-config gcc
 BIN            := bin/transformaly
 # -tags matprofile makes gocv count live Mats, so tests can assert none leak;
 # -count=1 because the e2e tests run a binary the test cache cannot see.

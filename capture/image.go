@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"gocv.io/x/gocv"
 )
@@ -159,4 +160,10 @@ func EncodeImage(bgr []byte, width, height int, ext string) ([]byte, error) {
 	}
 	defer buf.Close()
 	return append([]byte(nil), buf.GetBytes()...), nil
+}
+
+// FrameFileName names a saved frame: camera, capture time (UTC, ms) and
+// frame number, so saved frames sort by time and never collide.
+func FrameFileName(camera string, at time.Time, seq uint64, ext string) string {
+	return fmt.Sprintf("%s-%s-%06d.%s", camera, at.UTC().Format("20060102T150405.000Z"), seq, ext)
 }

@@ -44,6 +44,8 @@ type Config struct {
 	Modbus ModbusConfig `yaml:"modbus"`
 	// NGImages keeps triggered cameras' NG parts' images.
 	NGImages NGImagesConfig `yaml:"ng_images"`
+	// Web places the web console.
+	Web WebConfig `yaml:"web"`
 	// StateDirectory holds the event queue (systemd StateDirectory).
 	StateDirectory string `yaml:"state_directory"`
 	// CacheDirectory holds TensorRT engine caches (systemd CacheDirectory).
@@ -175,9 +177,62 @@ type MetricsConfig struct {
 	Address string `yaml:"address"` // "" or "off" disables
 }
 
+// WebConfig places and guards the web console (see the console package).
+type WebConfig struct {
+	// Address: "" serves it with the metrics (metrics.address), "off" not
+	// at all, host:port on its own listener.
+	Address string `yaml:"address"`
+	// AllowChanges lets the page set thresholds and save normal frames.
+	AllowChanges bool `yaml:"allow_changes"`
+	// Username and PasswordFile turn on HTTP basic auth (required on an
+	// address that is not loopback, unless Insecure).
+	Username     string `yaml:"username"`
+	PasswordFile string `yaml:"password_file"`
+	Insecure     bool   `yaml:"insecure"`
+	// NormalImages is where "save frame as normal" writes, a folder per
+	// camera (default <state_directory>/normal_images).
+	NormalImages string `yaml:"normal_images"`
+}
+
 // ModbusConfig places the Modbus TCP server.
 type ModbusConfig struct {
 	Address string `yaml:"address"` // host:port, e.g. 0.0.0.0:502; "" is off
+}
+
+// WebAddress is where the console is served ("" when off).
+func (c Config) WebAddress() string {
+	switch a := c.Web.Address; a {
+	case "off":
+		return ""
+	case "":
+		if m := c.Metrics.Address; m != "off" {
+			return m
+		}
+		return ""
+	default:
+		return a
+	}
+}
+
+// loopback says whether a host:port listens on this machine only.
+func loopback(address string) bool {
+	host, _, err := net.SplitHostPort(address)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// NormalImagesDirectory is where the console saves normal frames.
+func (c Config) NormalImagesDirectory() string {
+	if c.Web.NormalImages != "" {
+		return c.Web.NormalImages
+	}
+	return filepath.Join(c.StateDirectory, "normal_images")
 }
 
 // cameraNames lists the cameras in configuration order (the Modbus blocks).
@@ -258,7 +313,7 @@ func (c *Config) resolvePaths(dir string) {
 			abs(&cam.Source)
 		}
 	}
-	for _, p := range []*string{&c.StateDirectory, &c.CacheDirectory, &c.NGImages.Directory, &c.MQTT.PasswordFile, &c.MQTT.TLS.CAFile, &c.MQTT.TLS.CertFile, &c.MQTT.TLS.KeyFile} {
+	for _, p := range []*string{&c.StateDirectory, &c.CacheDirectory, &c.NGImages.Directory, &c.Web.PasswordFile, &c.Web.NormalImages, &c.MQTT.PasswordFile, &c.MQTT.TLS.CAFile, &c.MQTT.TLS.CertFile, &c.MQTT.TLS.KeyFile} {
 		abs(p)
 	}
 	if c.Detector.ProviderLibrary != "" {
@@ -617,6 +672,26 @@ func (c Config) Validate() []error {
 	}
 	if c.NGImages.MaxMB < 0 {
 		bad("ng_images.max_mb", "%d: 0 (keep none) or more", c.NGImages.MaxMB)
+	}
+	w := c.Web
+	if w.Address != "" && w.Address != "off" {
+		if err := checkHostPort(w.Address); err != nil {
+			bad("web.address", "%v", err)
+		}
+	}
+	if w.PasswordFile != "" {
+		if b, err := os.ReadFile(w.PasswordFile); err != nil {
+			bad("web.password_file", "%v", err)
+		} else if strings.TrimRight(string(b), "\r\n") == "" {
+			bad("web.password_file", "%s is empty", w.PasswordFile)
+		}
+	}
+	if a := c.WebAddress(); a != "" && !loopback(a) && w.PasswordFile == "" && !w.Insecure {
+		key := "web.address"
+		if w.Address == "" {
+			key = "web.address (metrics.address)"
+		}
+		bad(key, "the console would be open to the network at %s without a password: set web.password_file (and web.username), serve it on a loopback address, turn it off (web.address: off), or accept that with web.insecure: true", a)
 	}
 	return errs
 }

@@ -187,3 +187,41 @@ func TestConfigRefusesSecondDocumentsBadPortsAndClipsValues(t *testing.T) {
 		t.Errorf("a 1 MB camera name: error of %d bytes", len(fmt.Sprint(err)))
 	}
 }
+
+// The console is never open to the network without a password unless the
+// configuration says so; on loopback, or off, it needs none.
+func TestConsoleNeedsAPasswordOffLoopback(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "line.tfy"), []byte("x"), 0o644)
+	os.WriteFile(filepath.Join(dir, "web-pw"), []byte("s3cret\n"), 0o600)
+	os.WriteFile(filepath.Join(dir, "empty-pw"), []byte("\n"), 0o600)
+	const cam = "defaults: {model: line.tfy}\ncameras: [{name: cam, source: 0}]\n"
+	for _, c := range []struct {
+		yaml, refused string // refused: the key named, "" when valid
+	}{
+		{"", ""}, // metrics and console on 127.0.0.1:9108
+		{"metrics: {address: \"0.0.0.0:9108\"}", "web.address (metrics.address)"},
+		{"metrics: {address: \"0.0.0.0:9108\"}\nweb: {address: \"127.0.0.1:8080\"}", ""},
+		{"metrics: {address: \"0.0.0.0:9108\"}\nweb: {address: \"off\"}", ""},
+		{"web: {address: \"0.0.0.0:8080\"}", "web.address"},
+		{"web: {address: \"[::]:8080\", insecure: true}", ""},
+		{"web: {address: \"0.0.0.0:8080\", username: line, password_file: web-pw}", ""},
+		{"web: {address: \"0.0.0.0:8080\", password_file: empty-pw}", "web.password_file"},
+		{"web: {address: \"localhost:8080\"}", ""},
+		{"web: {address: \"8080\"}", "web.address"},
+	} {
+		path := filepath.Join(dir, "config.yaml")
+		os.WriteFile(path, []byte(cam+c.yaml+"\n"), 0o644)
+		cfg, err := LoadConfig(path)
+		if err != nil {
+			t.Fatalf("%s: %v", c.yaml, err)
+		}
+		err = errors.Join(cfg.Validate()...)
+		switch {
+		case c.refused == "" && err != nil:
+			t.Errorf("%q refused: %v", c.yaml, err)
+		case c.refused != "" && (err == nil || !strings.Contains(err.Error(), c.refused+":")):
+			t.Errorf("%q: %v; want an error naming %s", c.yaml, err, c.refused)
+		}
+	}
+}

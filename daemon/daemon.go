@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"github.com/transformaly/transformaly/capture"
+	"github.com/transformaly/transformaly/console"
 	"github.com/transformaly/transformaly/modbus"
 	"log/slog"
 	"math"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -34,6 +36,7 @@ type Daemon struct {
 	control    *Control
 	modbus     *modbus.Server // nil: off
 	ngImages   *ngArchive     // nil: off
+	eventLog   *eventLog      // for the web console; nil: off
 	broker     *EmbeddedBroker
 	started    time.Time
 
@@ -144,8 +147,25 @@ func Run(ctx context.Context, opts Options) error {
 	// that closing the pipeline produces; Close stops it.
 	d.pub.Start(context.Background(), broker)
 	defer d.pub.Close()
+	var web http.Handler
+	if cfg.WebAddress() != "" {
+		opts, err := cfg.consoleOptions()
+		if err != nil {
+			return err
+		}
+		d.eventLog = newEventLog()
+		web = console.Handler(&webSource{d: d, normalDir: cfg.NormalImagesDirectory(), prev: map[string]fpsSample{}}, opts)
+		if a := cfg.Web.Address; a != "" {
+			stop, err := listen("web.address", a, web)
+			if err != nil {
+				return err
+			}
+			defer stop()
+			web = nil // not with the metrics
+		}
+	}
 	if a := cfg.Metrics.Address; a != "" && a != "off" {
-		stop, err := d.serveHTTP(a)
+		stop, err := d.serveHTTP(a, web)
 		if err != nil {
 			return err
 		}
@@ -167,7 +187,7 @@ func Run(ctx context.Context, opts Options) error {
 		}
 		defer d.modbus.Close()
 	}
-	pipe.results, pipe.ngImages = d.forwardResult, d.ngImages
+	pipe.results, pipe.ngImages, pipe.eventLog = d.forwardResult, d.ngImages, d.eventLog
 	d.mu.Lock()
 	d.pipe = pipe
 	d.mu.Unlock()
@@ -212,8 +232,9 @@ func (d *Daemon) reload(ctx context.Context) {
 	defer notify(sd.SdNotifyReady)
 	slog.Info("reloading configuration and bundles", "config", d.configPath)
 	cfg, err := LoadAndValidate(d.configPath, d.override)
-	if err == nil && (cfg.MQTT.Broker != d.cfg.MQTT.Broker || cfg.StateDirectory != d.cfg.StateDirectory || cfg.NGImages != d.cfg.NGImages || cfg.Modbus != d.cfg.Modbus) {
-		err = errors.New("mqtt.broker, state_directory, ng_images and modbus change only with a restart")
+	if err == nil && (cfg.MQTT.Broker != d.cfg.MQTT.Broker || cfg.StateDirectory != d.cfg.StateDirectory || cfg.NGImages != d.cfg.NGImages || cfg.Modbus != d.cfg.Modbus ||
+		cfg.Web != d.cfg.Web || cfg.Metrics != d.cfg.Metrics) {
+		err = errors.New("mqtt.broker, state_directory, ng_images, modbus, metrics and web change only with a restart")
 	}
 	if err != nil {
 		slog.Error("reload refused; still running the previous configuration", "err", err)
@@ -225,7 +246,7 @@ func (d *Daemon) reload(ctx context.Context) {
 		slog.Error("reload failed; still running the previous configuration", "err", err)
 		return
 	}
-	next.results, next.ngImages = d.forwardResult, d.ngImages
+	next.results, next.ngImages, next.eventLog = d.forwardResult, d.ngImages, d.eventLog
 	old.stop()
 	next.adoptPeaks(old)
 	if d.modbus != nil {

@@ -105,7 +105,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 
 // serveHTTP starts /metrics, /healthz (the process answers) and /readyz
 // (models warmed and at least one camera online).
-func (d *Daemon) serveHTTP(address string) (func(), error) {
+func (d *Daemon) serveHTTP(address string, console http.Handler) (func(), error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(newCollector(d), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mux := http.NewServeMux()
@@ -133,20 +133,31 @@ func (d *Daemon) serveHTTP(address string) (func(), error) {
 		w.WriteHeader(http.StatusAccepted)
 		json.NewEncoder(w).Encode(map[string]string{"camera": r.PathValue("camera"), "part_id": id})
 	})
+	if console != nil {
+		mux.Handle("/", console)
+	}
+	return listen("metrics.address", address, mux)
+}
+
+// listen serves h at address (named by its configuration key) until the
+// returned stop is called.
+func listen(key, address string, h http.Handler) (func(), error) {
 	ln, err := net.Listen("tcp", address)
 	if err != nil {
-		return nil, fmt.Errorf("metrics.address %s: %w", address, err)
+		return nil, fmt.Errorf("%s %s: %w", key, address, err)
 	}
 	// Idle keep-alive connections were kept forever: each is a goroutine
-	// and a file descriptor for as long as a client leaves it open.
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
+	// and a file descriptor for as long as a client leaves it open. The
+	// write timeout bounds requests; the console's live streams extend it
+	// frame by frame.
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
 		WriteTimeout: 30 * time.Second, IdleTimeout: 60 * time.Second}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			slog.Error("metrics server stopped", "err", err)
+			slog.Error("HTTP server stopped", "key", key, "err", err)
 		}
 	}()
-	slog.Info("metrics and health endpoints listening", "address", ln.Addr().String())
+	slog.Info("HTTP endpoints listening", "key", key, "address", ln.Addr().String())
 	return func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()

@@ -75,6 +75,9 @@ type cameraRuntime struct {
 	normalPatchDistance float64
 	// trig judges parts on trigger (nil: the camera judges its stream).
 	trig *triggers
+	// live and scores are what the web console shows.
+	live   liveView
+	scores scoreRing
 	// nonFiniteLogged is when such a frame was last logged (unix nanos).
 	nonFiniteLogged atomic.Int64
 	lastScore       atomic.Uint64 // float64 bits
@@ -106,9 +109,11 @@ type pipeline struct {
 	pub     *Publisher
 	control *Control         // run-time settings over MQTT (nil: none)
 	results func(PartResult) // also told every part result (the Modbus map); nil: none
-	// ngImages keeps NG parts' images (nil: off). The daemon's, set before
-	// start like results.
+	// ngImages keeps NG parts' images (nil: off), eventLog the recent
+	// events for the console (nil: off). The daemon's, set before start
+	// like results.
 	ngImages *ngArchive
+	eventLog *eventLog
 
 	heartbeat atomic.Int64 // unix nanos of the last detector loop turn
 	cancel    context.CancelFunc
@@ -146,8 +151,8 @@ func buildPipeline(ctx context.Context, cfg Config, pub *Publisher, control *Con
 			}
 			slog.Info("model loaded", "bundle", cc.Model, "provider", det.Provider(), "image_size", det.Size(), "threshold", det.Info.Threshold)
 		}
-		// Views are kept for snapshots and for NG parts' images.
-		capCfg, err := cc.CaptureConfig(m.det.Size(), snapshotsEnabled(cfg.MQTT) || cc.Trigger != nil && cfg.NGImages.MaxMB > 0)
+		// Views are kept for snapshots, NG parts' images and the console.
+		capCfg, err := cc.CaptureConfig(m.det.Size(), snapshotsEnabled(cfg.MQTT) || cc.Trigger != nil && cfg.NGImages.MaxMB > 0 || cfg.WebAddress() != "")
 		if err != nil {
 			p.closeModels()
 			return nil, fmt.Errorf("cameras[%d]: %w", i, err)
@@ -446,6 +451,7 @@ func (p *pipeline) handle(c *cameraRuntime, f capture.Frame, r detector.Result, 
 		}
 		c.trig.scored(f.Seq, r, threshold, region, fault, evidence)
 	}
+	c.observeForConsole(now, f, r, anomalous, anomaly, mapped && mapErr == nil, threshold)
 	events, newPeak := c.tracker.observe(f.Seq, f.Time, r.Score, region, anomalous, threshold)
 	if newPeak {
 		if c.peak != nil {
@@ -485,20 +491,24 @@ func (p *pipeline) publishEvent(c *cameraRuntime, e Event) {
 		c.events.Add(1)
 	}
 	slog.Info("anomaly event", "camera", c.cfg.Name, "type", e.Type, "id", e.ID, "peak_score", e.PeakScore, "frames_above", e.FramesAbove)
+	var snapshot []byte
 	if e.Type == EventEnd && c.peak != nil {
 		if v := c.peak.view; v != nil {
 			jpg, err := heatmap.JPEG(v.BGR, v.Width, v.Height, c.peak.anomaly, p.cfg.MQTT.SnapshotSize, c.peak.caption)
-			if err != nil {
+			switch {
+			case err != nil:
 				slog.Error("snapshot failed", "camera", c.cfg.Name, "err", err)
-			} else {
+			case snapshotsEnabled(p.cfg.MQTT): // views are also kept for the console
 				if err := p.pub.Snapshot(c.cfg.Name, jpg); err != nil {
 					slog.Error("could not queue a snapshot", "camera", c.cfg.Name, "event", e.ID, "err", err)
 				}
 			}
+			snapshot = jpg
 			v.Release()
 		}
 		c.peak = nil
 	}
+	p.eventLog.record(e, snapshot)
 }
 
 func snapshotsEnabled(m MQTTConfig) bool { return m.Snapshots == nil || *m.Snapshots }

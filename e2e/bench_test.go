@@ -1,13 +1,24 @@
 package e2e
 
 import (
+	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"math"
+	"mime"
+	"mime/multipart"
 	"net"
+	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -166,5 +177,102 @@ state_directory: %q
 		slices.Sort(lat)
 		b.ReportMetric(lat[len(lat)/2], "p50-ms")
 		b.ReportMetric(lat[len(lat)*99/100], "p99-ms")
+	}
+}
+
+// BenchmarkConsoleLiveViews: 20 browsers' live views (MJPEG with the
+// anomaly map, 4 frames a second each) for 60 s against none (30 s before
+// and 30 s after, averaged: this machine's speed drifts by more than the
+// views cost), on a daemon scoring one unpaced 640x640 camera as fast as
+// the CPU allows: scored frames/s of both and their ratio, and the
+// daemon's resident memory before and after the views (flat: frames are
+// shared, not queued per viewer).
+func BenchmarkConsoleLiveViews(b *testing.B) {
+	f := getDaemonFixture(b)
+	video := filepath.Join(b.TempDir(), "line.avi")
+	if err := synth.WriteVideo(video, 640, 25, []string{synth.Normal, synth.Missing, synth.Normal}, 10, 1); err != nil {
+		b.Fatal(err)
+	}
+	const phase, viewers = 60 * time.Second, 20
+	for range b.N {
+		port := freePort(b)
+		d := startDaemon(b, fmt.Sprintf(`
+cameras:
+  - {name: line1, source: %q, model: %q, loop: true}
+mqtt: {broker: embedded, embedded_address: "127.0.0.1:%d"}
+metrics: {address: "127.0.0.1:%d"}
+state_directory: %q
+`, video, f.bundle, freePort(b), port, b.TempDir()))
+		base := fmt.Sprintf("http://127.0.0.1:%d", port)
+		scored := func() float64 {
+			resp, err := http.Get(base + "/metrics")
+			if err != nil {
+				return math.NaN()
+			}
+			defer resp.Body.Close()
+			sc := bufio.NewScanner(resp.Body)
+			for sc.Scan() {
+				if v, ok := strings.CutPrefix(sc.Text(), `transformaly_frames_scored_total{camera="line1"} `); ok {
+					n, _ := strconv.ParseFloat(v, 64)
+					return n
+				}
+			}
+			return math.NaN()
+		}
+		rss := func() float64 {
+			data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", d.cmd.Process.Pid))
+			for l := range strings.SplitSeq(string(data), "\n") {
+				if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+					kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
+					return kb / 1024
+				}
+			}
+			return math.NaN()
+		}
+		eventually(b, "frames scored", time.Minute, func() bool { return scored() > 100 })
+		rate := func(d time.Duration) float64 {
+			n0, t0 := scored(), time.Now()
+			time.Sleep(d)
+			return (scored() - n0) / time.Since(t0).Seconds()
+		}
+		none := rate(phase / 2)
+		rssBefore := rss()
+		ctx, cancel := context.WithCancel(context.Background())
+		var received atomic.Int64
+		var wg sync.WaitGroup
+		for range viewers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/api/cameras/line1/live.mjpeg?overlay=1", nil)
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					return
+				}
+				defer resp.Body.Close()
+				_, params, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
+				mr := multipart.NewReader(resp.Body, params["boundary"])
+				for {
+					part, err := mr.NextPart()
+					if err != nil {
+						return
+					}
+					io.Copy(io.Discard, part)
+					received.Add(1)
+				}
+			}()
+		}
+		watched := rate(phase)
+		rssWatched := rss()
+		cancel()
+		wg.Wait()
+		none = (none + rate(phase/2)) / 2
+		d.stop(b)
+		b.ReportMetric(none, "frames/s-no-views")
+		b.ReportMetric(watched, "frames/s-20-views")
+		b.ReportMetric(watched/none, "ratio")
+		b.ReportMetric(rssBefore, "rss-before-MB")
+		b.ReportMetric(rssWatched, "rss-after-MB")
+		b.ReportMetric(float64(received.Load())/viewers/phase.Seconds(), "view-frames/s")
 	}
 }

@@ -83,7 +83,7 @@ func collectCommand(fs *pflag.FlagSet) func([]string) error {
 				continue
 			}
 			last = time.Now()
-			name := fmt.Sprintf("%s-%s-%06d.%s", cam.Name, f.Time.UTC().Format("20060102T150405.000Z"), f.Seq, *format)
+			name := capture.FrameFileName(cam.Name, f.Time, f.Seq, *format)
 			err := saveView(filepath.Join(*out, name), f.View, "."+*format)
 			f.View.Release()
 			if err != nil {

@@ -148,6 +148,16 @@ func (m Map) Full(width, height int) ([]float32, error) {
 // resized to its square input: the patch grid stretches back over it the
 // same way.
 func JPEG(bgrImage []byte, width, height int, m Map, maxSide int, caption string) ([]byte, error) {
+	return render(bgrImage, width, height, &m, maxSide, caption)
+}
+
+// FrameJPEG is JPEG without the map: the frame alone, sized and captioned
+// the same way.
+func FrameJPEG(bgrImage []byte, width, height int, maxSide int, caption string) ([]byte, error) {
+	return render(bgrImage, width, height, nil, maxSide, caption)
+}
+
+func render(bgrImage []byte, width, height int, m *Map, maxSide int, caption string) ([]byte, error) {
 	if len(bgrImage) != width*height*3 {
 		return nil, fmt.Errorf("heatmap: %d bytes for a %dx%d image", len(bgrImage), width, height)
 	}
@@ -155,6 +165,21 @@ func JPEG(bgrImage []byte, width, height int, m Map, maxSide int, caption string
 	if long := max(width, height); long < minSide || long > max(maxSide, minSide) {
 		side := max(minSide, min(long, maxSide))
 		outW, outH = max(1, width*side/long), max(1, height*side/long)
+	}
+	bgr, err := gocv.NewMatFromBytes(height, width, gocv.MatTypeCV8UC3, bgrImage)
+	if err != nil {
+		return nil, err
+	}
+	defer bgr.Close()
+	interp := gocv.InterpolationLinear
+	if outW < width/2 {
+		interp = gocv.InterpolationArea // linear interpolation aliases when shrinking a lot
+	}
+	frame := gocv.NewMat()
+	defer frame.Close()
+	gocv.Resize(bgr, &frame, image.Pt(outW, outH), 0, 0, interp)
+	if m == nil {
+		return encode(&frame, caption)
 	}
 	values, err := m.Full(outW, outH)
 	if err != nil {
@@ -175,26 +200,18 @@ func JPEG(bgrImage []byte, width, height int, m Map, maxSide int, caption string
 	defer colored.Close()
 	gocv.ApplyColorMap(gray, &colored, gocv.ColormapJet)
 
-	bgr, err := gocv.NewMatFromBytes(height, width, gocv.MatTypeCV8UC3, bgrImage)
-	if err != nil {
-		return nil, err
-	}
-	defer bgr.Close()
-	interp := gocv.InterpolationLinear
-	if outW < width/2 {
-		interp = gocv.InterpolationArea // linear interpolation aliases when shrinking a lot
-	}
-	frame := gocv.NewMat()
-	defer frame.Close()
-	gocv.Resize(bgr, &frame, image.Pt(outW, outH), 0, 0, interp)
 	blend := gocv.NewMat()
 	defer blend.Close()
 	gocv.AddWeighted(frame, 0.6, colored, 0.4, 0, &blend)
 	gocv.Rectangle(&blend, m.Region(outW, outH), color.RGBA{255, 255, 255, 0}, max(1, outW/320))
+	return encode(&blend, caption)
+}
+
+func encode(img *gocv.Mat, caption string) ([]byte, error) {
 	if caption != "" {
-		drawCaption(&blend, caption)
+		drawCaption(img, caption)
 	}
-	buf, err := gocv.IMEncode(gocv.JPEGFileExt, blend)
+	buf, err := gocv.IMEncode(gocv.JPEGFileExt, *img)
 	if err != nil {
 		return nil, fmt.Errorf("heatmap: encode JPEG: %w", err)
 	}

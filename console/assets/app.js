@@ -1,0 +1,152 @@
+// The console page: polls the daemon's /api and draws cameras, charts and
+// events. Plain JavaScript, no build step; uPlot draws the charts.
+"use strict";
+
+const windowSeconds = 300; // chart span
+const cards = new Map();   // camera name -> card state
+let allowChanges = false;
+
+async function api(path, options) {
+  const r = await fetch(path, options);
+  if (!r.ok) throw new Error((await r.text()).trim() || r.statusText);
+  return r.headers.get("Content-Type")?.includes("json") ? r.json() : r.text();
+}
+
+function fmt(x, digits = 4) {
+  return x == null ? "–" : Number(x).toPrecision(digits);
+}
+
+function newCard(cam) {
+  const node = document.getElementById("camera-card").content.firstElementChild.cloneNode(true);
+  node.id = "camera-" + cam.name;
+  node.dataset.camera = cam.name;
+  node.querySelector(".name").textContent = cam.name;
+  const card = { node, name: cam.name, times: [], scores: [], pre: [], stu: [], patch: [], since: 0, threshold: cam.threshold, plot: null };
+  const img = node.querySelector(".live");
+  const overlay = node.querySelector(".overlay");
+  const liveURL = () => `/api/cameras/${encodeURIComponent(cam.name)}/live.mjpeg?overlay=${overlay.checked ? 1 : 0}`;
+  img.src = liveURL();
+  overlay.addEventListener("change", () => { img.src = liveURL(); });
+  node.querySelector(".parts").addEventListener("change", (e) => {
+    for (const i of [3, 4, 5]) card.plot?.setSeries(i, { show: e.target.checked });
+  });
+  const status = node.querySelector(".threshold-status");
+  const input = node.querySelector(".threshold-input");
+  input.value = cam.threshold;
+  // What a threshold would flag among the recent frames, as it is typed.
+  input.addEventListener("input", async () => {
+    if (input.value === "") return;
+    try {
+      const f = await api(`/api/cameras/${encodeURIComponent(cam.name)}/flagged?threshold=${encodeURIComponent(input.value)}`);
+      status.textContent = `${f.flagged} of the last ${f.frames} frames would be flagged`;
+    } catch (e) { status.textContent = e.message; }
+  });
+  const change = async (path, body) => {
+    try {
+      const r = await api(`/api/cameras/${encodeURIComponent(cam.name)}/${path}`, { method: "POST", body, headers: { "X-Transformaly": "1" } });
+      status.textContent = path === "normal" ? `saved ${r.path}` : `threshold ${r.threshold} set`;
+      status.dataset.result = "ok";
+      refreshCameras();
+    } catch (e) { status.textContent = e.message; status.dataset.result = "refused"; }
+  };
+  node.querySelector(".tuning").addEventListener("submit", (e) => { e.preventDefault(); change("threshold", input.value); });
+  node.querySelector(".threshold-reset").addEventListener("click", () => change("threshold", "reset"));
+  node.querySelector(".save-normal").addEventListener("click", () => change("normal", ""));
+  document.getElementById("cameras").append(node);
+  const opt = document.createElement("option");
+  opt.value = opt.textContent = cam.name;
+  document.getElementById("event-filter").append(opt);
+  return card;
+}
+
+function makePlot(card) {
+  const el = card.node.querySelector(".chart");
+  const opts = {
+    width: Math.max(200, el.clientWidth), height: 160,
+    scales: { x: { time: true } },
+    legend: { live: false },
+    series: [
+      {},
+      { label: "score", stroke: "#36c", width: 1.5 },
+      { label: "threshold", stroke: "#c33", dash: [6, 4], width: 1 },
+      { label: "pretrained", stroke: "#999", show: false },
+      { label: "student", stroke: "#e90", show: false },
+      { label: "patch", stroke: "#2a7", show: false },
+    ],
+  };
+  card.plot = new uPlot(opts, [[], [], [], [], [], []], el);
+  new ResizeObserver(() => card.plot.setSize({ width: Math.max(200, el.clientWidth), height: 160 })).observe(el);
+}
+
+async function refreshCameras() {
+  let data;
+  try {
+    data = await api("/api/cameras");
+    document.getElementById("connection").textContent = "connected";
+  } catch (e) {
+    document.getElementById("connection").textContent = "daemon unreachable: " + e.message;
+    return;
+  }
+  allowChanges = data.allow_changes;
+  document.getElementById("mode").textContent = allowChanges ? "changes allowed" : "read-only (web.allow_changes: false)";
+  for (const cam of data.cameras) {
+    let card = cards.get(cam.name);
+    if (!card) { card = newCard(cam); cards.set(cam.name, card); makePlot(card); }
+    card.threshold = cam.threshold;
+    const st = card.node.querySelector(".state");
+    st.textContent = cam.state + (cam.detect ? "" : ", detect off");
+    st.className = "state " + cam.state;
+    card.node.querySelector(".status").textContent =
+      `${cam.bundle} on ${cam.provider} · capture ${cam.capture_fps.toFixed(1)} fps · scored ${cam.scored_fps.toFixed(1)} fps · ` +
+      `threshold ${fmt(cam.threshold)} (bundle ${fmt(cam.bundle_threshold)}) · reconnects ${cam.reconnects} · damaged ${cam.damaged_frames} · events ${cam.events}`;
+    for (const b of card.node.querySelectorAll(".tuning button")) b.disabled = !allowChanges;
+  }
+}
+
+async function refreshScores() {
+  for (const card of cards.values()) {
+    let pts;
+    try {
+      pts = await api(`/api/cameras/${encodeURIComponent(card.name)}/scores?since=${card.since}`);
+    } catch { continue; }
+    for (const p of pts) {
+      card.since = p.t;
+      card.times.push(p.t / 1000);
+      card.scores.push(p.score); card.pre.push(p.pretrained); card.stu.push(p.student); card.patch.push(p.patch);
+    }
+    const cut = Date.now() / 1000 - windowSeconds;
+    let drop = 0;
+    while (drop < card.times.length && card.times[drop] < cut) drop++;
+    for (const a of [card.times, card.scores, card.pre, card.stu, card.patch]) a.splice(0, drop);
+    card.node.dataset.points = card.times.length;
+    card.plot?.setData([card.times, card.scores, card.times.map(() => card.threshold), card.pre, card.stu, card.patch]);
+  }
+}
+
+async function refreshEvents() {
+  let events;
+  try { events = await api("/api/events?camera=" + encodeURIComponent(document.getElementById("event-filter").value)); } catch { return; }
+  const list = document.getElementById("events");
+  list.replaceChildren(...events.map((e) => {
+    const li = document.createElement("li");
+    li.dataset.event = e.id;
+    const img = document.createElement("img");
+    img.alt = "snapshot";
+    if (e.snapshot) img.src = `/api/events/${encodeURIComponent(e.id)}/snapshot.jpg`;
+    const text = document.createElement("div");
+    const start = new Date(e.start_time);
+    const duration = e.end_time ? ((new Date(e.end_time) - start) / 1000).toFixed(1) + " s" : "open";
+    const region = e.region ? ` · region ${e.region.x},${e.region.y} ${e.region.width}×${e.region.height}` : "";
+    text.innerHTML = `<b></b><br>${start.toLocaleTimeString()} · ${duration} · peak ${fmt(e.peak_score)} (threshold ${fmt(e.threshold)})${region}`;
+    text.querySelector("b").textContent = e.camera;
+    if (!e.end_time) text.classList.add("open");
+    li.append(img, text);
+    return li;
+  }));
+}
+
+document.getElementById("event-filter").addEventListener("change", refreshEvents);
+refreshCameras().then(() => { refreshScores(); refreshEvents(); });
+setInterval(refreshCameras, 2000);
+setInterval(refreshScores, 1000);
+setInterval(refreshEvents, 3000);

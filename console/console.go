@@ -1,0 +1,385 @@
+// Package console is the daemon's web page: each camera's live view with
+// its anomaly map, a chart of its recent scores, the recent events with
+// their snapshots, and (when allowed) its threshold and saving frames as
+// normal images. It knows the daemon only through Source, so it is
+// testable alone; the page and its one library (uPlot) are embedded, no
+// Node toolchain at build or run time.
+package console
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"math"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+)
+
+//go:embed assets
+var assets embed.FS
+
+// Camera is one camera as the page shows it.
+type Camera struct {
+	Name       string  `json:"name"`
+	State      string  `json:"state"` // online, reconnecting, offline, starting
+	Bundle     string  `json:"bundle"`
+	Provider   string  `json:"provider"`
+	CaptureFPS float64 `json:"capture_fps"`
+	ScoredFPS  float64 `json:"scored_fps"`
+	Reconnects uint64  `json:"reconnects"`
+	Damaged    uint64  `json:"damaged_frames"`
+	Threshold  float64 `json:"threshold"`
+	// BundleThreshold is the configured or calibrated one a reset returns to.
+	BundleThreshold float64 `json:"bundle_threshold"`
+	Detect          bool    `json:"detect"`    // scored (detect/set ON)
+	Triggered       bool    `json:"triggered"` // judges parts on trigger
+	Events          uint64  `json:"events"`
+}
+
+// Score is one scored frame.
+type Score struct {
+	Time       time.Time `json:"t"`
+	Score      float64   `json:"score"`
+	Pretrained float64   `json:"pretrained"` // the parts: -log-likelihoods
+	Student    float64   `json:"student"`
+	Patch      float64   `json:"patch"` // NaN without a patch feature space
+	Anomalous  bool      `json:"anomalous"`
+}
+
+// Event is an anomaly event, open or ended.
+type Event struct {
+	ID          string     `json:"id"`
+	Camera      string     `json:"camera"`
+	StartTime   time.Time  `json:"start_time"`
+	EndTime     *time.Time `json:"end_time,omitempty"`
+	PeakScore   float64    `json:"peak_score"`
+	FramesAbove int        `json:"frames_above"`
+	Threshold   float64    `json:"threshold"`
+	Region      any        `json:"region,omitempty"`
+	Snapshot    bool       `json:"snapshot"` // GET /api/events/<id>/snapshot.jpg
+}
+
+// Source is what the daemon offers the page.
+type Source interface {
+	Cameras() []Camera
+	// LiveJPEG is the camera's latest frame (after crop and rotation), with
+	// its anomaly map over it when overlay; seq changes with the frame. A
+	// call also tells the daemon someone watches: frames are kept for the
+	// page only then.
+	LiveJPEG(camera string, overlay bool) (jpeg []byte, seq uint64, err error)
+	// Scores are the camera's scores after since, oldest first.
+	Scores(camera string, since time.Time) ([]Score, error)
+	Events() []Event // newest first
+	Snapshot(eventID string) ([]byte, bool)
+	// SetThreshold sets a camera's threshold (nil: back to the bundle's),
+	// as MQTT's threshold/set does.
+	SetThreshold(camera string, threshold *float64) error
+	// SaveNormal saves the camera's latest frame as a normal image for the
+	// next fit, as collect does, and says where.
+	SaveNormal(camera string) (string, error)
+}
+
+// ErrNoCamera is returned by Source for an unknown camera (404).
+var ErrNoCamera = errors.New("no such camera")
+
+// Options shape the page's safety.
+type Options struct {
+	// AllowChanges lets the page set thresholds and save frames.
+	AllowChanges bool
+	// Username and Password, when Password is set, guard every page and
+	// API call with HTTP basic auth.
+	Username, Password string
+	// LiveFPS is the most frames a second one live view sends (default 4).
+	LiveFPS float64
+	// MaxLiveViews bounds the live views open at once (default 32): each is
+	// a goroutine and a connection, so many tabs cannot exhaust the daemon.
+	MaxLiveViews int
+}
+
+// Handler serves the page under "/" and its API under "/api/".
+func Handler(src Source, opts Options) http.Handler {
+	if opts.LiveFPS <= 0 {
+		opts.LiveFPS = 4
+	}
+	if opts.MaxLiveViews <= 0 {
+		opts.MaxLiveViews = 32
+	}
+	s := &server{src: src, opts: opts}
+	mux := http.NewServeMux()
+	static, _ := fs.Sub(assets, "assets")
+	mux.Handle("GET /assets/", http.StripPrefix("/assets/", http.FileServerFS(static)))
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		data, _ := assets.ReadFile("assets/index.html")
+		w.Write(data)
+	})
+	mux.HandleFunc("GET /api/cameras", s.cameras)
+	mux.HandleFunc("GET /api/cameras/{camera}/live.mjpeg", s.live)
+	mux.HandleFunc("GET /api/cameras/{camera}/frame.jpg", s.frame)
+	mux.HandleFunc("GET /api/cameras/{camera}/scores", s.scores)
+	mux.HandleFunc("GET /api/cameras/{camera}/flagged", s.flagged)
+	mux.HandleFunc("POST /api/cameras/{camera}/threshold", s.changes(s.threshold))
+	mux.HandleFunc("POST /api/cameras/{camera}/normal", s.changes(s.saveNormal))
+	mux.HandleFunc("GET /api/events", s.events)
+	mux.HandleFunc("GET /api/events/{id}/snapshot.jpg", s.snapshot)
+	var h http.Handler = mux
+	if opts.Password != "" {
+		h = basicAuth(h, opts.Username, opts.Password)
+	}
+	return securityHeaders(h)
+}
+
+type server struct {
+	src       Source
+	opts      Options
+	liveViews atomic.Int64
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	if err := json.NewEncoder(w).Encode(v); err != nil {
+		slog.Debug("console: response not written", "err", err)
+	}
+}
+
+// fail answers an error: 404 for an unknown camera, else status.
+func fail(w http.ResponseWriter, err error, status int) {
+	if errors.Is(err, ErrNoCamera) {
+		status = http.StatusNotFound
+	}
+	http.Error(w, err.Error(), status)
+}
+
+func (s *server) cameras(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, map[string]any{"allow_changes": s.opts.AllowChanges, "cameras": s.src.Cameras()})
+}
+
+// frame is the latest frame as one JPEG.
+func (s *server) frame(w http.ResponseWriter, r *http.Request) {
+	jpg, _, err := s.src.LiveJPEG(r.PathValue("camera"), r.URL.Query().Get("overlay") != "0")
+	if err != nil {
+		fail(w, err, http.StatusServiceUnavailable)
+		return
+	}
+	w.Header().Set("Content-Type", "image/jpeg")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Write(jpg)
+}
+
+// live streams the camera's frames as MJPEG (multipart/x-mixed-replace,
+// which an <img> shows in every browser), at most LiveFPS a second and
+// only new frames, until the viewer leaves.
+func (s *server) live(w http.ResponseWriter, r *http.Request) {
+	if n := s.liveViews.Add(1); n > int64(s.opts.MaxLiveViews) {
+		s.liveViews.Add(-1)
+		http.Error(w, fmt.Sprintf("%d live views are open already: close some", s.opts.MaxLiveViews), http.StatusServiceUnavailable)
+		return
+	}
+	defer s.liveViews.Add(-1)
+	camera, overlay := r.PathValue("camera"), r.URL.Query().Get("overlay") != "0"
+	if _, _, err := s.src.LiveJPEG(camera, overlay); errors.Is(err, ErrNoCamera) {
+		fail(w, err, http.StatusNotFound)
+		return
+	}
+	const boundary = "transformaly-frame"
+	w.Header().Set("Content-Type", "multipart/x-mixed-replace; boundary="+boundary)
+	w.Header().Set("Cache-Control", "no-store")
+	rc := http.NewResponseController(w)
+	tick := time.NewTicker(time.Duration(float64(time.Second) / s.opts.LiveFPS))
+	defer tick.Stop()
+	var last uint64
+	for {
+		jpg, seq, err := s.src.LiveJPEG(camera, overlay)
+		if err == nil && seq != last {
+			last = seq
+			// The server's write timeout is for requests, not streams.
+			rc.SetWriteDeadline(time.Now().Add(10 * time.Second))
+			if _, err := fmt.Fprintf(w, "--%s\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n", boundary, len(jpg)); err != nil {
+				return
+			}
+			if _, err := w.Write(append(jpg, '\r', '\n')); err != nil {
+				return
+			}
+			if err := rc.Flush(); err != nil {
+				return
+			}
+		}
+		select {
+		case <-r.Context().Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+func (s *server) scores(w http.ResponseWriter, r *http.Request) {
+	var since time.Time
+	if v := r.URL.Query().Get("since"); v != "" {
+		ms, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			http.Error(w, "since: unix milliseconds", http.StatusBadRequest)
+			return
+		}
+		since = time.UnixMilli(ms)
+	}
+	scores, err := s.src.Scores(r.PathValue("camera"), since)
+	if err != nil {
+		fail(w, err, http.StatusInternalServerError)
+		return
+	}
+	// JSON has no NaN: parts a bundle lacks are null.
+	type point struct {
+		T          int64    `json:"t"` // unix ms
+		Score      *float64 `json:"score"`
+		Pretrained *float64 `json:"pretrained"`
+		Student    *float64 `json:"student"`
+		Patch      *float64 `json:"patch"`
+		Anomalous  bool     `json:"anomalous"`
+	}
+	num := func(x float64) *float64 {
+		if math.IsNaN(x) || math.IsInf(x, 0) {
+			return nil
+		}
+		return &x
+	}
+	out := make([]point, len(scores))
+	for i, sc := range scores {
+		out[i] = point{sc.Time.UnixMilli(), num(sc.Score), num(sc.Pretrained), num(sc.Student), num(sc.Patch), sc.Anomalous}
+	}
+	writeJSON(w, out)
+}
+
+// flagged counts the recent frames a threshold would flag: what a new
+// threshold would have done, before it is set.
+func (s *server) flagged(w http.ResponseWriter, r *http.Request) {
+	t, err := strconv.ParseFloat(r.URL.Query().Get("threshold"), 64)
+	if err != nil || math.IsNaN(t) || math.IsInf(t, 0) {
+		http.Error(w, "threshold: a finite number", http.StatusBadRequest)
+		return
+	}
+	scores, err := s.src.Scores(r.PathValue("camera"), time.Time{})
+	if err != nil {
+		fail(w, err, http.StatusInternalServerError)
+		return
+	}
+	flagged := 0
+	for _, sc := range scores {
+		if !(sc.Score <= t) { // NaN scores are flagged, as the daemon does
+			flagged++
+		}
+	}
+	writeJSON(w, map[string]any{"threshold": t, "flagged": flagged, "frames": len(scores)})
+}
+
+// changes guards what changes the daemon: refused unless allowed, and only
+// from the page itself (a form on another site cannot post here: browsers
+// send no custom header across origins without asking).
+func (s *server) changes(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if !s.opts.AllowChanges {
+			http.Error(w, "changes are off: set web.allow_changes: true in the configuration", http.StatusForbidden)
+			return
+		}
+		if r.Header.Get("X-Transformaly") != "1" {
+			http.Error(w, "changes come from the console page only (header X-Transformaly: 1)", http.StatusForbidden)
+			return
+		}
+		h(w, r)
+	}
+}
+
+func (s *server) threshold(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(io.LimitReader(r.Body, 64))
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	text := strings.TrimSpace(string(body))
+	var t *float64
+	if !strings.EqualFold(text, "reset") {
+		v, err := strconv.ParseFloat(text, 64)
+		if err != nil || math.IsNaN(v) || math.IsInf(v, 0) {
+			http.Error(w, fmt.Sprintf("%q is not a finite number or reset", text), http.StatusBadRequest)
+			return
+		}
+		t = &v
+	}
+	camera := r.PathValue("camera")
+	if err := s.src.SetThreshold(camera, t); err != nil {
+		fail(w, err, http.StatusInternalServerError)
+		return
+	}
+	slog.Info("threshold set from the web console", "camera", camera, "threshold", text, "remote", r.RemoteAddr)
+	writeJSON(w, map[string]any{"camera": camera, "threshold": text})
+}
+
+func (s *server) saveNormal(w http.ResponseWriter, r *http.Request) {
+	path, err := s.src.SaveNormal(r.PathValue("camera"))
+	if err != nil {
+		fail(w, err, http.StatusServiceUnavailable)
+		return
+	}
+	slog.Info("frame saved as a normal image from the web console", "camera", r.PathValue("camera"), "path", path)
+	writeJSON(w, map[string]string{"path": path})
+}
+
+func (s *server) events(w http.ResponseWriter, r *http.Request) {
+	events := s.src.Events()
+	if camera := r.URL.Query().Get("camera"); camera != "" {
+		kept := events[:0:0]
+		for _, e := range events {
+			if e.Camera == camera {
+				kept = append(kept, e)
+			}
+		}
+		events = kept
+	}
+	writeJSON(w, events)
+}
+
+func (s *server) snapshot(w http.ResponseWriter, r *http.Request) {
+	jpg, ok := s.src.Snapshot(r.PathValue("id"))
+	if !ok {
+		http.Error(w, "no snapshot for this event (still open, or no longer kept)", http.StatusNotFound)
+		return
+	}
+	w.Header().Set("Content-Type", "image/jpeg")
+	w.Header().Set("Cache-Control", "max-age=3600")
+	w.Write(jpg)
+}
+
+// basicAuth compares hashes in constant time, so neither the password nor
+// its length leaks through timing.
+func basicAuth(h http.Handler, username, password string) http.Handler {
+	wantUser, wantPass := sha256.Sum256([]byte(username)), sha256.Sum256([]byte(password))
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		u, p, ok := r.BasicAuth()
+		gotUser, gotPass := sha256.Sum256([]byte(u)), sha256.Sum256([]byte(p))
+		if !ok || subtle.ConstantTimeCompare(gotUser[:], wantUser[:])&subtle.ConstantTimeCompare(gotPass[:], wantPass[:]) != 1 {
+			w.Header().Set("WWW-Authenticate", `Basic realm="transformaly", charset="UTF-8"`)
+			http.Error(w, "unauthorized", http.StatusUnauthorized)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// securityHeaders keep the page from being framed or fed foreign scripts.
+func securityHeaders(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		w.Header().Set("X-Frame-Options", "DENY")
+		w.Header().Set("Content-Security-Policy", "default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'")
+		h.ServeHTTP(w, r)
+	})
+}

@@ -1,0 +1,340 @@
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/transformaly/transformaly/capture"
+	"github.com/transformaly/transformaly/console"
+	"github.com/transformaly/transformaly/detector"
+	"github.com/transformaly/transformaly/internal/atomicfile"
+	"github.com/transformaly/transformaly/internal/heatmap"
+)
+
+// What the console is given, and how much of it is kept.
+const (
+	// liveEvery spaces the frames kept for live views (at most 5 a second
+	// a camera, whatever the number of viewers: they share them).
+	liveEvery = 200 * time.Millisecond
+	// liveWatched is how long after a viewer's last request frames are
+	// still kept: none are copied when no one watches.
+	liveWatched = 3 * time.Second
+	// liveMaxSide bounds live JPEGs, which are made at most once a frame.
+	liveMaxSide = 800
+	// scoreHistory is the scores kept per camera for charts and for the
+	// "would flag" count: 2 minutes at 25 fps, about 170 kB.
+	scoreHistory = 3000
+	// eventHistory bounds the events the page lists, eventSnapshots those
+	// of them whose snapshot is kept (about 100 kB each).
+	eventHistory, eventSnapshots = 200, 50
+)
+
+// liveFrame is a camera's frame kept for the page, encoded once per kind.
+type liveFrame struct {
+	seq           uint64
+	bgr           []byte
+	width, height int
+	anomaly       heatmap.Map
+	mapped        bool
+	caption       string
+
+	once [2]sync.Once // plain, overlay
+	jpeg [2][]byte
+	err  [2]error
+}
+
+func (f *liveFrame) encode(overlay bool) ([]byte, error) {
+	i := 0
+	if overlay && f.mapped {
+		i = 1
+	}
+	f.once[i].Do(func() {
+		if i == 1 {
+			f.jpeg[i], f.err[i] = heatmap.JPEG(f.bgr, f.width, f.height, f.anomaly, liveMaxSide, f.caption)
+		} else {
+			f.jpeg[i], f.err[i] = heatmap.FrameJPEG(f.bgr, f.width, f.height, liveMaxSide, f.caption)
+		}
+	})
+	return f.jpeg[i], f.err[i]
+}
+
+// liveView holds a camera's newest frame for the page while someone
+// watches.
+type liveView struct {
+	wanted atomic.Int64 // unix nanos of a viewer's last request
+	mu     sync.Mutex
+	frame  *liveFrame
+	kept   time.Time
+}
+
+// due says whether a frame scored at now should be kept.
+func (l *liveView) due(now time.Time) bool {
+	if now.UnixNano()-l.wanted.Load() > int64(liveWatched) {
+		return false
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return now.Sub(l.kept) >= liveEvery
+}
+
+func (l *liveView) keep(now time.Time, f *liveFrame) {
+	l.mu.Lock()
+	l.frame, l.kept = f, now
+	l.mu.Unlock()
+}
+
+func (l *liveView) latest() *liveFrame {
+	l.wanted.Store(time.Now().UnixNano())
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.frame
+}
+
+// scoreRing keeps a camera's recent scores.
+type scoreRing struct {
+	mu   sync.Mutex
+	vals []console.Score
+	next int
+	full bool
+}
+
+func (r *scoreRing) add(s console.Score) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.vals == nil {
+		r.vals = make([]console.Score, scoreHistory)
+	}
+	r.vals[r.next] = s
+	r.next = (r.next + 1) % len(r.vals)
+	r.full = r.full || r.next == 0
+}
+
+// after lists the scores after since, oldest first.
+func (r *scoreRing) after(since time.Time) []console.Score {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ordered := r.vals[:r.next]
+	if r.full {
+		ordered = slices.Concat(r.vals[r.next:], r.vals[:r.next])
+	}
+	i, _ := slices.BinarySearchFunc(ordered, since, func(s console.Score, t time.Time) int {
+		if s.Time.After(t) {
+			return 1
+		}
+		return -1
+	})
+	return slices.Clone(ordered[i:])
+}
+
+// eventLog keeps the recent events and the snapshots of the newest ended
+// ones, for the page; it outlives reloads.
+type eventLog struct {
+	mu        sync.Mutex
+	events    []console.Event // oldest first
+	snapshots map[string][]byte
+	order     []string // snapshot ids, oldest first
+}
+
+func newEventLog() *eventLog { return &eventLog{snapshots: map[string][]byte{}} }
+
+// record adds or updates an event (nil-safe), with its snapshot once it
+// ended.
+func (l *eventLog) record(e Event, snapshot []byte) {
+	if l == nil {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	ce := console.Event{ID: e.ID, Camera: e.Camera, StartTime: e.StartTime, EndTime: e.EndTime, PeakScore: e.PeakScore,
+		FramesAbove: e.FramesAbove, Threshold: e.Threshold}
+	if e.Region != nil {
+		ce.Region = e.Region
+	}
+	if snapshot != nil {
+		l.snapshots[e.ID] = snapshot
+		l.order = append(l.order, e.ID)
+		if len(l.order) > eventSnapshots {
+			delete(l.snapshots, l.order[0])
+			l.order = l.order[1:]
+		}
+	}
+	i := slices.IndexFunc(l.events, func(x console.Event) bool { return x.ID == e.ID })
+	if i < 0 {
+		l.events = append(l.events, ce)
+		if len(l.events) > eventHistory {
+			l.events = l.events[1:]
+		}
+		return
+	}
+	l.events[i] = ce
+}
+
+func (l *eventLog) list() []console.Event {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make([]console.Event, 0, len(l.events))
+	for i := len(l.events) - 1; i >= 0; i-- {
+		e := l.events[i]
+		_, e.Snapshot = l.snapshots[e.ID]
+		out = append(out, e)
+	}
+	return out
+}
+
+func (l *eventLog) snapshot(id string) ([]byte, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b, ok := l.snapshots[id]
+	return b, ok
+}
+
+// observeForConsole records a scored frame for the page: its score, and
+// the frame itself while someone watches the live view. anomaly is the
+// frame's map when mapped; otherwise one is made only for a kept frame.
+func (c *cameraRuntime) observeForConsole(now time.Time, f capture.Frame, r detector.Result, anomalous bool, anomaly heatmap.Map, mapped bool, threshold float64) {
+	c.scores.add(console.Score{Time: f.Time, Score: r.Score, Pretrained: -r.LLPretrained, Student: -r.LLStudent, Patch: r.PatchScore, Anomalous: anomalous})
+	if f.View == nil || !c.live.due(now) {
+		return
+	}
+	if !mapped {
+		var err error
+		anomaly, err = heatmap.ForResult(r.PatchDistances, c.normalPatchDistance, r.TokenErrors, len(r.BlockErrors))
+		mapped = err == nil
+	}
+	c.live.keep(now, &liveFrame{seq: f.Seq, bgr: slices.Clone(f.View.BGR), width: f.View.Width, height: f.View.Height,
+		anomaly: anomaly, mapped: mapped, caption: c.caption(r.Score, threshold)})
+}
+
+// webSource is the daemon as the console sees it.
+type webSource struct {
+	d         *Daemon
+	normalDir string // web settings change only with a restart
+
+	mu   sync.Mutex
+	prev map[string]fpsSample // for scored fps
+}
+
+type fpsSample struct {
+	n   uint64
+	at  time.Time
+	fps float64
+}
+
+var _ console.Source = (*webSource)(nil)
+
+func (w *webSource) camera(name string) (*cameraRuntime, error) {
+	if c := w.d.cameraRuntime(name); c != nil {
+		return c, nil
+	}
+	return nil, fmt.Errorf("%w %q", console.ErrNoCamera, name)
+}
+
+func (w *webSource) Cameras() []console.Camera {
+	p := w.d.current()
+	if p == nil {
+		return nil
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	now := time.Now()
+	var out []console.Camera
+	for _, c := range p.cameras {
+		st := c.cam.Status()
+		n := c.processed.Load()
+		s, ok := w.prev[c.cfg.Name]
+		if !ok || n < s.n {
+			s = fpsSample{n: n, at: now}
+		} else if dt := now.Sub(s.at).Seconds(); dt >= 1 {
+			s = fpsSample{n: n, at: now, fps: float64(n-s.n) / dt}
+		}
+		w.prev[c.cfg.Name] = s
+		threshold := c.threshold
+		if t, ok := w.d.control.Threshold(c.cfg.Name); ok {
+			threshold = t
+		}
+		out = append(out, console.Camera{Name: c.cfg.Name, State: string(st.State), Bundle: filepath.Base(c.cfg.Model), Provider: c.model.det.Provider(),
+			CaptureFPS: st.FPS, ScoredFPS: s.fps, Reconnects: st.Reconnects, Damaged: st.Damaged, Threshold: threshold, BundleThreshold: c.threshold,
+			Detect: w.d.control.Detect(c.cfg.Name), Triggered: c.trig != nil, Events: c.events.Load()})
+	}
+	return out
+}
+
+func (w *webSource) LiveJPEG(camera string, overlay bool) ([]byte, uint64, error) {
+	c, err := w.camera(camera)
+	if err != nil {
+		return nil, 0, err
+	}
+	f := c.live.latest()
+	if f == nil {
+		return nil, 0, errors.New("no scored frame yet (the camera is offline, not scored, or the view just opened)")
+	}
+	jpg, err := f.encode(overlay)
+	return jpg, f.seq, err
+}
+
+func (w *webSource) Scores(camera string, since time.Time) ([]console.Score, error) {
+	c, err := w.camera(camera)
+	if err != nil {
+		return nil, err
+	}
+	return c.scores.after(since), nil
+}
+
+func (w *webSource) Events() []console.Event { return w.d.eventLog.list() }
+
+func (w *webSource) Snapshot(id string) ([]byte, bool) { return w.d.eventLog.snapshot(id) }
+
+// SetThreshold goes the MQTT threshold/set way: kept in control.json and
+// published as the retained state.
+func (w *webSource) SetThreshold(camera string, threshold *float64) error {
+	if _, err := w.camera(camera); err != nil {
+		return err
+	}
+	if err := w.d.control.set(camera, func(cc *CameraControl) { cc.Threshold = threshold }); err != nil {
+		return fmt.Errorf("threshold set but not saved (a restart forgets it): %w", err)
+	}
+	w.d.publishControlState(camera)
+	return nil
+}
+
+// SaveNormal writes the newest live frame as collect would.
+func (w *webSource) SaveNormal(camera string) (string, error) {
+	c, err := w.camera(camera)
+	if err != nil {
+		return "", err
+	}
+	f := c.live.latest()
+	if f == nil {
+		return "", errors.New("no frame to save yet: the live view keeps them")
+	}
+	dir := filepath.Join(w.normalDir, camera)
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return "", err
+	}
+	png, err := capture.EncodeImage(f.bgr, f.width, f.height, ".png")
+	if err != nil {
+		return "", err
+	}
+	path := filepath.Join(dir, capture.FrameFileName(camera, time.Now(), f.seq, "png"))
+	return path, atomicfile.Write(path, png)
+}
+
+// consoleOptions reads the console's settings, its password included.
+func (c Config) consoleOptions() (console.Options, error) {
+	opts := console.Options{AllowChanges: c.Web.AllowChanges, Username: c.Web.Username}
+	if c.Web.PasswordFile != "" {
+		b, err := os.ReadFile(c.Web.PasswordFile)
+		if err != nil {
+			return opts, fmt.Errorf("web.password_file: %w", err)
+		}
+		opts.Password = strings.TrimRight(string(b), "\r\n")
+	}
+	return opts, nil
+}

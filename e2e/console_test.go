@@ -1,0 +1,187 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+)
+
+// chromium finds Debian's browser (make deps and .ci/run install it).
+func chromium(t testing.TB) string {
+	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	t.Fatal("chromium is not installed (make deps installs it)")
+	return ""
+}
+
+// browser opens a headless Chromium for the test (no sandbox: CI runs as
+// root, where Chromium's sandbox refuses to start).
+func browser(t *testing.T) context.Context {
+	t.Helper()
+	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(chromium(t)), chromedp.NoSandbox,
+		chromedp.DisableGPU, chromedp.WindowSize(1280, 900))
+	alloc, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	ctx, cancel := chromedp.NewContext(alloc)
+	t.Cleanup(func() { cancel(); cancelAlloc() })
+	// The first run starts the browser, which lives as long as that run's
+	// context: this one, not the timed ones of later steps.
+	if err := chromedp.Do(ctx); err != nil {
+		t.Fatalf("start %s: %v", chromium(t), err)
+	}
+	return ctx
+}
+
+// do runs browser steps within limit.
+func do(t *testing.T, ctx context.Context, limit time.Duration, what string, steps ...chromedp.Action[chromedp.Void]) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	if err := chromedp.Do(ctx, steps...); err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+}
+
+// value runs one browser action within limit and returns its value.
+func value[T any](t *testing.T, ctx context.Context, limit time.Duration, what string, a chromedp.Action[T]) T {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	v, err := chromedp.Run(ctx, a)
+	if err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+	return v
+}
+
+// poll waits for a JavaScript condition on the page.
+func poll(expression string, limit time.Duration) chromedp.Action[chromedp.Void] {
+	return chromedp.Poll[chromedp.Void](expression, chromedp.WithPollingInterval(200*time.Millisecond), chromedp.WithPollingTimeout(limit))
+}
+
+// The console in a real browser, on the daemon scoring a video with
+// defects: the camera, a live image that changes, a chart with points, an
+// event with its snapshot, a threshold change that takes effect; and a
+// read-only console that refuses it. Screenshots go to the test's folder
+// (and to $CONSOLE_SCREENSHOT, for the README, when set).
+func TestWebConsoleInChromium(t *testing.T) {
+	f := getDaemonFixture(t)
+	b := startMosquitto(t, "")
+	sub := subscribe(t, b.url(), "transformaly/#", "test-sub-console")
+	shots := t.TempDir()
+	port := freePort(t)
+	startDaemon(t, fmt.Sprintf(`
+cameras:
+  - {name: line1, source: %q, model: %q, loop: true, pace: true}
+mqtt: {broker: %s}
+metrics: {address: "127.0.0.1:%d"}
+web: {allow_changes: true}
+state_directory: %q
+`, f.video, f.bundle, b.url(), port, t.TempDir()))
+	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+	eventually(t, "the console", 30*time.Second, func() bool {
+		resp, err := http.Get(base + "/api/cameras")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+
+	ctx := browser(t)
+	css := func(sel string) chromedp.CSS { return chromedp.CSS(sel) }
+	do(t, ctx, 30*time.Second, "open the console", chromedp.Navigate(base+"/"), chromedp.WaitVisible(css("#camera-line1 .live")))
+
+	// The live image changes.
+	do(t, ctx, 20*time.Second, "the live image", poll(`document.querySelector("#camera-line1 .live").naturalWidth > 0`, 20*time.Second))
+	first := value(t, ctx, 10*time.Second, "the live image", chromedp.Screenshot(css("#camera-line1 .view")))
+	time.Sleep(1500 * time.Millisecond)
+	second := value(t, ctx, 10*time.Second, "the live image again", chromedp.Screenshot(css("#camera-line1 .view")))
+	if bytes.Equal(first, second) {
+		t.Error("the live image did not change in 1.5 s")
+	}
+
+	// The chart draws points.
+	do(t, ctx, 20*time.Second, "chart points", poll(`Number(document.querySelector("#camera-line1").dataset.points) >= 10`, 20*time.Second),
+		chromedp.WaitVisible(css("#camera-line1 .chart canvas")))
+
+	// An event with its snapshot, once a defective part has passed.
+	do(t, ctx, 60*time.Second, "an event with its snapshot",
+		poll(`[...document.querySelectorAll("#events li img")].some(i => i.complete && i.naturalWidth > 0)`, 60*time.Second))
+	page := value(t, ctx, 10*time.Second, "screenshot", chromedp.FullScreenshot(80))
+	os.WriteFile(filepath.Join(shots, "console.jpg"), page, 0o644)
+	if p := os.Getenv("CONSOLE_SCREENSHOT"); p != "" {
+		os.WriteFile(p, page, 0o644)
+	}
+
+	// A threshold set on the page takes effect: the API, the retained
+	// MQTT state and the score messages all carry it.
+	const threshold = 12345.5
+	do(t, ctx, 20*time.Second, "set the threshold",
+		chromedp.SetValue(css("#camera-line1 .threshold-input"), strconv.FormatFloat(threshold, 'f', -1, 64)),
+		chromedp.Click(css("#camera-line1 .threshold-set")),
+		poll(`document.querySelector("#camera-line1 .threshold-status").dataset.result === "ok"`, 20*time.Second))
+	eventually(t, "scores judged by the new threshold", 10*time.Second, func() bool {
+		m := sub.on("transformaly/line1/score")
+		if len(m) == 0 {
+			return false
+		}
+		var s struct {
+			Threshold float64 `json:"threshold"`
+		}
+		json.Unmarshal(m[len(m)-1].Payload, &s)
+		return s.Threshold == threshold
+	})
+	if st := sub.on("transformaly/line1/threshold/state"); len(st) == 0 || string(st[len(st)-1].Payload) != "12345.5" {
+		t.Errorf("threshold state over MQTT: %v", st)
+	}
+	// The count of recent frames a threshold would flag, as it is typed.
+	do(t, ctx, 10*time.Second, "would-flag count",
+		chromedp.SetValue(css("#camera-line1 .threshold-input"), ""),
+		chromedp.SendKeys(css("#camera-line1 .threshold-input"), "-1000"), // below every score: all flagged
+		poll(`/^[1-9]\d* of the last \d+ frames would be flagged/.test(document.querySelector("#camera-line1 .threshold-status").textContent)`, 10*time.Second))
+	t.Logf("typing a threshold: %q", value(t, ctx, 5*time.Second, "status", chromedp.Text(css("#camera-line1 .threshold-status"))))
+	os.WriteFile(filepath.Join(shots, "console-threshold.jpg"), value(t, ctx, 10*time.Second, "screenshot", chromedp.FullScreenshot(80)), 0o644)
+
+	// A read-only console shows the page and refuses changes.
+	port2 := freePort(t)
+	startDaemon(t, fmt.Sprintf(`
+cameras:
+  - {name: line1, source: %q, model: %q, loop: true, pace: true}
+mqtt: {broker: %s, client_id: read-only}
+metrics: {address: "127.0.0.1:%d"}
+state_directory: %q
+`, f.video, f.bundle, b.url(), port2, t.TempDir()))
+	base2 := fmt.Sprintf("http://127.0.0.1:%d", port2)
+	eventually(t, "the read-only console", 30*time.Second, func() bool {
+		resp, err := http.Get(base2 + "/api/cameras")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+	do(t, ctx, 30*time.Second, "the read-only console", chromedp.Navigate(base2+"/"), chromedp.WaitVisible(css("#camera-line1")),
+		poll(`document.querySelector("#mode").textContent.startsWith("read-only")`, 20*time.Second))
+	disabled := value(t, ctx, 5*time.Second, "Set disabled", chromedp.Evaluate[bool](`document.querySelector("#camera-line1 .threshold-set").disabled`))
+	refused := value(t, ctx, 5*time.Second, "a posted threshold", chromedp.Evaluate[string](
+		`fetch("/api/cameras/line1/threshold", {method: "POST", body: "1", headers: {"X-Transformaly": "1"}}).then(r => r.status + " " + r.statusText)`, chromedp.EvalAwaitPromise))
+	if !disabled || !strings.HasPrefix(refused, "403") {
+		t.Errorf("read-only console: Set disabled %v, a posted threshold %q", disabled, refused)
+	}
+	os.WriteFile(filepath.Join(shots, "console-read-only.jpg"), value(t, ctx, 10*time.Second, "screenshot", chromedp.FullScreenshot(80)), 0o644)
+	t.Logf("screenshots in %s", shots)
+}
