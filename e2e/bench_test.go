@@ -181,19 +181,20 @@ state_directory: %q
 }
 
 // BenchmarkConsoleLiveViews: 20 browsers' live views (MJPEG with the
-// anomaly map, 4 frames a second each) for 60 s against none (30 s before
-// and 30 s after, averaged: this machine's speed drifts by more than the
-// views cost), on a daemon scoring one unpaced 640x640 camera as fast as
-// the CPU allows: scored frames/s of both and their ratio, and the
-// daemon's resident memory before and after the views (flat: frames are
-// shared, not queued per viewer).
+// anomaly map, 4 frames a second each) against none, on a daemon scoring
+// one unpaced 640x640 camera as fast as the CPU allows, in three rounds of
+// 20 s without and 20 s with the views (this machine's speed drifts by
+// more than the views cost, so the two alternate): scored frames/s of both
+// and their ratio, and the daemon's resident memory after the first and
+// the last round of views (flat: frames are shared, not queued per
+// viewer).
 func BenchmarkConsoleLiveViews(b *testing.B) {
 	f := getDaemonFixture(b)
 	video := filepath.Join(b.TempDir(), "line.avi")
 	if err := synth.WriteVideo(video, 640, 25, []string{synth.Normal, synth.Missing, synth.Normal}, 10, 1); err != nil {
 		b.Fatal(err)
 	}
-	const phase, viewers = 60 * time.Second, 20
+	const phase, rounds, viewers = 20 * time.Second, 3, 20
 	for range b.N {
 		port := freePort(b)
 		d := startDaemon(b, fmt.Sprintf(`
@@ -230,49 +231,65 @@ state_directory: %q
 			return math.NaN()
 		}
 		eventually(b, "frames scored", time.Minute, func() bool { return scored() > 100 })
-		rate := func(d time.Duration) float64 {
-			n0, t0 := scored(), time.Now()
-			time.Sleep(d)
-			return (scored() - n0) / time.Since(t0).Seconds()
-		}
-		none := rate(phase / 2)
-		rssBefore := rss()
-		ctx, cancel := context.WithCancel(context.Background())
+		// frames counts what is scored during one phase, with or without
+		// the viewers; received counts the frames they got.
 		var received atomic.Int64
-		var wg sync.WaitGroup
-		for range viewers {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/api/cameras/line1/live.mjpeg?overlay=1", nil)
-				resp, err := http.DefaultClient.Do(req)
-				if err != nil {
-					return
-				}
-				defer resp.Body.Close()
-				_, params, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
-				mr := multipart.NewReader(resp.Body, params["boundary"])
-				for {
-					part, err := mr.NextPart()
+		frames := func(watch bool) float64 {
+			ctx, cancel := context.WithCancel(context.Background())
+			var wg sync.WaitGroup
+			for range viewers * btoi(watch) {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/api/cameras/line1/live.mjpeg?overlay=1", nil)
+					resp, err := http.DefaultClient.Do(req)
 					if err != nil {
 						return
 					}
-					io.Copy(io.Discard, part)
-					received.Add(1)
-				}
-			}()
+					defer resp.Body.Close()
+					_, params, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
+					mr := multipart.NewReader(resp.Body, params["boundary"])
+					for {
+						part, err := mr.NextPart()
+						if err != nil {
+							return
+						}
+						io.Copy(io.Discard, part)
+						received.Add(1)
+					}
+				}()
+			}
+			n0 := scored()
+			time.Sleep(phase)
+			n := scored() - n0
+			cancel()
+			wg.Wait()
+			return n
 		}
-		watched := rate(phase)
-		rssWatched := rss()
-		cancel()
-		wg.Wait()
-		none = (none + rate(phase/2)) / 2
+		var none, watched float64
+		var rssFirst, rssLast float64
+		for r := range rounds {
+			none += frames(false)
+			watched += frames(true)
+			if r == 0 {
+				rssFirst = rss()
+			}
+		}
+		rssLast = rss()
 		d.stop(b)
-		b.ReportMetric(none, "frames/s-no-views")
-		b.ReportMetric(watched, "frames/s-20-views")
+		seconds := rounds * phase.Seconds()
+		b.ReportMetric(none/seconds, "frames/s-no-views")
+		b.ReportMetric(watched/seconds, "frames/s-20-views")
 		b.ReportMetric(watched/none, "ratio")
-		b.ReportMetric(rssBefore, "rss-before-MB")
-		b.ReportMetric(rssWatched, "rss-after-MB")
-		b.ReportMetric(float64(received.Load())/viewers/phase.Seconds(), "view-frames/s")
+		b.ReportMetric(rssFirst, "rss-first-MB")
+		b.ReportMetric(rssLast, "rss-last-MB")
+		b.ReportMetric(float64(received.Load())/viewers/seconds, "view-frames/s")
 	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -81,7 +81,7 @@ func TestWebConsoleInChromium(t *testing.T) {
 	f := getDaemonFixture(t)
 	b := startMosquitto(t, "")
 	sub := subscribe(t, b.url(), "transformaly/#", "test-sub-console")
-	shots := t.TempDir()
+	shots, state := t.TempDir(), t.TempDir()
 	port := freePort(t)
 	startDaemon(t, fmt.Sprintf(`
 cameras:
@@ -90,7 +90,7 @@ mqtt: {broker: %s}
 metrics: {address: "127.0.0.1:%d"}
 web: {allow_changes: true}
 state_directory: %q
-`, f.video, f.bundle, b.url(), port, t.TempDir()))
+`, f.video, f.bundle, b.url(), port, state))
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
 	eventually(t, "the console", 30*time.Second, func() bool {
 		resp, err := http.Get(base + "/api/cameras")
@@ -155,6 +155,13 @@ state_directory: %q
 		poll(`/^[1-9]\d* of the last \d+ frames would be flagged/.test(document.querySelector("#camera-line1 .threshold-status").textContent)`, 10*time.Second))
 	t.Logf("typing a threshold: %q", value(t, ctx, 5*time.Second, "status", chromedp.Text(css("#camera-line1 .threshold-status"))))
 	os.WriteFile(filepath.Join(shots, "console-threshold.jpg"), value(t, ctx, 10*time.Second, "screenshot", chromedp.FullScreenshot(80)), 0o644)
+
+	// "Save frame as normal" writes the live frame as collect does.
+	do(t, ctx, 10*time.Second, "save a normal frame", chromedp.Click(css("#camera-line1 .save-normal")),
+		poll(`document.querySelector("#camera-line1 .threshold-status").textContent.startsWith("saved ")`, 10*time.Second))
+	if saved, _ := filepath.Glob(filepath.Join(state, "normal_images", "line1", "line1-*.png")); len(saved) != 1 {
+		t.Errorf("normal images saved: %v, want one", saved)
+	}
 
 	// A read-only console shows the page and refuses changes.
 	port2 := freePort(t)
