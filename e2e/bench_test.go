@@ -23,8 +23,6 @@ import (
 	"testing"
 	"time"
 
-	mb "github.com/simonvetter/modbus"
-
 	"github.com/transformaly/transformaly/internal/synth"
 	"github.com/transformaly/transformaly/modbus"
 )
@@ -143,19 +141,7 @@ modbus: {address: "127.0.0.1:%d"}
 detector: {max_batch: 1}
 state_directory: %q
 `, video, bundle, freePort(b), modbusPort, b.TempDir()))
-		plc, err := mb.NewClient(&mb.ClientConfiguration{URL: fmt.Sprintf("tcp://127.0.0.1:%d", modbusPort), Timeout: 2 * time.Second})
-		if err != nil {
-			b.Fatal(err)
-		}
-		eventually(b, "the Modbus server", 30*time.Second, func() bool { return plc.Open() == nil })
-		eventually(b, "line1 ready", 30*time.Second, func() bool { r, _ := plc.ReadDiscreteInput(modbus.InputReady); return r })
-		counter := func() uint16 {
-			r, err := plc.ReadRegisters(modbus.RegisterResultCounter, 1, mb.INPUT_REGISTER)
-			if err != nil {
-				b.Fatal(err)
-			}
-			return r[0]
-		}
+		plc, counter := connectPLC(b, modbusPort)
 		var lat []float64
 		for range 50 {
 			before := counter()

@@ -72,6 +72,21 @@ func poll(expression string, limit time.Duration) chromedp.Action[chromedp.Void]
 	return chromedp.Poll[chromedp.Void](expression, chromedp.WithPollingInterval(200*time.Millisecond), chromedp.WithPollingTimeout(limit))
 }
 
+// waitForConsole waits for a daemon's console on port and gives its URL.
+func waitForConsole(t *testing.T, port int) string {
+	t.Helper()
+	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+	eventually(t, "the console at "+base, 30*time.Second, func() bool {
+		resp, err := http.Get(base + "/api/cameras")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+	return base
+}
+
 // The console in a real browser, on the daemon scoring a video with
 // defects: the camera, a live image that changes, a chart with points, an
 // event with its snapshot, a threshold change that takes effect; and a
@@ -91,15 +106,7 @@ metrics: {address: "127.0.0.1:%d"}
 web: {allow_changes: true}
 state_directory: %q
 `, f.video, f.bundle, b.url(), port, state))
-	base := fmt.Sprintf("http://127.0.0.1:%d", port)
-	eventually(t, "the console", 30*time.Second, func() bool {
-		resp, err := http.Get(base + "/api/cameras")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == 200
-	})
+	base := waitForConsole(t, port)
 
 	ctx := browser(t)
 	css := func(sel string) chromedp.CSS { return chromedp.CSS(sel) }
@@ -172,15 +179,7 @@ mqtt: {broker: %s, client_id: read-only}
 metrics: {address: "127.0.0.1:%d"}
 state_directory: %q
 `, f.video, f.bundle, b.url(), port2, t.TempDir()))
-	base2 := fmt.Sprintf("http://127.0.0.1:%d", port2)
-	eventually(t, "the read-only console", 30*time.Second, func() bool {
-		resp, err := http.Get(base2 + "/api/cameras")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == 200
-	})
+	base2 := waitForConsole(t, port2)
 	do(t, ctx, 30*time.Second, "the read-only console", chromedp.Navigate(base2+"/"), chromedp.WaitVisible(css("#camera-line1")),
 		poll(`document.querySelector("#mode").textContent.startsWith("read-only")`, 20*time.Second))
 	disabled := value(t, ctx, 5*time.Second, "Set disabled", chromedp.Evaluate[bool](`document.querySelector("#camera-line1 .threshold-set").disabled`))

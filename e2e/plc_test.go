@@ -19,6 +19,26 @@ import (
 	"github.com/transformaly/transformaly/modbus"
 )
 
+// connectPLC connects a Modbus client to the daemon at port once line1 is
+// ready, and gives a reader of line1's result counter.
+func connectPLC(t testing.TB, port int) (*mb.ModbusClient, func() uint16) {
+	t.Helper()
+	plc, err := mb.NewClient(&mb.ClientConfiguration{URL: fmt.Sprintf("tcp://127.0.0.1:%d", port), Timeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the Modbus server", 30*time.Second, func() bool { return plc.Open() == nil })
+	t.Cleanup(func() { plc.Close() })
+	eventually(t, "line1 ready", 30*time.Second, func() bool { r, _ := plc.ReadDiscreteInput(modbus.InputReady); return r })
+	return plc, func() uint16 {
+		r, err := plc.ReadRegisters(modbus.RegisterResultCounter, 1, mb.INPUT_REGISTER)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r[0]
+	}
+}
+
 // A PLC judges 20 parts over Modbus TCP (a real client) on a looping part
 // video with known good and bad parts: 20 results, each with the verdict
 // its part deserves, Result Valid toggling each time, and every NG part's
@@ -70,21 +90,7 @@ metrics: {address: "off"}
 modbus: {address: "127.0.0.1:%d"}
 state_directory: %q
 `, f.loop, f.bundle, threshold, b.url(), modbusPort, state))
-	plc, err := mb.NewClient(&mb.ClientConfiguration{URL: fmt.Sprintf("tcp://127.0.0.1:%d", modbusPort), Timeout: 2 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, "the Modbus server", 30*time.Second, func() bool { return plc.Open() == nil })
-	defer plc.Close()
-	eventually(t, "line1 ready", 30*time.Second, func() bool { r, _ := plc.ReadDiscreteInput(modbus.InputReady); return r })
-
-	counter := func() uint16 {
-		r, err := plc.ReadRegisters(modbus.RegisterResultCounter, 1, mb.INPUT_REGISTER)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return r[0]
-	}
+	plc, counter := connectPLC(t, modbusPort)
 	result := func(part string) map[string]any {
 		for _, m := range sub.on("transformaly/line1/result") {
 			var r map[string]any

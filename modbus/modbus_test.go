@@ -43,6 +43,20 @@ func freeAddress(t *testing.T) string {
 // one verdict bit, the counter, the part id and the score; read-only data
 // cannot be written (a Modbus exception), and addresses past the cameras
 // are refused.
+// dial connects a Modbus client, closed with the test.
+func dial(t *testing.T, addr string) *mb.ModbusClient {
+	t.Helper()
+	c, err := mb.NewClient(&mb.ClientConfiguration{URL: "tcp://" + addr, Timeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Open(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
 func TestRegisterMap(t *testing.T) {
 	line := &fakeLine{ready: true}
 	addr := freeAddress(t)
@@ -51,14 +65,7 @@ func TestRegisterMap(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	c, err := mb.NewClient(&mb.ClientConfiguration{URL: "tcp://" + addr, Timeout: 2 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Open(); err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := dial(t, addr)
 	line2 := uint16(BlockSize)
 
 	if err := c.WriteUint32(line2+HoldingPartID, 4711); err != nil {
@@ -132,14 +139,7 @@ func TestSetCamerasKeepsResultsByName(t *testing.T) {
 	defer s.Close()
 	s.Publish("line2", Result{PartID: "7", Verdict: "ng", Score: 3})
 	s.SetCameras([]string{"line2", "line3"})
-	c, err := mb.NewClient(&mb.ClientConfiguration{URL: "tcp://" + addr, Timeout: 2 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Open(); err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := dial(t, addr)
 	if id, err := c.ReadUint32(RegisterPartID, mb.INPUT_REGISTER); err != nil || id != 7 {
 		t.Errorf("block 0 (now line2): part id %d (%v), want line2's 7", id, err)
 	}

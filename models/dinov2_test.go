@@ -2,7 +2,6 @@ package models_test
 
 import (
 	"fmt"
-	"math/rand/v2"
 	"path/filepath"
 	"testing"
 
@@ -86,17 +85,7 @@ func TestDINOv2MatchesReference(t *testing.T) {
 				if loaded.Registers != registers || loaded.Patch != 14 || loaded.Tokens() != 17+registers {
 					t.Fatalf("loaded %s, want %d registers, patch 14", loaded.Describe(), registers)
 				}
-				blocks := []int{0, 2}
-				rng := rand.New(rand.NewPCG(5, 5))
-				students := []models.Block{models.XavierBlock(v.Config, rng), models.XavierBlock(v.Config, rng)}
-				m, err := models.DetectorGraph(loaded, blocks, students)
-				if err != nil {
-					t.Fatal(err)
-				}
-				graph, err := models.Serialize(m)
-				if err != nil {
-					t.Fatal(err)
-				}
+				checkDetectorMatchesReference(t, v, loaded)
 				patchGraph, err := models.PatchFeatureGraph(loaded, []int{1})
 				if err != nil {
 					t.Fatal(err)
@@ -104,34 +93,14 @@ func TestDINOv2MatchesReference(t *testing.T) {
 				const n = 2
 				size := v.ImageSize
 				images := randomImages(n, size, 12)
-				got := runGraph(t, graph, images, n, size, models.OutputEmbedding, models.OutputBlockErrors, models.OutputTokenErrors)
 				patches := runGraph(t, patchGraph, images, n, size, models.OutputPatchFeatures)[0]
-				tokens, g2 := v.ImageTokens(), v.Grid()*v.Grid()
+				g2 := v.Grid() * v.Grid()
 				for img := range n {
-					ref := vitref.Forward(v, images[img*size*size*3:(img+1)*size*size*3])
-					if e := relErr(got[0][img*v.Dim:(img+1)*v.Dim], ref.Embedding); e > tolerance {
-						t.Errorf("image %d: embedding relative error %.2g", img, e)
+					var want []float64
+					for _, f := range refPatchFeatures(v.Config, vitref.Forward(v, images[img*size*size*3:(img+1)*size*size*3]), []int{1}) {
+						want = append(want, f...)
 					}
-					var wantBlock, wantTokens []float64
-					for k, i := range blocks {
-						tok := vitref.TokenErrors(v.Config, vitref.Block(v.Config, students[k], ref.BlockIO[i]), ref.BlockIO[i+1])
-						mean := 0.0
-						for _, x := range tok {
-							mean += x / float64(len(tok))
-						}
-						wantTokens, wantBlock = append(wantTokens, tok...), append(wantBlock, mean)
-					}
-					if e := relErr(got[1][img*len(blocks):(img+1)*len(blocks)], wantBlock); e > tolerance {
-						t.Errorf("image %d: block errors relative error %.2g", img, e)
-					}
-					if e := relErr(got[2][img*len(blocks)*tokens:(img+1)*len(blocks)*tokens], wantTokens); e > tolerance {
-						t.Errorf("image %d: token errors relative error %.2g", img, e)
-					}
-					var wantPatches []float64
-					for _, f := range refPatchFeatures(v.Config, ref, []int{1}) {
-						wantPatches = append(wantPatches, f...)
-					}
-					if e := relErr(patches[img*g2*v.Dim:(img+1)*g2*v.Dim], wantPatches); e > tolerance {
+					if e := relErr(patches[img*g2*v.Dim:(img+1)*g2*v.Dim], want); e > tolerance {
 						t.Errorf("image %d: patch features relative error %.2g", img, e)
 					}
 				}

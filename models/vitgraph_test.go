@@ -89,10 +89,18 @@ func TestDetectorGraphMatchesReference(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	checkDetectorMatchesReference(t, v, v)
+}
+
+// checkDetectorMatchesReference runs the detector graph of loaded (with two
+// random students) and compares its embedding, block errors and token
+// errors with the float64 reference of want, the same model as written.
+func checkDetectorMatchesReference(t *testing.T, want, loaded *models.ViT) {
+	t.Helper()
 	blocks := []int{0, 2}
 	rng := rand.New(rand.NewPCG(5, 5))
-	students := []models.Block{models.XavierBlock(v.Config, rng), models.XavierBlock(v.Config, rng)}
-	m, err := models.DetectorGraph(v, blocks, students)
+	students := []models.Block{models.XavierBlock(want.Config, rng), models.XavierBlock(want.Config, rng)}
+	m, err := models.DetectorGraph(loaded, blocks, students)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,19 +109,19 @@ func TestDetectorGraphMatchesReference(t *testing.T) {
 		t.Fatal(err)
 	}
 	const n = 2
-	size := v.ImageSize
+	size := want.ImageSize
 	images := randomImages(n, size, 12)
 	got := runGraph(t, graph, images, n, size, models.OutputEmbedding, models.OutputBlockErrors, models.OutputTokenErrors)
-	tokens := v.Tokens()
+	tokens := want.ImageTokens()
 	for img := range n {
-		ref := vitref.Forward(v, images[img*size*size*3:(img+1)*size*size*3])
-		if e := relErr(got[0][img*v.Dim:(img+1)*v.Dim], ref.Embedding); e > tolerance {
+		ref := vitref.Forward(want, images[img*size*size*3:(img+1)*size*size*3])
+		if e := relErr(got[0][img*want.Dim:(img+1)*want.Dim], ref.Embedding); e > tolerance {
 			t.Errorf("image %d: embedding relative error %.2g", img, e)
 		}
 		var wantBlock, wantTokens []float64
 		for k, i := range blocks {
-			student := vitref.Block(v.Config, students[k], ref.BlockIO[i])
-			tok := vitref.TokenErrors(v.Config, student, ref.BlockIO[i+1])
+			student := vitref.Block(want.Config, students[k], ref.BlockIO[i])
+			tok := vitref.TokenErrors(want.Config, student, ref.BlockIO[i+1])
 			mean := 0.0
 			for _, x := range tok {
 				mean += x
