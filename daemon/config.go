@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
@@ -285,6 +286,12 @@ func LoadConfig(path string) (Config, error) {
 	if err := dec.Decode(&more); !errors.Is(err, io.EOF) {
 		return cfg, fmt.Errorf("config %s: holds more than one YAML document (a --- line); the daemon reads one", path)
 	}
+	var doc yaml.Node
+	if yaml.Unmarshal(data, &doc) == nil {
+		if bad := fractionsForIntegers(&doc, reflect.TypeOf(cfg), ""); len(bad) > 0 {
+			return cfg, fmt.Errorf("config %s:\n  %s", path, strings.Join(bad, "\n  "))
+		}
+	}
 	dir, err := filepath.Abs(filepath.Dir(path))
 	if err != nil {
 		return cfg, fmt.Errorf("config %s: %w", path, err)
@@ -324,6 +331,56 @@ func (c *Config) resolvePaths(dir string) {
 		}
 		c.Detector.ProviderLibrary = strings.Join(libs, ",")
 	}
+}
+
+// fractionsForIntegers finds numbers with a fraction under keys whose
+// value is an integer: the YAML decoder truncates them without a word
+// (max_batch: 8.5 became 8, queue_limit: 0.5 became 0).
+func fractionsForIntegers(n *yaml.Node, t reflect.Type, path string) []string {
+	for t.Kind() == reflect.Pointer || t.Kind() == reflect.Slice {
+		if t.Kind() == reflect.Slice && n.Kind == yaml.SequenceNode {
+			var out []string
+			for i, item := range n.Content {
+				out = append(out, fractionsForIntegers(item, t.Elem(), fmt.Sprintf("%s[%d]", path, i))...)
+			}
+			return out
+		}
+		t = t.Elem()
+	}
+	switch n.Kind {
+	case yaml.DocumentNode:
+		var out []string
+		for _, c := range n.Content {
+			out = append(out, fractionsForIntegers(c, t, path)...)
+		}
+		return out
+	case yaml.MappingNode:
+		if t.Kind() != reflect.Struct {
+			return nil
+		}
+		var out []string
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			key := n.Content[i].Value
+			for f := range t.NumField() {
+				if strings.Split(t.Field(f).Tag.Get("yaml"), ",")[0] == key {
+					k := key
+					if path != "" {
+						k = path + "." + key
+					}
+					out = append(out, fractionsForIntegers(n.Content[i+1], t.Field(f).Type, k)...)
+				}
+			}
+		}
+		return out
+	case yaml.ScalarNode:
+		switch t.Kind() {
+		case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64, reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+			if x, err := strconv.ParseFloat(n.Value, 64); n.ShortTag() == "!!float" && err == nil && x != math.Trunc(x) {
+				return []string{fmt.Sprintf("%s (line %d): %s is not a whole number", path, n.Line, clip(n.Value))}
+			}
+		}
+	}
+	return nil
 }
 
 var yamlLine = regexp.MustCompile(`line (\d+): `)

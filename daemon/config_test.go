@@ -225,3 +225,20 @@ func TestConsoleNeedsAPasswordOffLoopback(t *testing.T) {
 		}
 	}
 }
+
+// A number with a fraction under an integer key is refused by key: the
+// YAML decoder truncated it without a word (8.5 became 8, 0.5 became 0).
+func TestConfigRefusesFractionsForWholeNumbers(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "config.yaml")
+	os.WriteFile(path, []byte("cameras: [{name: a, source: 0, trigger: {frames: 1.5}}]\ndetector: {max_batch: 8.5}\nmqtt: {queue_limit: 0.5, score_qos: 1}\nng_images: {max_mb: 1e3}\n"), 0o644)
+	_, err := LoadConfig(path)
+	for _, key := range []string{"cameras[0].trigger.frames (line 1): 1.5", "detector.max_batch (line 2): 8.5", "mqtt.queue_limit (line 3): 0.5"} {
+		if err == nil || !strings.Contains(err.Error(), key) {
+			t.Errorf("%v; want %q", err, key)
+		}
+	}
+	if err != nil && strings.Contains(err.Error(), "max_mb") {
+		t.Errorf("1e3 is a whole number: %v", err)
+	}
+}
