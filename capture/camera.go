@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"gocv.io/x/gocv"
@@ -86,8 +87,20 @@ type Camera struct {
 	recovering bool      // the source failed; the next delivered frame is a reconnect
 	damagedLog time.Time // when a damaged frame was last logged
 
+	// wantViews delivers views at run time too, beside Config.KeepView (the
+	// web console wants them only while someone watches).
+	wantViews atomic.Bool
+
 	mu     sync.Mutex
 	status Status
+}
+
+// WantViews turns the delivery of views (Frame.View) on or off at run
+// time; Config.KeepView keeps them on whatever this says. Safe on nil.
+func (c *Camera) WantViews(on bool) {
+	if c != nil {
+		c.wantViews.Store(on)
+	}
 }
 
 // NewCamera validates cfg; errors are permanent (they name what is wrong).
@@ -266,6 +279,7 @@ func (c *Camera) stream(ctx context.Context, src source, pre *preprocessor, fram
 			continue
 		}
 		rgb := make([]byte, c.cfg.Size*c.cfg.Size*3)
+		pre.t.KeepView = c.cfg.KeepView || c.wantViews.Load()
 		view, err := pre.Apply(*frame, rgb)
 		if err != nil {
 			return delivered, markPermanent(err)

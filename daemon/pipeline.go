@@ -151,8 +151,9 @@ func buildPipeline(ctx context.Context, cfg Config, pub *Publisher, control *Con
 			}
 			slog.Info("model loaded", "bundle", cc.Model, "provider", det.Provider(), "image_size", det.Size(), "threshold", det.Info.Threshold)
 		}
-		// Views are kept for snapshots, NG parts' images and the console.
-		capCfg, err := cc.CaptureConfig(m.det.Size(), snapshotsEnabled(cfg.MQTT) || cc.Trigger != nil && cfg.NGImages.MaxMB > 0 || cfg.WebAddress() != "")
+		// Views are kept for snapshots and NG parts' images (and, while
+		// someone watches, for the console: Camera.WantViews).
+		capCfg, err := cc.CaptureConfig(m.det.Size(), snapshotsEnabled(cfg.MQTT) || cc.Trigger != nil && cfg.NGImages.MaxMB > 0)
 		if err != nil {
 			p.closeModels()
 			return nil, fmt.Errorf("cameras[%d]: %w", i, err)

@@ -74,9 +74,14 @@ type liveView struct {
 	kept   time.Time
 }
 
+// watched says whether a viewer asked for frames lately.
+func (l *liveView) watched(now time.Time) bool {
+	return now.UnixNano()-l.wanted.Load() <= int64(liveWatched)
+}
+
 // due says whether a frame scored at now should be kept.
 func (l *liveView) due(now time.Time) bool {
-	if now.UnixNano()-l.wanted.Load() > int64(liveWatched) {
+	if !l.watched(now) {
 		return false
 	}
 	l.mu.Lock()
@@ -200,6 +205,10 @@ func (l *eventLog) snapshot(id string) ([]byte, bool) {
 // frame's map when mapped; otherwise one is made only for a kept frame.
 func (c *cameraRuntime) observeForConsole(now time.Time, f capture.Frame, r detector.Result, anomalous bool, anomaly heatmap.Map, mapped bool, threshold float64) {
 	c.scores.add(console.Score{Time: f.Time, Score: r.Score, Pretrained: -r.LLPretrained, Student: -r.LLStudent, Patch: r.PatchScore, Anomalous: anomalous})
+	if !c.live.watched(now) {
+		c.cam.WantViews(false) // no copies of frames no one looks at
+		return
+	}
 	if f.View == nil || !c.live.due(now) {
 		return
 	}
@@ -271,7 +280,8 @@ func (w *webSource) LiveJPEG(camera string, overlay bool) ([]byte, uint64, error
 	if err != nil {
 		return nil, 0, err
 	}
-	f := c.live.latest()
+	f := c.live.latest() // marks the view watched first: then frames keep coming
+	c.cam.WantViews(true)
 	if f == nil {
 		return nil, 0, errors.New("no scored frame yet (the camera is offline, not scored, or the view just opened)")
 	}

@@ -170,18 +170,20 @@ state_directory: %q
 		t.Errorf("normal images saved: %v, want one", saved)
 	}
 
-	// A read-only console shows the page and refuses changes.
+	// A read-only console shows the page and refuses changes; without MQTT
+	// snapshots its camera keeps frames only while the live view is open.
 	port2 := freePort(t)
 	startDaemon(t, fmt.Sprintf(`
 cameras:
   - {name: line1, source: %q, model: %q, loop: true, pace: true}
-mqtt: {broker: %s, client_id: read-only}
+mqtt: {broker: %s, client_id: read-only, snapshots: false}
 metrics: {address: "127.0.0.1:%d"}
 state_directory: %q
 `, f.video, f.bundle, b.url(), port2, t.TempDir()))
 	base2 := waitForConsole(t, port2)
 	do(t, ctx, 30*time.Second, "the read-only console", chromedp.Navigate(base2+"/"), chromedp.WaitVisible(css("#camera-line1")),
-		poll(`document.querySelector("#mode").textContent.startsWith("read-only")`, 20*time.Second))
+		poll(`document.querySelector("#mode").textContent.startsWith("read-only")`, 20*time.Second),
+		poll(`document.querySelector("#camera-line1 .live").naturalWidth > 0`, 20*time.Second))
 	disabled := value(t, ctx, 5*time.Second, "Set disabled", chromedp.Evaluate[bool](`document.querySelector("#camera-line1 .threshold-set").disabled`))
 	refused := value(t, ctx, 5*time.Second, "a posted threshold", chromedp.Evaluate[string](
 		`fetch("/api/cameras/line1/threshold", {method: "POST", body: "1", headers: {"X-Transformaly": "1"}}).then(r => r.status + " " + r.statusText)`, chromedp.EvalAwaitPromise))
