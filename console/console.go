@@ -68,6 +68,20 @@ type Event struct {
 	Snapshot    bool       `json:"snapshot"` // GET /api/events/<id>/snapshot.jpg
 }
 
+// Part is a triggered part's result.
+type Part struct {
+	ID          string    `json:"id"` // the page's: GET /api/parts/<id>/map.jpg
+	Camera      string    `json:"camera"`
+	PartID      string    `json:"part_id"`
+	Verdict     string    `json:"verdict"` // ok, ng or error
+	Reason      string    `json:"reason,omitempty"`
+	Score       *float64  `json:"score,omitempty"`
+	Threshold   float64   `json:"threshold"`
+	TriggerTime time.Time `json:"trigger_time"`
+	LatencyMS   float64   `json:"latency_ms"`
+	Map         bool      `json:"map"` // an NG part's frame with its anomaly map
+}
+
 // Source is what the daemon offers the page.
 type Source interface {
 	Cameras() []Camera
@@ -80,6 +94,8 @@ type Source interface {
 	Scores(camera string, since time.Time) ([]Score, error)
 	Events() []Event // newest first
 	Snapshot(eventID string) ([]byte, bool)
+	Parts() []Part // newest first
+	PartMap(id string) ([]byte, bool)
 	// SetThreshold sets a camera's threshold (nil: back to the bundle's),
 	// as MQTT's threshold/set does.
 	SetThreshold(camera string, threshold *float64) error
@@ -131,6 +147,8 @@ func Handler(src Source, opts Options) http.Handler {
 	mux.HandleFunc("POST /api/cameras/{camera}/normal", s.changes(s.saveNormal))
 	mux.HandleFunc("GET /api/events", s.events)
 	mux.HandleFunc("GET /api/events/{id}/snapshot.jpg", s.snapshot)
+	mux.HandleFunc("GET /api/parts", s.parts)
+	mux.HandleFunc("GET /api/parts/{id}/map.jpg", s.partMap)
 	var h http.Handler = mux
 	if opts.Password != "" {
 		h = basicAuth(h, opts.Username, opts.Password)
@@ -334,23 +352,41 @@ func (s *server) saveNormal(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *server) events(w http.ResponseWriter, r *http.Request) {
-	events := s.src.Events()
-	if camera := r.URL.Query().Get("camera"); camera != "" {
-		kept := events[:0:0]
-		for _, e := range events {
-			if e.Camera == camera {
-				kept = append(kept, e)
-			}
-		}
-		events = kept
-	}
-	writeJSON(w, events)
+	writeJSON(w, ofCamera(s.src.Events(), r.URL.Query().Get("camera"), func(e Event) string { return e.Camera }))
 }
 
 func (s *server) snapshot(w http.ResponseWriter, r *http.Request) {
 	jpg, ok := s.src.Snapshot(r.PathValue("id"))
+	writeImage(w, jpg, ok, "no snapshot for this event (still open, or no longer kept)")
+}
+
+func (s *server) parts(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, ofCamera(s.src.Parts(), r.URL.Query().Get("camera"), func(p Part) string { return p.Camera }))
+}
+
+// ofCamera keeps the items of one camera ("": all).
+func ofCamera[T any](items []T, camera string, cameraOf func(T) string) []T {
+	if camera == "" {
+		return items
+	}
+	kept := items[:0:0]
+	for _, it := range items {
+		if cameraOf(it) == camera {
+			kept = append(kept, it)
+		}
+	}
+	return kept
+}
+
+func (s *server) partMap(w http.ResponseWriter, r *http.Request) {
+	jpg, ok := s.src.PartMap(r.PathValue("id"))
+	writeImage(w, jpg, ok, "no map for this part (not NG, NG images off, or no longer kept)")
+}
+
+// writeImage answers a kept JPEG, which never changes, or 404.
+func writeImage(w http.ResponseWriter, jpg []byte, ok bool, missing string) {
 	if !ok {
-		http.Error(w, "no snapshot for this event (still open, or no longer kept)", http.StatusNotFound)
+		http.Error(w, missing, http.StatusNotFound)
 		return
 	}
 	w.Header().Set("Content-Type", "image/jpeg")

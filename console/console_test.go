@@ -56,6 +56,12 @@ func (f *fakeSource) Events() []Event {
 
 func (f *fakeSource) Snapshot(id string) ([]byte, bool) { return []byte("snap"), id == "a" }
 
+func (f *fakeSource) Parts() []Part {
+	return []Part{{ID: "p2", Camera: "line1", Verdict: "ng", Map: true}, {ID: "p1", Camera: "line2", Verdict: "ok"}}
+}
+
+func (f *fakeSource) PartMap(id string) ([]byte, bool) { return []byte("map"), id == "p2" }
+
 func (f *fakeSource) SetThreshold(camera string, t *float64) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -137,6 +143,13 @@ func TestPageAndReadOnlyAPI(t *testing.T) {
 	}
 	if resp, _ := get(t, srv.URL+"/api/events/b/snapshot.jpg"); resp.StatusCode != http.StatusNotFound {
 		t.Errorf("snapshot of an event without one: %s", resp.Status)
+	}
+	_, body = get(t, srv.URL+"/api/parts?camera=line1")
+	if !strings.Contains(body, `"id":"p2"`) || strings.Contains(body, `"id":"p1"`) {
+		t.Errorf("parts of line1: %s", body)
+	}
+	if resp, body := get(t, srv.URL+"/api/parts/p2/map.jpg"); resp.StatusCode != 200 || body != "map" {
+		t.Errorf("map of an NG part: %s %q", resp.Status, body)
 	}
 
 	// Read-only: changes are refused and nothing changes.

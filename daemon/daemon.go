@@ -36,9 +36,11 @@ type Daemon struct {
 	control    *Control
 	modbus     *modbus.Server // nil: off
 	ngImages   *ngArchive     // nil: off
-	eventLog   *eventLog      // for the web console; nil: off
-	broker     *EmbeddedBroker
-	started    time.Time
+	// events and parts are the recent ones the web console lists (nil: off).
+	events  *recentLog[console.Event]
+	parts   *recentLog[console.Part]
+	broker  *EmbeddedBroker
+	started time.Time
 
 	mu   sync.Mutex
 	pipe *pipeline
@@ -153,7 +155,7 @@ func Run(ctx context.Context, opts Options) error {
 		if err != nil {
 			return err
 		}
-		d.eventLog = newEventLog()
+		d.events, d.parts = newRecentLog[console.Event](eventHistory, keptImages), newRecentLog[console.Part](partHistory, keptImages)
 		web = console.Handler(&webSource{d: d, normalDir: cfg.NormalImagesDirectory(), prev: map[string]fpsSample{}}, opts)
 		if a := cfg.Web.Address; a != "" {
 			stop, err := listen("web.address", a, web)
@@ -187,7 +189,7 @@ func Run(ctx context.Context, opts Options) error {
 		}
 		defer d.modbus.Close()
 	}
-	pipe.results, pipe.ngImages, pipe.eventLog = d.forwardResult, d.ngImages, d.eventLog
+	d.lend(pipe)
 	d.mu.Lock()
 	d.pipe = pipe
 	d.mu.Unlock()
@@ -246,7 +248,7 @@ func (d *Daemon) reload(ctx context.Context) {
 		slog.Error("reload failed; still running the previous configuration", "err", err)
 		return
 	}
-	next.results, next.ngImages, next.eventLog = d.forwardResult, d.ngImages, d.eventLog
+	d.lend(next)
 	old.stop()
 	next.adoptPeaks(old)
 	if d.modbus != nil {
@@ -258,6 +260,12 @@ func (d *Daemon) reload(ctx context.Context) {
 	next.start(ctx)
 	d.publishControlStates()
 	slog.Info("reloaded", "cameras", len(cfg.Cameras), "models", len(next.models))
+}
+
+// lend gives a pipeline what outlives it: the Modbus map's results, the NG
+// folder and the console's lists.
+func (d *Daemon) lend(p *pipeline) {
+	p.results, p.ngImages, p.events, p.parts = d.forwardResult, d.ngImages, d.events, d.parts
 }
 
 func notify(state string) {

@@ -41,8 +41,9 @@ type partImage struct {
 }
 
 type ngImage struct {
-	result PartResult
-	image  *partImage
+	result  PartResult
+	image   *partImage
+	preview func(jpeg []byte) // also given a smaller map, for the console (nil: none)
 }
 
 type ngFile struct {
@@ -103,9 +104,9 @@ func openNGArchive(dir string, maxMB int) (*ngArchive, error) {
 }
 
 // keep queues a part's images; a full queue drops them with a log line.
-func (a *ngArchive) keep(r PartResult, img *partImage) {
+func (a *ngArchive) keep(r PartResult, img *partImage, preview func([]byte)) {
 	select {
-	case a.jobs <- ngImage{r, img}:
+	case a.jobs <- ngImage{r, img, preview}:
 	default:
 		slog.Warn("NG part image not kept: the disk is behind", "camera", r.Camera, "part_id", r.PartID)
 	}
@@ -158,6 +159,13 @@ func (a *ngArchive) write(job ngImage) error {
 		a.total += int64(len(f.data))
 	}
 	a.prune()
+	if job.preview != nil {
+		small, err := heatmap.JPEG(img.bgr, img.width, img.height, img.anomaly, liveMaxSide, img.caption)
+		if err != nil {
+			return fmt.Errorf("console map of %s: %w", name, err)
+		}
+		job.preview(small)
+	}
 	return nil
 }
 

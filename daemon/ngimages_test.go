@@ -39,7 +39,7 @@ func TestNGImagesKeepTheNewestUnderTheCap(t *testing.T) {
 	start := time.Date(2026, 12, 4, 8, 0, 0, 0, time.UTC)
 	for i := range 6 {
 		r := PartResult{Camera: "line1", PartID: "../part/" + string(rune('a'+i)), Verdict: VerdictNG, TriggerTime: start.Add(time.Duration(i) * time.Second)}
-		a.keep(r, &partImage{bgr: bgr, width: side, height: side, anomaly: anomaly, caption: "line1"})
+		a.keep(r, &partImage{bgr: bgr, width: side, height: side, anomaly: anomaly, caption: "line1"}, nil)
 		time.Sleep(50 * time.Millisecond) // the queue holds 8; pace it like a line
 	}
 	a.close()

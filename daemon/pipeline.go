@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/transformaly/transformaly/capture"
+	"github.com/transformaly/transformaly/console"
 	"github.com/transformaly/transformaly/detector"
 	"github.com/transformaly/transformaly/internal/heatmap"
 	"github.com/transformaly/transformaly/models"
@@ -109,11 +110,11 @@ type pipeline struct {
 	pub     *Publisher
 	control *Control         // run-time settings over MQTT (nil: none)
 	results func(PartResult) // also told every part result (the Modbus map); nil: none
-	// ngImages keeps NG parts' images (nil: off), eventLog the recent
-	// events for the console (nil: off). The daemon's, set before start
-	// like results.
+	// ngImages keeps NG parts' images (nil: off); events and parts are
+	// the console's lists (nil: off). The daemon's, lent before start.
 	ngImages *ngArchive
-	eventLog *eventLog
+	events   *recentLog[console.Event]
+	parts    *recentLog[console.Part]
 
 	heartbeat atomic.Int64 // unix nanos of the last detector loop turn
 	cancel    context.CancelFunc
@@ -228,11 +229,17 @@ func (p *pipeline) start(ctx context.Context) {
 		go func() {
 			defer p.wg.Done()
 			for f := range c.cam.Frames() {
-				if !p.control.Detect(c.cfg.Name) || c.trig != nil && !c.trig.wants(f.Seq, f.Time) {
-					f.View.Release() // detect/set OFF, or no part triggered: captured, not scored
+				// detect/set OFF, or no part triggered: captured, shown, not scored
+				switch {
+				case !p.control.Detect(c.cfg.Name):
+					c.showUnscored(f, "not scored: detect off")
+				case c.trig != nil && !c.trig.wants(f.Seq, f.Time):
+					c.showUnscored(f, "waiting for a trigger")
+				default:
+					c.model.put(c, f)
 					continue
 				}
-				c.model.put(c, f)
+				f.View.Release()
 			}
 		}()
 	}
@@ -509,7 +516,8 @@ func (p *pipeline) publishEvent(c *cameraRuntime, e Event) {
 		}
 		c.peak = nil
 	}
-	p.eventLog.record(e, snapshot)
+	p.events.put(e.ID, consoleEvent(e))
+	p.events.attach(e.ID, snapshot)
 }
 
 func snapshotsEnabled(m MQTTConfig) bool { return m.Snapshots == nil || *m.Snapshots }

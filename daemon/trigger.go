@@ -202,8 +202,14 @@ func (p *pipeline) publishResult(r PartResult, img *partImage) {
 	if p.results != nil {
 		p.results(r)
 	}
+	id := fmt.Sprintf("%s-%d", r.Camera, r.TriggerTime.UnixNano())
+	p.parts.put(id, consolePart(id, r))
 	if r.Verdict == VerdictNG && img != nil && p.ngImages != nil {
-		p.ngImages.keep(r, img)
+		var preview func([]byte)
+		if p.parts != nil {
+			preview = func(jpg []byte) { p.parts.attach(id, jpg) }
+		}
+		p.ngImages.keep(r, img, preview)
 	}
 	slog.Info("part result", "camera", r.Camera, "part_id", r.PartID, "verdict", r.Verdict, "reason", r.Reason, "latency_ms", r.LatencyMS)
 }

@@ -31,9 +31,10 @@ const (
 	// scoreHistory is the scores kept per camera for charts and for the
 	// "would flag" count: 2 minutes at 25 fps, about 170 kB.
 	scoreHistory = 3000
-	// eventHistory bounds the events the page lists, eventSnapshots those
-	// of them whose snapshot is kept (about 100 kB each).
-	eventHistory, eventSnapshots = 200, 50
+	// eventHistory and partHistory bound the events and part results the
+	// page lists; images are kept for the newest 50 of each (snapshots and
+	// NG parts' maps, about 100 kB each).
+	eventHistory, partHistory, keptImages = 200, 200, 50
 )
 
 // liveFrame is a camera's frame kept for the page, encoded once per kind.
@@ -138,66 +139,99 @@ func (r *scoreRing) after(since time.Time) []console.Score {
 	return slices.Clone(ordered[i:])
 }
 
-// eventLog keeps the recent events and the snapshots of the newest ended
-// ones, for the page; it outlives reloads.
-type eventLog struct {
-	mu        sync.Mutex
-	events    []console.Event // oldest first
-	snapshots map[string][]byte
-	order     []string // snapshot ids, oldest first
+// recentLog keeps the newest items by id, and the images of the newest few
+// of them, for the console; it outlives reloads. Nil-safe: a daemon
+// without the console has none.
+type recentLog[T any] struct {
+	maxItems, maxImages int
+
+	mu     sync.Mutex
+	ids    []string // oldest first, with items
+	items  []T
+	images map[string][]byte
+	order  []string // ids with images, oldest first
 }
 
-func newEventLog() *eventLog { return &eventLog{snapshots: map[string][]byte{}} }
+func newRecentLog[T any](maxItems, maxImages int) *recentLog[T] {
+	return &recentLog[T]{maxItems: maxItems, maxImages: maxImages, images: map[string][]byte{}}
+}
 
-// record adds or updates an event (nil-safe), with its snapshot once it
-// ended.
-func (l *eventLog) record(e Event, snapshot []byte) {
+// put adds an item, or replaces the one of the same id.
+func (l *recentLog[T]) put(id string, item T) {
 	if l == nil {
 		return
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if i := slices.Index(l.ids, id); i >= 0 {
+		l.items[i] = item
+		return
+	}
+	l.ids, l.items = append(l.ids, id), append(l.items, item)
+	if len(l.ids) > l.maxItems {
+		l.ids, l.items = l.ids[1:], l.items[1:]
+	}
+}
+
+// attach keeps an item's image, dropping the oldest past maxImages.
+func (l *recentLog[T]) attach(id string, image []byte) {
+	if l == nil || image == nil {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if _, ok := l.images[id]; !ok {
+		l.order = append(l.order, id)
+	}
+	l.images[id] = image
+	if len(l.order) > l.maxImages {
+		delete(l.images, l.order[0])
+		l.order = l.order[1:]
+	}
+}
+
+// list gives the items newest first; mark tells each whether its image is
+// kept.
+func (l *recentLog[T]) list(mark func(*T, bool)) []T {
+	if l == nil {
+		return nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make([]T, 0, len(l.items))
+	for i := len(l.items) - 1; i >= 0; i-- {
+		it := l.items[i]
+		_, ok := l.images[l.ids[i]]
+		mark(&it, ok)
+		out = append(out, it)
+	}
+	return out
+}
+
+func (l *recentLog[T]) image(id string) ([]byte, bool) {
+	if l == nil {
+		return nil, false
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b, ok := l.images[id]
+	return b, ok
+}
+
+// consoleEvent is an event as the console lists it.
+func consoleEvent(e Event) console.Event {
 	ce := console.Event{ID: e.ID, Camera: e.Camera, StartTime: e.StartTime, EndTime: e.EndTime, PeakScore: e.PeakScore,
 		FramesAbove: e.FramesAbove, Threshold: e.Threshold}
 	if e.Region != nil {
 		ce.Region = e.Region
 	}
-	if snapshot != nil {
-		l.snapshots[e.ID] = snapshot
-		l.order = append(l.order, e.ID)
-		if len(l.order) > eventSnapshots {
-			delete(l.snapshots, l.order[0])
-			l.order = l.order[1:]
-		}
-	}
-	i := slices.IndexFunc(l.events, func(x console.Event) bool { return x.ID == e.ID })
-	if i < 0 {
-		l.events = append(l.events, ce)
-		if len(l.events) > eventHistory {
-			l.events = l.events[1:]
-		}
-		return
-	}
-	l.events[i] = ce
+	return ce
 }
 
-func (l *eventLog) list() []console.Event {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	out := make([]console.Event, 0, len(l.events))
-	for i := len(l.events) - 1; i >= 0; i-- {
-		e := l.events[i]
-		_, e.Snapshot = l.snapshots[e.ID]
-		out = append(out, e)
-	}
-	return out
-}
-
-func (l *eventLog) snapshot(id string) ([]byte, bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	b, ok := l.snapshots[id]
-	return b, ok
+// consolePart is a part result as the console lists it, under id.
+func consolePart(id string, r PartResult) console.Part {
+	return console.Part{ID: id, Camera: r.Camera, PartID: r.PartID, Verdict: r.Verdict, Reason: r.Reason, Score: r.Score,
+		Threshold: r.Threshold, TriggerTime: r.TriggerTime, LatencyMS: r.LatencyMS}
 }
 
 // observeForConsole records a scored frame for the page: its score, and
@@ -205,11 +239,7 @@ func (l *eventLog) snapshot(id string) ([]byte, bool) {
 // frame's map when mapped; otherwise one is made only for a kept frame.
 func (c *cameraRuntime) observeForConsole(now time.Time, f capture.Frame, r detector.Result, anomalous bool, anomaly heatmap.Map, mapped bool, threshold float64) {
 	c.scores.add(console.Score{Time: f.Time, Score: r.Score, Pretrained: -r.LLPretrained, Student: -r.LLStudent, Patch: r.PatchScore, Anomalous: anomalous})
-	if !c.live.watched(now) {
-		c.cam.WantViews(false) // no copies of frames no one looks at
-		return
-	}
-	if f.View == nil || !c.live.due(now) {
+	if !c.liveFrameDue(now, f) {
 		return
 	}
 	if !mapped {
@@ -219,6 +249,26 @@ func (c *cameraRuntime) observeForConsole(now time.Time, f capture.Frame, r dete
 	}
 	c.live.keep(now, &liveFrame{seq: f.Seq, bgr: slices.Clone(f.View.BGR), width: f.View.Width, height: f.View.Height,
 		anomaly: anomaly, mapped: mapped, caption: c.caption(r.Score, threshold)})
+}
+
+// showUnscored gives the live view a frame that is not scored (detect/set
+// OFF, or a triggered camera between parts): aiming a camera needs its
+// picture whether or not it is judged.
+func (c *cameraRuntime) showUnscored(f capture.Frame, why string) {
+	if now := time.Now(); c.liveFrameDue(now, f) {
+		c.live.keep(now, &liveFrame{seq: f.Seq, bgr: slices.Clone(f.View.BGR), width: f.View.Width, height: f.View.Height,
+			caption: c.cfg.Name + "  " + why})
+	}
+}
+
+// liveFrameDue says whether f should be kept for the live view now; while
+// no one watches it also stops the camera copying full frames for it.
+func (c *cameraRuntime) liveFrameDue(now time.Time, f capture.Frame) bool {
+	if !c.live.watched(now) {
+		c.cam.WantViews(false)
+		return false
+	}
+	return f.View != nil && c.live.due(now)
 }
 
 // webSource is the daemon as the console sees it.
@@ -297,9 +347,17 @@ func (w *webSource) Scores(camera string, since time.Time) ([]console.Score, err
 	return c.scores.after(since), nil
 }
 
-func (w *webSource) Events() []console.Event { return w.d.eventLog.list() }
+func (w *webSource) Events() []console.Event {
+	return w.d.events.list(func(e *console.Event, image bool) { e.Snapshot = image })
+}
 
-func (w *webSource) Snapshot(id string) ([]byte, bool) { return w.d.eventLog.snapshot(id) }
+func (w *webSource) Snapshot(id string) ([]byte, bool) { return w.d.events.image(id) }
+
+func (w *webSource) Parts() []console.Part {
+	return w.d.parts.list(func(p *console.Part, image bool) { p.Map = image })
+}
+
+func (w *webSource) PartMap(id string) ([]byte, bool) { return w.d.parts.image(id) }
 
 // SetThreshold goes the MQTT threshold/set way: kept in control.json and
 // published as the retained state.

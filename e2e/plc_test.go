@@ -7,12 +7,14 @@ import (
 	_ "image/jpeg"
 	_ "image/png"
 	"math"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/chromedp/chromedp"
 	mb "github.com/simonvetter/modbus"
 
 	"github.com/transformaly/transformaly/internal/synth"
@@ -80,16 +82,17 @@ func TestModbusJudgesTwentyParts(t *testing.T) {
 
 	b := startMosquitto(t, "")
 	sub := subscribe(t, b.url(), "transformaly/line1/result", "test-sub-plc")
-	modbusPort := freePort(t)
+	modbusPort, webPort := freePort(t), freePort(t)
 	state := t.TempDir()
 	startDaemon(t, fmt.Sprintf(`
 cameras:
   - {name: line1, source: %q, model: %q, loop: true, pace: true, threshold: %g, trigger: {deadline: 2s}}
 mqtt: {broker: %s}
 metrics: {address: "off"}
+web: {address: "127.0.0.1:%d"}
 modbus: {address: "127.0.0.1:%d"}
 state_directory: %q
-`, f.loop, f.bundle, threshold, b.url(), modbusPort, state))
+`, f.loop, f.bundle, threshold, b.url(), webPort, modbusPort, state))
 	plc, counter := connectPLC(t, modbusPort)
 	result := func(part string) map[string]any {
 		for _, m := range sub.on("transformaly/line1/result") {
@@ -147,6 +150,57 @@ state_directory: %q
 	t.Logf("%d of 20 parts NG (threshold %.4g between normal frames up to %.4g and missing parts from %.4g)", ng, threshold, maxNormal, minBad)
 	if ng == 0 || ng == 20 {
 		t.Fatalf("%d of 20 parts NG: the triggers did not step through the loop", ng)
+	}
+
+	// The web console lists the 20 parts with their verdicts, NG ones with
+	// their map, and shows the camera between parts.
+	var parts []struct {
+		ID      string `json:"id"`
+		PartID  string `json:"part_id"`
+		Verdict string `json:"verdict"`
+		Map     bool   `json:"map"`
+	}
+	eventually(t, "the console's parts", 5*time.Second, func() bool {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/api/parts", webPort))
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		parts = nil
+		json.NewDecoder(resp.Body).Decode(&parts)
+		maps := 0
+		for _, p := range parts {
+			maps += btoi(p.Map)
+		}
+		return len(parts) == 20 && maps == ng
+	})
+	for _, p := range parts {
+		if r := result(p.PartID); r == nil || r["verdict"] != p.Verdict {
+			t.Errorf("console part %s: verdict %s, MQTT %v", p.PartID, p.Verdict, r)
+		}
+		if p.Map {
+			resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/api/parts/%s/map.jpg", webPort, p.ID))
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, format, err := image.DecodeConfig(resp.Body)
+			resp.Body.Close()
+			if err != nil || format != "jpeg" {
+				t.Errorf("part %s's map: %s %v", p.PartID, format, err)
+			}
+		}
+	}
+
+	ctx := browser(t)
+	do(t, ctx, 20*time.Second, "the parts on the page", chromedp.Navigate(fmt.Sprintf("http://127.0.0.1:%d/", webPort)),
+		// The camera's picture shows between parts too.
+		poll(`document.querySelectorAll("#parts li").length === 20 && [...document.querySelectorAll("#parts li img")].some(i => i.complete && i.naturalWidth > 0) &&
+			document.querySelector("#camera-line1 .live").naturalWidth > 0`, 20*time.Second))
+	page := value(t, ctx, 10*time.Second, "screenshot", chromedp.FullScreenshot(80))
+	shot := filepath.Join(t.TempDir(), "console-parts.jpg")
+	os.WriteFile(shot, page, 0o644)
+	if p := os.Getenv("CONSOLE_PARTS_SCREENSHOT"); p != "" {
+		os.WriteFile(p, page, 0o644)
 	}
 
 	// Each NG part's frame and its map, named by trigger time and part id.

@@ -145,8 +145,34 @@ async function refreshEvents() {
   }));
 }
 
+// Triggered cameras' part results, newest first; NG parts with their map.
+async function refreshParts() {
+  let parts;
+  try { parts = await api("/api/parts"); } catch { return; }
+  document.getElementById("parts-section").hidden = parts.length === 0;
+  document.getElementById("parts").replaceChildren(...parts.slice(0, 50).map((p) => {
+    const li = document.createElement("li");
+    li.dataset.part = p.id;
+    const img = document.createElement("img");
+    img.alt = p.map ? "anomaly map" : "";
+    if (p.map) img.src = `/api/parts/${encodeURIComponent(p.id)}/map.jpg`;
+    const text = document.createElement("div");
+    const verdict = document.createElement("span");
+    verdict.className = "verdict " + p.verdict;
+    verdict.textContent = p.verdict.toUpperCase();
+    const what = document.createElement("b");
+    what.textContent = ` ${p.camera} part ${p.part_id}`;
+    const detail = document.createElement("div");
+    detail.textContent = `${new Date(p.trigger_time).toLocaleTimeString()} · score ${fmt(p.score)} (threshold ${fmt(p.threshold)}) · ${p.latency_ms.toFixed(1)} ms` + (p.reason ? ` · ${p.reason}` : "");
+    text.append(verdict, what, detail);
+    li.append(img, text);
+    return li;
+  }));
+}
+
 document.getElementById("event-filter").addEventListener("change", refreshEvents);
-refreshCameras().then(() => { refreshScores(); refreshEvents(); });
+refreshCameras().then(() => { refreshScores(); refreshEvents(); refreshParts(); });
+setInterval(refreshParts, 2000);
 setInterval(refreshCameras, 2000);
 setInterval(refreshScores, 1000);
 setInterval(refreshEvents, 3000);
