@@ -26,15 +26,28 @@ import (
 // detector like the CPU provider, within 1e-3 of the score spread in fp32
 // (an H200: 6e-6), 1e-2 by default (TF32 matmuls on CUDA, FP16 kernels on
 // TensorRT; an H200: 2.5e-3) and 5e-2 in fp16 (an H200: 2e-3); the patch
-// scores (nearest-bank-entry distances over a bank of 2,000) alike.
+// scores (nearest-bank-entry distances over a bank of 2,000) alike; for a
+// plain ViT and a DINOv2-like one (4 registers, LayerScale: the graph's
+// register Gather and wider Pad).
 func TestGPUMatchesCPU(t *testing.T) {
 	if os.Getenv("TRANSFORMALY_GPU") == "" {
 		t.Skip("set TRANSFORMALY_GPU=1 on a GPU box (scripts/gpu-check.sh)")
 	}
-	v, err := models.RandomViT(models.Config{Dim: 192, Depth: 6, Heads: 3, Patch: 16, ImageSize: 224}, 3)
-	if err != nil {
-		t.Fatal(err)
+	for _, registers := range []int{0, 4} {
+		t.Run(fmt.Sprintf("registers=%d", registers), func(t *testing.T) {
+			v, err := models.RandomViT(models.Config{Dim: 192, Depth: 6, Heads: 3, Patch: 16, ImageSize: 224, Registers: registers}, 3)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if registers > 0 {
+				v.RandomLayerScale(3)
+			}
+			gpuMatchesCPU(t, v)
+		})
 	}
+}
+
+func gpuMatchesCPU(t *testing.T, v *models.ViT) {
 	blocks := []int{2, 3, 4, 5}
 	rng := rand.New(rand.NewPCG(4, 4))
 	var students []models.Block
