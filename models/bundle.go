@@ -58,7 +58,7 @@ type Scoring struct {
 // type) under initializers named name.W, name.B and name.const.
 func (g *Graph) quadraticLL(x string, q QuadraticScore, name string) string {
 	y := g.Op("Gemm", []string{x, g.Weight32(name+".W", q.W, q.In, q.K), g.Weight32(name+".B", q.B, q.K)})
-	sq := g.Op("ReduceSum", []string{g.Op("Mul", []string{y, y}), g.Ints([]int64{1}, 1)}, AttrInt("keepdims", 0))
+	sq := g.Op("ReduceSum", []string{g.squared(y), g.Ints([]int64{1}, 1)}, AttrInt("keepdims", 0))
 	return g.Op("Sub", []string{g.Weight32(name+".const", []float32{float32(q.Const)}, 1), g.Op("Mul", []string{sq, g.Scalar32(0.5)})})
 }
 

@@ -62,6 +62,16 @@ func (g *Graph) toF32(x string) string {
 	return g.Op("Cast", []string{x}, AttrInt("to", int64(Float32)))
 }
 
+// squared is x*x (float32) as a Pow node, for a reduction to take as the
+// very next node: ONNX Runtime's TensorRT provider, running FP16 kernels
+// with trt_layer_norm_fp32_fallback, keeps each Pow layer directly followed
+// by a Reduce layer in FP32 (its layer-norm rule), so squared errors and
+// quadratic forms cannot overflow half precision's 65504. Callers pass it
+// straight to the reduction.
+func (g *Graph) squared(x string) string {
+	return g.Op("Pow", []string{x, g.Scalar32(2)})
+}
+
 // Dim is one dimension of a graph input or output: an int for a fixed size
 // or a string for a named dynamic one.
 type Dim any

@@ -105,7 +105,7 @@ func (g *Graph) patchDistances(features string, p *PatchScore) string {
 		norms[j] = float32(n)
 	}
 	xm := g.Op("MatMul", []string{features, g.Weight32("patch.bank_t", bankT, p.D, p.M)})
-	x2 := g.Op("ReduceSum", []string{g.Op("Mul", []string{features, features}), g.Ints([]int64{1}, 1)}, AttrInt("keepdims", 1))
+	x2 := g.Op("ReduceSum", []string{g.squared(features), g.Ints([]int64{1}, 1)}, AttrInt("keepdims", 1))
 	d2 := g.Op("Add", []string{g.Op("Sub", []string{x2, g.Op("Mul", []string{xm, g.Scalar32(2)})}), g.Weight32("patch.bank_norms", norms, 1, p.M)})
 	nearest := g.Op("ReduceMin", []string{d2}, AttrInts("axes", 1), AttrInt("keepdims", 0))
 	// Rounding can leave a tiny negative square for an exact match.

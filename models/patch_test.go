@@ -3,6 +3,7 @@ package models_test
 import (
 	"math"
 	"math/rand/v2"
+	"strings"
 	"testing"
 
 	"github.com/transformaly/transformaly/internal/vitref"
@@ -152,5 +153,51 @@ func TestPatchDistancesMatchBruteForce(t *testing.T) {
 	_, _, s, err := models.DecodeBundle(back, mf)
 	if err != nil || s.Patch == nil || len(s.Patch.Bank) != len(p.Bank) || s.Patch.Bank[d+3] != p.Bank[d+3] || s.Patch.Bank[len(p.Bank)-1] != p.Bank[len(p.Bank)-1] {
 		t.Errorf("patch bank decoded from the bundle: %v", err)
+	}
+}
+
+// Under TensorRT's FP16 kernels only a Pow layer directly followed by a
+// Reduce layer is kept in FP32 (ONNX Runtime's trt_layer_norm_fp32_fallback):
+// in the half-precision scored detector every square is such a Pow, on
+// float32, whose only reader is the next node, a reduction; no Mul squares
+// a value.
+func TestSquaresSitBesideTheirReductions(t *testing.T) {
+	v, _ := models.RandomViT(smallConfig, 6)
+	blocks := []int{1, 2}
+	rng := rand.New(rand.NewPCG(4, 4))
+	students := []models.Block{models.XavierBlock(v.Config, rng), models.XavierBlock(v.Config, rng)}
+	p := &models.PatchScore{Blocks: []int{0}, D: v.Dim, M: 4, Median: 1, Scale: 1, Weight: 1, Bank: make([]float32, 4*v.Dim)}
+	scoring := models.Scoring{Pretrained: randomQuadratic(v.Dim, 5, rng), Student: randomQuadratic(2, 2, rng), Patch: p}
+	info := models.BundleInfo{Format: models.BundleFormat, ImageSize: v.ImageSize, Blocks: blocks, Threshold: 1}
+	info.Teacher.Config = v.Config
+	m, err := models.ScoredDetectorGraph(v, blocks, students, scoring, info, models.FP16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes := m.GetGraph().GetNode()
+	readers := map[string]int{}
+	for _, n := range nodes {
+		for _, in := range n.GetInput() {
+			readers[in]++
+		}
+	}
+	pows := 0
+	for i, n := range nodes {
+		switch n.GetOpType() {
+		case "Pow":
+			pows++
+			out := n.GetOutput()[0]
+			if i+1 == len(nodes) || !strings.HasPrefix(nodes[i+1].GetOpType(), "Reduce") || nodes[i+1].GetInput()[0] != out || readers[out] != 1 {
+				t.Errorf("Pow %s is not read by the next node alone, a reduction", n.GetName())
+			}
+		case "Mul":
+			if in := n.GetInput(); len(in) == 2 && in[0] == in[1] {
+				t.Errorf("Mul %s squares %s: write it as Pow before its reduction", n.GetName(), in[0])
+			}
+		}
+	}
+	// Token errors of two blocks, two quadratic forms, the patch norms.
+	if pows != 5 {
+		t.Errorf("%d squares, want 5", pows)
 	}
 }

@@ -261,7 +261,7 @@ func (g *Graph) detectorBody(v *ViT, blocks []int, students []Block) (detectorOu
 		diff := g.Op("Sub", []string{g.toF32(s), g.toF32(ins[i+1])})
 		// Mean over channels first, then over tokens: two short float32
 		// reductions instead of one long one keep the error accurate.
-		perToken := g.Op("ReduceMean", []string{g.Op("Mul", []string{diff, diff})}, AttrInts("axes", 1), AttrInt("keepdims", 0))
+		perToken := g.Op("ReduceMean", []string{g.squared(diff)}, AttrInts("axes", 1), AttrInt("keepdims", 0))
 		perBlock = append(perBlock, g.Op("Reshape", []string{perToken, g.Shape(-1, 1, t)}))
 	}
 	tokenErrors := perBlock[0]
