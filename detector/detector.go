@@ -14,6 +14,7 @@ type Detector struct {
 	Info   models.BundleInfo
 	Path   string
 	runner *Runner
+	host   *hostScorer // non-nil: scores made on the host (RunnerOptions.ScoreOnHost)
 }
 
 // Result is one image's verdict.
@@ -53,12 +54,18 @@ func Load(path string, opts RunnerOptions) (*Detector, error) {
 	}
 	opts.ImageSize = info.ImageSize
 	var r *Runner
+	var scoring models.Scoring
 	switch opts.Precision {
 	case "", models.FP32:
-		r, err = NewFileRunner(mf, info.ImageSize, outputsFor(info), opts)
+		if opts.ScoreOnHost {
+			_, _, scoring, err = models.DecodeBundle(info, mf)
+		}
+		if err == nil {
+			r, err = NewFileRunner(mf, info.ImageSize, outputsFor(info), opts)
+		}
 	case models.FP16:
 		var model []byte
-		model, err = fp16Model(info, mf)
+		model, scoring, err = fp16Model(info, mf)
 		if err == nil {
 			r, err = NewRunner(model, info.ImageSize, outputsFor(info), opts)
 		}
@@ -68,13 +75,22 @@ func Load(path string, opts RunnerOptions) (*Detector, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load bundle %s: %w", path, err)
 	}
+	d := &Detector{Info: info, Path: path, runner: r}
+	if trt16 := r.Provider() == "tensorrt" && opts.Precision == models.FP16; opts.ScoreOnHost || trt16 {
+		d.host = newHostScorer(scoring)
+		why := "asked (score_on_host)"
+		if trt16 {
+			why = "TensorRT's FP16 kernels may run any layer in half precision, the whitening and its sums too"
+		}
+		slog.Info("likelihoods and scores made on the host in float64 from the graph's features", "bundle", path, "why", why)
+	}
 	if c := info.Calibration; c.Precision != "" {
 		if runs := EffectivePrecision(r.Provider(), opts.Precision); runs != c.Precision {
 			slog.Warn("the bundle's threshold was set on scores of another precision: scores move a little (an H200: TF32 2.5e-3, fp16 2e-3 of their spread); check false alarms with transformaly eval",
 				"bundle", path, "calibrated_on", c.Provider+" "+c.Precision, "scoring_on", r.Provider()+" "+runs)
 		}
 	}
-	return &Detector{Info: info, Path: path, runner: r}, nil
+	return d, nil
 }
 
 // EffectivePrecision is the arithmetic a provider runs a detector in at a
@@ -91,17 +107,18 @@ func EffectivePrecision(provider, precision string) string {
 }
 
 // fp16Model rebuilds a bundle's detector in half precision (half the size:
-// a bundle of up to 4 GB fits in memory this way).
-func fp16Model(info models.BundleInfo, mf models.ModelFile) ([]byte, error) {
+// a bundle of up to 4 GB fits in memory this way), and gives its scoring.
+func fp16Model(info models.BundleInfo, mf models.ModelFile) ([]byte, models.Scoring, error) {
 	v, students, scoring, err := models.DecodeBundle(info, mf)
 	if err != nil {
-		return nil, err
+		return nil, scoring, err
 	}
 	m, err := models.ScoredDetectorGraph(v, info.Blocks, students, scoring, info, models.FP16)
 	if err != nil {
-		return nil, err
+		return nil, scoring, err
 	}
-	return models.Serialize(m)
+	model, err := models.Serialize(m)
+	return model, scoring, err
 }
 
 // Size is the image side length the bundle takes.
@@ -159,10 +176,15 @@ func (d *Detector) Score(images []byte, n int, threshold float64) ([]Result, err
 			r.PatchScore = float64(out[6].Data[i])
 			r.PatchDistances = out[7].Data[i*patches : (i+1)*patches]
 		}
+		res[i] = r
+	}
+	if d.host != nil {
+		d.host.rescore(res, out[5].Data, out[3].Data)
+	}
+	for i := range res {
 		// Written so that a NaN score is anomalous too (NaN > t is false):
 		// a score that is no number is never "normal".
-		r.Anomalous = !(r.Score <= threshold) || !r.Finite()
-		res[i] = r
+		res[i].Anomalous = !(res[i].Score <= threshold) || !res[i].Finite()
 	}
 	return res, nil
 }

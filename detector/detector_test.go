@@ -157,3 +157,75 @@ func TestNonFiniteScoresAreAnomalous(t *testing.T) {
 		}
 	}
 }
+
+// Scores made on the host (float64, gonum) from the graph's features equal
+// the graph's own (float32, ONNX Runtime), for fp32 and fp16 graphs with a
+// patch feature space: TensorRT at fp16 scores this way.
+func TestScoresOnTheHostMatchTheGraph(t *testing.T) {
+	v, err := models.RandomViT(models.Config{Dim: 32, Depth: 3, Heads: 2, Patch: 8, ImageSize: 32}, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocks := []int{1, 2}
+	rng := rand.New(rand.NewPCG(6, 6))
+	students := []models.Block{models.XavierBlock(v.Config, rng), models.XavierBlock(v.Config, rng)}
+	quad := func(in, k int) models.QuadraticScore {
+		q := models.QuadraticScore{In: in, K: k, W: make([]float32, in*k), B: make([]float32, k), Const: -7.25}
+		for i := range q.W {
+			q.W[i] = float32(rng.NormFloat64())
+		}
+		for i := range q.B {
+			q.B[i] = float32(rng.NormFloat64())
+		}
+		return q
+	}
+	patch := &models.PatchScore{Blocks: []int{0}, D: v.Dim, M: 30, Median: 0.5, Scale: 0.25, Weight: 2}
+	for range patch.M * patch.D {
+		patch.Bank = append(patch.Bank, float32(rng.NormFloat64()))
+	}
+	scoring := models.Scoring{Pretrained: quad(v.Dim, 7), Student: quad(len(blocks), 2), Patch: patch}
+	info := models.BundleInfo{Format: models.BundleFormat, ImageSize: v.ImageSize, Blocks: blocks, Threshold: 1}
+	info.Teacher.Config = v.Config
+	info.Patch = &models.PatchInfo{Blocks: patch.Blocks, FeatureWidth: patch.D, BankEntries: patch.M, TermMedian: patch.Median, TermScale: patch.Scale, TermWeight: patch.Weight}
+	m, err := models.ScoredDetectorGraph(v, blocks, students, scoring, info, models.FP32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "host.tfy")
+	if err := models.WriteBundle(path, m); err != nil {
+		t.Fatal(err)
+	}
+	images := make([]byte, 4*32*32*3)
+	for i := range images {
+		images[i] = byte(rng.IntN(256))
+	}
+	score := func(precision string, host bool) []detector.Result {
+		d, err := detector.Load(path, detector.RunnerOptions{Precision: precision, ScoreOnHost: host})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer d.Close()
+		res, err := d.Score(images, 4, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	for _, precision := range []string{models.FP32, models.FP16} {
+		graph, host := score(precision, false), score(precision, true)
+		for i := range graph {
+			g, h := graph[i], host[i]
+			// The reference: the models package's own float64 evaluation.
+			wantPre := scoring.Pretrained.LogLikelihood(h.Embedding)
+			for what, pair := range map[string][2]float64{"ll_pretrained": {g.LLPretrained, h.LLPretrained}, "ll_student": {g.LLStudent, h.LLStudent},
+				"score": {g.Score, h.Score}, "reference ll_pretrained": {wantPre, h.LLPretrained}} {
+				if d := math.Abs(pair[0] - pair[1]); d > 1e-4*math.Max(1, math.Abs(pair[0])) {
+					t.Errorf("%s image %d: %s %g by the graph, %g on the host", precision, i, what, pair[0], pair[1])
+				}
+			}
+			if g.PatchScore != h.PatchScore || h.Score == -(h.LLPretrained+h.LLStudent) && patch.Term(h.PatchScore) != 0 {
+				t.Errorf("%s image %d: patch score %g / %g, or its term left out of %g", precision, i, g.PatchScore, h.PatchScore, h.Score)
+			}
+		}
+	}
+}

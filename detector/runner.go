@@ -51,6 +51,11 @@ type RunnerOptions struct {
 	// CheckProviderOptions checks the common values first). TensorRT's
 	// override the ones derived from the fields above.
 	CUDAOptions, TensorRTOptions map[string]string
+	// ScoreOnHost computes the log-likelihoods and the score in float64 on
+	// the host from the graph's embedding, block errors and patch score
+	// (always so for TensorRT at fp16, whose FP16 kernels may run any layer
+	// in half precision, the whitening and its sums too; tests set it).
+	ScoreOnHost bool
 
 	// externalDataDir is where ONNX Runtime finds the model's external
 	// data (set by NewFileRunner).
