@@ -77,9 +77,9 @@ func gpuMatchesCPU(t *testing.T, v *models.ViT) {
 	if err := models.WriteBundle(bundle, m); err != nil {
 		t.Fatal(err)
 	}
-	run := func(provider, precision string) [2][]float64 {
+	run := func(provider, precision string, host bool) [2][]float64 {
 		// Options users set, so ONNX Runtime confirms their names.
-		d, err := detector.Load(bundle, detector.RunnerOptions{Provider: provider, Precision: precision, MaxBatch: 8,
+		d, err := detector.Load(bundle, detector.RunnerOptions{Provider: provider, Precision: precision, MaxBatch: 8, ScoreOnHost: host,
 			CacheDir: t.TempDir(), ProviderLibrary: os.Getenv("TRANSFORMALY_PROVIDER_LIBRARY"),
 			CUDAOptions:     map[string]string{"device_id": "0", "arena_extend_strategy": "kSameAsRequested", "cudnn_conv_algo_search": "HEURISTIC"},
 			TensorRTOptions: map[string]string{"trt_max_workspace_size": "2147483648"}})
@@ -98,7 +98,7 @@ func gpuMatchesCPU(t *testing.T, v *models.ViT) {
 		}
 		return out
 	}
-	want := run("cpu", models.FP32)
+	want := run("cpu", models.FP32, false)
 	var spread [2]float64
 	for k := range want {
 		for _, x := range want[k] {
@@ -110,8 +110,9 @@ func gpuMatchesCPU(t *testing.T, v *models.ViT) {
 		for _, c := range []struct {
 			precision string
 			tol       float64
-		}{{models.FP32, 1e-3}, {"", 1e-2}, {models.FP16, 5e-2}} { // "": the default, TF32 allowed
-			got := run(provider, c.precision)
+			host      bool // scores made on the host, as TensorRT at fp16 always does
+		}{{models.FP32, 1e-3, false}, {"", 1e-2, false}, {models.FP16, 5e-2, false}, {models.FP16, 5e-2, true}} { // "": the default, TF32 allowed
+			got := run(provider, c.precision, c.host)
 			if got[0] == nil {
 				continue
 			}
@@ -121,9 +122,9 @@ func gpuMatchesCPU(t *testing.T, v *models.ViT) {
 				for i := range want[k] {
 					worst = math.Max(worst, math.Abs(got[k][i]-want[k][i]))
 				}
-				t.Logf("%s %s: max %s difference %.3g (spread %.3g, tolerance %.0e of it)", provider, c.precision, what, worst, spread[k], c.tol)
+				t.Logf("%s %s host=%v: max %s difference %.3g (spread %.3g, tolerance %.0e of it)", provider, c.precision, c.host, what, worst, spread[k], c.tol)
 				if worst > c.tol*math.Max(spread[k], 1) || math.IsNaN(worst) {
-					t.Errorf("%s %s: %ss differ from the CPU by %g", provider, c.precision, what, worst)
+					t.Errorf("%s %s host=%v: %ss differ from the CPU by %g", provider, c.precision, c.host, what, worst)
 				}
 			}
 		}
