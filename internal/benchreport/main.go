@@ -7,8 +7,10 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"maps"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -58,12 +60,20 @@ func main() {
 		os.Exit(1)
 	}
 	fmt.Printf("\n| benchmark | results |\n|---|---|\n")
+	// The usual units first, in this order; a benchmark's own after them,
+	// sorted; ns/op (the whole run's time) left to the JSON.
+	known := []string{"ms/image", "ms/step", "ms/update", "GFLOP/s", "of-peak", "peak-GFLOP/s", "images/s", "frames/s", "frames/cpu-s",
+		"train-images/s", "fit/steps", "latency-p50-ms", "latency-p99-ms", "peak-rss-MB"}
 	for _, r := range results {
 		var parts []string
-		for _, unit := range []string{"ms/image", "ms/step", "ms/update", "GFLOP/s", "of-peak", "peak-GFLOP/s", "images/s", "frames/s", "frames/cpu-s",
-			"train-images/s", "fit/steps", "latency-p50-ms", "latency-p99-ms", "peak-rss-MB"} {
+		for _, unit := range known {
 			if v, ok := r.Metrics[unit]; ok {
 				parts = append(parts, fmt.Sprintf("%.4g %s", v, unit))
+			}
+		}
+		for _, unit := range slices.Sorted(maps.Keys(r.Metrics)) {
+			if unit != "ns/op" && !slices.Contains(known, unit) {
+				parts = append(parts, fmt.Sprintf("%.4g %s", r.Metrics[unit], unit))
 			}
 		}
 		fmt.Printf("| %s | %s |\n", r.Name, strings.Join(parts, ", "))
