@@ -226,4 +226,16 @@ state_directory: %q
 			t.Errorf("NG image %s is not named by its part id", p)
 		}
 	}
+
+	// collect takes them (the false rejects left after a review) as normal
+	// images for the next fit.
+	cfg := filepath.Join(t.TempDir(), "config.yaml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf("cameras: [{name: line1, source: %q, model: %q}]\nstate_directory: %q\n", f.loop, f.bundle, state)), 0o644)
+	normal := filepath.Join(t.TempDir(), "normal")
+	if r := runBinary(t, nil, "collect", "--config", cfg, "--ng-images", "--out", normal); r.code != 0 {
+		t.Fatalf("collect --ng-images: %s", r.stderr)
+	}
+	if copied, _ := filepath.Glob(filepath.Join(normal, "line1-ng-*.png")); len(copied) != ng {
+		t.Errorf("collect --ng-images copied %d of %d NG frames", len(copied), ng)
+	}
 }

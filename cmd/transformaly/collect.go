@@ -16,6 +16,7 @@ import (
 
 	"github.com/transformaly/transformaly/capture"
 	"github.com/transformaly/transformaly/daemon"
+	"github.com/transformaly/transformaly/fit"
 	"github.com/transformaly/transformaly/internal/atomicfile"
 )
 
@@ -29,6 +30,7 @@ func collectCommand(fs *pflag.FlagSet) func([]string) error {
 	count := fs.Int("count", 500, "frames to save")
 	every := fs.Duration("every", time.Second, "least time between saved frames, to spread them over the line's variation (0: every frame that arrives while none is being saved); video files play at their own frame rate")
 	format := fs.String("format", "png", "image format: png (lossless) or jpg")
+	fromNG := fs.Bool("ng-images", false, "instead of capturing, copy the camera's kept NG parts' frames (ng_images: <directory>/<camera>/images, saved as collect saves frames) into --out, up to --count: review that folder first and delete the true rejects, so only false rejects become normal images")
 	return func(args []string) error {
 		if len(args) > 0 {
 			return usageError("unexpected arguments %q", args)
@@ -49,6 +51,9 @@ func collectCommand(fs *pflag.FlagSet) func([]string) error {
 		cam, err := pickCamera(cfg, *camera)
 		if err != nil {
 			return err
+		}
+		if *fromNG {
+			return copyNGImages(filepath.Join(cfg.NGImagesDirectory(), cam.Name, "images"), *out, cam.Name, *count)
 		}
 		capCfg, err := cam.CaptureConfig(0, true)
 		if err != nil {
@@ -108,6 +113,38 @@ func collectCommand(fs *pflag.FlagSet) func([]string) error {
 		}
 		return nil
 	}
+}
+
+// copyNGImages copies up to count of a camera's kept NG frames into out,
+// each checked as fit will read it, under names that say where they came
+// from.
+func copyNGImages(dir, out, camera string, count int) error {
+	paths, err := fit.ListImages(dir)
+	if err != nil {
+		return fmt.Errorf("--ng-images: %w (is ng_images on, and has camera %s rejected parts?)", err, camera)
+	}
+	if len(paths) == 0 {
+		return fmt.Errorf("--ng-images: %s holds no images", dir)
+	}
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return fmt.Errorf("--out: %w", err)
+	}
+	copied := 0
+	for _, p := range paths[:min(count, len(paths))] {
+		data, err := os.ReadFile(p)
+		if err == nil {
+			err = capture.ValidateImageFile(p, data)
+		}
+		if err != nil {
+			return fmt.Errorf("--ng-images: %w (after copying %d)", err, copied)
+		}
+		if err := atomicfile.Write(filepath.Join(out, camera+"-ng-"+filepath.Base(p)), data); err != nil {
+			return err
+		}
+		copied++
+	}
+	slog.Info("NG parts' frames copied as normal images", "camera", camera, "copied", copied, "of", len(paths), "from", dir, "to", out)
+	return nil
 }
 
 // pickCamera finds the named camera, or the only one when name is empty.
