@@ -414,16 +414,25 @@ func (p *pipeline) handle(c *cameraRuntime, f capture.Frame, r detector.Result, 
 	}
 	anomalous := fault != "" || r.Score > threshold
 	// The map is made for every frame only where it gives the frame's
-	// region (a patch feature space); otherwise only for a new peak.
-	var region *Region
+	// region (a patch feature space); otherwise once, when a part's worst
+	// frame, a live view or a new peak needs it.
 	var anomaly heatmap.Map
 	var mapErr error
 	mapped := false
+	frameMap := func() (heatmap.Map, error) {
+		if !mapped {
+			anomaly, mapErr = heatmap.ForResult(r.PatchDistances, c.normalPatchDistance, r.TokenErrors, len(r.BlockErrors))
+			mapped = true
+			if mapErr != nil {
+				slog.Error("anomaly map failed", "camera", c.cfg.Name, "err", mapErr)
+			}
+		}
+		return anomaly, mapErr
+	}
+	var region *Region
 	if r.PatchDistances != nil {
-		anomaly, mapErr = heatmap.FromPatchDistances(r.PatchDistances, c.normalPatchDistance)
-		mapped = true
-		if mapErr == nil && f.Width > 0 {
-			box := anomaly.Region(f.Width, f.Height)
+		if m, err := frameMap(); err == nil && f.Width > 0 {
+			box := m.Region(f.Width, f.Height)
 			region = &Region{X: box.Min.X, Y: box.Min.Y, Width: box.Dx(), Height: box.Dy()}
 		}
 	}
@@ -446,32 +455,21 @@ func (p *pipeline) handle(c *cameraRuntime, f capture.Frame, r detector.Result, 
 		var evidence func() *partImage
 		if p.ngImages != nil && f.View != nil {
 			evidence = func() *partImage {
-				img := &partImage{bgr: slices.Clone(f.View.BGR), width: f.View.Width, height: f.View.Height, anomaly: anomaly,
+				m, _ := frameMap()
+				return &partImage{bgr: slices.Clone(f.View.BGR), width: f.View.Width, height: f.View.Height, anomaly: m,
 					caption: c.caption(r.Score, threshold)}
-				if !mapped {
-					var err error
-					if img.anomaly, err = heatmap.ForResult(r.PatchDistances, c.normalPatchDistance, r.TokenErrors, len(r.BlockErrors)); err != nil {
-						slog.Error("anomaly map failed", "camera", c.cfg.Name, "err", err)
-					}
-				}
-				return img
 			}
 		}
 		c.trig.scored(f.Seq, r, threshold, region, fault, evidence)
 	}
-	c.observeForConsole(now, f, r, anomalous, anomaly, mapped && mapErr == nil, threshold)
+	c.observeForConsole(now, f, r, anomalous, frameMap, threshold)
 	events, newPeak := c.tracker.observe(f.Seq, f.Time, r.Score, region, anomalous, threshold)
 	if newPeak {
 		if c.peak != nil {
 			c.peak.view.Release()
 		}
-		if !mapped {
-			anomaly, mapErr = heatmap.ForResult(r.PatchDistances, c.normalPatchDistance, r.TokenErrors, len(r.BlockErrors))
-		}
-		c.peak = &peakFrame{view: f.View, anomaly: anomaly, caption: c.caption(r.Score, threshold)}
-		if mapErr != nil {
-			slog.Error("anomaly map failed", "camera", c.cfg.Name, "err", mapErr)
-		}
+		m, _ := frameMap()
+		c.peak = &peakFrame{view: f.View, anomaly: m, caption: c.caption(r.Score, threshold)}
 	} else {
 		f.View.Release()
 	}

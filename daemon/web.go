@@ -235,20 +235,16 @@ func consolePart(id string, r PartResult) console.Part {
 }
 
 // observeForConsole records a scored frame for the page: its score, and
-// the frame itself while someone watches the live view. anomaly is the
-// frame's map when mapped; otherwise one is made only for a kept frame.
-func (c *cameraRuntime) observeForConsole(now time.Time, f capture.Frame, r detector.Result, anomalous bool, anomaly heatmap.Map, mapped bool, threshold float64) {
+// the frame itself, with its map (frameMap makes it once), while someone
+// watches the live view.
+func (c *cameraRuntime) observeForConsole(now time.Time, f capture.Frame, r detector.Result, anomalous bool, frameMap func() (heatmap.Map, error), threshold float64) {
 	c.scores.add(console.Score{Time: f.Time, Score: r.Score, Pretrained: -r.LLPretrained, Student: -r.LLStudent, Patch: r.PatchScore, Anomalous: anomalous})
 	if !c.liveFrameDue(now, f) {
 		return
 	}
-	if !mapped {
-		var err error
-		anomaly, err = heatmap.ForResult(r.PatchDistances, c.normalPatchDistance, r.TokenErrors, len(r.BlockErrors))
-		mapped = err == nil
-	}
+	anomaly, err := frameMap()
 	c.live.keep(now, &liveFrame{seq: f.Seq, bgr: slices.Clone(f.View.BGR), width: f.View.Width, height: f.View.Height,
-		anomaly: anomaly, mapped: mapped, caption: c.caption(r.Score, threshold)})
+		anomaly: anomaly, mapped: err == nil, caption: c.caption(r.Score, threshold)})
 }
 
 // showUnscored gives the live view a frame that is not scored (detect/set

@@ -14,7 +14,7 @@ type Detector struct {
 	Info   models.BundleInfo
 	Path   string
 	runner *Runner
-	host   *hostScorer // non-nil: scores made on the host (RunnerOptions.ScoreOnHost)
+	host   *models.Scoring // non-nil: scores made on the host (RunnerOptions.ScoreOnHost)
 }
 
 // Result is one image's verdict.
@@ -77,7 +77,7 @@ func Load(path string, opts RunnerOptions) (*Detector, error) {
 	}
 	d := &Detector{Info: info, Path: path, runner: r}
 	if trt16 := r.Provider() == "tensorrt" && opts.Precision == models.FP16; opts.ScoreOnHost || trt16 {
-		d.host = newHostScorer(scoring)
+		d.host = &scoring
 		why := "asked (score_on_host)"
 		if trt16 {
 			why = "TensorRT's FP16 kernels may run any layer in half precision, the whitening and its sums too"
@@ -179,7 +179,7 @@ func (d *Detector) Score(images []byte, n int, threshold float64) ([]Result, err
 		res[i] = r
 	}
 	if d.host != nil {
-		d.host.rescore(res, out[5].Data, out[3].Data)
+		hostScore(d.host, res)
 	}
 	for i := range res {
 		// Written so that a NaN score is anomalous too (NaN > t is false):

@@ -395,13 +395,19 @@ func onnxMetadata(data []byte) (map[string]string, error) {
 // LogLikelihood evaluates the score in float64 on one feature vector, the
 // same function the graph computes in float32.
 func (q QuadraticScore) LogLikelihood(x []float32) float64 {
-	sq := 0.0
-	for j := range q.K {
-		y := float64(q.B[j])
-		for i := range q.In {
-			y += float64(x[i]) * float64(q.W[i*q.K+j])
+	y := make([]float64, q.K)
+	for j := range y {
+		y[j] = float64(q.B[j])
+	}
+	for i := range q.In { // row by row of W: contiguous reads
+		xi, row := float64(x[i]), q.W[i*q.K:(i+1)*q.K]
+		for j, w := range row {
+			y[j] += xi * float64(w)
 		}
-		sq += y * y
+	}
+	sq := 0.0
+	for _, v := range y {
+		sq += v * v
 	}
 	return q.Const - 0.5*sq
 }
