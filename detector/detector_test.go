@@ -158,7 +158,7 @@ func TestNonFiniteScoresAreAnomalous(t *testing.T) {
 	}
 }
 
-// Scores made on the host (float64, gonum) from the graph's features equal
+// Scores made on the host (float64) from the graph's features equal
 // the graph's own (float32, ONNX Runtime), for fp32 and fp16 graphs with a
 // patch feature space: TensorRT at fp16 scores this way.
 func TestScoresOnTheHostMatchTheGraph(t *testing.T) {
