@@ -80,7 +80,7 @@ test: deps
 # safetensors checkpoints, bundles, the daemon configuration and queued
 # events; FUZZTIME each (not part of make test, which runs their seeds).
 FUZZTIME ?= 1m
-FUZZ_TARGETS := capture:FuzzImageFile models:FuzzSafetensors models:FuzzBundleMetadata daemon:FuzzConfig daemon:FuzzQueuedMessage
+FUZZ_TARGETS := capture:FuzzImageFile models:FuzzSafetensors models:FuzzBundleMetadata daemon:FuzzConfig mqtt:FuzzQueuedMessage
 fuzz: deps
 	set -e; for t in $(FUZZ_TARGETS); do \
 		go test -tags matprofile -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(FUZZTIME) ./$${t%%:*}; \

@@ -26,6 +26,7 @@ import (
 	"github.com/transformaly/transformaly/detector"
 	"github.com/transformaly/transformaly/internal/ort"
 	"github.com/transformaly/transformaly/internal/redact"
+	"github.com/transformaly/transformaly/mqtt"
 )
 
 // DefaultConfigPath is where `transformaly run` looks without --config.
@@ -36,7 +37,7 @@ type Config struct {
 	// Defaults apply to every camera that does not set the key itself.
 	Defaults CameraConfig   `yaml:"defaults"`
 	Cameras  []CameraConfig `yaml:"cameras"`
-	MQTT     MQTTConfig     `yaml:"mqtt"`
+	MQTT     mqtt.Config    `yaml:"mqtt"`
 	Events   EventConfig    `yaml:"events"`
 	Detector DetectorConfig `yaml:"detector"`
 	Metrics  MetricsConfig  `yaml:"metrics"`
@@ -102,48 +103,6 @@ func (t TriggerConfig) withDefaults() TriggerConfig {
 		t.Deadline = &d
 	}
 	return t
-}
-
-// MQTTConfig says where and how to publish.
-type MQTTConfig struct {
-	// Broker is a URL (tcp://host:1883, ssl://host:8883, ws://...) or
-	// "embedded" for the in-process broker.
-	Broker          string `yaml:"broker"`
-	EmbeddedAddress string `yaml:"embedded_address"`
-	ClientID        string `yaml:"client_id"`
-	TopicPrefix     string `yaml:"topic_prefix"`
-	// ScoreQoS is the QoS of per-frame scores (events are always QoS 1).
-	ScoreQoS byte `yaml:"score_qos"`
-	// ScoreRate limits score messages per camera per second (0: every frame).
-	ScoreRate    float64 `yaml:"score_rate"`
-	Username     string  `yaml:"username"`
-	PasswordFile string  `yaml:"password_file"`
-	PasswordEnv  string  `yaml:"password_env"`
-	TLS          struct {
-		CAFile             string `yaml:"ca_file"`
-		CertFile           string `yaml:"cert_file"`
-		KeyFile            string `yaml:"key_file"`
-		InsecureSkipVerify bool   `yaml:"insecure_skip_verify"`
-	} `yaml:"tls"`
-	Snapshots *bool `yaml:"snapshots"`
-	// SnapshotSize is the longest side of snapshot JPEGs in pixels: the
-	// camera frame (after crop, rotation and flip) shrunk to fit, not the
-	// model's small square input. Frames are kept at full resolution until
-	// a snapshot is drawn.
-	SnapshotSize        int    `yaml:"snapshot_size"`
-	HomeAssistant       bool   `yaml:"home_assistant"`
-	HomeAssistantPrefix string `yaml:"home_assistant_prefix"`
-	// StatsInterval is how often <prefix>/stats is published.
-	StatsInterval time.Duration `yaml:"stats_interval"`
-	// KeepAlive is the MQTT keepalive: the broker publishes our Last Will
-	// (status offline) about 1.5 keepalives after a hung daemon or a cut
-	// network went quiet.
-	KeepAlive time.Duration `yaml:"keepalive"`
-	// QueueLimit bounds the events kept while the broker is unreachable.
-	QueueLimit int `yaml:"queue_limit"`
-	// SnapshotQueueMB bounds the snapshots kept with them (the oldest goes
-	// first past it; events are never dropped for snapshots).
-	SnapshotQueueMB int `yaml:"snapshot_queue_mb"`
 }
 
 // EventConfig shapes anomaly events out of per-frame verdicts.
@@ -256,7 +215,7 @@ func (c Config) NGImagesDirectory() string {
 // DefaultConfig is what an empty file means.
 func DefaultConfig() Config {
 	return Config{
-		MQTT: MQTTConfig{Broker: "tcp://127.0.0.1:1883", EmbeddedAddress: "127.0.0.1:1883", ClientID: "transformaly",
+		MQTT: mqtt.Config{Broker: "tcp://127.0.0.1:1883", EmbeddedAddress: "127.0.0.1:1883", ClientID: "transformaly",
 			TopicPrefix: "transformaly", HomeAssistantPrefix: "homeassistant", StatsInterval: 60 * time.Second, KeepAlive: 30 * time.Second, QueueLimit: 10000, SnapshotQueueMB: 64,
 			SnapshotSize: 960},
 		Events:         EventConfig{MinFrames: 2, EndFrames: 5, UpdateInterval: time.Second},

@@ -24,6 +24,7 @@ import (
 	sd "github.com/coreos/go-systemd/v22/daemon"
 
 	"github.com/transformaly/transformaly/models"
+	"github.com/transformaly/transformaly/mqtt"
 )
 
 // Daemon is a running transformaly service.
@@ -31,15 +32,15 @@ type Daemon struct {
 	configPath string
 	override   func(*Config)
 	cfg        Config
-	queue      *Queue
-	pub        *Publisher
+	queue      *mqtt.Queue
+	pub        *mqtt.Publisher
 	control    *Control
 	modbus     *modbus.Server // nil: off
 	ngImages   *ngArchive     // nil: off
 	// events and parts are the recent ones the web console lists (nil: off).
 	events  *recentLog[console.Event]
 	parts   *recentLog[console.Part]
-	broker  *EmbeddedBroker
+	broker  *mqtt.EmbeddedBroker
 	started time.Time
 
 	mu   sync.Mutex
@@ -111,7 +112,7 @@ func Run(ctx context.Context, opts Options) error {
 	if err := os.MkdirAll(cfg.StateDirectory, 0o750); err != nil {
 		return fmt.Errorf("state_directory: %w", err)
 	}
-	if d.queue, err = OpenQueue(filepath.Join(cfg.StateDirectory, "events"), cfg.MQTT.QueueLimit, int64(cfg.MQTT.SnapshotQueueMB)<<20); err != nil {
+	if d.queue, err = mqtt.OpenQueue(filepath.Join(cfg.StateDirectory, "events"), cfg.MQTT.QueueLimit, int64(cfg.MQTT.SnapshotQueueMB)<<20); err != nil {
 		return err
 	}
 	if d.control, err = OpenControl(filepath.Join(cfg.StateDirectory, "control.json")); err != nil {
@@ -125,13 +126,13 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	broker := cfg.MQTT.Broker
 	if broker == "embedded" {
-		if d.broker, err = StartEmbeddedBroker(cfg.MQTT.EmbeddedAddress); err != nil {
+		if d.broker, err = mqtt.StartEmbeddedBroker(cfg.MQTT.EmbeddedAddress); err != nil {
 			return err
 		}
 		defer d.broker.Close()
 		broker = "tcp://" + d.broker.Address()
 	}
-	if d.pub, err = NewPublisher(cfg.MQTT, broker, d.queue, d.publishControlStates); err != nil {
+	if d.pub, err = mqtt.NewPublisher(cfg.MQTT, broker, d.queue, d.publishControlStates); err != nil {
 		return err
 	}
 	for _, command := range []string{detectSet, thresholdSet} {

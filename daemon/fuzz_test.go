@@ -41,34 +41,3 @@ func FuzzConfig(f *testing.F) {
 		}
 	})
 }
-
-// FuzzQueuedMessage: whatever a queue file holds, the queue hands out only
-// messages the broker can take, and sets the rest aside.
-func FuzzQueuedMessage(f *testing.F) {
-	f.Add([]byte(`{"topic":"transformaly/cam/event","qos":1,"payload":{"id":"a"}}`))
-	f.Add([]byte(`{"topic":"transformaly/#","qos":1,"payload":{}}`))
-	f.Add([]byte(`{"topic":"t","qos":3,"payload":{}}`))
-	f.Add([]byte(`{"topic":"t\u0000","qos":0,"payload":null}`))
-	f.Add([]byte(`{broken`))
-	f.Fuzz(func(t *testing.T, data []byte) {
-		dir := t.TempDir()
-		if err := os.WriteFile(filepath.Join(dir, "00000000000000000001.msg"), data, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		q, err := OpenQueue(dir, 10, 1<<20)
-		if err != nil {
-			t.Fatal(err)
-		}
-		m, ok, err := q.Peek()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if ok {
-			if err := m.sendable(); err != nil {
-				t.Errorf("handed out an unsendable message: %v", err)
-			}
-		} else if q.Rejected() != 1 {
-			t.Errorf("message neither handed out nor set aside")
-		}
-	})
-}

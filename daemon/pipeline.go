@@ -17,6 +17,7 @@ import (
 	"github.com/transformaly/transformaly/detector"
 	"github.com/transformaly/transformaly/internal/heatmap"
 	"github.com/transformaly/transformaly/models"
+	"github.com/transformaly/transformaly/mqtt"
 )
 
 // ScoreMessage is the payload of <prefix>/<camera>/score. A score part
@@ -107,7 +108,7 @@ type pipeline struct {
 	cfg     Config
 	models  []*modelRuntime
 	cameras []*cameraRuntime
-	pub     *Publisher
+	pub     *mqtt.Publisher
 	control *Control         // run-time settings over MQTT (nil: none)
 	results func(PartResult) // also told every part result (the Modbus map); nil: none
 	// ngImages keeps NG parts' images (nil: off); events and parts are
@@ -126,7 +127,7 @@ type pipeline struct {
 // Trackers are carried over by camera name so a reload does not split an
 // open event. It gives up between bundles once ctx ends (loading one can
 // take minutes: a TensorRT engine build).
-func buildPipeline(ctx context.Context, cfg Config, pub *Publisher, control *Control, trackers map[string]*tracker) (*pipeline, error) {
+func buildPipeline(ctx context.Context, cfg Config, pub *mqtt.Publisher, control *Control, trackers map[string]*tracker) (*pipeline, error) {
 	p := &pipeline{cfg: cfg, pub: pub, control: control}
 	byPath := map[string]*modelRuntime{}
 	for i := range cfg.Cameras {
@@ -490,7 +491,7 @@ func (c *cameraRuntime) caption(score, threshold float64) string {
 }
 
 func (p *pipeline) publishEvent(c *cameraRuntime, e Event) {
-	if err := p.pub.Event(e); err != nil {
+	if err := p.pub.Event(e.Camera, e); err != nil {
 		slog.Error("could not queue an event", "camera", c.cfg.Name, "event", e.ID, "err", err)
 	}
 	if e.Type == EventNew {
@@ -518,7 +519,7 @@ func (p *pipeline) publishEvent(c *cameraRuntime, e Event) {
 	p.events.attach(e.ID, snapshot)
 }
 
-func snapshotsEnabled(m MQTTConfig) bool { return m.Snapshots == nil || *m.Snapshots }
+func snapshotsEnabled(m mqtt.Config) bool { return m.Snapshots == nil || *m.Snapshots }
 
 // flush ends open events (shutdown), publishing their end.
 func (p *pipeline) flush() {

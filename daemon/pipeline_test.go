@@ -15,6 +15,7 @@ import (
 	"github.com/transformaly/transformaly/detector"
 	"github.com/transformaly/transformaly/internal/ort"
 	"github.com/transformaly/transformaly/models"
+	"github.com/transformaly/transformaly/mqtt/mqtttest"
 )
 
 // A batch is not held back for frames that cannot come: with one of two
@@ -48,7 +49,7 @@ func TestBatchNeverWaitsForCamerasThatAreNotOnline(t *testing.T) {
 // "score": null and an error (it failed to encode and was dropped before),
 // it is counted, and the event it opens keeps a finite peak.
 func TestNonFiniteScoresAreAnomalousAndPublished(t *testing.T) {
-	_, url := startBroker(t, new(connectionGate))
+	_, url := mqtttest.StartBroker(t, new(mqtttest.Gate))
 	sub := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(url).SetClientID("test-sub"))
 	if tok := sub.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
 		t.Fatalf("subscriber: %v", tok.Error())
@@ -68,8 +69,8 @@ func TestNonFiniteScoresAreAnomalousAndPublished(t *testing.T) {
 	if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
 		t.Fatal(tok.Error())
 	}
-	pub, queue := startPublisher(t, url, "tfy-nan")
-	waitFor(t, "the publisher to connect", pub.Connected)
+	pub, queue := mqtttest.StartPublisher(t, url, "tfy-nan")
+	mqtttest.WaitFor(t, "the publisher to connect", pub.Connected)
 
 	cfg := DefaultConfig()
 	p := &pipeline{cfg: cfg, pub: pub}
@@ -87,7 +88,7 @@ func TestNonFiniteScoresAreAnomalousAndPublished(t *testing.T) {
 	} {
 		p.handle(c, capture.Frame{Seq: uint64(i + 1), Time: t0.Add(time.Duration(i) * 100 * time.Millisecond)}, r, 1)
 	}
-	waitFor(t, "six score messages", func() bool { mu.Lock(); defer mu.Unlock(); return len(scores) == 6 })
+	mqtttest.WaitFor(t, "six score messages", func() bool { mu.Lock(); defer mu.Unlock(); return len(scores) == 6 })
 	mu.Lock()
 	for i, want := range []bool{false, true, true, true, false, false} {
 		m := scores[i]
@@ -104,7 +105,7 @@ func TestNonFiniteScoresAreAnomalousAndPublished(t *testing.T) {
 		t.Errorf("%d non-finite frames counted, want 2", n)
 	}
 	// The event: opened by the NaN and Inf frames, peak the finite 30.
-	waitFor(t, "the events delivered", func() bool { return queue.Len() == 0 })
+	mqtttest.WaitFor(t, "the events delivered", func() bool { return queue.Len() == 0 })
 	if c.events.Load() != 1 {
 		t.Errorf("%d events opened, want 1", c.events.Load())
 	}
@@ -151,7 +152,7 @@ func TestDetectorFailuresAreCounted(t *testing.T) {
 	go func() { p.detectLoop(ctx, mr); close(done) }()
 	defer func() { cancel(); <-done }()
 	mr.put(c, capture.Frame{Seq: 1, Time: time.Now(), RGB: make([]byte, 5)}) // not 16x16x3: the detector refuses it
-	waitFor(t, "the failed frame to be counted", func() bool { return c.detectorFailed.Load() == 1 })
+	mqtttest.WaitFor(t, "the failed frame to be counted", func() bool { return c.detectorFailed.Load() == 1 })
 	if c.processed.Load() != 0 {
 		t.Errorf("%d frames scored, want 0", c.processed.Load())
 	}

@@ -1,4 +1,4 @@
-package daemon
+package mqtt
 
 import (
 	"context"
@@ -16,7 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	mqtt "github.com/eclipse/paho.mqtt.golang"
+	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/transformaly/transformaly/internal/redact"
 )
@@ -25,8 +25,8 @@ import (
 // persistent event queue, snapshots, availability, stats and Home
 // Assistant discovery.
 type Publisher struct {
-	cfg    MQTTConfig
-	client mqtt.Client
+	cfg    Config
+	client paho.Client
 	queue  *Queue
 
 	connected atomic.Bool
@@ -55,7 +55,7 @@ func (p *Publisher) Topic(parts ...string) string {
 }
 
 // password reads the broker password from its file or environment variable.
-func (c MQTTConfig) password() (string, error) {
+func (c Config) password() (string, error) {
 	switch {
 	case c.PasswordFile != "":
 		b, err := os.ReadFile(c.PasswordFile)
@@ -69,7 +69,7 @@ func (c MQTTConfig) password() (string, error) {
 	return "", nil
 }
 
-func (c MQTTConfig) tlsConfig() (*tls.Config, error) {
+func (c Config) tlsConfig() (*tls.Config, error) {
 	t := c.TLS
 	if t.CAFile == "" && t.CertFile == "" && !t.InsecureSkipVerify {
 		return nil, nil
@@ -98,7 +98,7 @@ func (c MQTTConfig) tlsConfig() (*tls.Config, error) {
 
 // NewPublisher prepares the client; Start connects (retrying) in the
 // background so the daemon runs, and queues events, with the broker down.
-func NewPublisher(cfg MQTTConfig, broker string, queue *Queue, onConnect func()) (*Publisher, error) {
+func NewPublisher(cfg Config, broker string, queue *Queue, onConnect func()) (*Publisher, error) {
 	pw, err := cfg.password()
 	if err != nil {
 		return nil, err
@@ -114,7 +114,7 @@ func NewPublisher(cfg MQTTConfig, broker string, queue *Queue, onConnect func())
 	// after the reconnect went out twice (seen in CI). Without auto-reconnect
 	// a lost connection fails every in-flight publish, and the persistent
 	// queue, which still holds that event, sends it again once reconnected.
-	opts := mqtt.NewClientOptions().
+	opts := paho.NewClientOptions().
 		AddBroker(broker).
 		SetClientID(cfg.ClientID).
 		SetUsername(cfg.Username).
@@ -125,8 +125,8 @@ func NewPublisher(cfg MQTTConfig, broker string, queue *Queue, onConnect func())
 		SetAutoReconnect(false).
 		SetWill(p.Topic("status"), "offline", 1, true).
 		SetOrderMatters(false).
-		SetOnConnectHandler(func(mqtt.Client) { p.connectedNow() }).
-		SetConnectionLostHandler(func(_ mqtt.Client, err error) {
+		SetOnConnectHandler(func(paho.Client) { p.connectedNow() }).
+		SetConnectionLostHandler(func(_ paho.Client, err error) {
 			p.connected.Store(false)
 			slog.Warn("MQTT connection lost; reconnecting", "broker", redact.URL(broker), "err", err)
 			select {
@@ -137,7 +137,7 @@ func NewPublisher(cfg MQTTConfig, broker string, queue *Queue, onConnect func())
 	if tlsCfg != nil {
 		opts.SetTLSConfig(tlsCfg)
 	}
-	p.client = mqtt.NewClient(opts)
+	p.client = paho.NewClient(opts)
 	return p, nil
 }
 
@@ -273,7 +273,7 @@ func (p *Publisher) Subscribe(filter string, handle func(topic string, payload [
 }
 
 func (p *Publisher) subscribe(filter string, handle func(topic string, payload []byte)) {
-	tok := p.client.Subscribe(filter, 1, func(_ mqtt.Client, m mqtt.Message) { handle(m.Topic(), m.Payload()) })
+	tok := p.client.Subscribe(filter, 1, func(_ paho.Client, m paho.Message) { handle(m.Topic(), m.Payload()) })
 	go func() {
 		if tok.WaitTimeout(10*time.Second) && tok.Error() != nil {
 			slog.Error("MQTT subscription refused (check the broker's ACL for the topic prefix)", "filter", filter, "err", tok.Error())
@@ -353,13 +353,13 @@ func (p *Publisher) Drain(timeout time.Duration) {
 	}
 }
 
-// Event queues an event for delivery.
-func (p *Publisher) Event(e Event) error {
-	b, err := json.Marshal(e)
+// Event queues a camera's event (marshalled to JSON) for delivery.
+func (p *Publisher) Event(camera string, event any) error {
+	b, err := json.Marshal(event)
 	if err != nil {
-		return err
+		return fmt.Errorf("event of camera %s: %w", camera, err)
 	}
-	return p.queue.Push(p.Topic(e.Camera, "event"), 1, b)
+	return p.queue.Push(p.Topic(camera, "event"), 1, b)
 }
 
 // Snapshot queues an event's snapshot behind the event (retained), so it

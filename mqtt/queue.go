@@ -1,4 +1,4 @@
-package daemon
+package mqtt
 
 import (
 	"encoding/json"
