@@ -5,19 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"log/slog"
-	"math"
 	"os"
-	"strconv"
-	"strings"
 	"sync"
 
 	"github.com/transformaly/transformaly/internal/atomicfile"
 )
 
 // Control holds what is changed at run time over MQTT, Frigate's way
-// (<prefix>/<camera>/detect/set, .../threshold/set): whether a camera is
-// scored, and its threshold. It is kept in state_directory/control.json, so
+// (<prefix>/<camera>/detect/set, .../threshold/set), or from the console:
+// whether a camera is scored, and its threshold. It is kept in state_directory/control.json, so
 // a reload or a restart keeps it.
 type Control struct {
 	path string
@@ -87,54 +83,31 @@ func (c *Control) set(camera string, change func(*CameraControl)) error {
 	return atomicfile.Write(c.path, data)
 }
 
-// controlTopics are the command topics, after <prefix>/<camera>/.
-const (
-	detectSet    = "detect/set"
-	thresholdSet = "threshold/set"
-)
+// SetDetect turns a camera's scoring on or off (mqtt.Commands).
+func (d *Daemon) SetDetect(camera string, on bool) error {
+	return d.changeControl(camera, func(cc *CameraControl) { cc.Detect = &on })
+}
 
-// handleCommand applies one command message. Bad payloads and unknown
-// cameras are logged and ignored. known says whether a camera exists; state
-// publishes a camera's detect and threshold state.
-func (c *Control) handleCommand(prefix, topic string, payload []byte, known func(string) bool, state func(string)) {
-	rest, ok := strings.CutPrefix(topic, prefix+"/")
-	camera, command, ok2 := strings.Cut(rest, "/")
-	if !ok || !ok2 {
-		return
+// SetThreshold sets a camera's threshold, nil back to the configured one
+// (mqtt.Commands, the console).
+func (d *Daemon) SetThreshold(camera string, threshold *float64) error {
+	return d.changeControl(camera, func(cc *CameraControl) { cc.Threshold = threshold })
+}
+
+// changeControl applies a change, saves it and publishes the camera's
+// retained state, one change at a time: two changes from different places
+// (MQTT, the console) could otherwise publish their states in the other
+// order and leave the retained state on the one not applied last.
+func (d *Daemon) changeControl(camera string, change func(*CameraControl)) error {
+	if !d.KnownCamera(camera) {
+		return fmt.Errorf("no camera %q", camera)
 	}
-	if !known(camera) {
-		slog.Warn("MQTT command for an unknown camera ignored", "topic", topic)
-		return
-	}
-	text := strings.TrimSpace(string(payload))
-	var err error
-	switch command {
-	case detectSet:
-		switch strings.ToUpper(text) {
-		case "ON", "OFF":
-			on := strings.EqualFold(text, "ON")
-			err = c.set(camera, func(cc *CameraControl) { cc.Detect = &on })
-		default:
-			slog.Warn("MQTT detect command ignored: the payload is not ON or OFF", "topic", topic, "payload", strconv.Quote(clip(text)))
-			return
-		}
-	case thresholdSet:
-		if strings.EqualFold(text, "reset") {
-			err = c.set(camera, func(cc *CameraControl) { cc.Threshold = nil })
-			break
-		}
-		v, perr := strconv.ParseFloat(text, 64)
-		if perr != nil || math.IsNaN(v) || math.IsInf(v, 0) {
-			slog.Warn("MQTT threshold command ignored: the payload is not a finite number or reset", "topic", topic, "payload", strconv.Quote(clip(text)))
-			return
-		}
-		err = c.set(camera, func(cc *CameraControl) { cc.Threshold = &v })
-	default:
-		return
-	}
+	d.controlMu.Lock()
+	defer d.controlMu.Unlock()
+	err := d.control.set(camera, change)
+	d.publishControlState(camera)
 	if err != nil {
-		slog.Error("MQTT command applied but not saved (a restart forgets it)", "topic", topic, "err", err)
+		return fmt.Errorf("applied but not saved (a restart forgets it): %w", err)
 	}
-	slog.Info("MQTT command applied", "topic", topic, "payload", strconv.Quote(clip(text)))
-	state(camera)
+	return nil
 }

@@ -5,9 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/transformaly/transformaly/capture"
-	"github.com/transformaly/transformaly/console"
-	"github.com/transformaly/transformaly/modbus"
 	"log/slog"
 	"math"
 	"net/http"
@@ -20,6 +17,10 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/transformaly/transformaly/capture"
+	"github.com/transformaly/transformaly/console"
+	"github.com/transformaly/transformaly/modbus"
 
 	sd "github.com/coreos/go-systemd/v22/daemon"
 
@@ -35,6 +36,7 @@ type Daemon struct {
 	queue      *mqtt.Queue
 	pub        *mqtt.Publisher
 	control    *Control
+	controlMu  sync.Mutex     // one control change at a time (changeControl)
 	modbus     *modbus.Server // nil: off
 	ngImages   *ngArchive     // nil: off
 	// events and parts are the recent ones the web console lists (nil: off).
@@ -135,17 +137,7 @@ func Run(ctx context.Context, opts Options) error {
 	if d.pub, err = mqtt.NewPublisher(cfg.MQTT, broker, d.queue, d.publishControlStates); err != nil {
 		return err
 	}
-	for _, command := range []string{detectSet, thresholdSet} {
-		d.pub.Subscribe(d.pub.Topic("+", command), func(topic string, payload []byte) {
-			d.control.handleCommand(cfg.MQTT.TopicPrefix, topic, payload, d.knownCamera, d.publishControlState)
-		})
-	}
-	d.pub.Subscribe(d.pub.Topic("+", "trigger"), func(topic string, payload []byte) {
-		camera := strings.TrimSuffix(strings.TrimPrefix(topic, cfg.MQTT.TopicPrefix+"/"), "/trigger")
-		if _, err := d.TriggerPart(camera, string(payload)); err != nil {
-			slog.Warn("MQTT trigger ignored", "topic", topic, "err", err)
-		}
-	})
+	d.pub.SubscribeCommands(d)
 	// The publisher outlives ctx: on shutdown it still delivers the events
 	// that closing the pipeline produces; Close stops it.
 	d.pub.Start(context.Background(), broker)
@@ -384,8 +376,9 @@ func (d *Daemon) stats(ctx context.Context, interval time.Duration) {
 	}
 }
 
-// knownCamera says whether the running configuration has the camera.
-func (d *Daemon) knownCamera(name string) bool {
+// KnownCamera says whether the running configuration has the camera
+// (mqtt.Commands).
+func (d *Daemon) KnownCamera(name string) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for _, c := range d.cfg.Cameras {

@@ -356,16 +356,12 @@ func (w *webSource) Parts() []console.Part {
 func (w *webSource) PartMap(id string) ([]byte, bool) { return w.d.parts.image(id) }
 
 // SetThreshold goes the MQTT threshold/set way: kept in control.json and
-// published as the retained state.
+// published as the retained state, in turn with MQTT's changes.
 func (w *webSource) SetThreshold(camera string, threshold *float64) error {
 	if _, err := w.camera(camera); err != nil {
 		return err
 	}
-	if err := w.d.control.set(camera, func(cc *CameraControl) { cc.Threshold = threshold }); err != nil {
-		return fmt.Errorf("threshold set but not saved (a restart forgets it): %w", err)
-	}
-	w.d.publishControlState(camera)
-	return nil
+	return w.d.SetThreshold(camera, threshold)
 }
 
 // SaveNormal writes the newest live frame as collect would.
