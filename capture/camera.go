@@ -29,7 +29,7 @@ type Frame struct {
 	Camera string
 	Seq    uint64    // 1-based, per camera
 	Time   time.Time // when it was captured
-	RGB    []byte    // Size x Size x 3, owned by the receiver
+	RGB    []byte    // Size x Size x 3 (a tiled camera's: each tile's, row by row), owned by the receiver
 	Size   int
 	// Width and Height are the frame's after crop, rotation and flips,
 	// before the resize to Size x Size: the coordinates regions are given in.
@@ -181,7 +181,7 @@ func (c *Camera) Run(ctx context.Context) error {
 	done := make(chan struct{})
 	defer close(done)
 	go c.watchdog(done)
-	pre := newPreprocessor(Transform{ROI: c.cfg.ROI, Rotate: c.cfg.Rotate, FlipH: c.cfg.FlipH, FlipV: c.cfg.FlipV, Size: c.cfg.Size, KeepView: c.cfg.KeepView})
+	pre := newPreprocessor(Transform{ROI: c.cfg.ROI, Rotate: c.cfg.Rotate, FlipH: c.cfg.FlipH, FlipV: c.cfg.FlipV, Size: c.cfg.Size, KeepView: c.cfg.KeepView, Tiling: c.cfg.Tiling})
 	defer pre.Close()
 	frame := gocv.NewMat()
 	defer frame.Close()
@@ -278,9 +278,8 @@ func (c *Camera) stream(ctx context.Context, src source, pre *preprocessor, fram
 		if c.cfg.FPSLimit > 0 && !lastSent.IsZero() && now.Sub(lastSent).Seconds() < 1/c.cfg.FPSLimit {
 			continue
 		}
-		rgb := make([]byte, c.cfg.Size*c.cfg.Size*3)
 		pre.t.KeepView = c.cfg.KeepView || c.wantViews.Load()
-		view, err := pre.Apply(*frame, rgb)
+		rgb, view, err := pre.Input(*frame)
 		if err != nil {
 			return delivered, markPermanent(err)
 		}
@@ -377,7 +376,7 @@ func EachFrame(ctx context.Context, cfg Config, fn func(Frame) error) error {
 		return err
 	}
 	defer src.Close()
-	pre := newPreprocessor(Transform{ROI: cfg.ROI, Rotate: cfg.Rotate, FlipH: cfg.FlipH, FlipV: cfg.FlipV, Size: cfg.Size, KeepView: cfg.KeepView})
+	pre := newPreprocessor(Transform{ROI: cfg.ROI, Rotate: cfg.Rotate, FlipH: cfg.FlipH, FlipV: cfg.FlipV, Size: cfg.Size, KeepView: cfg.KeepView, Tiling: cfg.Tiling})
 	defer pre.Close()
 	frame := gocv.NewMat()
 	defer frame.Close()
@@ -394,8 +393,7 @@ func EachFrame(ctx context.Context, cfg Config, fn func(Frame) error) error {
 			}
 			return err
 		}
-		rgb := make([]byte, cfg.Size*cfg.Size*3)
-		view, err := pre.Apply(frame, rgb)
+		rgb, view, err := pre.Input(frame)
 		if err != nil {
 			return err
 		}

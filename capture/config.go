@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/transformaly/transformaly/internal/redact"
+	"github.com/transformaly/transformaly/tiles"
 )
 
 // Kind is what a source string names.
@@ -51,6 +52,10 @@ type Config struct {
 	// rotation and flip, at full resolution (for snapshots a person looks
 	// at).
 	KeepView bool
+	// Tiling cuts each frame into tiles at native resolution for a tiled
+	// bundle, each resized to Size (nil: the whole frame resized). A frame
+	// smaller than one tile is a permanent error.
+	Tiling *tiles.Tiling
 
 	StallTimeout time.Duration // no frame for this long: recreate the capture (default 20 s)
 	RetryStart   time.Duration // first wait before reopening (default 2 s)
@@ -152,6 +157,19 @@ func (c Config) Validate() error {
 	}
 	if c.FPSLimit < 0 || c.FPS < 0 {
 		return permanent("camera %s: frame rates must not be negative", c.Name)
+	}
+	if t := c.Tiling; t != nil {
+		if err := t.Check(); err != nil {
+			return permanent("camera %s: %v", c.Name, err)
+		}
+		if w, h := c.ROI.Dx(), c.ROI.Dy(); c.ROI != (image.Rectangle{}) {
+			if c.Rotate == 90 || c.Rotate == 270 {
+				w, h = h, w
+			}
+			if err := t.Fits(w, h); err != nil {
+				return permanent("camera %s: roi: %v", c.Name, err)
+			}
+		}
 	}
 	if c.FourCC != "" && len(c.FourCC) != 4 {
 		return permanent("camera %s: fourcc %q is not four characters", c.Name, c.FourCC)

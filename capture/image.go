@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"gocv.io/x/gocv"
+
+	"github.com/transformaly/transformaly/tiles"
 )
 
 // ImageExtensions are the still-image file types read from folders.
@@ -123,26 +125,51 @@ func bmpSize(data []byte) (w, h int, err error) {
 // more than 2x, where linear interpolation aliases), and with keepView also
 // as it is (see Config.KeepView).
 func ReadImageRGB(path string, size int, keepView bool) ([]byte, *View, error) {
+	rgb, _, view, err := ReadImageInput(path, size, nil, keepView)
+	return rgb, view, err
+}
+
+// ReadImageInput reads an image file as a detector's input: resized whole
+// to size x size, or with a tiling cut into tiles each resized so (see
+// preprocessor.Input); with the image's width and height, and with
+// keepView the image as it is.
+func ReadImageInput(path string, size int, tiling *tiles.Tiling, keepView bool) ([]byte, image.Point, *View, error) {
 	data, err := ReadImageFile(path)
 	if err != nil {
-		return nil, nil, fmt.Errorf("read image: %w", err)
+		return nil, image.Point{}, nil, fmt.Errorf("read image: %w", err)
 	}
 	if err := ValidateImageFile(path, data); err != nil {
-		return nil, nil, err
+		return nil, image.Point{}, nil, err
 	}
 	img := gocv.NewMat()
 	defer img.Close()
 	if err := decodeInto(data, &img); err != nil {
-		return nil, nil, fmt.Errorf("decode image %s: %w", path, err)
+		return nil, image.Point{}, nil, fmt.Errorf("decode image %s: %w", path, err)
 	}
-	p := newPreprocessor(Transform{Size: size, KeepView: keepView})
+	p := newPreprocessor(Transform{Size: size, KeepView: keepView, Tiling: tiling})
 	defer p.Close()
-	out := make([]byte, size*size*3)
-	view, err := p.Apply(img, out)
+	out, view, err := p.Input(img)
 	if err != nil {
-		return nil, nil, fmt.Errorf("image %s: %w", path, err)
+		return nil, image.Point{}, nil, fmt.Errorf("image %s: %w", path, err)
 	}
-	return out, view, nil
+	return out, image.Pt(p.viewW, p.viewH), view, nil
+}
+
+// ImageDimensions is the width and height an image file's header gives
+// (the file is checked in full when it is read: ReadImageInput).
+func ImageDimensions(path string) (int, int, error) {
+	data, err := ReadImageFile(path)
+	if err != nil {
+		return 0, 0, fmt.Errorf("read image: %w", err)
+	}
+	if lowerExt(path) == ".bmp" {
+		return bmpSize(data)
+	}
+	cfg, _, err := image.DecodeConfig(bytes.NewReader(data))
+	if err != nil {
+		return 0, 0, fmt.Errorf("image %s: %w", path, err)
+	}
+	return cfg.Width, cfg.Height, nil
 }
 
 // EncodeImage encodes packed BGR pixels (a View's) as an image file's bytes

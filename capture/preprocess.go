@@ -5,6 +5,8 @@ import (
 	"image"
 
 	"gocv.io/x/gocv"
+
+	"github.com/transformaly/transformaly/tiles"
 )
 
 // Transform is what is done to every frame: crop, rotate, flip, resize;
@@ -17,6 +19,9 @@ type Transform struct {
 	FlipV    bool
 	Size     int
 	KeepView bool
+	// Tiling cuts the frame into tiles at native resolution, each resized
+	// to Size square (nil: the whole frame resized).
+	Tiling *tiles.Tiling
 }
 
 // preprocessor applies a Transform with Mats reused across frames:
@@ -40,6 +45,37 @@ func newPreprocessor(t Transform) *preprocessor {
 		viewMat: gocv.NewMat(), freeViews: make(chan *View, 4)}
 }
 
+// Input turns a BGR frame into the detector's input, packed RGB bytes: the
+// frame resized to Size x Size, or with a Tiling each of its tiles
+// (tiles.Layout, row by row) resized so; and returns the view (nil without
+// KeepView).
+func (p *preprocessor) Input(src gocv.Mat) ([]byte, *View, error) {
+	if p.t.Tiling == nil {
+		dst := make([]byte, p.t.Size*p.t.Size*3)
+		view, err := p.Apply(src, dst)
+		return dst, view, err
+	}
+	var dst []byte
+	view, err := p.apply(src, func(cur gocv.Mat) error {
+		l, err := p.t.Tiling.Layout(cur.Cols(), cur.Rows())
+		if err != nil {
+			return fmt.Errorf("preprocess: %w", err)
+		}
+		n := p.t.Size * p.t.Size * 3
+		dst = make([]byte, len(l.Tiles)*n)
+		for i, r := range l.Tiles {
+			tile := cur.Region(r)
+			err := p.resizeRGB(tile, dst[i*n:(i+1)*n])
+			tile.Close()
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return dst, view, err
+}
+
 // Apply turns a BGR frame into packed RGB bytes of Size x Size in dst, and
 // returns the view (nil without KeepView).
 func (p *preprocessor) Apply(src gocv.Mat, dst []byte) (*View, error) {
@@ -47,6 +83,30 @@ func (p *preprocessor) Apply(src gocv.Mat, dst []byte) (*View, error) {
 	if len(dst) != size*size*3 {
 		return nil, fmt.Errorf("preprocess: destination holds %d bytes, want %d", len(dst), size*size*3)
 	}
+	return p.apply(src, func(cur gocv.Mat) error {
+		if size > 0 {
+			return p.resizeRGB(cur, dst)
+		}
+		return nil
+	})
+}
+
+// resizeRGB resizes a BGR image to Size x Size into dst as packed RGB.
+func (p *preprocessor) resizeRGB(cur gocv.Mat, dst []byte) error {
+	size := p.t.Size
+	gocv.Resize(cur, &p.size, image.Pt(size, size), 0, 0, shrinkInterpolation(cur, size, size))
+	gocv.CvtColor(p.size, &p.rgb, gocv.ColorBGRToRGB)
+	b, err := p.rgb.DataPtrUint8()
+	if err != nil {
+		return fmt.Errorf("preprocess: %w", err)
+	}
+	copy(dst, b)
+	return nil
+}
+
+// apply crops, rotates and flips a BGR frame, hands the result to
+// toInput, and returns the view (nil without KeepView).
+func (p *preprocessor) apply(src gocv.Mat, toInput func(gocv.Mat) error) (*View, error) {
 	if src.Empty() {
 		return nil, fmt.Errorf("preprocess: empty frame")
 	}
@@ -77,14 +137,8 @@ func (p *preprocessor) Apply(src gocv.Mat, dst []byte) (*View, error) {
 		cur = p.flipped
 	}
 	p.viewW, p.viewH = cur.Cols(), cur.Rows()
-	if size > 0 {
-		gocv.Resize(cur, &p.size, image.Pt(size, size), 0, 0, shrinkInterpolation(cur, size, size))
-		gocv.CvtColor(p.size, &p.rgb, gocv.ColorBGRToRGB)
-		b, err := p.rgb.DataPtrUint8()
-		if err != nil {
-			return nil, fmt.Errorf("preprocess: %w", err)
-		}
-		copy(dst, b)
+	if err := toInput(cur); err != nil {
+		return nil, err
 	}
 	if !p.t.KeepView {
 		return nil, nil

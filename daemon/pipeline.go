@@ -422,7 +422,7 @@ func (p *pipeline) handle(c *cameraRuntime, f capture.Frame, r detector.Result, 
 	mapped := false
 	frameMap := func() (heatmap.Map, error) {
 		if !mapped {
-			anomaly, mapErr = heatmap.ForResult(r.PatchDistances, c.normalPatchDistance, r.TokenErrors, len(r.BlockErrors))
+			anomaly, mapErr = heatmap.ForResult(r.PatchDistances, r.MapCols, r.MapRows, c.normalPatchDistance, r.TokenErrors, len(r.BlockErrors))
 			mapped = true
 			if mapErr != nil {
 				slog.Error("anomaly map failed", "camera", c.cfg.Name, "err", mapErr)

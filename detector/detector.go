@@ -30,7 +30,14 @@ type Result struct {
 	// patch feature space.
 	PatchScore     float64
 	PatchDistances []float32
-	Anomalous      bool // above the threshold, or not finite
+	// MapCols and MapRows shape PatchDistances when a tiled bundle has
+	// stitched them into a map in frame coordinates (ScoreFrames); 0 for a
+	// tile or a whole-frame bundle's image (the model's square grid).
+	MapCols, MapRows int
+	// Tiles is how many tiles the frame was cut into, WorstTile the one
+	// whose result this is (row by row; tiled bundles only, 0 otherwise).
+	Tiles, WorstTile int
+	Anomalous        bool // above the threshold, or not finite
 }
 
 // outputsFor lists the graph outputs a bundle's detector reads, in the

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/transformaly/transformaly/models/onnxpb"
+	"github.com/transformaly/transformaly/tiles"
 )
 
 // A bundle is one ONNX model file (WriteModelFile: weights as external data
@@ -134,6 +135,22 @@ type BundleInfo struct {
 	Calibration Calibration `json:"calibration"`
 	// Patch describes the patch feature space (nil: the bundle has none).
 	Patch *PatchInfo `json:"patch,omitempty"`
+	// Tiling says how frames are cut into tiles at native resolution (nil:
+	// each frame is resized whole to ImageSize). Scores, threshold and
+	// calibration of a tiled bundle are per frame: its worst tile's.
+	Tiling *TilingInfo `json:"tiling,omitempty"`
+}
+
+// TilingInfo is a tiled bundle's tiling and what it was fitted on.
+type TilingInfo struct {
+	tiles.Tiling
+	// CoreOnly: each tile's patches count only in its core (tiles.Layout.
+	// CoreMask), the ring its neighbours cover being left to them.
+	CoreOnly bool `json:"core_only"`
+	// Frames is the normal frames fitted on; TilesPerFrame the fewest and
+	// most tiles one of them had.
+	Frames        int    `json:"frames"`
+	TilesPerFrame [2]int `json:"tiles_per_frame"`
 }
 
 // Calibration is how a bundle's threshold was set.
@@ -332,6 +349,14 @@ func (info BundleInfo) consistentWith(mf ModelFile) error {
 	}
 	if err := CheckBlocks(info.Blocks, c.Depth); err != nil {
 		return fmt.Errorf("blocks %v: %w", info.Blocks, err)
+	}
+	if t := info.Tiling; t != nil {
+		if err := t.Check(); err != nil {
+			return fmt.Errorf("tiling: %w", err)
+		}
+		if info.Patch == nil {
+			return errors.New("tiling without a patch feature space")
+		}
 	}
 	if p := info.Patch; p != nil {
 		if err := CheckPatchBlocks(p.Blocks, c.Depth); err != nil {

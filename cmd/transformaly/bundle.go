@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"image"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -12,18 +13,21 @@ import (
 	"github.com/transformaly/transformaly/capture"
 	"github.com/transformaly/transformaly/detector"
 	"github.com/transformaly/transformaly/fit"
+	"github.com/transformaly/transformaly/tiles"
 )
 
-// imageBatches reads image files in batches of packed RGB at size, calling
-// fn with each batch's readable files (and with keepViews each image as
-// decoded); unreadable files are logged and counted.
-func imageBatches(paths []string, size int, keepViews bool, batch int, fn func(ok []string, pixels []byte, views []*capture.View) error) (failed int, err error) {
+// imageBatches reads image files in batches of packed RGB at size (with a
+// tiling, each image's tiles at size), calling fn with each batch's
+// readable files, their sizes and (with keepViews) each image as decoded;
+// unreadable files are logged and counted.
+func imageBatches(paths []string, size int, tiling *tiles.Tiling, keepViews bool, batch int, fn func(ok []string, pixels []byte, sizes []image.Point, views []*capture.View) error) (failed int, err error) {
 	for start := 0; start < len(paths); start += batch {
 		var ok []string
 		var pixels []byte
+		var sizes []image.Point
 		var views []*capture.View
 		for _, p := range paths[start:min(start+batch, len(paths))] {
-			img, view, err := capture.ReadImageRGB(p, size, keepViews)
+			img, sz, view, err := capture.ReadImageInput(p, size, tiling, keepViews)
 			if err != nil {
 				slog.Error("skipping image", "err", err)
 				failed++
@@ -31,10 +35,11 @@ func imageBatches(paths []string, size int, keepViews bool, batch int, fn func(o
 			}
 			ok = append(ok, p)
 			pixels = append(pixels, img...)
+			sizes = append(sizes, sz)
 			views = append(views, view)
 		}
 		if len(ok) > 0 {
-			if err := fn(ok, pixels, views); err != nil {
+			if err := fn(ok, pixels, sizes, views); err != nil {
 				return failed, err
 			}
 		}
@@ -63,8 +68,13 @@ func scoreFiles(det *detector.Detector, paths []string, batch int, threshold flo
 // scoreFilesWithViews is scoreFiles that also hands over each image as
 // decoded (with keepViews).
 func scoreFilesWithViews(det *detector.Detector, paths []string, batch int, keepViews bool, threshold float64, fn func(path string, view *capture.View, r detector.Result) error) (failed int, err error) {
-	return imageBatches(paths, det.Size(), keepViews, batch, func(ok []string, pixels []byte, views []*capture.View) error {
-		res, err := det.Score(pixels, len(ok), threshold)
+	var tiling *tiles.Tiling
+	if t := det.Info.Tiling; t != nil {
+		// A frame's tiles are a batch of their own.
+		tiling, batch = &t.Tiling, 1
+	}
+	return imageBatches(paths, det.Size(), tiling, keepViews, batch, func(ok []string, pixels []byte, sizes []image.Point, views []*capture.View) error {
+		res, err := det.ScoreFrames(pixels, sizes, threshold)
 		if err != nil {
 			return err
 		}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"image"
 	"log/slog"
 	"os"
 	"strconv"
@@ -106,7 +107,7 @@ func embedCommand(fs *pflag.FlagSet) func([]string) error {
 		defer runner.Close()
 		out := bufio.NewWriter(os.Stdout)
 		defer out.Flush()
-		failed, err := imageBatches(images, v.ImageSize, false, *batch, func(paths []string, pixels []byte, _ []*capture.View) error {
+		failed, err := imageBatches(images, v.ImageSize, nil, false, *batch, func(paths []string, pixels []byte, _ []image.Point, _ []*capture.View) error {
 			res, err := runner.Run(pixels, len(paths))
 			if err != nil {
 				return err

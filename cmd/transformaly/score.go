@@ -38,6 +38,10 @@ type scoreLine struct {
 	// region in the image's coordinates (bundles with a patch feature space).
 	AnomalyMap string         `json:"anomaly_map,omitempty"`
 	Region     *daemon.Region `json:"region,omitempty"`
+	// Tiles is how many tiles a tiled bundle cut the image into, WorstTile
+	// the index (row by row) of the one whose score is the image's.
+	Tiles     int  `json:"tiles,omitempty"`
+	WorstTile *int `json:"worst_tile,omitempty"`
 	// Frame and Seconds place a video frame in its file (videos only).
 	Frame   uint64   `json:"frame,omitempty"`
 	Seconds *float64 `json:"seconds,omitempty"`
@@ -102,7 +106,7 @@ func scoreCommand(fs *pflag.FlagSet) func([]string) error {
 			normalDistance = det.Info.Patch.NormalDistance
 		}
 		emit := func(line scoreLine, view *capture.View, r detector.Result) error {
-			anomaly, err := heatmap.ForResult(r.PatchDistances, normalDistance, r.TokenErrors, len(det.Info.Blocks))
+			anomaly, err := heatmap.ForResult(r.PatchDistances, r.MapCols, r.MapRows, normalDistance, r.TokenErrors, len(det.Info.Blocks))
 			if err != nil {
 				return err
 			}
@@ -144,6 +148,9 @@ func scoreCommand(fs *pflag.FlagSet) func([]string) error {
 			line.NormalQuantile = detector.NumberOrNull(det.Info.Calibration.NormalQuantile(r.Score))
 			line.PatchScore = detector.NumberOrNull(r.PatchScore)
 			line.BlockErrors, line.Anomalous, line.Threshold = r.BlockErrors, r.Anomalous, threshold
+			if r.Tiles > 0 {
+				line.Tiles, line.WorstTile = r.Tiles, &r.WorstTile
+			}
 			if !r.Finite() || slices.ContainsFunc(r.BlockErrors, func(e float32) bool { return math.IsNaN(float64(e)) || math.IsInf(float64(e), 0) }) {
 				// JSON cannot carry NaN or infinities: the line would fail to encode.
 				line.Error, line.BlockErrors = "the detector gave a non-finite score; judged anomalous", nil

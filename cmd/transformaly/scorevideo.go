@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"image"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -20,11 +21,17 @@ func scoreVideo(det *detector.Detector, path string, batch int, keepViews bool, 
 	defer stop()
 	var frames []capture.Frame
 	var pixels []byte
+	var sizes []image.Point
+	cfg := capture.Config{Name: filepath.Base(path), Source: path, Size: det.Size(), KeepView: keepViews}
+	if t := det.Info.Tiling; t != nil {
+		// A frame's tiles are a batch of their own.
+		cfg.Tiling, batch = &t.Tiling, 1
+	}
 	flush := func() error {
 		if len(frames) == 0 {
 			return nil
 		}
-		res, err := det.Score(pixels, len(frames), threshold)
+		res, err := det.ScoreFrames(pixels, sizes, threshold)
 		if err != nil {
 			return fmt.Errorf("score %s: %w", path, err)
 		}
@@ -34,13 +41,13 @@ func scoreVideo(det *detector.Detector, path string, batch int, keepViews bool, 
 				return err
 			}
 		}
-		frames, pixels = frames[:0], pixels[:0]
+		frames, pixels, sizes = frames[:0], pixels[:0], sizes[:0]
 		return nil
 	}
-	cfg := capture.Config{Name: filepath.Base(path), Source: path, Size: det.Size(), KeepView: keepViews}
 	err := capture.EachFrame(ctx, cfg, func(f capture.Frame) error {
 		frames = append(frames, f)
 		pixels = append(pixels, f.RGB...)
+		sizes = append(sizes, image.Pt(f.Width, f.Height))
 		if len(frames) == batch {
 			return flush()
 		}

@@ -18,12 +18,13 @@ import (
 // inputs can be tiny (the demo's are 64 px), and a heatmap must be readable.
 const minSide = 256
 
-// Map is an anomaly map on the model's square patch grid, row by row, and
-// the values its colours span: Lo and below is the coldest, Hi and above
-// the hottest.
+// Map is an anomaly map on a grid of Cols x Rows cells stretched over the
+// image (the model's square patch grid, or a tiled frame's stitched map),
+// row by row, and the values its colours span: Lo and below is the
+// coldest, Hi and above the hottest.
 type Map struct {
-	Grid   int
-	Values []float64
+	Cols, Rows int
+	Values     []float64
 	Lo, Hi float64
 	// Normal is the value above which a patch is unlike normal ones (for
 	// the region; NaN: only the worst patch makes the region).
@@ -36,12 +37,16 @@ type Map struct {
 // half of it the coldest colour, normal itself a cool blue, twice it the
 // hottest. A normal frame shows no hot spot, unlike a map scaled to its own
 // range, where every frame has one.
-func FromPatchDistances(dist []float32, normal float64) (Map, error) {
-	grid := int(math.Round(math.Sqrt(float64(len(dist)))))
-	if grid*grid != len(dist) || grid == 0 {
-		return Map{}, fmt.Errorf("heatmap: %d patch distances are not a square grid", len(dist))
+// cols and rows shape a stitched map (0: the model's square grid).
+func FromPatchDistances(dist []float32, cols, rows int, normal float64) (Map, error) {
+	if cols == 0 && rows == 0 {
+		grid := int(math.Round(math.Sqrt(float64(len(dist)))))
+		cols, rows = grid, grid
 	}
-	m := Map{Grid: grid, Values: make([]float64, len(dist)), Lo: normal / 2, Hi: 2 * normal, Normal: normal}
+	if cols*rows != len(dist) || cols <= 0 || rows <= 0 {
+		return Map{}, fmt.Errorf("heatmap: %d patch distances are not a grid of %dx%d", len(dist), cols, rows)
+	}
+	m := Map{Cols: cols, Rows: rows, Values: make([]float64, len(dist)), Lo: normal / 2, Hi: 2 * normal, Normal: normal}
 	for i, d := range dist {
 		m.Values[i] = float64(d)
 	}
@@ -58,7 +63,7 @@ func FromTokenErrors(tokenErrors []float32, blocks int) (Map, error) {
 	if grid*grid+1 != tokens {
 		return Map{}, fmt.Errorf("heatmap: %d tokens per block is not a square grid plus one", tokens)
 	}
-	m := Map{Grid: grid, Values: make([]float64, grid*grid), Lo: math.Inf(1), Hi: math.Inf(-1), Normal: math.NaN()}
+	m := Map{Cols: grid, Rows: grid, Values: make([]float64, grid*grid), Lo: math.Inf(1), Hi: math.Inf(-1), Normal: math.NaN()}
 	for i := range m.Values {
 		for b := range blocks {
 			m.Values[i] += float64(tokenErrors[b*tokens+1+i]) / float64(blocks)
@@ -68,12 +73,13 @@ func FromTokenErrors(tokenErrors []float32, blocks int) (Map, error) {
 	return m, nil
 }
 
-// ForResult is a detector result's map: its patch distances on the scale
-// of normal (the bundle's normal patch distance) when it has them, else
-// its token errors ([blocks * tokens]).
-func ForResult(patchDistances []float32, normal float64, tokenErrors []float32, blocks int) (Map, error) {
+// ForResult is a detector result's map: its patch distances (on a grid
+// of cols x rows, 0 for the model's square one) on the scale of normal
+// (the bundle's normal patch distance) when it has them, else its token
+// errors ([blocks * tokens]).
+func ForResult(patchDistances []float32, cols, rows int, normal float64, tokenErrors []float32, blocks int) (Map, error) {
 	if patchDistances != nil {
-		return FromPatchDistances(patchDistances, normal)
+		return FromPatchDistances(patchDistances, cols, rows, normal)
 	}
 	return FromTokenErrors(tokenErrors, blocks)
 }
@@ -89,7 +95,7 @@ func (m Map) Region(width, height int) image.Rectangle {
 			worst = i
 		}
 	}
-	g := m.Grid
+	g := m.Cols
 	minR, maxR, minC, maxC := worst/g, worst/g, worst%g, worst%g
 	if m.Values[worst] > m.Normal { // NaN: false
 		seen := map[int]bool{worst: true}
@@ -100,7 +106,7 @@ func (m Map) Region(width, height int) image.Rectangle {
 			r, c := p/g, p%g
 			minR, maxR, minC, maxC = min(minR, r), max(maxR, r), min(minC, c), max(maxC, c)
 			for _, q := range [][2]int{{r - 1, c}, {r + 1, c}, {r, c - 1}, {r, c + 1}} {
-				if q[0] < 0 || q[0] >= g || q[1] < 0 || q[1] >= g {
+				if q[0] < 0 || q[0] >= m.Rows || q[1] < 0 || q[1] >= g {
 					continue
 				}
 				n := q[0]*g + q[1]
@@ -111,7 +117,7 @@ func (m Map) Region(width, height int) image.Rectangle {
 			}
 		}
 	}
-	return image.Rect(minC*width/g, minR*height/g, (maxC+1)*width/g, (maxR+1)*height/g)
+	return image.Rect(minC*width/g, minR*height/m.Rows, (maxC+1)*width/g, (maxR+1)*height/m.Rows)
 }
 
 // Full is the map at width x height: bilinear upsampling of the patch
@@ -122,7 +128,7 @@ func (m Map) Full(width, height int) ([]float32, error) {
 	for i, v := range m.Values {
 		small[i] = float32(v)
 	}
-	grid, err := gocv.NewMatFromBytes(m.Grid, m.Grid, gocv.MatTypeCV32F, unsafeBytes(small))
+	grid, err := gocv.NewMatFromBytes(m.Rows, m.Cols, gocv.MatTypeCV32F, unsafeBytes(small))
 	if err != nil {
 		return nil, err
 	}

@@ -68,7 +68,7 @@ func TestJPEGPlacesThePatchGridOverTheImage(t *testing.T) {
 // A caption is a dark band along the bottom with light text in it; the
 // rest of the image is as without one.
 func TestJPEGCaption(t *testing.T) {
-	m, _ := heatmap.FromPatchDistances(make([]float32, 16), 1)
+	m, _ := heatmap.FromPatchDistances(make([]float32, 16), 0, 0, 1)
 	img := bytes.Repeat([]byte{128}, 400*300*3)
 	decode := func(caption string) image.Image {
 		jpg, err := heatmap.JPEG(img, 400, 300, m, 1000, caption)
@@ -114,11 +114,11 @@ func TestRegion(t *testing.T) {
 	}
 	dist[3*8+4] = 5 // the worst
 	dist[6*8+0] = 4 // above normal but apart
-	m, _ := heatmap.FromPatchDistances(dist, 2)
+	m, _ := heatmap.FromPatchDistances(dist, 0, 0, 2)
 	if got, want := m.Region(800, 400), image.Rect(300, 100, 500, 250); got != want {
 		t.Errorf("region %v, want %v", got, want)
 	}
-	calm, _ := heatmap.FromPatchDistances(make([]float32, 64), 2)
+	calm, _ := heatmap.FromPatchDistances(make([]float32, 64), 0, 0, 2)
 	calm.Values[9] = 1
 	if got, want := calm.Region(80, 80), image.Rect(10, 10, 20, 20); got != want {
 		t.Errorf("region of a map with nothing above normal: %v, want the worst patch %v", got, want)
@@ -130,7 +130,7 @@ func TestRegion(t *testing.T) {
 func TestFixedScaleShowsNoHotSpotOnNormalFrames(t *testing.T) {
 	img := bytes.Repeat([]byte{128}, 256*256*3)
 	warm := func(dist []float32) int {
-		m, _ := heatmap.FromPatchDistances(dist, 1)
+		m, _ := heatmap.FromPatchDistances(dist, 0, 0, 1)
 		jpg, err := heatmap.JPEG(img, 256, 256, m, 256, "")
 		if err != nil {
 			t.Fatal(err)
@@ -165,7 +165,7 @@ func TestFixedScaleShowsNoHotSpotOnNormalFrames(t *testing.T) {
 func TestFullMap(t *testing.T) {
 	dist := make([]float32, 16)
 	dist[1*4+2] = 4
-	m, _ := heatmap.FromPatchDistances(dist, 1)
+	m, _ := heatmap.FromPatchDistances(dist, 0, 0, 1)
 	full, err := m.Full(200, 100)
 	if err != nil || len(full) != 200*100 {
 		t.Fatalf("%d values, %v", len(full), err)
@@ -198,5 +198,36 @@ func TestWriteTIFF(t *testing.T) {
 		if got[i] != v {
 			t.Errorf("value %d: %g, want %g", i, got[i], v)
 		}
+	}
+}
+
+// TestRegionOnAStitchedGrid: a map wider than high (a tiled frame's) puts
+// its region where its cells lie on the frame, and Full keeps the hot
+// cell there.
+func TestRegionOnAStitchedGrid(t *testing.T) {
+	dist := make([]float32, 8*3)
+	dist[1*8+6], dist[1*8+7] = 5, 4 // row 1, columns 6 and 7
+	m, err := heatmap.FromPatchDistances(dist, 8, 3, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := m.Region(800, 300), image.Rect(600, 100, 800, 200); got != want {
+		t.Fatalf("region %v, want %v", got, want)
+	}
+	full, err := m.Full(800, 300)
+	if err != nil {
+		t.Fatal(err)
+	}
+	best := 0
+	for i, v := range full {
+		if v > full[best] {
+			best = i
+		}
+	}
+	if x, y := best%800, best/800; x < 600 || x >= 700 || y < 100 || y >= 200 {
+		t.Fatalf("hottest pixel at %d,%d, not in the hot cell", x, y)
+	}
+	if _, err := heatmap.FromPatchDistances(dist, 5, 5, 1); err == nil {
+		t.Fatal("24 values taken as a 5x5 grid")
 	}
 }
