@@ -22,6 +22,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/transformaly/transformaly/internal/guard"
 )
 
 //go:embed assets
@@ -149,7 +151,7 @@ func Handler(src Source, opts Options) http.Handler {
 	mux.HandleFunc("GET /api/events/{id}/snapshot.jpg", s.snapshot)
 	mux.HandleFunc("GET /api/parts", s.parts)
 	mux.HandleFunc("GET /api/parts/{id}/map.jpg", s.partMap)
-	var h http.Handler = mux
+	var h http.Handler = guard.HTTP("console", mux)
 	if opts.Password != "" {
 		h = basicAuth(h, opts.Username, opts.Password)
 	}

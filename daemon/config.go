@@ -26,6 +26,7 @@ import (
 	"github.com/transformaly/transformaly/detector"
 	"github.com/transformaly/transformaly/internal/ort"
 	"github.com/transformaly/transformaly/internal/redact"
+	"github.com/transformaly/transformaly/modbus"
 	"github.com/transformaly/transformaly/mqtt"
 )
 
@@ -43,7 +44,7 @@ type Config struct {
 	Metrics  MetricsConfig  `yaml:"metrics"`
 	// Modbus serves the PLC the triggered cameras' registers (off unless an
 	// address is given; see the modbus package for the map).
-	Modbus ModbusConfig `yaml:"modbus"`
+	Modbus modbus.Config `yaml:"modbus"`
 	// NGImages keeps triggered cameras' NG parts' images.
 	NGImages NGImagesConfig `yaml:"ng_images"`
 	// Web places the web console.
@@ -83,11 +84,16 @@ type CameraConfig struct {
 // /trigger/<camera>) the camera scores the next Frames frames captured
 // Delay after it, and publishes one result, the worst of them, to
 // <prefix>/<camera>/result; a trigger not answered within Deadline gets the
-// verdict "error" (fail-safe: the line rejects the part).
+// verdict "error" (fail-safe: the line rejects the part), and so does, at
+// once, a trigger while the camera is not Ready.
 type TriggerConfig struct {
 	Frames   int            `yaml:"frames"`   // default 1
 	Delay    *time.Duration `yaml:"delay"`    // default 0
 	Deadline *time.Duration `yaml:"deadline"` // default 500ms
+	// ReadyWindow: the camera is Ready while its last frame is at most this
+	// old (default: 3 frame intervals at its measured rate, at least
+	// 300 ms; 1 s until a rate is measured).
+	ReadyWindow *time.Duration `yaml:"ready_window"`
 }
 
 // withDefaults fills the unset keys.
@@ -154,11 +160,6 @@ type WebConfig struct {
 	NormalImages string `yaml:"normal_images"`
 }
 
-// ModbusConfig places the Modbus TCP server.
-type ModbusConfig struct {
-	Address string `yaml:"address"` // host:port, e.g. 0.0.0.0:502; "" is off
-}
-
 // WebAddress is where the console is served ("" when off).
 func (c Config) WebAddress() string {
 	switch a := c.Web.Address; a {
@@ -215,6 +216,7 @@ func (c Config) NGImagesDirectory() string {
 // DefaultConfig is what an empty file means.
 func DefaultConfig() Config {
 	return Config{
+		Modbus: modbus.Config{MaxClients: modbus.DefaultMaxClients, IdleTimeout: modbus.DefaultIdleTimeout},
 		MQTT: mqtt.Config{Broker: "tcp://127.0.0.1:1883", EmbeddedAddress: "127.0.0.1:1883", ClientID: "transformaly",
 			TopicPrefix: "transformaly", HomeAssistantPrefix: "homeassistant", StatsInterval: 60 * time.Second, KeepAlive: 30 * time.Second, QueueLimit: 10000, SnapshotQueueMB: 64,
 			SnapshotSize: 960},
@@ -550,6 +552,8 @@ func (c Config) Validate() []error {
 				bad(key("trigger.delay"), "%s: 0 to 1m", *t.Delay)
 			case *t.Deadline <= *t.Delay || *t.Deadline > time.Minute:
 				bad(key("trigger.deadline"), "%s: longer than the delay (%s) and at most 1m", *t.Deadline, *t.Delay)
+			case t.ReadyWindow != nil && (*t.ReadyWindow < 10*time.Millisecond || *t.ReadyWindow > time.Hour):
+				bad(key("trigger.ready_window"), "%s: 10ms to 1h (leave it out for 3 frame intervals)", *t.ReadyWindow)
 			}
 		}
 		if r := deref(cam.Rotate); r != 0 && r != 90 && r != 180 && r != 270 {
@@ -682,6 +686,7 @@ func (c Config) Validate() []error {
 		if err := checkHostPort(a); err != nil {
 			bad("modbus.address", "%v", err)
 		}
+		c.Modbus.Check(bad)
 	}
 	if c.StateDirectory == "" {
 		bad("state_directory", "missing")

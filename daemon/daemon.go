@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -18,7 +19,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/transformaly/transformaly/capture"
 	"github.com/transformaly/transformaly/console"
 	"github.com/transformaly/transformaly/modbus"
 
@@ -176,7 +176,7 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 	if a := cfg.Modbus.Address; a != "" {
-		if d.modbus, err = modbus.Start(a, cfg.cameraNames(), d); err != nil {
+		if d.modbus, err = modbus.Start(cfg.Modbus, cfg.cameraNames(), d); err != nil {
 			pipe.closeModels()
 			return err
 		}
@@ -227,7 +227,7 @@ func (d *Daemon) reload(ctx context.Context) {
 	defer notify(sd.SdNotifyReady)
 	slog.Info("reloading configuration and bundles", "config", d.configPath)
 	cfg, err := LoadAndValidate(d.configPath, d.override)
-	if err == nil && (cfg.MQTT.Broker != d.cfg.MQTT.Broker || cfg.StateDirectory != d.cfg.StateDirectory || cfg.NGImages != d.cfg.NGImages || cfg.Modbus != d.cfg.Modbus ||
+	if err == nil && (cfg.MQTT.Broker != d.cfg.MQTT.Broker || cfg.StateDirectory != d.cfg.StateDirectory || cfg.NGImages != d.cfg.NGImages || !reflect.DeepEqual(cfg.Modbus, d.cfg.Modbus) ||
 		cfg.Web != d.cfg.Web || cfg.Metrics != d.cfg.Metrics) {
 		err = errors.New("mqtt.broker, state_directory, ng_images, modbus, metrics and web change only with a restart")
 	}
@@ -442,6 +442,9 @@ func (d *Daemon) TriggerPart(camera, id string) (string, error) {
 			if c.trig == nil {
 				return "", fmt.Errorf("camera %q has no trigger configured (cameras[].trigger)", camera)
 			}
+			if reason := c.notReady(d.control.Detect(camera), at); reason != "" {
+				return c.trig.refuse(camera, id, at, reason), nil
+			}
 			return c.trig.trigger(camera, id, at)
 		}
 	}
@@ -469,7 +472,7 @@ func (d *Daemon) Trigger(camera, partID string) error {
 // Ready says whether a triggered camera delivers frames (modbus.Line).
 func (d *Daemon) Ready(camera string) bool {
 	c := d.cameraRuntime(camera)
-	return c != nil && c.trig != nil && c.cam.Status().State == capture.StateOnline && d.control.Detect(camera)
+	return c != nil && c.trig != nil && c.notReady(d.control.Detect(camera), time.Now()) == ""
 }
 
 // Busy says whether a triggered camera has parts waiting (modbus.Line).

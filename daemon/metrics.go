@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/transformaly/transformaly/internal/guard"
 )
 
 // collector exposes the running pipeline's figures; it reads whatever
@@ -107,7 +108,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 // (models warmed and at least one camera online).
 func (d *Daemon) serveHTTP(address string, console http.Handler) (func(), error) {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(newCollector(d), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(newCollector(d), guard.Panics, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
@@ -136,7 +137,7 @@ func (d *Daemon) serveHTTP(address string, console http.Handler) (func(), error)
 	if console != nil {
 		mux.Handle("/", console)
 	}
-	return listen("metrics.address", address, mux)
+	return listen("metrics.address", address, guard.HTTP("http", mux))
 }
 
 // listen serves h at address (named by its configuration key) until the

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/transformaly/transformaly/capture"
 	"github.com/transformaly/transformaly/detector"
 )
 
@@ -182,6 +183,56 @@ func (t *triggers) remove(req *partRequest) bool {
 		}
 	}
 	return false
+}
+
+// refuse answers a part at once with an error: the camera cannot judge
+// it (see notReady).
+func (t *triggers) refuse(camera, id string, at time.Time, reason string) string {
+	t.mu.Lock()
+	t.counter++
+	if id == "" {
+		id = strconv.FormatUint(t.counter, 10)
+	}
+	t.mu.Unlock()
+	t.finish(&partRequest{result: PartResult{Camera: camera, PartID: id, TriggerTime: at.UTC(), Verdict: VerdictError, Reason: reason}})
+	return id
+}
+
+// Ready windows: see TriggerConfig.ReadyWindow.
+const (
+	readyIntervals        = 3
+	minReadyWindow        = 300 * time.Millisecond
+	unmeasuredReadyWindow = time.Second
+)
+
+// readyWindow is how old the last frame may be for the camera to be Ready.
+func (t *triggers) readyWindow(fps float64) time.Duration {
+	switch {
+	case t.cfg.ReadyWindow != nil:
+		return *t.cfg.ReadyWindow
+	case fps <= 0:
+		return unmeasuredReadyWindow
+	}
+	return max(minReadyWindow, time.Duration(readyIntervals*float64(time.Second)/fps))
+}
+
+// notReady says why a triggered camera cannot judge a part now ("": it
+// can). It is Ready while detection is on and frames arrive, the last one
+// within the ready window: the stall timeout, which recreates the capture,
+// is far longer (20 s), and a part triggered in between waited out its
+// deadline for frames that were not coming.
+func (c *cameraRuntime) notReady(detect bool, now time.Time) string {
+	st := c.cam.Status()
+	switch {
+	case !detect:
+		return "not ready: detect is OFF"
+	case st.State != capture.StateOnline:
+		return fmt.Sprintf("not ready: the camera is %s", st.State)
+	}
+	if age, window := now.Sub(st.LastFrame), c.trig.readyWindow(st.FPS); age > window {
+		return fmt.Sprintf("not ready: no frame for %s (ready window %s)", age.Round(time.Millisecond), window.Round(time.Millisecond))
+	}
+	return ""
 }
 
 func (t *triggers) finish(req *partRequest) {

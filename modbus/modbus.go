@@ -8,13 +8,17 @@ package modbus
 
 import (
 	"fmt"
+	"log"
 	"log/slog"
 	"math"
+	"net"
 	"strconv"
 	"sync"
 	"time"
 
 	mb "github.com/simonvetter/modbus"
+
+	"github.com/transformaly/transformaly/internal/guard"
 )
 
 // The register map, per camera: camera i's block starts at i*BlockSize in
@@ -71,30 +75,107 @@ type camera struct {
 	score    float32
 }
 
+// Config is the daemon configuration's modbus section.
+type Config struct {
+	Address string `yaml:"address"` // host:port, e.g. 0.0.0.0:502; "" is off
+	// MaxClients bounds the open connections; a new client past it closes
+	// the longest-idle one, so a reconnecting PLC always gets in.
+	MaxClients int `yaml:"max_clients"`
+	// IdleTimeout closes a connection that sent no request for this long.
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
+	// AllowedClients are the addresses or CIDR prefixes that may connect
+	// (empty: any). Modbus has no authentication of its own.
+	AllowedClients []string `yaml:"allowed_clients"`
+}
+
+// Defaults for Config.
+const (
+	DefaultMaxClients  = 8
+	DefaultIdleTimeout = 5 * time.Minute
+)
+
+// Check names what is wrong with the section, key by key.
+func (c Config) Check(bad func(key, format string, args ...any)) {
+	if c.MaxClients < 1 || c.MaxClients > 256 {
+		bad("modbus.max_clients", "%d: 1 to 256", c.MaxClients)
+	}
+	if c.IdleTimeout < time.Second || c.IdleTimeout > 24*time.Hour {
+		bad("modbus.idle_timeout", "%s: 1s to 24h", c.IdleTimeout)
+	}
+	if _, err := parseAllowed(c.AllowedClients); err != nil {
+		bad("modbus.allowed_clients", "%v", err)
+	}
+}
+
 // Server is the Modbus TCP server.
 type Server struct {
 	line    Line
 	server  *mb.ModbusServer
+	gate    *gate
 	mu      sync.Mutex
 	cameras []*camera
 	index   map[string]int
 }
 
 // Start serves the map of the given cameras (block i is cameras[i]) at
-// address (host:port).
-func Start(address string, cameras []string, line Line) (*Server, error) {
+// cfg.Address (host:port), through the gate (see gate) to the library's
+// server on a loopback port.
+func Start(cfg Config, cameras []string, line Line) (*Server, error) {
+	allowed, err := parseAllowed(cfg.AllowedClients)
+	if err != nil {
+		return nil, fmt.Errorf("modbus.allowed_clients: %w", err)
+	}
 	s := &Server{line: line}
 	s.SetCameras(cameras)
-	srv, err := mb.NewServer(&mb.ServerConfiguration{URL: "tcp://" + address, Timeout: 5 * time.Minute, MaxClients: 8}, s)
+	listener, err := net.Listen("tcp", cfg.Address)
 	if err != nil {
-		return nil, fmt.Errorf("modbus.address %s: %w", address, err)
+		return nil, fmt.Errorf("modbus.address %s: %w", cfg.Address, err)
 	}
-	if err := srv.Start(); err != nil {
-		return nil, fmt.Errorf("modbus.address %s: %w", address, err)
+	upstream, err := net.Listen("tcp", "127.0.0.1:0") // a free port for the library
+	if err != nil {
+		listener.Close()
+		return nil, fmt.Errorf("modbus: a loopback port for the register map: %w", err)
+	}
+	libraryAddr := upstream.Addr().String()
+	upstream.Close()
+	// The gate does the idle timeout and the client bound; the library's
+	// own are only a backstop, above the gate's (evicted connections close
+	// while new ones open).
+	srv, err := mb.NewServer(&mb.ServerConfiguration{URL: "tcp://" + libraryAddr, Timeout: cfg.IdleTimeout + time.Minute,
+		MaxClients: uint(2*cfg.MaxClients + 2), Logger: log.New(libraryLog{&rateLimit{interval: 10 * time.Second}}, "", 0)}, s)
+	if err == nil {
+		err = srv.Start()
+	}
+	if err != nil {
+		listener.Close()
+		return nil, fmt.Errorf("modbus: the register map's loopback listener %s: %w", libraryAddr, err)
 	}
 	s.server = srv
-	slog.Info("Modbus TCP server listening", "address", address, "cameras", cameras)
+	s.gate = &gate{listener: listener, upstream: libraryAddr, allowed: allowed, max: cfg.MaxClients, idle: cfg.IdleTimeout,
+		logRate: &rateLimit{interval: 10 * time.Second}, conns: map[*relay]struct{}{}, byLibraryAddr: map[string]*relay{}}
+	s.gate.wg.Add(1)
+	go s.gate.serve()
+	slog.Info("Modbus TCP server listening", "address", listener.Addr().String(), "cameras", cameras,
+		"max_clients", cfg.MaxClients, "idle_timeout", cfg.IdleTimeout, "allowed_clients", cfg.AllowedClients)
 	return s, nil
+}
+
+// Address is where the server listens (host:port).
+func (s *Server) Address() string { return s.gate.listener.Addr().String() }
+
+// Refused counts connections refused as outside allowed_clients.
+func (s *Server) Refused() uint64 { return s.gate.refused.Load() }
+
+// Evicted counts connections closed to admit a new client.
+func (s *Server) Evicted() uint64 { return s.gate.evicted.Load() }
+
+// failRequest is what a handler that panicked does (guard.Recover): fail
+// the request with a device failure and close the connection it came on.
+func (s *Server) failRequest(client string, err *error) func() {
+	return func() {
+		*err = mb.ErrServerDeviceFailure
+		go s.gate.dropLibraryClient(client)
+	}
 }
 
 // SetCameras lays the blocks out anew (a reload): block i is cameras[i]; a
@@ -116,8 +197,11 @@ func (s *Server) SetCameras(cameras []string) {
 	s.cameras, s.index = blocks, index
 }
 
-// Close stops the server.
-func (s *Server) Close() { s.server.Stop() }
+// Close stops the server and closes every connection.
+func (s *Server) Close() {
+	s.gate.close()
+	s.server.Stop()
+}
 
 // Publish shows a camera's new result: its bits, counter, part id and
 // score, and toggles Result Valid.
@@ -150,7 +234,8 @@ func (s *Server) block(addr, quantity uint16) (*camera, uint16, error) {
 
 // HandleCoils: the Trigger coil is the only one; a write of 1 over 0
 // triggers a part. Other coils are no address.
-func (s *Server) HandleCoils(req *mb.CoilsRequest) ([]bool, error) {
+func (s *Server) HandleCoils(req *mb.CoilsRequest) (_ []bool, err error) {
+	defer guard.Recover("modbus", "coils", s.failRequest(req.ClientAddr, &err))
 	s.mu.Lock()
 	c, off, err := s.block(req.Addr, req.Quantity)
 	if err != nil || off != CoilTrigger || req.Quantity != 1 {
@@ -179,7 +264,8 @@ func (s *Server) HandleCoils(req *mb.CoilsRequest) ([]bool, error) {
 }
 
 // HandleDiscreteInputs reads the status bits.
-func (s *Server) HandleDiscreteInputs(req *mb.DiscreteInputsRequest) ([]bool, error) {
+func (s *Server) HandleDiscreteInputs(req *mb.DiscreteInputsRequest) (_ []bool, err error) {
+	defer guard.Recover("modbus", "discrete inputs", s.failRequest(req.ClientAddr, &err))
 	s.mu.Lock()
 	c, off, err := s.block(req.Addr, req.Quantity)
 	if err != nil {
@@ -196,7 +282,8 @@ func (s *Server) HandleDiscreteInputs(req *mb.DiscreteInputsRequest) ([]bool, er
 }
 
 // HandleHoldingRegisters: the next part id, the only writable registers.
-func (s *Server) HandleHoldingRegisters(req *mb.HoldingRegistersRequest) ([]uint16, error) {
+func (s *Server) HandleHoldingRegisters(req *mb.HoldingRegistersRequest) (_ []uint16, err error) {
+	defer guard.Recover("modbus", "holding registers", s.failRequest(req.ClientAddr, &err))
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c, off, err := s.block(req.Addr, req.Quantity)
@@ -213,7 +300,8 @@ func (s *Server) HandleHoldingRegisters(req *mb.HoldingRegistersRequest) ([]uint
 }
 
 // HandleInputRegisters reads the last result.
-func (s *Server) HandleInputRegisters(req *mb.InputRegistersRequest) ([]uint16, error) {
+func (s *Server) HandleInputRegisters(req *mb.InputRegistersRequest) (_ []uint16, err error) {
+	defer guard.Recover("modbus", "input registers", s.failRequest(req.ClientAddr, &err))
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c, off, err := s.block(req.Addr, req.Quantity)

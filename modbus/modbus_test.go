@@ -60,7 +60,7 @@ func dial(t *testing.T, addr string) *mb.ModbusClient {
 func TestRegisterMap(t *testing.T) {
 	line := &fakeLine{ready: true}
 	addr := freeAddress(t)
-	s, err := Start(addr, []string{"line1", "line2"}, line)
+	s, err := Start(testConfig(addr), []string{"line1", "line2"}, line)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,7 +132,7 @@ func TestRegisterMap(t *testing.T) {
 // result wherever its block moves; a new one starts empty.
 func TestSetCamerasKeepsResultsByName(t *testing.T) {
 	addr := freeAddress(t)
-	s, err := Start(addr, []string{"line1", "line2"}, &fakeLine{ready: true})
+	s, err := Start(testConfig(addr), []string{"line1", "line2"}, &fakeLine{ready: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ package guard
 import (
 	"fmt"
 	"log/slog"
+	"net/http"
 	"runtime/debug"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -29,10 +30,25 @@ func Recover(adapter, what string, then func()) {
 	if r == nil {
 		return
 	}
+	if r == http.ErrAbortHandler { //nolint:errorlint // a sentinel value, compared as net/http does
+		panic(r) // net/http's own way to abort a response, not a bug
+	}
 	Panics.WithLabelValues(adapter).Inc()
 	slog.Error("handler panicked; the request failed, the daemon goes on", "adapter", adapter, "handling", what,
 		"panic", fmt.Sprint(r), "stack", string(debug.Stack()))
 	if then != nil {
 		then()
 	}
+}
+
+// HTTP recovers a panic in h's handling of a request: it is logged,
+// counted, answered 500 where nothing was written yet, and the connection
+// goes on serving others (net/http alone would log it past slog, uncounted).
+func HTTP(adapter string, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer Recover(adapter, r.Method+" "+r.URL.Path, func() {
+			http.Error(w, "internal error (logged by the daemon)", http.StatusInternalServerError)
+		})
+		h.ServeHTTP(w, r)
+	})
 }

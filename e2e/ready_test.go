@@ -1,0 +1,128 @@
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"image/jpeg"
+	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/transformaly/transformaly/internal/synth"
+	"github.com/transformaly/transformaly/modbus"
+)
+
+// pausableStream serves an MJPEG stream of a normal part at 10 frames/s
+// that goes silent, connection held open, while paused: a camera whose
+// network or trigger wiring stalls without closing anything.
+type pausableStream struct {
+	*httptest.Server
+	paused atomic.Bool
+}
+
+func newPausableStream(t *testing.T) *pausableStream {
+	t.Helper()
+	var frame bytes.Buffer
+	if err := jpeg.Encode(&frame, synth.Part(96, synth.Normal, 3), &jpeg.Options{Quality: 90}); err != nil {
+		t.Fatal(err)
+	}
+	s := &pausableStream{}
+	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-r.Context().Done():
+				return
+			case <-tick.C:
+			}
+			if s.paused.Load() {
+				continue
+			}
+			fmt.Fprintf(w, "--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n", frame.Len())
+			w.Write(frame.Bytes())
+			w.Write([]byte("\r\n"))
+			w.(http.Flusher).Flush()
+		}
+	}))
+	t.Cleanup(s.Close)
+	return s
+}
+
+// Ready tells the truth: when a stream stops sending (connection open, so
+// the 60 s stall timeout is far off), Ready drops within the ready window
+// (3 frame intervals at 10 frames/s: 300 ms) and a trigger gets Error at
+// once, with the reason in the MQTT result, not after its 2 s deadline;
+// with frames back, Ready rises and parts are judged again. It stayed 1
+// for the stall timeout (20 s by default) before.
+func TestReadyFollowsTheFrames(t *testing.T) {
+	f := getDaemonFixture(t)
+	stream := newPausableStream(t)
+	b := startMosquitto(t, "")
+	sub := subscribe(t, b.url(), "transformaly/line1/result", "test-sub-ready")
+	cmd := subscribe(t, b.url(), "nothing/#", "test-ready-sender")
+	modbusPort := freePort(t)
+	startDaemon(t, fmt.Sprintf(`
+cameras:
+  - {name: line1, source: %s/stream.mjpg, model: %s, stall_timeout: 60s, trigger: {frames: 1, deadline: 2s}}
+mqtt: {broker: %s}
+metrics: {address: "off"}
+modbus: {address: "127.0.0.1:%d"}
+state_directory: %s
+`, stream.URL, f.bundle, b.url(), modbusPort, t.TempDir()))
+	plc, _ := connectPLC(t, modbusPort)
+	ready := func() bool {
+		r, err := plc.ReadDiscreteInput(modbus.InputReady)
+		if err != nil {
+			t.Fatalf("read Ready: %v", err)
+		}
+		return r
+	}
+	result := func(id string) map[string]any {
+		for _, m := range sub.on("transformaly/line1/result") {
+			var r map[string]any
+			json.Unmarshal(m.Payload, &r)
+			if r["part_id"] == id {
+				return r
+			}
+		}
+		return nil
+	}
+	judge := func(id string) map[string]any {
+		t.Helper()
+		if tok := cmd.client.Publish("transformaly/line1/trigger", 1, false, id); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+			t.Fatal(tok.Error())
+		}
+		eventually(t, "the result of "+id, 10*time.Second, func() bool { return result(id) != nil })
+		return result(id)
+	}
+	if r := judge("before"); r["verdict"] != "ok" && r["verdict"] != "ng" {
+		t.Errorf("a part while frames arrive: %v", r)
+	}
+
+	stream.paused.Store(true)
+	paused := time.Now()
+	eventually(t, "Ready to drop", 5*time.Second, func() bool { return !ready() })
+	// The window is 300 ms; reading the bit every 20 ms over a loaded
+	// machine's frame decoding adds a little.
+	if took := time.Since(paused); took > 1500*time.Millisecond {
+		t.Errorf("Ready dropped %s after the last frame, want within about 300 ms", took.Round(10*time.Millisecond))
+	}
+	r := judge("during")
+	if r["verdict"] != "error" || r["latency_ms"].(float64) > 500 {
+		t.Errorf("a part while no frame comes: %v; want error at once", r)
+	}
+	if reason, _ := r["reason"].(string); len(reason) < 9 || reason[:9] != "not ready" {
+		t.Errorf("reason %q, want it to say the camera is not ready", reason)
+	}
+
+	stream.paused.Store(false)
+	eventually(t, "Ready to rise with the frames", 5*time.Second, ready)
+	if r := judge("after"); r["verdict"] != "ok" && r["verdict"] != "ng" {
+		t.Errorf("a part after the frames came back: %v", r)
+	}
+}
