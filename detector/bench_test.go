@@ -11,6 +11,7 @@ import (
 	"github.com/transformaly/transformaly/detector"
 	"github.com/transformaly/transformaly/internal/ort/orttest"
 	"github.com/transformaly/transformaly/models"
+	"github.com/transformaly/transformaly/models/onnxpb"
 )
 
 func TestMain(m *testing.M) { orttest.Main(m) }
@@ -202,4 +203,69 @@ func benchRunner(b *testing.B, r *detector.Runner, batch int, flops float64) {
 	b.ReportMetric(gflops, "GFLOP/s")
 	b.ReportMetric(peak, "peak-GFLOP/s")
 	b.ReportMetric(gflops/peak, "of-peak")
+}
+
+// BenchmarkInt8 compares the int8 detector (linear layers in int8, smoothed
+// by the activation ranges of its probe images, as Load makes it) with the
+// float32 one in the same run: ViT-S/16 and ViT-B/16 at 224 (students on
+// blocks 2..11, a patch bank of a 1% coreset of 500 images' patches),
+// batch 1 and 8, images/s and the model's size.
+func BenchmarkInt8(b *testing.B) {
+	for _, shape := range benchShapes {
+		if shape.cfg.ImageSize != 224 {
+			continue
+		}
+		v, err := models.RandomViT(shape.cfg, 1)
+		if err != nil {
+			b.Fatal(err)
+		}
+		blocks := []int{2, 3, 4, 5, 6, 7, 8, 9, 10, 11}
+		rng := rand.New(rand.NewPCG(1, 1))
+		students := make([]models.Block, len(blocks))
+		for i := range students {
+			students[i] = models.XavierBlock(v.Config, rng)
+		}
+		scoring := identityScoring(v.Dim, len(blocks))
+		bank := 500 * v.Grid() * v.Grid() / 100
+		scoring.Patch = &models.PatchScore{Blocks: []int{2}, D: v.Dim, M: bank, Median: 1, Scale: 1, Weight: 1, Bank: make([]float32, bank*v.Dim)}
+		for i := range scoring.Patch.Bank {
+			scoring.Patch.Bank[i] = float32(rng.NormFloat64())
+		}
+		teacherFLOPs, blockFLOPs := v.ForwardFLOPs()
+		flops := teacherFLOPs + float64(len(blocks))*blockFLOPs
+		for _, precision := range []string{models.FP32, models.INT8} {
+			var m *onnxpb.ModelProto
+			if precision == models.INT8 {
+				ranges, err := detector.ActivationRanges(v, blocks, students, 0)
+				if err != nil {
+					b.Fatal(err)
+				}
+				m, err = models.ScoredDetectorGraphInt8(v, blocks, students, scoring, models.BundleInfo{}, models.Int8Options{Ranges: ranges, WeightBits: detector.Int8WeightBits()})
+				if err != nil {
+					b.Fatal(err)
+				}
+			} else if m, err = models.ScoredDetectorGraph(v, blocks, students, scoring, models.BundleInfo{}, precision); err != nil {
+				b.Fatal(err)
+			}
+			model, err := models.Serialize(m)
+			if err != nil {
+				b.Fatal(err)
+			}
+			var r *detector.Runner
+			for _, batch := range []int{1, 8} {
+				b.Run(fmt.Sprintf("%s/detector+patch1%%/cpu-%s/batch%d", shape.name, precision, batch), func(b *testing.B) {
+					if r == nil {
+						if r, err = detector.NewRunner(model, v.ImageSize, []string{models.OutputScore, models.OutputPatchDistances}, detector.RunnerOptions{Provider: "cpu"}); err != nil {
+							b.Fatal(err)
+						}
+					}
+					benchRunner(b, r, batch, flops)
+					b.ReportMetric(float64(len(model))/1e6, "model-MB")
+				})
+			}
+			if r != nil {
+				r.Close()
+			}
+		}
+	}
 }

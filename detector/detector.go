@@ -76,8 +76,20 @@ func Load(path string, opts RunnerOptions) (*Detector, error) {
 		if err == nil {
 			r, err = NewRunner(model, info.ImageSize, outputsFor(info), opts)
 		}
+	case models.INT8:
+		if opts.Provider, err = Int8Provider(opts.Provider); err != nil {
+			break
+		}
+		var model []byte
+		model, scoring, err = int8Model(info, mf, opts)
+		if err == nil {
+			r, err = NewRunner(model, info.ImageSize, outputsFor(info), opts)
+		}
+		if err == nil {
+			logInt8(path)
+		}
 	default:
-		err = fmt.Errorf("precision %q is not fp32 or fp16", opts.Precision)
+		err = fmt.Errorf("precision %q is not fp32, fp16 or int8", opts.Precision)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("load bundle %s: %w", path, err)
@@ -101,12 +113,12 @@ func Load(path string, opts RunnerOptions) (*Detector, error) {
 }
 
 // EffectivePrecision is the arithmetic a provider runs a detector in at a
-// precision setting: fp16 when asked; TF32 matmuls on CUDA by default;
+// precision setting: fp16 or int8 when asked; TF32 matmuls on CUDA by default;
 // fp32 otherwise (TensorRT uses FP16 kernels only when asked).
 func EffectivePrecision(provider, precision string) string {
 	switch {
-	case precision == models.FP16:
-		return models.FP16
+	case precision == models.FP16 || precision == models.INT8:
+		return precision
 	case provider == "cuda" && precision == "":
 		return "tf32"
 	}

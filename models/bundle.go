@@ -73,16 +73,20 @@ const (
 // anomaly score, with info stored as the bundle metadata. WriteBundle stores
 // it; Serialize makes a model to open from memory.
 func ScoredDetectorGraph(v *ViT, blocks []int, students []Block, s Scoring, info BundleInfo, precision string) (*onnxpb.ModelProto, error) {
-	if s.Pretrained.In != v.Dim || s.Student.In != len(blocks) {
-		return nil, fmt.Errorf("scored detector graph: scoring takes %d and %d features, want %d and %d", s.Pretrained.In, s.Student.In, v.Dim, len(blocks))
-	}
 	g := NewGraph()
 	switch precision {
 	case FP32, "":
 	case FP16:
 		g.compute = Float16
 	default:
-		return nil, fmt.Errorf("scored detector graph: precision %q is not fp32 or fp16", precision)
+		return nil, fmt.Errorf("scored detector graph: precision %q is not fp32 or fp16 (int8: ScoredDetectorGraphInt8)", precision)
+	}
+	return g.scoredDetector(v, blocks, students, s, info)
+}
+
+func (g *Graph) scoredDetector(v *ViT, blocks []int, students []Block, s Scoring, info BundleInfo) (*onnxpb.ModelProto, error) {
+	if s.Pretrained.In != v.Dim || s.Student.In != len(blocks) {
+		return nil, fmt.Errorf("scored detector graph: scoring takes %d and %d features, want %d and %d", s.Pretrained.In, s.Student.In, v.Dim, len(blocks))
 	}
 	out, err := g.detectorBody(v, blocks, students)
 	if err != nil {

@@ -45,11 +45,18 @@ type Graph struct {
 	// compute is the element type of weights and activations: Float32, or
 	// Float16 for the half-precision variant of a graph.
 	compute int32
+	// weights holds each float initializer's values and shape, for int8
+	// linear layers to quantize (a reference, not a copy).
+	weights map[string]weightRef
+	// int8, when set, makes linear layers int8 (ScoredDetectorGraphInt8);
+	// ranges, when non-nil, collects the outputs ActivationRangeGraph adds.
+	int8   *Int8Options
+	ranges []string
 }
 
 // NewGraph starts an empty graph.
 func NewGraph() *Graph {
-	return &Graph{consts: map[string]string{}, ints: map[string][]int64{}, ranks: map[string]int{}, compute: Float32}
+	return &Graph{consts: map[string]string{}, ints: map[string][]int64{}, ranks: map[string]int{}, compute: Float32, weights: map[string]weightRef{}}
 }
 
 // toF32 casts a compute-typed value to float32 (a no-op in float32 graphs):
@@ -168,6 +175,7 @@ func (g *Graph) weightAs(name string, data []float32, elem int32, shape ...int) 
 	}
 	g.inits = append(g.inits, &onnxpb.TensorProto{Name: proto.String(name), DataType: proto.Int32(elem), Dims: int64s(shape), RawData: raw})
 	g.ranks[name] = len(shape)
+	g.weights[name] = weightRef{data, shape}
 	return name
 }
 
@@ -361,6 +369,9 @@ func (g *Graph) Model(name string, metadata map[string]string) ([]byte, error) {
 
 // Proto is the graph as an ONNX ModelProto with the given metadata.
 func (g *Graph) Proto(name string, metadata map[string]string) *onnxpb.ModelProto {
+	if g.int8 != nil {
+		g.dropUnusedInitializers() // the float weights int8 layers replaced
+	}
 	m := &onnxpb.ModelProto{
 		IrVersion:       proto.Int64(irVersion),
 		ProducerName:    proto.String("transformaly"),
@@ -378,3 +389,14 @@ func (g *Graph) Proto(name string, metadata map[string]string) *onnxpb.ModelProt
 
 // Version is the project's version, stamped into graphs and bundles.
 var Version = "0.1.0-dev"
+
+// dropUnusedInitializers removes the initializers no node reads.
+func (g *Graph) dropUnusedInitializers() {
+	used := map[string]bool{}
+	for _, n := range g.nodes {
+		for _, in := range n.Input {
+			used[in] = true
+		}
+	}
+	g.inits = slices.DeleteFunc(g.inits, func(t *onnxpb.TensorProto) bool { return !used[t.GetName()] })
+}

@@ -84,7 +84,17 @@ func (g *Graph) blockInputs(prefix string, b Block, c Config) blockValues {
 
 // linear is x @ W^T + b over 2-D activations [rows, in], with W in PyTorch's
 // [out, in] layout: one Gemm, the shape MLAS and cuBLAS run fastest.
+// In an int8 graph it is quantizedLinear; in ActivationRangeGraph it
+// records x's per-channel range too.
 func (g *Graph) linear(x, w, b string) string {
+	if ref, ok := g.weights[w]; ok && len(ref.shape) == 2 {
+		if g.ranges != nil {
+			g.recordRange(x, w, ref.shape[1])
+		}
+		if g.int8 != nil {
+			return g.quantizedLinear(x, ref, w, b)
+		}
+	}
 	return g.Op("Gemm", []string{x, w, b}, AttrInt("transB", 1))
 }
 
