@@ -125,7 +125,7 @@ type EventConfig struct {
 // DetectorConfig sets up inference.
 type DetectorConfig struct {
 	Provider  string `yaml:"provider"`  // auto, tensorrt, cuda or cpu
-	Precision string `yaml:"precision"` // "" (FP16 kernels on TensorRT, TF32 on CUDA), fp32 (neither) or fp16
+	Precision string `yaml:"precision"` // "" (FP16 kernels on TensorRT, TF32 on CUDA), fp32 (neither), fp16, or int8 (CPU only)
 	// ProviderLibrary is an execution-provider plugin library.
 	ProviderLibrary string `yaml:"provider_library"`
 	// CUDAOptions and TensorRTOptions are further ONNX Runtime settings of
@@ -652,8 +652,14 @@ func (c Config) Validate() []error {
 	default:
 		bad("detector.provider", "%q is not auto, tensorrt, cuda or cpu", c.Detector.Provider)
 	}
-	if p := c.Detector.Precision; p != "" && p != "fp32" && p != "fp16" {
-		bad("detector.precision", "%q is not fp32 or fp16", p)
+	switch p := c.Detector.Precision; p {
+	case "", "fp32", "fp16":
+	case "int8":
+		if _, err := detector.Int8Provider(c.Detector.Provider); err != nil {
+			bad("detector.precision", "%v", err)
+		}
+	default:
+		bad("detector.precision", "%q is not fp32, fp16 or int8", p)
 	}
 	if libs := c.Detector.ProviderLibrary; libs != "" {
 		for _, l := range strings.Split(libs, ",") {
