@@ -103,7 +103,7 @@ func (m *modelFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&m.path, "model", "", "bundle `file` written by transformaly fit (required)")
 	fs.Float64Var(&m.threshold, "threshold", 0, "alert threshold on the score (default: the bundle's calibrated one)")
 	fs.StringVar(&m.provider, "provider", "cpu", "execution provider: auto (TensorRT, then CUDA, then CPU), tensorrt, cuda or cpu")
-	fs.StringVar(&m.precision, "precision", "", "detector precision: fp32, or fp16 (weights and activations in half precision, scores in float32); default fp32 with FP16 kernels allowed on TensorRT and TF32 on CUDA")
+	fs.StringVar(&m.precision, "precision", "", "detector precision: fp32, fp16 (weights and activations in half precision, scores in float32), or int8 (linear layers in int8 on the CPU provider; scores in float32); default fp32 with FP16 kernels allowed on TensorRT and TF32 on CUDA")
 	fs.StringVar(&m.providerLibrary, "provider-library", "", "execution-provider plugin libraries, comma-separated (e.g. libonnxruntime_providers_cuda.so of the core library's exact version)")
 	fs.StringToStringVar(&m.cudaOptions, "cuda-options", nil, "ONNX Runtime CUDA provider options, e.g. device_id=1,gpu_mem_limit=8589934592")
 	fs.StringToStringVar(&m.tensorrtOptions, "tensorrt-options", nil, "ONNX Runtime TensorRT provider options, e.g. trt_max_workspace_size=4294967296")

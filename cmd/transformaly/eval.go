@@ -3,7 +3,6 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"math"
 	"os"
 
 	"github.com/spf13/pflag"
@@ -32,31 +31,8 @@ type evalReport struct {
 	NormalImages           int         `json:"normal_images"`
 	AnomalousImages        int         `json:"anomalous_images"`
 	SkippedImages          int         `json:"skipped_images"`
-	// Precision compares FP16 against FP32 (with --compare-precision).
+	// Precision compares FP16 or INT8 against FP32 (with --compare-precision).
 	Precision *precisionReport `json:"precision_compare,omitempty"`
-}
-
-// precisionReport says what FP16 costs on the evaluated images.
-type precisionReport struct {
-	AUROCFP32          float64 `json:"auroc_fp32"`
-	AUROCFP16          float64 `json:"auroc_fp16"`
-	AUROCDifference    float64 `json:"auroc_difference"`
-	MaxScoreDifference float64 `json:"max_score_difference"`
-	MeanScoreDiff      float64 `json:"mean_score_difference"`
-	VerdictsChanged    int     `json:"verdicts_changed"`
-}
-
-func comparePrecision(full evalReport, fullScores []float64, half evalReport, halfScores []float64) *precisionReport {
-	p := &precisionReport{AUROCFP32: full.AUROC, AUROCFP16: half.AUROC, AUROCDifference: half.AUROC - full.AUROC}
-	for i := range fullScores {
-		d := math.Abs(fullScores[i] - halfScores[i])
-		p.MaxScoreDifference = math.Max(p.MaxScoreDifference, d)
-		p.MeanScoreDiff += d / float64(len(fullScores))
-		if (fullScores[i] > full.Threshold) != (halfScores[i] > full.Threshold) {
-			p.VerdictsChanged++
-		}
-	}
-	return p
 }
 
 func evalCommand(fs *pflag.FlagSet) func([]string) error {
@@ -67,19 +43,28 @@ func evalCommand(fs *pflag.FlagSet) func([]string) error {
 	anomalousDir := fs.String("anomalous", "", "folder of anomalous test images (or --dataset)")
 	dataset := fs.String("dataset", "", "an MVTec AD layout instead of --normal and --anomalous: test/good, test/<defect>/, ground_truth/<defect>/<name>_mask.png; image AUROC per defect kind and feature space, pixel AUROC and AUPRO (to a false positive rate of 0.3) from the anomaly maps")
 	asJSON := fs.Bool("json", false, "print one JSON object: auroc, auroc_pretrained, auroc_student, auroc_patch, false_alarm_rate, detection_rate, threshold and image counts")
-	compare := fs.Bool("compare-precision", false, "also score with the FP16 detector and report its AUROC and score differences against FP32")
+	compare := fs.String("compare-precision", "", "also score at `precision` fp16 or int8 (bare: fp16) and report its AUROC and score differences against fp32 (per defect kind with --dataset); --model's --precision should then be fp32")
+	fs.Lookup("compare-precision").NoOptDefVal = models.FP16
 	batch := fs.Int("batch-size", 8, "images per ONNX Runtime call")
 	chart := fs.String("chart", "", "also write a PNG `file` with the ROC curve and the score distributions around the threshold")
 	rt.register(fs)
 	return func(args []string) error {
+		// pflag gives a flag with a default value its own value only after
+		// "=": --compare-precision int8 leaves int8 as an argument.
+		if *compare == models.FP16 && len(args) == 1 && (args[0] == models.INT8 || args[0] == models.FP16) {
+			*compare, args = args[0], nil
+		}
 		if len(args) > 0 {
 			return usageError("unexpected arguments %q", args)
 		}
 		if (*dataset == "") == (*normalDir == "" || *anomalousDir == "") {
 			return usageError("give --normal and --anomalous, or --dataset")
 		}
-		if *dataset != "" && (*compare || *chart != "") {
-			return usageError("--compare-precision and --chart go with --normal and --anomalous, not --dataset")
+		if *compare != "" && *compare != models.FP16 && *compare != models.INT8 {
+			return usageError("--compare-precision %q is not fp16 or int8", *compare)
+		}
+		if *dataset != "" && *chart != "" {
+			return usageError("--chart goes with --normal and --anomalous, not --dataset")
 		}
 		if *batch < 1 {
 			return usageError("--batch-size must be at least 1")
@@ -99,6 +84,20 @@ func evalCommand(fs *pflag.FlagSet) func([]string) error {
 			if err != nil {
 				return err
 			}
+			if *compare != "" {
+				other, err := model.loadAs(rt, *compare)
+				if err != nil {
+					return err
+				}
+				defer other.Close()
+				otherRep, err := evaluateDataset(other, *dataset, model.thresholdFor(det), *batch)
+				if err != nil {
+					return err
+				}
+				if rep.Precision, err = compareDatasetPrecision(*compare, rep, otherRep); err != nil {
+					return err
+				}
+			}
 			if *asJSON {
 				return json.NewEncoder(os.Stdout).Encode(rep)
 			}
@@ -109,17 +108,18 @@ func evalCommand(fs *pflag.FlagSet) func([]string) error {
 		if err != nil {
 			return err
 		}
-		if *compare {
-			half, err := model.loadAs(rt, models.FP16)
+		if *compare != "" {
+			other, err := model.loadAs(rt, *compare)
 			if err != nil {
 				return err
 			}
-			defer half.Close()
-			halfRep, halfScores, err := evaluate(half, *normalDir, *anomalousDir, model.thresholdFor(half), *batch)
+			defer other.Close()
+			otherRep, otherScores, err := evaluate(other, *normalDir, *anomalousDir, rep.Threshold, *batch)
 			if err != nil {
 				return err
 			}
-			rep.Precision = comparePrecision(rep, scores, halfRep, halfScores)
+			p := comparePrecision(*compare, rep.AUROC, scores, otherRep.AUROC, otherScores, rep.Threshold)
+			rep.Precision = &p
 		}
 		if *chart != "" {
 			if err := fit.WriteEvalChart(*chart, scores[:rep.NormalImages], scores[rep.NormalImages:], rep.Threshold); err != nil {
@@ -146,8 +146,11 @@ func printReport(rep evalReport) {
 		fmt.Printf("the bundle's calibration promised a false alarm rate of %.4f (95%% interval %.4f-%.4f) at its threshold\n", *e, rep.ExpectedFalseAlarms95[0], rep.ExpectedFalseAlarms95[1])
 	}
 	if p := rep.Precision; p != nil {
-		fmt.Printf("fp16 vs fp32: AUROC %.4f vs %.4f (%+.4f), score difference max %.4g mean %.4g, %d verdicts changed\n",
-			p.AUROCFP16, p.AUROCFP32, p.AUROCDifference, p.MaxScoreDifference, p.MeanScoreDiff, p.VerdictsChanged)
+		precision := models.FP16
+		if p.AUROCInt8 != nil {
+			precision = models.INT8
+		}
+		fmt.Println(p.line(precision))
 	}
 }
 

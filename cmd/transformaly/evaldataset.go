@@ -48,6 +48,10 @@ type datasetReport struct {
 	Kinds          map[string]kindReport `json:"kinds"`
 	Overall        kindReport            `json:"overall"`
 	MapSide        int                   `json:"map_side,omitempty"` // longest side maps met masks at
+	// Precision compares another precision with this one (fp32), with
+	// --compare-precision.
+	Precision *datasetPrecisionReport `json:"precision_compare,omitempty"`
+	scores    map[string][]float64    // per folder (good and each kind), for Precision
 }
 
 // scoredSet is the scores (and maps) of one folder of test images.
@@ -59,7 +63,7 @@ type scoredSet struct {
 // evaluateDataset scores an MVTec AD layout under dir: test/good and
 // test/<kind> for each defect kind, with ground_truth/<kind>/<name>_mask.png.
 func evaluateDataset(det *detector.Detector, dir string, threshold float64, batch int) (datasetReport, error) {
-	rep := datasetReport{Threshold: threshold, Kinds: map[string]kindReport{}}
+	rep := datasetReport{Threshold: threshold, Kinds: map[string]kindReport{}, scores: map[string][]float64{}}
 	layout := "the MVTec AD layout: test/good, test/<defect>/, ground_truth/<defect>/<name>_mask.png"
 	if st, err := os.Stat(filepath.Join(dir, "test", "good")); err != nil || !st.IsDir() {
 		return rep, fmt.Errorf("dataset %s: no test/good folder (%s)", dir, layout)
@@ -84,6 +88,7 @@ func evaluateDataset(det *detector.Detector, dir string, threshold float64, batc
 		return rep, err
 	}
 	rep.NormalImages, rep.FalseAlarmRate = len(good.all), fit.FractionAbove(good.all, threshold)
+	rep.scores["good"] = good.all
 	if withMaps {
 		rep.MapSide = maxMapSide
 	}
@@ -93,6 +98,7 @@ func evaluateDataset(det *detector.Detector, dir string, threshold float64, batc
 		if err != nil {
 			return rep, err
 		}
+		rep.scores[kind] = set.all
 		if rep.Kinds[kind], err = kindFigures(good, set, threshold, det.Info.Patch != nil, withMaps); err != nil {
 			return rep, fmt.Errorf("dataset %s, %s: %w", dir, kind, err)
 		}
@@ -238,5 +244,8 @@ func printDatasetReport(rep datasetReport) {
 	fmt.Println()
 	if math.IsNaN(rep.Overall.AUROC) {
 		fmt.Println("(AUROC is NaN: a score was not finite)")
+	}
+	if rep.Precision != nil {
+		printDatasetPrecision(rep.Precision)
 	}
 }
