@@ -136,6 +136,10 @@ func TestConfigRefusesNonsenseNumbers(t *testing.T) {
 		{"cameras: [{name: cam, source: 0}]\ndetector: {threads: -2}", "detector.threads"},
 		{"cameras: [{name: cam, source: 0}]\nmqtt: {keepalive: 0s}", "mqtt.keepalive"},
 		{"cameras: [{name: cam, source: 0}]\nmqtt: {keepalive: 1500ms}", "mqtt.keepalive"},
+		{"cameras: [{name: cam, source: 0}]\nmodbus: {address: \"127.0.0.1:502\", max_clients: 0}", "modbus.max_clients"},
+		{"cameras: [{name: cam, source: 0}]\nmodbus: {address: \"127.0.0.1:502\", idle_timeout: 10ms}", "modbus.idle_timeout"},
+		{"cameras: [{name: cam, source: 0}]\nmodbus: {address: \"127.0.0.1:502\", allowed_clients: [plc.local]}", "modbus.allowed_clients"},
+		{`cameras: [{name: cam, source: 0, trigger: {ready_window: 1ms}}]`, "cameras[0].trigger.ready_window"},
 	} {
 		path := filepath.Join(dir, "config.yaml")
 		os.WriteFile(path, []byte("defaults: {model: line.tfy}\n"+c.yaml+"\n"), 0o644)

@@ -195,6 +195,12 @@ state_directory: %s
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusAccepted
 	})
+	// Parts are judged once the camera delivers frames (Ready); before,
+	// they are answered error at once.
+	eventually(t, "line1 online", 30*time.Second, func() bool {
+		av := sub.on("transformaly/line1/availability")
+		return len(av) > 0 && string(av[len(av)-1].Payload) == "online"
+	})
 	results := func() []map[string]any {
 		var out []map[string]any
 		for _, m := range sub.on("transformaly/line1/result") {

@@ -5,8 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"image/jpeg"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -53,7 +56,7 @@ func newPausableStream(t *testing.T) *pausableStream {
 	return s
 }
 
-// Ready tells the truth: when a stream stops sending (connection open, so
+// A PLC always gets in, and Ready tells the truth: when a stream stops sending (connection open, so
 // the 60 s stall timeout is far off), Ready drops within the ready window
 // (3 frame intervals at 10 frames/s: 300 ms) and a trigger gets Error at
 // once, with the reason in the MQTT result, not after its 2 s deadline;
@@ -66,15 +69,58 @@ func TestReadyFollowsTheFrames(t *testing.T) {
 	sub := subscribe(t, b.url(), "transformaly/line1/result", "test-sub-ready")
 	cmd := subscribe(t, b.url(), "nothing/#", "test-ready-sender")
 	modbusPort := freePort(t)
-	startDaemon(t, fmt.Sprintf(`
+	config := fmt.Sprintf(`
 cameras:
   - {name: line1, source: %s/stream.mjpg, model: %s, stall_timeout: 60s, trigger: {frames: 1, deadline: 2s}}
 mqtt: {broker: %s}
 metrics: {address: "off"}
-modbus: {address: "127.0.0.1:%d"}
+modbus: {address: "127.0.0.1:%d", max_clients: 2, allowed_clients: [127.0.0.1/32]}
 state_directory: %s
-`, stream.URL, f.bundle, b.url(), modbusPort, t.TempDir()))
-	plc, _ := connectPLC(t, modbusPort)
+`, stream.URL, f.bundle, b.url(), modbusPort, t.TempDir())
+	d := startDaemon(t, config)
+
+	// The PLC gets in with max_clients idle connections held open (the
+	// rebooted PLC's old sockets), and is served at once; a client from
+	// another address is refused.
+	modbusAddr := fmt.Sprintf("127.0.0.1:%d", modbusPort)
+	eventually(t, "the Modbus port", 30*time.Second, func() bool {
+		c, err := net.Dial("tcp", modbusAddr)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	for range 2 {
+		c, err := net.Dial("tcp", modbusAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+	}
+	start := time.Now()
+	plc, counter := connectPLC(t, modbusPort)
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("the PLC was served %s after connecting with 2 idle connections held, want within 1 s", took)
+	}
+	before := counter()
+	plc.WriteCoil(modbus.CoilTrigger, false)
+	if err := plc.WriteCoil(modbus.CoilTrigger, true); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "a part judged over Modbus", 10*time.Second, func() bool { return counter() == before+1 })
+	foreign, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}).Dial("tcp", modbusAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer foreign.Close()
+	foreign.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := foreign.Read(make([]byte, 1)); err != io.EOF {
+		t.Errorf("a client from 127.0.0.2, outside allowed_clients: %v, want the connection closed", err)
+	}
+	eventually(t, "the refusal in the daemon's log", 5*time.Second, func() bool {
+		return strings.Contains(d.stderr.String(), "not in modbus.allowed_clients")
+	})
+
 	ready := func() bool {
 		r, err := plc.ReadDiscreteInput(modbus.InputReady)
 		if err != nil {
