@@ -1,0 +1,486 @@
+package opcua
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"syscall"
+	"time"
+
+	"github.com/gopcua/opcua/id"
+	"github.com/gopcua/opcua/ua"
+	"github.com/gopcua/opcua/uacp"
+	"github.com/gopcua/opcua/uasc"
+)
+
+// The services are this package's own, on gopcua's transport (uacp),
+// secure channel (uasc, uapolicy) and encoding (ua): gopcua v0.8.0's
+// server cannot open an encrypted channel (its channels start in mode
+// None and so never decrypt the client's OpenSecureChannel request,
+// gopcua issue 815, fixed after the last release), accepts any user
+// identity, serves requests of sessions never activated, lets any client
+// write any attribute or add nodes, and merges a subscription's
+// notifications of one item within a publishing interval. Its namespace 0
+// (the standard nodes every client reads) is used as it is.
+
+const (
+	maxSessions        = 64   // sessions open at once
+	maxPublishRequests = 32   // waiting per session
+	maxSubscriptions   = 64   // per session
+	maxQueued          = 4096 // notifications waiting per subscription; the oldest go first
+	maxPerPublish      = 1000 // notifications in one publish response
+)
+
+// session is a client's session.
+type session struct {
+	id, token  *ua.NodeID
+	clientCert []byte
+	timeout    time.Duration
+
+	// Guarded by Server.mu.
+	nonce     []byte // the server nonce the next ActivateSession is signed with
+	activated bool
+	channel   *uasc.SecureChannel // the channel it was activated on
+	user      string
+	lastUsed  time.Time
+	subs      map[uint32]*subscription
+
+	publish chan publishRequest
+}
+
+type publishRequest struct {
+	sc    *uasc.SecureChannel
+	reqID uint32
+	req   *ua.PublishRequest
+}
+
+// serve accepts connections until ctx ends.
+func (s *Server) serve(ctx context.Context, l *uacp.Listener) {
+	var ids uint32
+	for {
+		conn, err := l.Accept(ctx)
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			var opErr *net.OpError
+			if errors.As(err, &opErr) && !opErr.Timeout() {
+				slog.Error("OPC UA server stopped accepting connections", "err", err)
+				return
+			}
+			continue // a client that failed its handshake
+		}
+		ids++
+		s.wg.Add(1)
+		go func(id uint32) {
+			defer s.wg.Done()
+			s.serveConn(ctx, conn, id)
+		}(ids)
+	}
+}
+
+// serveConn opens a secure channel on a connection and answers its
+// requests in order.
+func (s *Server) serveConn(ctx context.Context, conn *uacp.Conn, channelID uint32) {
+	defer conn.Close()
+	policy, err := peekPolicy(conn.TCPConn, 10*time.Second)
+	if err != nil {
+		slog.Debug("OPC UA connection without a secure channel", "remote", conn.RemoteAddr().String(), "err", err)
+		return
+	}
+	// The channel's mode must be known before its first message: an
+	// encrypted OpenSecureChannel request is decrypted only by a channel
+	// that is not in mode None.
+	cfg := &uasc.Config{SecurityPolicyURI: policy, SecurityMode: ua.MessageSecurityModeNone, Certificate: s.cert, LocalKey: s.key,
+		Lifetime: uint32(time.Hour / time.Millisecond)}
+	if policy != ua.SecurityPolicyURINone {
+		cfg.SecurityMode = ua.MessageSecurityModeSignAndEncrypt
+	}
+	errs := make(chan error, 1)
+	var token [4]byte
+	rand.Read(token[:])
+	sc, err := uasc.NewServerSecureChannel(s.opts.Address, conn, cfg, errs, channelID, 1, binary.LittleEndian.Uint32(token[:])|1)
+	if err != nil {
+		slog.Warn("OPC UA secure channel refused", "remote", conn.RemoteAddr().String(), "policy", policy, "err", err)
+		return
+	}
+	defer sc.Close()
+	go func() { <-ctx.Done(); sc.Close() }()
+	for {
+		msg := sc.Receive(ctx)
+		if msg.Err != nil {
+			if msg.Err != io.EOF && ctx.Err() == nil {
+				slog.Debug("OPC UA secure channel closed", "remote", conn.RemoteAddr().String(), "err", msg.Err)
+			}
+			return
+		}
+		req := msg.Request()
+		if req == nil {
+			continue // the OpenSecureChannel exchange, answered by the channel
+		}
+		resp := s.handle(sc, cfg, msg.RequestID, req)
+		if resp == nil {
+			continue // a publish request, answered when there is something to publish
+		}
+		if err := sc.SendResponseWithContext(ctx, msg.RequestID, resp); err != nil {
+			slog.Debug("OPC UA response not sent", "remote", conn.RemoteAddr().String(), "err", err)
+			return
+		}
+	}
+}
+
+// peekPolicy reads, without consuming it, the security policy URI of the
+// OpenSecureChannel request a connection starts with (after the message
+// header and secure channel id: a length and the URI).
+func peekPolicy(c *net.TCPConn, timeout time.Duration) (string, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return "", err
+	}
+	c.SetReadDeadline(time.Now().Add(timeout))
+	defer c.SetReadDeadline(time.Time{})
+	buf := make([]byte, 16+256)
+	var n int
+	var peekErr error
+	err = raw.Read(func(fd uintptr) bool {
+		n, _, peekErr = syscall.Recvfrom(int(fd), buf, syscall.MSG_PEEK)
+		if peekErr == syscall.EAGAIN {
+			return false
+		}
+		if peekErr != nil || n == 0 {
+			return true
+		}
+		if n < 16 {
+			return false
+		}
+		l := int(int32(binary.LittleEndian.Uint32(buf[12:16])))
+		return l < 0 || l > 256 || n >= 16+l
+	})
+	if err != nil {
+		return "", err
+	}
+	if peekErr != nil {
+		return "", peekErr
+	}
+	if n < 16 || string(buf[:3]) != "OPN" {
+		return "", errors.New("the first message is no OpenSecureChannel request")
+	}
+	l := int(int32(binary.LittleEndian.Uint32(buf[12:16])))
+	if l < 0 || l > 256 {
+		return "", fmt.Errorf("security policy URI of %d bytes", l)
+	}
+	return string(buf[16 : 16+l]), nil
+}
+
+func fault(hdr *ua.RequestHeader, code ua.StatusCode) ua.Response {
+	return &ua.ServiceFault{ResponseHeader: responseHeader(hdr, code)}
+}
+
+func responseHeader(req *ua.RequestHeader, code ua.StatusCode) *ua.ResponseHeader {
+	h := &ua.ResponseHeader{Timestamp: time.Now(), ServiceResult: code, ServiceDiagnostics: &ua.DiagnosticInfo{},
+		StringTable: []string{}, AdditionalHeader: ua.NewExtensionObject(nil)}
+	if req != nil {
+		h.RequestHandle = req.RequestHandle
+	}
+	return h
+}
+
+// handle answers one request (nil: answered later).
+func (s *Server) handle(sc *uasc.SecureChannel, cfg *uasc.Config, reqID uint32, r ua.Request) (resp ua.Response) {
+	hdr := r.Header()
+	defer func() {
+		if p := recover(); p != nil {
+			slog.Error("OPC UA request failed", "request", fmt.Sprintf("%T", r), "panic", p)
+			resp = fault(hdr, ua.StatusBadInternalError)
+		}
+	}()
+	switch req := r.(type) {
+	case *ua.GetEndpointsRequest:
+		return &ua.GetEndpointsResponse{ResponseHeader: responseHeader(hdr, ua.StatusOK), Endpoints: s.endpoints}
+	case *ua.FindServersRequest:
+		return &ua.FindServersResponse{ResponseHeader: responseHeader(hdr, ua.StatusOK), Servers: []*ua.ApplicationDescription{s.endpoints[0].Server}}
+	case *ua.CreateSessionRequest:
+		return s.createSession(sc, cfg, req)
+	case *ua.ActivateSessionRequest:
+		return s.activateSession(sc, cfg, req)
+	case *ua.CloseSessionRequest:
+		return s.closeSession(sc, req)
+	}
+	sess, code := s.activeSession(sc, hdr)
+	if code != ua.StatusOK {
+		return fault(hdr, code)
+	}
+	switch req := r.(type) {
+	case *ua.ReadRequest:
+		return s.read(req)
+	case *ua.WriteRequest:
+		return s.write(req)
+	case *ua.BrowseRequest:
+		return s.browse(req)
+	case *ua.CallRequest:
+		return s.call(req)
+	case *ua.CreateSubscriptionRequest:
+		return s.createSubscription(sess, req)
+	case *ua.ModifySubscriptionRequest:
+		return s.modifySubscription(sess, req)
+	case *ua.SetPublishingModeRequest:
+		return s.setPublishingMode(sess, req)
+	case *ua.DeleteSubscriptionsRequest:
+		return s.deleteSubscriptions(sess, req)
+	case *ua.CreateMonitoredItemsRequest:
+		return s.createMonitoredItems(sess, req)
+	case *ua.ModifyMonitoredItemsRequest:
+		return s.modifyMonitoredItems(sess, req)
+	case *ua.SetMonitoringModeRequest:
+		return s.setMonitoringMode(sess, req)
+	case *ua.DeleteMonitoredItemsRequest:
+		return s.deleteMonitoredItems(sess, req)
+	case *ua.PublishRequest:
+		return s.queuePublish(sess, sc, reqID, req)
+	case *ua.RepublishRequest:
+		return fault(hdr, ua.StatusBadMessageNotAvailable)
+	}
+	return fault(hdr, ua.StatusBadServiceUnsupported)
+}
+
+// activeSession finds the activated session a request belongs to, on the
+// channel it was activated on.
+func (s *Server) activeSession(sc *uasc.SecureChannel, hdr *ua.RequestHeader) (*session, ua.StatusCode) {
+	if hdr == nil || hdr.AuthenticationToken == nil {
+		return nil, ua.StatusBadSessionIDInvalid
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sess := s.sessions[hdr.AuthenticationToken.String()]
+	switch {
+	case sess == nil:
+		return nil, ua.StatusBadSessionIDInvalid
+	case !sess.activated || sess.channel != sc:
+		return nil, ua.StatusBadSessionNotActivated
+	}
+	sess.lastUsed = time.Now()
+	return sess, ua.StatusOK
+}
+
+func randomBytes(n int) []byte {
+	b := make([]byte, n)
+	rand.Read(b)
+	return b
+}
+
+func (s *Server) createSession(sc *uasc.SecureChannel, cfg *uasc.Config, req *ua.CreateSessionRequest) ua.Response {
+	hdr := req.RequestHeader
+	if cfg.SecurityMode != ua.MessageSecurityModeNone && !bytes.Equal(req.ClientCertificate, cfg.RemoteCertificate) {
+		return fault(hdr, ua.StatusBadCertificateInvalid) // not the certificate the channel was opened with
+	}
+	sig, alg, err := sc.NewSessionSignature(req.ClientCertificate, req.ClientNonce)
+	if err != nil {
+		slog.Warn("OPC UA session not created", "remote", sc.RemoteAddr().String(), "err", err)
+		return fault(hdr, ua.StatusBadCertificateInvalid)
+	}
+	timeout := time.Duration(req.RequestedSessionTimeout) * time.Millisecond
+	timeout = min(max(timeout, 10*time.Second), time.Hour)
+	sess := &session{id: ua.NewByteStringNodeID(s.sp.index, randomBytes(16)), token: ua.NewByteStringNodeID(0, randomBytes(32)),
+		clientCert: req.ClientCertificate, timeout: timeout, nonce: randomBytes(32), lastUsed: time.Now(),
+		subs: map[uint32]*subscription{}, publish: make(chan publishRequest, maxPublishRequests)}
+	s.mu.Lock()
+	s.expireSessions()
+	if len(s.sessions) >= maxSessions {
+		s.mu.Unlock()
+		return fault(hdr, ua.StatusBadTooManySessions)
+	}
+	s.sessions[sess.token.String()] = sess
+	s.mu.Unlock()
+	return &ua.CreateSessionResponse{
+		ResponseHeader: responseHeader(hdr, ua.StatusOK), SessionID: sess.id, AuthenticationToken: sess.token,
+		RevisedSessionTimeout: float64(timeout / time.Millisecond), ServerNonce: sess.nonce, ServerCertificate: s.cert,
+		ServerEndpoints: s.endpoints, ServerSoftwareCertificates: []*ua.SignedSoftwareCertificate{},
+		ServerSignature: &ua.SignatureData{Signature: sig, Algorithm: alg},
+	}
+}
+
+func (s *Server) activateSession(sc *uasc.SecureChannel, cfg *uasc.Config, req *ua.ActivateSessionRequest) ua.Response {
+	hdr := req.RequestHeader
+	s.mu.Lock()
+	var sess *session
+	if hdr.AuthenticationToken != nil {
+		sess = s.sessions[hdr.AuthenticationToken.String()]
+	}
+	var nonce []byte
+	if sess != nil {
+		nonce = sess.nonce
+	}
+	s.mu.Unlock()
+	if sess == nil {
+		return fault(hdr, ua.StatusBadSessionIDInvalid)
+	}
+	user, err := s.auth.authenticate(sc, cfg, req, nonce)
+	if err != nil {
+		var ref *refusal
+		code := ua.StatusBadInternalError
+		if errors.As(err, &ref) {
+			code = ref.code
+		}
+		slog.Warn("OPC UA session refused", "remote", sc.RemoteAddr().String(), "reason", err.Error(), "status", code.Error())
+		return fault(hdr, code)
+	}
+	next := randomBytes(32)
+	s.mu.Lock()
+	sess.activated, sess.channel, sess.user, sess.nonce, sess.lastUsed = true, sc, user, next, time.Now()
+	s.mu.Unlock()
+	slog.Info("OPC UA session activated", "remote", sc.RemoteAddr().String(), "user", user,
+		"policy", cfg.SecurityPolicyURI[len(ua.SecurityPolicyURIPrefix):])
+	return &ua.ActivateSessionResponse{ResponseHeader: responseHeader(hdr, ua.StatusOK), ServerNonce: next,
+		Results: []ua.StatusCode{}, DiagnosticInfos: []*ua.DiagnosticInfo{}}
+}
+
+func (s *Server) closeSession(sc *uasc.SecureChannel, req *ua.CloseSessionRequest) ua.Response {
+	hdr := req.RequestHeader
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sess := s.sessions[hdr.AuthenticationToken.String()]
+	if sess == nil || sess.activated && sess.channel != sc {
+		return fault(hdr, ua.StatusBadSessionIDInvalid)
+	}
+	s.dropSession(sess)
+	return &ua.CloseSessionResponse{ResponseHeader: responseHeader(hdr, ua.StatusOK)}
+}
+
+// dropSession ends a session and its subscriptions (under s.mu).
+func (s *Server) dropSession(sess *session) {
+	delete(s.sessions, sess.token.String())
+	for _, sub := range sess.subs {
+		s.stopSubscription(sub)
+	}
+}
+
+// expireSessions drops the sessions unused for their timeout (under s.mu).
+func (s *Server) expireSessions() {
+	now := time.Now()
+	for _, sess := range s.sessions {
+		if now.Sub(sess.lastUsed) > sess.timeout {
+			slog.Info("OPC UA session timed out", "user", sess.user)
+			s.dropSession(sess)
+		}
+	}
+}
+
+func (s *Server) read(req *ua.ReadRequest) ua.Response {
+	results := make([]*ua.DataValue, len(req.NodesToRead))
+	for i, n := range req.NodesToRead {
+		results[i] = s.attribute(n.NodeID, n.AttributeID)
+	}
+	return &ua.ReadResponse{ResponseHeader: responseHeader(req.RequestHeader, ua.StatusOK), Results: results,
+		DiagnosticInfos: []*ua.DiagnosticInfo{}}
+}
+
+// attribute reads a node's attribute in any namespace.
+func (s *Server) attribute(nid *ua.NodeID, attr ua.AttributeID) *ua.DataValue {
+	if nid == nil {
+		return badValue(ua.StatusBadNodeIDInvalid)
+	}
+	if nid.Namespace() == 0 && attr == ua.AttributeIDValue {
+		// The library's server status reads Suspended: it was never
+		// started, this package serves.
+		switch nid.IntID() {
+		case id.Server_ServerStatus_State:
+			return dataValue(int32(ua.ServerStateRunning))
+		case id.Server_ServerStatus:
+			st := s.ns0.Status()
+			st.State, st.StartTime = ua.ServerStateRunning, s.opts.Started
+			return dataValue(ua.NewExtensionObject(st))
+		}
+	}
+	ns, err := s.ns0.Namespace(int(nid.Namespace()))
+	if err != nil {
+		return badValue(ua.StatusBadNodeIDUnknown)
+	}
+	return ns.Attribute(nid, attr)
+}
+
+// write sets the camera variables that can be written (Detect,
+// Threshold), with opcua.allow_changes; nothing else.
+func (s *Server) write(req *ua.WriteRequest) ua.Response {
+	results := make([]ua.StatusCode, len(req.NodesToWrite))
+	for i, w := range req.NodesToWrite {
+		n := s.sp.lookup(w.NodeID)
+		switch {
+		case n == nil && w.NodeID != nil && w.NodeID.Namespace() == s.sp.index:
+			results[i] = ua.StatusBadNodeIDUnknown
+		case n == nil || w.AttributeID != ua.AttributeIDValue || n.write == nil:
+			results[i] = ua.StatusBadNotWritable
+		case !s.opts.AllowChanges:
+			results[i] = ua.StatusBadUserAccessDenied
+		case w.Value == nil || w.Value.Value == nil:
+			results[i] = ua.StatusBadTypeMismatch
+		default:
+			results[i] = n.write(w.Value.Value)
+		}
+	}
+	return &ua.WriteResponse{ResponseHeader: responseHeader(req.RequestHeader, ua.StatusOK), Results: results,
+		DiagnosticInfos: []*ua.DiagnosticInfo{}}
+}
+
+func (s *Server) browse(req *ua.BrowseRequest) ua.Response {
+	results := make([]*ua.BrowseResult, len(req.NodesToBrowse))
+	for i, bd := range req.NodesToBrowse {
+		ns, err := s.ns0.Namespace(int(bd.NodeID.Namespace()))
+		if err != nil {
+			results[i] = &ua.BrowseResult{StatusCode: ua.StatusBadNodeIDUnknown}
+			continue
+		}
+		results[i] = ns.Browse(bd)
+	}
+	return &ua.BrowseResponse{ResponseHeader: responseHeader(req.RequestHeader, ua.StatusOK), Results: results,
+		DiagnosticInfos: []*ua.DiagnosticInfo{}}
+}
+
+// call runs the cameras' Trigger methods.
+func (s *Server) call(req *ua.CallRequest) ua.Response {
+	results := make([]*ua.CallMethodResult, len(req.MethodsToCall))
+	for i, m := range req.MethodsToCall {
+		res := &ua.CallMethodResult{InputArgumentResults: []ua.StatusCode{}, InputArgumentDiagnosticInfos: []*ua.DiagnosticInfo{},
+			OutputArguments: []*ua.Variant{}}
+		method := s.sp.lookup(m.MethodID)
+		switch obj := s.sp.lookup(m.ObjectID); {
+		case method == nil || method.call == nil:
+			res.StatusCode = ua.StatusBadMethodInvalid
+		case obj == nil || method.parent != obj:
+			res.StatusCode = ua.StatusBadNodeIDInvalid
+		default:
+			out, argResults, code := method.call(m.InputArguments)
+			res.StatusCode = code
+			if out != nil {
+				res.OutputArguments = out
+			}
+			if argResults != nil {
+				res.InputArgumentResults = argResults
+			}
+		}
+		results[i] = res
+	}
+	return &ua.CallResponse{ResponseHeader: responseHeader(req.RequestHeader, ua.StatusOK), Results: results,
+		DiagnosticInfos: []*ua.DiagnosticInfo{}}
+}
+
+// sessionsLoop expires idle sessions.
+func (s *Server) sessionsLoop(ctx context.Context) {
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s.mu.Lock()
+			s.expireSessions()
+			s.mu.Unlock()
+		}
+	}
+}
