@@ -140,6 +140,13 @@ func Handler(src Source, opts Options) http.Handler {
 		data, _ := assets.ReadFile("assets/index.html")
 		w.Write(data)
 	})
+	// Browsers ask for /favicon.ico whatever the page links: a 404 there
+	// was an error in the browser's console on every load.
+	mux.HandleFunc("GET /favicon.ico", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "image/svg+xml")
+		data, _ := assets.ReadFile("assets/icon.svg")
+		w.Write(data)
+	})
 	mux.HandleFunc("GET /api/cameras", s.cameras)
 	mux.HandleFunc("GET /api/cameras/{camera}/live.mjpeg", s.live)
 	mux.HandleFunc("GET /api/cameras/{camera}/frame.jpg", s.frame)

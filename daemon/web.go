@@ -243,6 +243,7 @@ func (c *cameraRuntime) observeForConsole(now time.Time, f capture.Frame, r dete
 		return
 	}
 	anomaly, err := frameMap()
+	anomaly.Unboxed = !anomalous
 	c.live.keep(now, &liveFrame{seq: f.Seq, bgr: slices.Clone(f.View.BGR), width: f.View.Width, height: f.View.Height,
 		anomaly: anomaly, mapped: err == nil, caption: c.caption(r.Score, threshold)})
 }

@@ -10,10 +10,14 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	cdplog "github.com/chromedp/cdproto/log"
+	cdpruntime "github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
 )
 
@@ -72,6 +76,36 @@ func poll(expression string, limit time.Duration) chromedp.Action[chromedp.Void]
 	return chromedp.Poll[chromedp.Void](expression, chromedp.WithPollingInterval(200*time.Millisecond), chromedp.WithPollingTimeout(limit))
 }
 
+// pageErrors collects what the browser reports as errors for the test's
+// pages (a resource that failed to load, such as a missing favicon, or an
+// exception), from now until the test ends.
+func pageErrors(ctx context.Context) func() []string {
+	var mu sync.Mutex
+	var errs []string
+	add := func(s string) { mu.Lock(); errs = append(errs, s); mu.Unlock() }
+	entries := chromedp.Events(ctx, cdplog.EntryAdded)
+	exceptions := chromedp.Events(ctx, cdpruntime.ExceptionThrown)
+	go func() {
+		for ev, err := range entries {
+			if err != nil {
+				return
+			}
+			if ev.Entry.Level == cdplog.EntryLevelError {
+				add(ev.Entry.Text + " " + ev.Entry.URL)
+			}
+		}
+	}()
+	go func() {
+		for ev, err := range exceptions {
+			if err != nil {
+				return
+			}
+			add(ev.ExceptionDetails.Text + " " + ev.ExceptionDetails.URL)
+		}
+	}()
+	return func() []string { mu.Lock(); defer mu.Unlock(); return slices.Clone(errs) }
+}
+
 // waitForConsole waits for a daemon's console on port and gives its URL.
 func waitForConsole(t *testing.T, port int) string {
 	t.Helper()
@@ -109,8 +143,29 @@ state_directory: %q
 	base := waitForConsole(t, port)
 
 	ctx := browser(t)
+	errs := pageErrors(ctx)
 	css := func(sel string) chromedp.CSS { return chromedp.CSS(sel) }
 	do(t, ctx, 30*time.Second, "open the console", chromedp.Navigate(base+"/"), chromedp.WaitVisible(css("#camera-line1 .live")))
+
+	// The camera's own picture by default (the map is an overlay to turn
+	// on), one card using the width, numbers alike (the threshold field
+	// too: it showed 24.113422039... cut off).
+	layout := value(t, ctx, 10*time.Second, "the layout", chromedp.Evaluate[map[string]any](`(() => {
+		const card = document.querySelector("#camera-line1"), input = card.querySelector(".threshold-input");
+		return {overlay: card.querySelector(".overlay").checked,
+			share: card.getBoundingClientRect().width / document.querySelector("#cameras").getBoundingClientRect().width,
+			threshold: input.value, alike: input.value === String(Number(Number(input.value).toPrecision(4)))};
+	})()`))
+	if layout["overlay"] != false || layout["share"].(float64) < 0.9 || layout["alike"] != true {
+		t.Errorf("console layout: %v; want the map off by default, one card the width of its column, the threshold to 4 digits", layout)
+	}
+	// The chart keeps the threshold readable beside a spike 40 times it.
+	clip := value(t, ctx, 5*time.Second, "the chart's axis", chromedp.Evaluate[[]float64](`(() => {
+		const card = {threshold: 10}; const r = yRange(card, 0, 400); return [r[1], card.clipped];
+	})()`))
+	if clip[0] > 40 || clip[1] != 400 {
+		t.Errorf("axis top %g with a threshold of 10 and a spike of 400 (named: %g), want the threshold in view", clip[0], clip[1])
+	}
 
 	// The live image changes.
 	do(t, ctx, 20*time.Second, "the live image", poll(`document.querySelector("#camera-line1 .live").naturalWidth > 0`, 20*time.Second))
@@ -128,6 +183,15 @@ state_directory: %q
 	// An event with its snapshot, once a defective part has passed.
 	do(t, ctx, 60*time.Second, "an event with its snapshot",
 		poll(`[...document.querySelectorAll("#events li img")].some(i => i.complete && i.naturalWidth > 0)`, 60*time.Second))
+	// A snapshot opens large, with its caption.
+	do(t, ctx, 10*time.Second, "open a snapshot large",
+		chromedp.Evaluate[chromedp.Void](`[...document.querySelectorAll("#events li img")].find(i => i.naturalWidth > 0).click()`),
+		poll(`document.querySelector("#viewer").open && document.querySelector("#viewer img").naturalWidth > 0`, 10*time.Second))
+	if w := value(t, ctx, 5*time.Second, "the large snapshot", chromedp.Evaluate[float64](`document.querySelector("#viewer img").getBoundingClientRect().width`)); w < 200 {
+		t.Errorf("the opened snapshot is %g px wide", w)
+	}
+	os.WriteFile(filepath.Join(shots, "console-snapshot.jpg"), value(t, ctx, 10*time.Second, "screenshot", chromedp.FullScreenshot(80)), 0o644)
+	do(t, ctx, 5*time.Second, "close the snapshot", chromedp.Click(css("#viewer .close")), poll(`!document.querySelector("#viewer").open`, 5*time.Second))
 	page := value(t, ctx, 10*time.Second, "screenshot", chromedp.FullScreenshot(80))
 	os.WriteFile(filepath.Join(shots, "console.jpg"), page, 0o644)
 	if p := os.Getenv("CONSOLE_SCREENSHOT"); p != "" {
@@ -184,12 +248,18 @@ state_directory: %q
 	do(t, ctx, 30*time.Second, "the read-only console", chromedp.Navigate(base2+"/"), chromedp.WaitVisible(css("#camera-line1")),
 		poll(`document.querySelector("#mode").textContent.startsWith("read-only")`, 20*time.Second),
 		poll(`document.querySelector("#camera-line1 .live").naturalWidth > 0`, 20*time.Second))
-	disabled := value(t, ctx, 5*time.Second, "Set disabled", chromedp.Evaluate[bool](`document.querySelector("#camera-line1 .threshold-set").disabled`))
+	disabled := value(t, ctx, 5*time.Second, "Set disabled", chromedp.Evaluate[bool](`(() => {
+		const b = document.querySelector("#camera-line1 .threshold-set"), note = document.querySelector("#camera-line1 .readonly-note");
+		return b.disabled && b.title.includes("web.allow_changes") && !note.hidden;
+	})()`))
 	refused := value(t, ctx, 5*time.Second, "a posted threshold", chromedp.Evaluate[string](
 		`fetch("/api/cameras/line1/threshold", {method: "POST", body: "1", headers: {"X-Transformaly": "1"}}).then(r => r.status + " " + r.statusText)`, chromedp.EvalAwaitPromise))
 	if !disabled || !strings.HasPrefix(refused, "403") {
 		t.Errorf("read-only console: Set disabled %v, a posted threshold %q", disabled, refused)
 	}
 	os.WriteFile(filepath.Join(shots, "console-read-only.jpg"), value(t, ctx, 10*time.Second, "screenshot", chromedp.FullScreenshot(80)), 0o644)
+	if e := errs(); len(e) > 0 {
+		t.Errorf("the browser reported errors: %q", e)
+	}
 	t.Logf("screenshots in %s", shots)
 }

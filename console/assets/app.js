@@ -12,8 +12,34 @@ async function api(path, options) {
   return r.headers.get("Content-Type")?.includes("json") ? r.json() : r.text();
 }
 
+// fmt shows a number to 4 significant digits without trailing zeros
+// (24.11, 0.5, 1e+9): every number on the page the same way, the
+// threshold field included.
 function fmt(x, digits = 4) {
-  return x == null ? "–" : Number(x).toPrecision(digits);
+  return x == null ? "–" : String(Number(Number(x).toPrecision(digits)));
+}
+
+const readOnlyReason = "Read-only: changes need web.allow_changes: true in the daemon's configuration";
+
+// openViewer shows an image large (snapshots with their region, NG parts'
+// maps); Escape, the Close button or a click beside it closes it.
+function openViewer(src, caption) {
+  const viewer = document.getElementById("viewer");
+  viewer.querySelector("img").src = src;
+  viewer.querySelector(".caption").textContent = caption;
+  viewer.showModal();
+}
+document.getElementById("viewer").addEventListener("click", (e) => {
+  if (e.target.id === "viewer") e.target.close(); // the backdrop
+});
+
+// zoomable makes a thumbnail open large.
+function zoomable(img, caption) {
+  img.tabIndex = 0;
+  img.title = "open large";
+  const open = () => openViewer(img.src, caption);
+  img.addEventListener("click", open);
+  img.addEventListener("keydown", (e) => { if (e.key === "Enter") open(); });
 }
 
 function newCard(cam) {
@@ -21,7 +47,7 @@ function newCard(cam) {
   node.id = "camera-" + cam.name;
   node.dataset.camera = cam.name;
   node.querySelector(".name").textContent = cam.name;
-  const card = { node, name: cam.name, times: [], scores: [], pre: [], stu: [], patch: [], since: 0, threshold: cam.threshold, plot: null };
+  const card = { node, name: cam.name, times: [], scores: [], pre: [], stu: [], patch: [], since: 0, threshold: cam.threshold, plot: null, clipped: null };
   const img = node.querySelector(".live");
   const overlay = node.querySelector(".overlay");
   const liveURL = () => `/api/cameras/${encodeURIComponent(cam.name)}/live.mjpeg?overlay=${overlay.checked ? 1 : 0}`;
@@ -32,7 +58,8 @@ function newCard(cam) {
   });
   const status = node.querySelector(".threshold-status");
   const input = node.querySelector(".threshold-input");
-  input.value = cam.threshold;
+  input.value = fmt(cam.threshold);
+  card.input = input;
   // What a threshold would flag among the recent frames, as it is typed.
   input.addEventListener("input", async () => {
     if (input.value === "") return;
@@ -59,11 +86,29 @@ function newCard(cam) {
   return card;
 }
 
+// yRange keeps the threshold readable beside large spikes: the axis spans
+// the scores up to twice the threshold's distance from the lowest one
+// above it; higher peaks are cut at the top and named under the chart.
+function yRange(card, min, max) {
+  const t = card.threshold;
+  if (min == null || max == null) return [t - 1, t + 1];
+  const lo = Math.min(min, t);
+  const cap = t + 2 * Math.max(t - lo, Math.abs(t) * 0.1, 1e-6);
+  const hi = Math.min(Math.max(max, t), cap);
+  card.clipped = max > cap ? max : null;
+  const pad = (hi - lo) * 0.05 || 1;
+  return [lo - pad, hi + pad];
+}
+
 function makePlot(card) {
   const el = card.node.querySelector(".chart");
+  const note = document.createElement("p");
+  note.className = "clipped";
+  el.after(note);
+  card.clippedNote = note;
   const opts = {
     width: Math.max(200, el.clientWidth), height: 160,
-    scales: { x: { time: true } },
+    scales: { x: { time: true }, y: { range: (u, min, max) => yRange(card, min, max) } },
     legend: { live: false },
     series: [
       {},
@@ -92,6 +137,7 @@ async function refreshCameras() {
   for (const cam of data.cameras) {
     let card = cards.get(cam.name);
     if (!card) { card = newCard(cam); cards.set(cam.name, card); makePlot(card); }
+    if (cam.threshold !== card.threshold && document.activeElement !== card.input) card.input.value = fmt(cam.threshold);
     card.threshold = cam.threshold;
     const st = card.node.querySelector(".state");
     st.textContent = cam.state + (cam.detect ? "" : ", detect off");
@@ -99,7 +145,11 @@ async function refreshCameras() {
     card.node.querySelector(".status").textContent =
       `${cam.bundle} on ${cam.provider} · capture ${cam.capture_fps.toFixed(1)} fps · scored ${cam.scored_fps.toFixed(1)} fps · ` +
       `threshold ${fmt(cam.threshold)} (bundle ${fmt(cam.bundle_threshold)}) · reconnects ${cam.reconnects} · damaged ${cam.damaged_frames} · events ${cam.events}`;
-    for (const b of card.node.querySelectorAll(".tuning button")) b.disabled = !allowChanges;
+    for (const b of card.node.querySelectorAll(".tuning button")) {
+      b.disabled = !allowChanges;
+      b.title = allowChanges ? "" : readOnlyReason;
+    }
+    card.node.querySelector(".readonly-note").hidden = allowChanges;
   }
 }
 
@@ -120,6 +170,7 @@ async function refreshScores() {
     for (const a of [card.times, card.scores, card.pre, card.stu, card.patch]) a.splice(0, drop);
     card.node.dataset.points = card.times.length;
     card.plot?.setData([card.times, card.scores, card.times.map(() => card.threshold), card.pre, card.stu, card.patch]);
+    if (card.clippedNote) card.clippedNote.textContent = card.clipped == null ? "" : `peaks up to ${fmt(card.clipped)} are cut at the top`;
   }
 }
 
@@ -132,11 +183,14 @@ async function refreshEvents() {
     li.dataset.event = e.id;
     const img = document.createElement("img");
     img.alt = "snapshot";
-    if (e.snapshot) img.src = `/api/events/${encodeURIComponent(e.id)}/snapshot.jpg`;
     const text = document.createElement("div");
     const start = new Date(e.start_time);
     const duration = e.end_time ? ((new Date(e.end_time) - start) / 1000).toFixed(1) + " s" : "open";
     const region = e.region ? ` · region ${e.region.x},${e.region.y} ${e.region.width}×${e.region.height}` : "";
+    if (e.snapshot) {
+      img.src = `/api/events/${encodeURIComponent(e.id)}/snapshot.jpg`;
+      zoomable(img, `${e.camera} · ${start.toLocaleTimeString()} · peak ${fmt(e.peak_score)} (threshold ${fmt(e.threshold)})${region}`);
+    }
     text.innerHTML = `<b></b><br>${start.toLocaleTimeString()} · ${duration} · peak ${fmt(e.peak_score)} (threshold ${fmt(e.threshold)})${region}`;
     text.querySelector("b").textContent = e.camera;
     if (!e.end_time) text.classList.add("open");
@@ -155,7 +209,10 @@ async function refreshParts() {
     li.dataset.part = p.id;
     const img = document.createElement("img");
     img.alt = p.map ? "anomaly map" : "";
-    if (p.map) img.src = `/api/parts/${encodeURIComponent(p.id)}/map.jpg`;
+    if (p.map) {
+      img.src = `/api/parts/${encodeURIComponent(p.id)}/map.jpg`;
+      zoomable(img, `${p.camera} part ${p.part_id} · ${p.verdict.toUpperCase()} · score ${fmt(p.score)} (threshold ${fmt(p.threshold)})`);
+    }
     const text = document.createElement("div");
     const verdict = document.createElement("span");
     verdict.className = "verdict " + p.verdict;
@@ -163,7 +220,7 @@ async function refreshParts() {
     const what = document.createElement("b");
     what.textContent = ` ${p.camera} part ${p.part_id}`;
     const detail = document.createElement("div");
-    detail.textContent = `${new Date(p.trigger_time).toLocaleTimeString()} · score ${fmt(p.score)} (threshold ${fmt(p.threshold)}) · ${p.latency_ms.toFixed(1)} ms` + (p.reason ? ` · ${p.reason}` : "");
+    detail.textContent = `${new Date(p.trigger_time).toLocaleTimeString()} · score ${fmt(p.score)} (threshold ${fmt(p.threshold)}) · ${fmt(p.latency_ms)} ms` + (p.reason ? ` · ${p.reason}` : "");
     text.append(verdict, what, detail);
     li.append(img, text);
     return li;

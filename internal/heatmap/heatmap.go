@@ -29,6 +29,9 @@ type Map struct {
 	// Normal is the value above which a patch is unlike normal ones (for
 	// the region; NaN: only the worst patch makes the region).
 	Normal float64
+	// Unboxed draws no region box: a frame judged normal, whose box read
+	// as a detection on every frame of the console's live view.
+	Unboxed bool
 }
 
 // FromPatchDistances is the map of a bundle with a patch feature space: each
@@ -209,7 +212,9 @@ func render(bgrImage []byte, width, height int, m *Map, maxSide int, caption str
 	blend := gocv.NewMat()
 	defer blend.Close()
 	gocv.AddWeighted(frame, 0.6, colored, 0.4, 0, &blend)
-	gocv.Rectangle(&blend, m.Region(outW, outH), color.RGBA{255, 255, 255, 0}, max(1, outW/320))
+	if !m.Unboxed {
+		gocv.Rectangle(&blend, m.Region(outW, outH), color.RGBA{255, 255, 255, 0}, max(1, outW/320))
+	}
 	return encode(&blend, caption)
 }
 
