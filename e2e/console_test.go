@@ -258,7 +258,8 @@ state_directory: %q
 		t.Errorf("read-only console: Set disabled %v, a posted threshold %q", disabled, refused)
 	}
 	os.WriteFile(filepath.Join(shots, "console-read-only.jpg"), value(t, ctx, 10*time.Second, "screenshot", chromedp.FullScreenshot(80)), 0o644)
-	if e := errs(); len(e) > 0 {
+	// The one error expected: the 403 of the test's own refused change.
+	if e := slices.DeleteFunc(errs(), func(e string) bool { return strings.Contains(e, "403") && strings.Contains(e, "/api/cameras/line1/threshold") }); len(e) > 0 {
 		t.Errorf("the browser reported errors: %q", e)
 	}
 	t.Logf("screenshots in %s", shots)

@@ -1,12 +1,14 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -68,6 +70,8 @@ func demoCommand(fs *pflag.FlagSet) func([]string) error {
 	normals := fs.Int("normal", 200, "number of normal images to generate for fitting")
 	epochs := fs.Int("epochs", 10, "training epochs")
 	port := fs.Int("mqtt-port", 18830, "port of the demo's embedded MQTT broker on 127.0.0.1 (subscribe to transformaly/# there)")
+	consolePort := fs.Int("console-port", 18088, "port of the web console (and metrics) on 127.0.0.1")
+	keepRunning := fs.Bool("keep-running", false, "after the first pass of the video, keep the line looping with the console until Ctrl-C (asked when run in a terminal)")
 	rt.register(fs)
 	return func(args []string) error {
 		if len(args) > 0 {
@@ -106,14 +110,20 @@ func demoCommand(fs *pflag.FlagSet) func([]string) error {
 		}
 		printReport(rep)
 
-		fmt.Printf("3/3 Running the daemon on a synthetic inspection video, embedded MQTT broker on 127.0.0.1:%d...\n", *port)
-		if err := runDemoDaemon(ctx, *dir, bundle, *port, rt.threads); err != nil {
+		line := demoLine{dir: *dir, bundle: bundle, mqttPort: *port, consolePort: *consolePort, threads: rt.threads}
+		fmt.Printf("3/3 Running the daemon on a synthetic inspection video, embedded MQTT broker on 127.0.0.1:%d,\n"+
+			"    web console at %s (live view, scores, events, threshold tuning)...\n", *port, line.consoleURL())
+		if err := line.run(ctx, false); err != nil {
 			return err
 		}
 		fmt.Printf("\nA random teacher sees only gross defects. Real lines import a pretrained ViT and fit on\n"+
 			"their own normal images (see README):\n  transformaly fit --teacher vit_base_patch16_224/model.safetensors --normal good-parts/ --out line.tfy\n"+
 			"Demo bundle: %s (transformaly inspect %s); snapshots in %s\n", bundle, bundle, filepath.Join(*dir, "snapshots"))
-		return nil
+		if ctx.Err() != nil || !(*keepRunning || askYes(fmt.Sprintf("\nKeep the demo line running, looping, with the console at %s until Ctrl-C? [y/N] ", line.consoleURL()))) {
+			return nil
+		}
+		fmt.Printf("The demo line loops; open %s (changes allowed: this console listens on 127.0.0.1 only). Ctrl-C stops it.\n", line.consoleURL())
+		return line.run(ctx, true)
 	}
 }
 
@@ -127,10 +137,33 @@ func demoVideoKinds() []string {
 	return kinds
 }
 
-// runDemoDaemon writes a video and a config, runs the daemon on it with
-// the embedded broker, and prints what a subscriber receives until the
-// video ends.
-func runDemoDaemon(ctx context.Context, dir, bundle string, port, threads int) error {
+// askYes asks a question on a terminal; anything but y or yes, or no
+// terminal (make demo in CI, a pipe), is no.
+func askYes(question string) bool {
+	if st, err := os.Stdin.Stat(); err != nil || st.Mode()&os.ModeCharDevice == 0 {
+		return false
+	}
+	fmt.Print(question)
+	answer, _ := bufio.NewReader(os.Stdin).ReadString('\n')
+	answer = strings.ToLower(strings.TrimSpace(answer))
+	return answer == "y" || answer == "yes"
+}
+
+// demoLine is the demo's inspection line: a video, the daemon with the
+// embedded broker, and its console on loopback.
+type demoLine struct {
+	dir, bundle           string
+	mqttPort, consolePort int
+	threads               int
+}
+
+func (l demoLine) consoleURL() string { return fmt.Sprintf("http://127.0.0.1:%d/", l.consolePort) }
+
+// run writes a video and a config and runs the daemon on it, printing what
+// a subscriber receives: once through the video, or looping until ctx ends
+// (snapshots are then seen in the console, not saved).
+func (l demoLine) run(ctx context.Context, loop bool) error {
+	dir, bundle, port, threads := l.dir, l.bundle, l.mqttPort, l.threads
 	video := filepath.Join(dir, "line.avi")
 	if err := synth.WriteVideo(video, 128, 15, demoVideoKinds(), 6, 9); err != nil {
 		return err
@@ -138,6 +171,9 @@ func runDemoDaemon(ctx context.Context, dir, bundle string, port, threads int) e
 	snapshots := filepath.Join(dir, "snapshots")
 	if err := os.MkdirAll(snapshots, 0o755); err != nil {
 		return err
+	}
+	if loop {
+		snapshots = ""
 	}
 	config := filepath.Join(dir, "config.yaml")
 	model, err := filepath.Rel(dir, bundle)
@@ -147,11 +183,12 @@ func runDemoDaemon(ctx context.Context, dir, bundle string, port, threads int) e
 	// Paths relative to the configuration's folder, as the daemon reads them.
 	yaml := fmt.Sprintf(`# written by transformaly demo
 cameras:
-  - {name: line1, source: line.avi, model: %q, pace: true}
+  - {name: line1, source: line.avi, model: %q, pace: true, loop: %t}
 mqtt: {broker: embedded, embedded_address: "127.0.0.1:%d", stats_interval: 5s}
-metrics: {address: "off"}
+metrics: {address: "127.0.0.1:%d"}
+web: {allow_changes: true}
 state_directory: state
-`, model, port)
+`, model, loop, port, l.consolePort)
 	if err := os.WriteFile(config, []byte(yaml), 0o644); err != nil {
 		return err
 	}
@@ -168,6 +205,10 @@ state_directory: state
 			}
 			go func() {
 				defer watch.close()
+				if loop {
+					<-ctx.Done()
+					return
+				}
 				// Stop once the video has played to its end.
 				for ctx.Err() == nil {
 					time.Sleep(200 * time.Millisecond)

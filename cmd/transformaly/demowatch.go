@@ -12,7 +12,8 @@ import (
 )
 
 // demoWatcher is the demo's MQTT subscriber: it prints scores now and then,
-// every event, and saves snapshots, the way a dashboard would see them.
+// every event, and saves snapshots (into snapshots, unless ""), the way a
+// dashboard would see them.
 type demoWatcher struct {
 	client mqtt.Client
 }
@@ -42,6 +43,8 @@ func newDemoWatcher(broker, snapshots string) (*demoWatcher, error) {
 				}
 				fmt.Printf("  %-22s frame %4d  score %9.2f  (threshold %.2f)  %s\n", topic, s.Frame, s.Score, s.Threshold, verdict)
 			}
+		case strings.HasSuffix(topic, "/snapshot") && snapshots == "":
+			fmt.Printf("  %-22s %d-byte JPEG with the anomaly heatmap (see the console's events)\n", topic, len(m.Payload()))
 		case strings.HasSuffix(topic, "/snapshot"):
 			path := filepath.Join(snapshots, fmt.Sprintf("%s.jpg", time.Now().Format("150405.000")))
 			if os.WriteFile(path, m.Payload(), 0o644) == nil {
