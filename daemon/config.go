@@ -28,6 +28,7 @@ import (
 	"github.com/transformaly/transformaly/internal/redact"
 	"github.com/transformaly/transformaly/modbus"
 	"github.com/transformaly/transformaly/mqtt"
+	"github.com/transformaly/transformaly/opcua"
 )
 
 // DefaultConfigPath is where `transformaly run` looks without --config.
@@ -45,6 +46,9 @@ type Config struct {
 	// Modbus serves the PLC the triggered cameras' registers (off unless an
 	// address is given; see the modbus package for the map).
 	Modbus modbus.Config `yaml:"modbus"`
+	// OPCUA serves the cameras to SCADA, MES and PLCs over OPC UA (off
+	// unless an address is given; see the opcua package).
+	OPCUA opcua.Config `yaml:"opcua"`
 	// NGImages keeps triggered cameras' NG parts' images.
 	NGImages NGImagesConfig `yaml:"ng_images"`
 	// Web places the web console.
@@ -281,7 +285,8 @@ func (c *Config) resolvePaths(dir string) {
 			abs(&cam.Source)
 		}
 	}
-	for _, p := range []*string{&c.StateDirectory, &c.CacheDirectory, &c.NGImages.Directory, &c.Web.PasswordFile, &c.Web.NormalImages, &c.MQTT.PasswordFile, &c.MQTT.TLS.CAFile, &c.MQTT.TLS.CertFile, &c.MQTT.TLS.KeyFile} {
+	for _, p := range []*string{&c.StateDirectory, &c.CacheDirectory, &c.NGImages.Directory, &c.Web.PasswordFile, &c.Web.NormalImages, &c.MQTT.PasswordFile, &c.MQTT.TLS.CAFile, &c.MQTT.TLS.CertFile, &c.MQTT.TLS.KeyFile,
+		&c.OPCUA.CertificateFile, &c.OPCUA.KeyFile, &c.OPCUA.TrustedCertificates, &c.OPCUA.RejectedCertificates, &c.OPCUA.UsersFile} {
 		abs(p)
 	}
 	if c.Detector.ProviderLibrary != "" {
@@ -693,6 +698,9 @@ func (c Config) Validate() []error {
 			bad("modbus.address", "%v", err)
 		}
 		c.Modbus.Check(bad)
+	}
+	if c.OPCUA.Address != "" {
+		c.OPCUA.Check(bad)
 	}
 	if c.StateDirectory == "" {
 		bad("state_directory", "missing")

@@ -21,6 +21,7 @@ import (
 
 	"github.com/transformaly/transformaly/console"
 	"github.com/transformaly/transformaly/modbus"
+	"github.com/transformaly/transformaly/opcua"
 
 	sd "github.com/coreos/go-systemd/v22/daemon"
 
@@ -38,6 +39,7 @@ type Daemon struct {
 	control    *Control
 	controlMu  sync.Mutex     // one control change at a time (changeControl)
 	modbus     *modbus.Server // nil: off
+	opcua      *opcua.Server  // nil: off
 	ngImages   *ngArchive     // nil: off
 	// events and parts are the recent ones the web console lists (nil: off).
 	events  *recentLog[console.Event]
@@ -182,6 +184,13 @@ func Run(ctx context.Context, opts Options) error {
 		}
 		defer d.modbus.Close()
 	}
+	if cfg.OPCUA.Address != "" {
+		if err := d.startOPCUA(cfg); err != nil {
+			pipe.closeModels()
+			return err
+		}
+		defer d.opcua.Close()
+	}
 	d.lend(pipe)
 	d.mu.Lock()
 	d.pipe = pipe
@@ -228,8 +237,8 @@ func (d *Daemon) reload(ctx context.Context) {
 	slog.Info("reloading configuration and bundles", "config", d.configPath)
 	cfg, err := LoadAndValidate(d.configPath, d.override)
 	if err == nil && (cfg.MQTT.Broker != d.cfg.MQTT.Broker || cfg.StateDirectory != d.cfg.StateDirectory || cfg.NGImages != d.cfg.NGImages || !reflect.DeepEqual(cfg.Modbus, d.cfg.Modbus) ||
-		cfg.Web != d.cfg.Web || cfg.Metrics != d.cfg.Metrics) {
-		err = errors.New("mqtt.broker, state_directory, ng_images, modbus, metrics and web change only with a restart")
+		cfg.OPCUA != d.cfg.OPCUA || cfg.Web != d.cfg.Web || cfg.Metrics != d.cfg.Metrics) {
+		err = errors.New("mqtt.broker, state_directory, ng_images, modbus, opcua, metrics and web change only with a restart")
 	}
 	if err != nil {
 		slog.Error("reload refused; still running the previous configuration", "err", err)
@@ -451,8 +460,12 @@ func (d *Daemon) TriggerPart(camera, id string) (string, error) {
 	return "", fmt.Errorf("no camera %q", camera)
 }
 
-// forwardResult shows a part result on the Modbus map.
+// forwardResult shows a part result on the OPC UA address space and the
+// Modbus map.
 func (d *Daemon) forwardResult(r PartResult) {
+	if d.opcua != nil {
+		d.opcua.Publish(r.Camera, opcuaResult(r))
+	}
 	if d.modbus == nil {
 		return
 	}

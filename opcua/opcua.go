@@ -168,14 +168,12 @@ var (
 
 // Start serves the address space of src's cameras at opts.Address.
 func Start(opts Options, src Source) (*Server, error) {
-	u, err := url.Parse(opts.Address)
-	if err != nil || u.Scheme != "opc.tcp" || u.Hostname() == "" || u.Port() == "" {
-		return nil, fmt.Errorf("opcua.address %q: want opc.tcp://host:port", opts.Address)
-	}
-	port, err := strconv.Atoi(u.Port())
+	host, err := parseAddress(opts.Address)
 	if err != nil {
-		return nil, fmt.Errorf("opcua.address %q: port: %w", opts.Address, err)
+		return nil, fmt.Errorf("opcua.address %w", err)
 	}
+	u, _ := url.Parse(opts.Address)
+	port, _ := strconv.Atoi(u.Port())
 	if opts.SampleInterval <= 0 {
 		opts.SampleInterval = 100 * time.Millisecond
 	}
@@ -186,13 +184,13 @@ func Start(opts Options, src Source) (*Server, error) {
 	if opts.ApplicationURI == "" {
 		opts.ApplicationURI = "urn:" + hostname + ":transformaly"
 	}
-	cert, key, err := loadOrCreateCertificate(opts.CertificateFile, opts.KeyFile, opts.ApplicationURI, []string{hostname, "localhost", u.Hostname()})
+	cert, key, err := loadOrCreateCertificate(opts.CertificateFile, opts.KeyFile, opts.ApplicationURI, []string{hostname, "localhost", host})
 	if err != nil {
 		return nil, err
 	}
-	urls := []string{fmt.Sprintf("opc.tcp://%s:%d", u.Hostname(), port)}
+	urls := []string{fmt.Sprintf("opc.tcp://%s:%d", host, port)}
 	// Clients reach a server listening on every address by a name.
-	if ip := net.ParseIP(u.Hostname()); ip != nil && ip.IsUnspecified() && hostname != "" {
+	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() && hostname != "" {
 		urls = append(urls, fmt.Sprintf("opc.tcp://%s:%d", hostname, port))
 	}
 	if parsed, err := x509.ParseCertificate(cert); err == nil && len(parsed.URIs) > 0 {
