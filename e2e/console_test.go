@@ -100,7 +100,12 @@ func pageErrors(ctx context.Context) func() []string {
 			if err != nil {
 				return
 			}
-			add(ev.ExceptionDetails.Text + " " + ev.ExceptionDetails.URL)
+			d := ev.ExceptionDetails
+			what := d.Text
+			if d.Exception != nil {
+				what += " " + d.Exception.Description
+			}
+			add(fmt.Sprintf("%s %s:%d", what, d.URL, d.LineNumber+1))
 		}
 	}()
 	return func() []string { mu.Lock(); defer mu.Unlock(); return slices.Clone(errs) }
