@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
-	"strings"
 
 	"github.com/transformaly/transformaly/capture"
 	"github.com/transformaly/transformaly/internal/atomicfile"
@@ -132,7 +131,7 @@ var unsafeName = regexp.MustCompile(`[^A-Za-z0-9._-]+`)
 
 func (a *ngArchive) write(job ngImage) error {
 	r, img := job.result, job.image
-	name := r.TriggerTime.Format("20060102T150405.000Z") + "_" + strings.Trim(unsafeName.ReplaceAllString(r.PartID, "_"), ".")
+	name := ngImageName(r.TriggerTime, r.PartID)
 	imagePath := filepath.Join(a.dir, r.Camera, "images", name+".png")
 	mapPath := filepath.Join(a.dir, r.Camera, "maps", name+".jpg")
 	for _, p := range []string{imagePath, mapPath} {

@@ -9,6 +9,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -30,7 +31,7 @@ func collectCommand(fs *pflag.FlagSet) func([]string) error {
 	count := fs.Int("count", 500, "frames to save")
 	every := fs.Duration("every", time.Second, "least time between saved frames, to spread them over the line's variation (0: every frame that arrives while none is being saved); video files play at their own frame rate")
 	format := fs.String("format", "png", "image format: png (lossless) or jpg")
-	fromNG := fs.Bool("ng-images", false, "instead of capturing, copy the camera's kept NG parts' frames (ng_images: <directory>/<camera>/images, saved as collect saves frames) into --out, up to --count: review that folder first and delete the true rejects, so only false rejects become normal images")
+	fromNG := fs.Bool("ng-images", false, "instead of capturing, copy the camera's kept NG parts' frames (ng_images: <directory>/<camera>/images, saved as collect saves frames) into --out, up to --count: review that folder first and delete the true rejects (parts marked true defect on the console are left out), so only false rejects become normal images")
 	return func(args []string) error {
 		if len(args) > 0 {
 			return usageError("unexpected arguments %q", args)
@@ -53,7 +54,11 @@ func collectCommand(fs *pflag.FlagSet) func([]string) error {
 			return err
 		}
 		if *fromNG {
-			return copyNGImages(filepath.Join(cfg.NGImagesDirectory(), cam.Name, "images"), *out, cam.Name, *count)
+			marks, err := daemon.ReadReviews(cfg)
+			if err != nil {
+				return err
+			}
+			return copyNGImages(filepath.Join(cfg.NGImagesDirectory(), cam.Name, "images"), *out, cam.Name, *count, marks[cam.Name])
 		}
 		capCfg, err := cam.CaptureConfig(0, true)
 		if err != nil {
@@ -117,12 +122,16 @@ func collectCommand(fs *pflag.FlagSet) func([]string) error {
 
 // copyNGImages copies up to count of a camera's kept NG frames into out,
 // each checked as fit will read it, under names that say where they came
-// from.
-func copyNGImages(dir, out, camera string, count int) error {
+// from; frames reviewed as true defects on the console (marks: NG image
+// name -> mark) are left out.
+func copyNGImages(dir, out, camera string, count int, marks map[string]string) error {
 	paths, err := fit.ListImages(dir)
 	if err != nil {
 		return fmt.Errorf("--ng-images: %w (is ng_images on, and has camera %s rejected parts?)", err, camera)
 	}
+	paths = slices.DeleteFunc(paths, func(p string) bool {
+		return marks[strings.TrimSuffix(filepath.Base(p), filepath.Ext(p))] == daemon.TrueDefect
+	})
 	if len(paths) == 0 {
 		return fmt.Errorf("--ng-images: %s holds no images", dir)
 	}
