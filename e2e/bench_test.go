@@ -166,6 +166,46 @@ state_directory: %q
 	}
 }
 
+// BenchmarkTriggerMethodToNotification: an OPC UA client (the gopcua
+// client, Basic256Sha256 with SignAndEncrypt, a user's password) calls
+// line1's Trigger method and waits for the new result's LastResult
+// notifications (PartId, Verdict, ResultCounter) of a subscription
+// publishing every 10 ms; 50 parts a run (p50 and p99 ms), on the same
+// paced 25 fps camera with one frame a part as BenchmarkTriggerToCoil's
+// fixture run, so the two compare in one run:
+// -bench 'TriggerToCoil/fixture|TriggerMethodToNotification'.
+func BenchmarkTriggerMethodToNotification(b *testing.B) {
+	f := getDaemonFixture(b)
+	for range b.N {
+		line, section := opcuaSetup(b, "")
+		d := startDaemon(b, fmt.Sprintf(`
+cameras:
+  - {name: line1, source: %q, model: %q, loop: true, pace: true, trigger: {frames: 1, deadline: 2s}}
+mqtt: {broker: embedded, embedded_address: "127.0.0.1:%d"}
+metrics: {address: "off"}
+%s
+detector: {max_batch: 1}
+state_directory: %q
+`, f.loop, f.bundle, freePort(b), section, b.TempDir()))
+		c, node := line.scada(b)
+		w := watchResults(b, c, node)
+		var lat []float64
+		for i := range 50 {
+			start := time.Now()
+			if _, err := triggerPart(c, node, strconv.Itoa(i)); err != nil {
+				b.Fatal(err)
+			}
+			w.wait(b, i+2)
+			lat = append(lat, float64(time.Since(start).Microseconds())/1000)
+		}
+		c.Close(context.Background())
+		d.stop(b)
+		slices.Sort(lat)
+		b.ReportMetric(lat[len(lat)/2], "p50-ms")
+		b.ReportMetric(lat[len(lat)*99/100], "p99-ms")
+	}
+}
+
 // BenchmarkConsoleLiveViews: 20 browsers' live views (MJPEG with the
 // anomaly map, 4 frames a second each) against none, on a daemon scoring
 // one unpaced 640x640 camera as fast as the CPU allows, in three rounds of
