@@ -35,7 +35,6 @@ import (
 	"github.com/gopcua/opcua/id"
 	"github.com/gopcua/opcua/server"
 	"github.com/gopcua/opcua/ua"
-	"github.com/gopcua/opcua/uacp"
 )
 
 // Camera is one camera's state as the daemon reports it.
@@ -207,7 +206,7 @@ func Start(opts Options, src Source) (*Server, error) {
 	s.ns0.Node(server.ObjectsFolder).AddRef(s.sp.root.lib, server.RefTypeIDOrganizes, true)
 	s.sync(src.Cameras())
 
-	l, err := uacp.Listen(context.Background(), urls[0], nil)
+	l, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port)))
 	if err != nil {
 		return nil, fmt.Errorf("opcua.address %s: %w", opts.Address, err)
 	}

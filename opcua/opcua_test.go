@@ -557,3 +557,31 @@ func TestLoadUsers(t *testing.T) {
 		t.Errorf("a line without a password: %v", err)
 	}
 }
+
+// A client that connects and says nothing, or sends no OPC UA, does not
+// keep others out.
+func TestSilentClientsDoNotStallOthers(t *testing.T) {
+	s, _ := startServer(t, nil)
+	addr := strings.TrimPrefix(s.opts.Address, "opc.tcp://")
+	for _, hello := range []string{"", "GET / HTTP/1.1\r\n\r\n"} {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.Write([]byte(hello))
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := connect(t, s.opts.Address, "Basic256Sha256", pki.trusted, pki.trustedKey, ua.UserTokenTypeUserName, "operator", "s3cret")
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a session behind two silent connections did not open within 5 s")
+	}
+}

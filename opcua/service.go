@@ -30,6 +30,7 @@ import (
 // (the standard nodes every client reads) is used as it is.
 
 const (
+	maxConnections     = 128  // connections open at once
 	maxSessions        = 64   // sessions open at once
 	maxPublishRequests = 32   // waiting per session
 	maxSubscriptions   = 64   // per session
@@ -60,29 +61,67 @@ type publishRequest struct {
 	req   *ua.PublishRequest
 }
 
-// serve accepts connections until ctx ends.
-func (s *Server) serve(ctx context.Context, l *uacp.Listener) {
+// serve accepts connections until ctx ends, at most maxConnections at
+// once.
+func (s *Server) serve(ctx context.Context, l net.Listener) {
+	slots := make(chan struct{}, maxConnections)
 	var ids uint32
 	for {
-		conn, err := l.Accept(ctx)
+		c, err := l.Accept()
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return
 			}
-			var opErr *net.OpError
-			if errors.As(err, &opErr) && !opErr.Timeout() {
-				slog.Error("OPC UA server stopped accepting connections", "err", err)
-				return
-			}
-			continue // a client that failed its handshake
+			slog.Warn("OPC UA connection not accepted", "err", err)
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		select {
+		case slots <- struct{}{}:
+		default:
+			slog.Warn("OPC UA connection refused: too many open", "remote", c.RemoteAddr().String(), "max", maxConnections)
+			c.Close()
+			continue
 		}
 		ids++
 		s.wg.Add(1)
 		go func(id uint32) {
 			defer s.wg.Done()
+			defer func() { <-slots }()
+			conn, err := handshake(c.(*net.TCPConn))
+			if err != nil {
+				slog.Debug("OPC UA connection without a handshake", "remote", c.RemoteAddr().String(), "err", err)
+				c.Close()
+				return
+			}
 			s.serveConn(ctx, conn, id)
 		}(ids)
 	}
+}
+
+// handshake answers a connection's Hello within a deadline. The
+// library's listener does it inline, where one silent client stalls every
+// other, and follows a ReverseHello to any address it names.
+func handshake(c *net.TCPConn) (*uacp.Conn, error) {
+	conn, err := uacp.NewConn(c, uacp.DefaultServerACK)
+	if err != nil {
+		return nil, err
+	}
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	defer c.SetDeadline(time.Time{})
+	b, err := conn.Receive()
+	if err != nil {
+		return nil, err
+	}
+	if len(b) < 8 || string(b[:4]) != "HELF" {
+		conn.SendError(ua.StatusBadTCPMessageTypeInvalid)
+		return nil, fmt.Errorf("%q instead of a Hello", b[:min(len(b), 4)])
+	}
+	if _, err := new(uacp.Hello).Decode(b[8:]); err != nil {
+		conn.SendError(ua.StatusBadTCPInternalError)
+		return nil, err
+	}
+	return conn, conn.Send("ACKF", uacp.DefaultServerACK)
 }
 
 // serveConn opens a secure channel on a connection and answers its
