@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -171,8 +172,8 @@ func readValue(t testing.TB, c *opcua.Client, nid *ua.NodeID) any {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if resp.Results[0].Value == nil {
-		return resp.Results[0].Status
+	if r := resp.Results[0]; r.Status != ua.StatusOK || r.Value == nil {
+		return r.Status
 	}
 	return resp.Results[0].Value.Value()
 }
@@ -351,18 +352,25 @@ state_directory: %q
 // The security defaults, on a daemon without allow_changes: Threshold
 // writes are refused; anonymous and None-policy sessions, a wrong
 // password and a certificate not in the trusted folder are refused; the
-// trusted certificate alone gets in.
-func TestOPCUARefusesByDefault(t *testing.T) {
+// trusted certificate alone gets in. A reload keeps a camera's node by
+// name (its result counter and the subscription on it); a removed
+// camera's object goes, a new one appears.
+func TestOPCUADefaultsAndReload(t *testing.T) {
 	f := getDaemonFixture(t)
 	line, section := opcuaSetup(t, "")
-	startDaemon(t, fmt.Sprintf(`
+	brokerPort, state := freePort(t), t.TempDir()
+	config := func(second string) string {
+		return fmt.Sprintf(`
 cameras:
   - {name: line1, source: %q, model: %q, loop: true, pace: true, trigger: {deadline: 2s}}
+  - {name: %s, source: %q, model: %q, loop: true, pace: true, trigger: {deadline: 2s}}
 mqtt: {broker: embedded, embedded_address: "127.0.0.1:%d"}
 metrics: {address: "off"}
 %s
 state_directory: %q
-`, f.loop, f.bundle, freePort(t), section, t.TempDir()))
+`, f.loop, f.bundle, second, f.loop, f.bundle, brokerPort, section, state)
+	}
+	d := startDaemon(t, config("lineB"))
 	c, node := line.scada(t)
 	before := readValue(t, c, node("Cameras/line1/Threshold"))
 	if code := writeValue(t, c, node("Cameras/line1/Threshold"), 0.5); code != ua.StatusBadUserAccessDenied {
@@ -403,5 +411,43 @@ state_directory: %q
 	}
 	if _, err := connectOPCUA(t, line.endpoint, "Aes256_Sha256_RsaPss", line.cert, line.key, "", ""); err != nil {
 		t.Errorf("the trusted certificate as identity: %v", err)
+	}
+
+	w := watchResults(t, c, node)
+	if _, err := triggerPart(c, node, "before"); err != nil {
+		t.Fatal(err)
+	}
+	w.wait(t, 2)
+	cameras := func() []string {
+		resp, err := c.Browse(context.Background(), &ua.BrowseRequest{NodesToBrowse: []*ua.BrowseDescription{{NodeID: node("Cameras"),
+			BrowseDirection: ua.BrowseDirectionForward, ReferenceTypeID: ua.NewNumericNodeID(0, id.Organizes), ResultMask: uint32(ua.BrowseResultMaskAll)}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, r := range resp.Results[0].References {
+			names = append(names, r.BrowseName.Name)
+		}
+		return names
+	}
+	if got := cameras(); !slices.Equal(got, []string{"line1", "lineB"}) {
+		t.Fatalf("cameras before the reload: %v", got)
+	}
+	path := d.cmd.Args[len(d.cmd.Args)-1]
+	if err := os.WriteFile(path, []byte(config("lineC")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	eventually(t, "lineC in place of lineB", 30*time.Second, func() bool { return slices.Equal(cameras(), []string{"line1", "lineC"}) })
+	if v := readValue(t, c, node("Cameras/lineB/Online")); v != ua.StatusBadNodeIDUnknown {
+		t.Errorf("the removed camera's Online reads %v", v)
+	}
+	eventually(t, "line1 ready after the reload", 30*time.Second, func() bool { return readValue(t, c, node("Cameras/line1/Ready")) == true })
+	if _, err := triggerPart(c, node, "after"); err != nil {
+		t.Fatal(err)
+	}
+	w.wait(t, 3) // the subscription made before the reload
+	if w.seen[1][2] != "after" || w.seen[3][2] != uint32(2) {
+		t.Errorf("after the reload: part %v, counter %v; want after, 2 (kept by name)", w.seen[1][2], w.seen[3][2])
 	}
 }
