@@ -10,12 +10,14 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"syscall"
 	"time"
 
 	"github.com/gopcua/opcua/id"
 	"github.com/gopcua/opcua/ua"
 	"github.com/gopcua/opcua/uacp"
+	"github.com/gopcua/opcua/uapolicy"
 	"github.com/gopcua/opcua/uasc"
 )
 
@@ -128,18 +130,21 @@ func handshake(c *net.TCPConn) (*uacp.Conn, error) {
 // requests in order.
 func (s *Server) serveConn(ctx context.Context, conn *uacp.Conn, channelID uint32) {
 	defer conn.Close()
-	policy, err := peekPolicy(conn.TCPConn, 10*time.Second)
+	policy, clientCert, err := peekOpen(conn.TCPConn, 10*time.Second)
 	if err != nil {
 		slog.Debug("OPC UA connection without a secure channel", "remote", conn.RemoteAddr().String(), "err", err)
 		return
 	}
 	// The channel's mode must be known before its first message: an
 	// encrypted OpenSecureChannel request is decrypted only by a channel
-	// that is not in mode None.
+	// that is not in mode None; and its response names the client's
+	// certificate by thumbprint (gopcua's server sends none, which other
+	// clients than gopcua's refuse).
 	cfg := &uasc.Config{SecurityPolicyURI: policy, SecurityMode: ua.MessageSecurityModeNone, Certificate: s.cert, LocalKey: s.key,
 		Lifetime: uint32(time.Hour / time.Millisecond)}
 	if policy != ua.SecurityPolicyURINone {
 		cfg.SecurityMode = ua.MessageSecurityModeSignAndEncrypt
+		cfg.Thumbprint = uapolicy.Thumbprint(clientCert)
 	}
 	errs := make(chan error, 1)
 	var token [4]byte
@@ -174,17 +179,37 @@ func (s *Server) serveConn(ctx context.Context, conn *uacp.Conn, channelID uint3
 	}
 }
 
-// peekPolicy reads, without consuming it, the security policy URI of the
-// OpenSecureChannel request a connection starts with (after the message
-// header and secure channel id: a length and the URI).
-func peekPolicy(c *net.TCPConn, timeout time.Duration) (string, error) {
+// peekOpen reads, without consuming them, the security policy URI and
+// the client's certificate of the OpenSecureChannel request a connection
+// starts with (its asymmetric security header, after the message header
+// and the secure channel id: each a length and its bytes).
+func peekOpen(c *net.TCPConn, timeout time.Duration) (policy string, cert []byte, err error) {
 	raw, err := c.SyscallConn()
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
 	c.SetReadDeadline(time.Now().Add(timeout))
 	defer c.SetReadDeadline(time.Time{})
-	buf := make([]byte, 16+256)
+	const maxURI, maxCert = 256, 16 << 10
+	buf := make([]byte, 16+maxURI+4+maxCert)
+	// field reads the length-prefixed field at off of the n bytes peeked:
+	// its end, or -1 while incomplete, or -2 when its length is out of
+	// bounds.
+	field := func(n, off, limit int) int {
+		if n < off+4 {
+			return -1
+		}
+		l := int(int32(binary.LittleEndian.Uint32(buf[off:])))
+		switch {
+		case l == -1:
+			return off + 4 // a null ByteString: no certificate
+		case l < 0 || l > limit:
+			return -2
+		case n < off+4+l:
+			return -1
+		}
+		return off + 4 + l
+	}
 	var n int
 	var peekErr error
 	err = raw.Read(func(fd uintptr) bool {
@@ -195,26 +220,34 @@ func peekPolicy(c *net.TCPConn, timeout time.Duration) (string, error) {
 		if peekErr != nil || n == 0 {
 			return true
 		}
-		if n < 16 {
-			return false
+		end := field(n, 12, maxURI)
+		if end >= 0 {
+			end = field(n, end, maxCert)
 		}
-		l := int(int32(binary.LittleEndian.Uint32(buf[12:16])))
-		return l < 0 || l > 256 || n >= 16+l
+		return end != -1
 	})
-	if err != nil {
-		return "", err
+	if err == nil {
+		err = peekErr
 	}
-	if peekErr != nil {
-		return "", peekErr
+	if err != nil {
+		return "", nil, err
 	}
 	if n < 16 || string(buf[:3]) != "OPN" {
-		return "", errors.New("the first message is no OpenSecureChannel request")
+		return "", nil, errors.New("the first message is no OpenSecureChannel request")
 	}
-	l := int(int32(binary.LittleEndian.Uint32(buf[12:16])))
-	if l < 0 || l > 256 {
-		return "", fmt.Errorf("security policy URI of %d bytes", l)
+	uriEnd := field(n, 12, maxURI)
+	certEnd := -2
+	if uriEnd >= 0 {
+		certEnd = field(n, uriEnd, maxCert)
 	}
-	return string(buf[16 : 16+l]), nil
+	if certEnd < 0 {
+		return "", nil, errors.New("the OpenSecureChannel request's security header is out of bounds")
+	}
+	policy = string(buf[16:uriEnd])
+	if certEnd > uriEnd+4 {
+		cert = slices.Clone(buf[uriEnd+4 : certEnd])
+	}
+	return policy, cert, nil
 }
 
 func fault(hdr *ua.RequestHeader, code ua.StatusCode) ua.Response {
