@@ -155,9 +155,22 @@ func (s *Server) serveConn(ctx context.Context, conn *uacp.Conn, channelID uint3
 		return
 	}
 	defer sc.Close()
-	go func() { <-ctx.Done(); sc.Close() }()
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		select {
+		case <-ctx.Done():
+			sc.Close()
+		case <-done:
+		}
+	}()
+	// A channel not renewed within its lifetime is closed (a quarter more,
+	// as OPC UA allows): a client that went quiet holds no connection.
+	idle := 10 * time.Second // the OpenSecureChannel request comes at once
 	for {
+		conn.SetReadDeadline(time.Now().Add(idle))
 		msg := sc.Receive(ctx)
+		idle = min(max(time.Duration(cfg.Lifetime)*time.Millisecond*5/4, 10*time.Second), 2*time.Hour)
 		if msg.Err != nil {
 			if msg.Err != io.EOF && ctx.Err() == nil {
 				slog.Debug("OPC UA secure channel closed", "remote", conn.RemoteAddr().String(), "err", msg.Err)
