@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"image"
 	"log/slog"
 	"math"
 	"slices"
@@ -159,6 +160,9 @@ func buildPipeline(ctx context.Context, cfg Config, pub *mqtt.Publisher, control
 		if err != nil {
 			p.closeModels()
 			return nil, fmt.Errorf("cameras[%d]: %w", i, err)
+		}
+		if t := m.det.Info.Tiling; t != nil {
+			capCfg.Tiling = &t.Tiling // frames cut into the bundle's tiles
 		}
 		rt := &cameraRuntime{cfg: cc, model: m, threshold: m.det.Info.Threshold, latency: newWindow(1024), e2e: newWindow(1024),
 			normalQuantile: m.det.Info.Calibration.NormalQuantile, normalPatchDistance: math.NaN()}
@@ -346,6 +350,7 @@ func (m *modelRuntime) online() int {
 func (p *pipeline) detectLoop(ctx context.Context, m *modelRuntime) {
 	maxBatch := p.cfg.Detector.MaxBatch
 	var pixels []byte
+	var sizes []image.Point
 	for {
 		select {
 		case <-ctx.Done():
@@ -365,12 +370,14 @@ func (p *pipeline) detectLoop(ctx context.Context, m *modelRuntime) {
 		if len(batch) == 0 {
 			continue
 		}
-		pixels = pixels[:0]
+		pixels, sizes = pixels[:0], sizes[:0]
 		for _, pf := range batch {
 			pixels = append(pixels, pf.frame.RGB...)
+			sizes = append(sizes, image.Pt(pf.frame.Width, pf.frame.Height))
 		}
 		start := time.Now()
-		res, err := m.det.Score(pixels, len(batch), m.det.Info.Threshold) // each camera judges by its own threshold
+		// A tiled bundle's frames go in as their tiles, one batch.
+		res, err := m.det.ScoreFrames(pixels, sizes, m.det.Info.Threshold) // each camera judges by its own threshold
 		inferMS := float64(time.Since(start).Microseconds()) / 1000
 		if err != nil {
 			// The frames are lost: counted per camera, their buffers given

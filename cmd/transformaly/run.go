@@ -55,7 +55,7 @@ func runCommand(fs *pflag.FlagSet) func([]string) error {
 	var flags daemonFlags
 	var rt runtimeFlags
 	flags.register(fs)
-	check := fs.Bool("check-config", false, "validate the configuration (and that its bundles exist) and exit")
+	check := fs.Bool("check-config", false, "validate the configuration (and its bundles: that they exist, and that a tiled bundle's tile fits the camera's roi or frame size) and exit")
 	rt.register(fs)
 	return func(args []string) error {
 		if len(args) > 0 {
@@ -65,6 +65,9 @@ func runCommand(fs *pflag.FlagSet) func([]string) error {
 			cfg, err := daemon.LoadAndValidate(flags.config, flags.override)
 			if err != nil {
 				return err
+			}
+			if err := cfg.CheckBundles(); err != nil {
+				return fmt.Errorf("config %s is invalid:\n  %w", flags.config, err)
 			}
 			fmt.Printf("config %s is valid\n", flags.config)
 			// A camera unplugged now is no error (the daemon waits for it),

@@ -134,31 +134,9 @@ func PartWithMask(size int, kind string, seed uint64) (*image.NRGBA, *image.Gray
 // trainN normal parts, test/good with testN, and for each defect kind
 // test/<kind> with testN parts and ground_truth/<kind>/<name>_mask.png.
 func WriteDataset(dir string, size, trainN, testN int, kinds []string, seed uint64) error {
-	if _, err := WriteParts(filepath.Join(dir, "train", "good"), size, Normal, trainN, seed); err != nil {
-		return err
-	}
-	if _, err := WriteParts(filepath.Join(dir, "test", "good"), size, Normal, testN, seed+1); err != nil {
-		return err
-	}
-	for k, kind := range kinds {
-		imgDir, maskDir := filepath.Join(dir, "test", kind), filepath.Join(dir, "ground_truth", kind)
-		for _, d := range []string{imgDir, maskDir} {
-			if err := os.MkdirAll(d, 0o755); err != nil {
-				return fmt.Errorf("create %s: %w", d, err)
-			}
-		}
-		for i := range testN {
-			img, mask := PartWithMask(size, kind, (seed+2+uint64(k))*1_000_003+uint64(i))
-			name := fmt.Sprintf("%03d", i)
-			if err := writePNG(filepath.Join(imgDir, name+".png"), img); err != nil {
-				return err
-			}
-			if err := writePNG(filepath.Join(maskDir, name+"_mask.png"), mask); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
+	return writeDataset(dir, trainN, testN, kinds, seed, func(kind string, seed uint64) (*image.NRGBA, *image.Gray) {
+		return PartWithMask(size, kind, seed)
+	})
 }
 
 // WriteParts writes n scenes of kind into dir as kind-0000.png, ... and
