@@ -37,7 +37,7 @@ const (
 	maxPublishRequests = 32   // waiting per session
 	maxSubscriptions   = 64   // per session
 	maxQueued          = 4096 // notifications waiting per subscription; the oldest go first
-	maxPerPublish      = 1000 // notifications in one publish response
+	maxPerPublish      = 200  // notifications in one publish response (one chunk: within a client's 64 KiB buffer)
 )
 
 // session is a client's session.
