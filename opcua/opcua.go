@@ -128,7 +128,7 @@ type Server struct {
 	cams   map[string]*camera
 	daemon map[string]*ua.DataValue // Status, Version, Uptime
 
-	notify  chan *ua.NodeID
+	notify  chan change
 	dropped atomic.Uint64
 
 	mu         sync.Mutex
@@ -198,7 +198,7 @@ func Start(opts Options, src Source) (*Server, error) {
 	s := &Server{opts: opts, src: src, cert: cert, key: key, endpoints: endpoints(urls, cert, opts),
 		ns0: server.New(server.ServerName("transformaly"), server.ManufacturerName("transformaly"), server.ProductName("transformaly"),
 			server.SoftwareVersion(opts.Version)),
-		sp: newSpace(opts.AllowChanges), cams: map[string]*camera{}, notify: make(chan *ua.NodeID, notifyQueue),
+		sp: newSpace(opts.AllowChanges), cams: map[string]*camera{}, notify: make(chan change, notifyQueue),
 		sessions: map[string]*session{}, monitored: map[string][]*monitoredItem{}}
 	s.auth = &authenticator{opts: &s.opts, cert: cert, key: key, endpoints: s.endpoints}
 	s.ns0.AddNamespace(s.sp)
@@ -359,7 +359,7 @@ func same(a, b any) bool {
 // appear, removed ones go, values that changed are notified.
 func (s *Server) sync(cams []Camera) {
 	now := time.Now()
-	var changed []*ua.NodeID
+	var changed []change
 	sp := s.sp
 	sp.mu.Lock()
 	seen := map[string]bool{}
@@ -376,12 +376,11 @@ func (s *Server) sync(cams []Camera) {
 		}
 		if c.obj == nil {
 			s.addCamera(c)
-			changed = append(changed, sp.cameras.id)
 		}
 		for k, v := range map[string]any{"Online": rc.Online, "Ready": rc.Ready, "Busy": rc.Busy, "Detect": rc.Detect,
 			"Threshold": rc.Threshold, "LastScore": rc.LastScore, "LastAnomalous": rc.LastAnomalous, "FPS": rc.FPS} {
 			if c.set(k, v, now) {
-				changed = append(changed, sp.nodeID(cameraPath(rc.Name)+"/"+k))
+				changed = append(changed, change{sp.nodeID(cameraPath(rc.Name) + "/" + k), snapshot(c.vals[k])})
 			}
 		}
 	}
@@ -400,17 +399,17 @@ func (s *Server) sync(cams []Camera) {
 	up := uint32(now.Sub(s.opts.Started).Seconds())
 	if s.daemon["Uptime"].Value.Value() != up {
 		s.daemon["Uptime"] = sourceValue(up, now)
-		changed = append(changed, sp.nodeID("Uptime"))
+		changed = append(changed, change{sp.nodeID("Uptime"), snapshot(s.daemon["Uptime"])})
 	}
-	sp.mu.Unlock()
 	s.enqueue(changed...)
+	sp.mu.Unlock()
 }
 
 func (s *Server) setDaemon(key string, v any, at time.Time) {
 	s.sp.mu.Lock()
 	s.daemon[key] = sourceValue(v, at)
+	s.enqueue(change{s.sp.nodeID(key), snapshot(s.daemon[key])})
 	s.sp.mu.Unlock()
-	s.enqueue(s.sp.nodeID(key))
 }
 
 // Publish shows a camera's new part result in its LastResult, each
@@ -426,23 +425,41 @@ func (s *Server) Publish(cameraName string, r Result) {
 	}
 	c.counter++
 	c.setResult(r, r.ResultTime)
-	sp.mu.Unlock()
-	ids := make([]*ua.NodeID, 0, len(resultVars))
+	changes := make([]change, 0, len(resultVars))
 	for _, v := range resultVars {
-		ids = append(ids, sp.nodeID(cameraPath(cameraName)+"/LastResult/"+v.name))
+		key := "LastResult/" + v.name
+		changes = append(changes, change{sp.nodeID(cameraPath(cameraName) + "/" + key), snapshot(c.vals[key])})
 	}
-	s.enqueue(ids...)
+	s.enqueue(changes...) // under the lock: in the results' order
+	sp.mu.Unlock()
 }
 
-// enqueue hands node changes to the delivery goroutine without waiting
-// (the daemon's result path never waits for a client).
-func (s *Server) enqueue(ids ...*ua.NodeID) {
-	for _, nid := range ids {
+// change is a variable's new value, as it was when it changed: results
+// that follow each other faster than the notifications go out are each
+// notified with their own values.
+type change struct {
+	node  *ua.NodeID
+	value *ua.DataValue
+}
+
+// snapshot copies a value (under the space's lock).
+func snapshot(v *ua.DataValue) *ua.DataValue {
+	c := *v
+	c.ServerTimestamp = time.Now()
+	c.EncodingMask |= ua.DataValueServerTimestamp
+	return &c
+}
+
+// enqueue hands changes to the delivery goroutine without waiting (the
+// daemon's result path never waits for a client); called under the
+// space's lock, so changes queue in the order they were made.
+func (s *Server) enqueue(changes ...change) {
+	for _, ch := range changes {
 		select {
-		case s.notify <- nid:
+		case s.notify <- ch:
 		default:
 			if s.dropped.Add(1) == 1 {
-				slog.Warn("OPC UA notifications dropped: a subscription is not being served", "node", nid.String())
+				slog.Warn("OPC UA notifications dropped: a subscription is not being served", "node", ch.node.String())
 			}
 		}
 	}
@@ -454,8 +471,8 @@ func (s *Server) deliver(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case nid := <-s.notify:
-			s.changed(nid)
+		case ch := <-s.notify:
+			s.changed(ch)
 		}
 	}
 }
@@ -513,11 +530,12 @@ func (s *Server) writeThreshold(camera string) func(*ua.Variant) ua.StatusCode {
 func (s *Server) refresh(camera, key string, v any) {
 	s.sp.mu.Lock()
 	c := s.cams[camera]
-	changed := c != nil && c.set(key, v, time.Now())
-	s.sp.mu.Unlock()
-	if changed {
-		s.enqueue(s.sp.nodeID(cameraPath(camera) + "/" + key))
+	if c == nil || !c.set(key, v, time.Now()) {
+		s.sp.mu.Unlock()
+		return
 	}
+	s.enqueue(change{s.sp.nodeID(cameraPath(camera) + "/" + key), snapshot(c.vals[key])})
+	s.sp.mu.Unlock()
 }
 
 // callTrigger is a camera's Trigger(PartId) method: it returns the part's

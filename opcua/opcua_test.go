@@ -585,3 +585,45 @@ func TestSilentClientsDoNotStallOthers(t *testing.T) {
 		t.Fatal("a session behind two silent connections did not open within 5 s")
 	}
 }
+
+// Results that come faster than the publishing interval each reach the
+// subscription, in order (a queue, not the newest value).
+func TestResultsWithinOneIntervalEachArrive(t *testing.T) {
+	s, _ := startServer(t, nil)
+	c := operator(t, s)
+	ctx := context.Background()
+	notes := make(chan *opcua.PublishNotificationData, 64)
+	sub, err := c.Subscribe(ctx, &opcua.SubscriptionParameters{Interval: 200 * time.Millisecond}, notes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Cancel(ctx)
+	if _, err := sub.Monitor(ctx, ua.TimestampsToReturnBoth, opcua.NewMonitoredItemCreateRequestWithDefaults(nodeOf(c, "Cameras/line1/LastResult/PartId"), ua.AttributeIDValue, 1)); err != nil {
+		t.Fatal(err)
+	}
+	var got []any
+	next := func() {
+		select {
+		case n := <-notes:
+			if dc, ok := n.Value.(*ua.DataChangeNotification); ok {
+				for _, it := range dc.MonitoredItems {
+					got = append(got, it.Value.Value.Value())
+				}
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("notifications so far: %v", got)
+		}
+	}
+	for len(got) < 1 {
+		next() // the current value
+	}
+	for i := range 5 {
+		s.Publish("line1", Result{PartID: fmt.Sprint("q", i), Verdict: "ok", Score: 0.1, ResultTime: time.Now()})
+	}
+	for len(got) < 6 {
+		next()
+	}
+	if want := []any{"", "q0", "q1", "q2", "q3", "q4"}; !slices.Equal(got, want) {
+		t.Errorf("PartId notifications %v, want %v", got, want)
+	}
+}

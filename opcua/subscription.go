@@ -238,20 +238,16 @@ func (s *Server) queuePublish(sess *session, sc *uasc.SecureChannel, reqID uint3
 	}
 }
 
-// changed queues a node's new value for the items that monitor it.
-func (s *Server) changed(nid *ua.NodeID) {
+// changed queues a node's new value for the items that monitor it (other
+// attributes than the value are read as they are now).
+func (s *Server) changed(ch change) {
 	s.mu.Lock()
-	items := append([]*monitoredItem(nil), s.monitored[nid.String()]...)
+	items := append([]*monitoredItem(nil), s.monitored[ch.node.String()]...)
 	s.mu.Unlock()
-	if len(items) == 0 {
-		return
-	}
-	values := map[ua.AttributeID]*ua.DataValue{}
 	for _, it := range items {
-		v, ok := values[it.attr]
-		if !ok {
-			v = s.attribute(nid, it.attr)
-			values[it.attr] = v
+		v := ch.value
+		if it.attr != ua.AttributeIDValue {
+			v = s.attribute(ch.node, it.attr)
 		}
 		s.notifyItem(it, v)
 	}
