@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -45,6 +46,9 @@ type Camera struct {
 	Detect          bool    `json:"detect"`    // scored (detect/set ON)
 	Triggered       bool    `json:"triggered"` // judges parts on trigger
 	Events          uint64  `json:"events"`
+	// FalseRejects and TrueDefects count the camera's NG parts reviewed.
+	FalseRejects int `json:"false_rejects"`
+	TrueDefects  int `json:"true_defects"`
 }
 
 // Score is one scored frame.
@@ -82,7 +86,79 @@ type Part struct {
 	TriggerTime time.Time `json:"trigger_time"`
 	LatencyMS   float64   `json:"latency_ms"`
 	Map         bool      `json:"map"` // an NG part's frame with its anomaly map
+	// Review is an operator's mark on an NG part: false_reject or
+	// true_defect ("" while none).
+	Review string `json:"review,omitempty"`
 }
+
+// ModelState is what a camera's bundle is and what could replace it.
+type ModelState struct {
+	Live       string `json:"live"`       // the bundle scoring now
+	Configured string `json:"configured"` // the configuration's
+	// Previous is what a rollback returns to, PromotedAt when Live was
+	// promoted (both absent while the configured bundle runs).
+	Previous   string       `json:"previous,omitempty"`
+	PromotedAt *time.Time   `json:"promoted_at,omitempty"`
+	Job        *RefitState  `json:"job,omitempty"` // the camera's latest background job
+	Candidates []Candidate  `json:"candidates"`    // newest first
+	Shadow     *ShadowState `json:"shadow,omitempty"`
+}
+
+// RefitState is a background job's progress: a refit or a comparison.
+type RefitState struct {
+	ID       string    `json:"id"`
+	Kind     string    `json:"kind"`  // refit or comparison
+	State    string    `json:"state"` // running, done, failed or cancelled
+	Stage    string    `json:"stage,omitempty"`
+	Fraction float64   `json:"fraction"` // of the stage
+	LeftS    float64   `json:"left_s"`   // the stage's time left, as the fit estimates it
+	Error    string    `json:"error,omitempty"`
+	Started  time.Time `json:"started"`
+}
+
+// Candidate is a refitted bundle kept beside the live one.
+type Candidate struct {
+	ID            string      `json:"id"`
+	Bundle        string      `json:"bundle"`
+	From          string      `json:"from"` // the live bundle it was refitted from
+	Created       time.Time   `json:"created"`
+	TrainImages   int         `json:"train_images"`
+	HoldoutImages int         `json:"holdout_images"`
+	Threshold     float64     `json:"threshold"`
+	Compare       *Comparison `json:"compare,omitempty"`
+}
+
+// Comparison is the live bundle and a candidate scored on the same
+// labelled images, each at its own threshold (eval --json's figures).
+type Comparison struct {
+	Time             time.Time      `json:"time"`
+	Live             string         `json:"live"`
+	Normal           string         `json:"normal"`    // held-out normal images
+	Anomalous        string         `json:"anomalous"` // true defects
+	LiveFigures      map[string]any `json:"live_figures"`
+	CandidateFigures map[string]any `json:"candidate_figures"`
+}
+
+// ShadowState is a candidate scoring the live frames beside the live
+// bundle, publishing nothing.
+type ShadowState struct {
+	Candidate     string         `json:"candidate"` // its id
+	Frames        int            `json:"frames"`    // scored by both
+	Agree         int            `json:"agree"`     // with the same verdict
+	Disagreements []Disagreement `json:"disagreements"`
+}
+
+// Disagreement is a frame the two bundles judged differently.
+type Disagreement struct {
+	Time           time.Time `json:"time"`
+	LiveScore      float64   `json:"live_score"`
+	LiveAnomalous  bool      `json:"live_anomalous"`
+	CandidateScore float64   `json:"candidate_score"`
+	Image          string    `json:"image"` // GET /api/cameras/<camera>/shadow/<image>.jpg
+}
+
+// Model actions (ModelAction).
+var modelActions = []string{"refit", "cancel", "compare", "shadow", "unshadow", "promote", "rollback"}
 
 // Source is what the daemon offers the page.
 type Source interface {
@@ -104,10 +180,24 @@ type Source interface {
 	// SaveNormal saves the camera's latest frame as a normal image for the
 	// next fit, as collect does, and says where.
 	SaveNormal(camera string) (string, error)
+	// ReviewPart marks an NG part (by the page's id) false_reject (its
+	// frame joins the camera's normal images) or true_defect (kept as a
+	// labelled anomalous image).
+	ReviewPart(id, mark string) error
+	// Model is the camera's bundle, candidates and background job.
+	Model(camera string) (ModelState, error)
+	// ModelAction starts a refit (or cancels it), compares, shadows (or
+	// stops shadowing) or promotes a candidate, or rolls back.
+	ModelAction(camera, action, candidate string) error
+	// ShadowImage is a disagreeing frame's JPEG.
+	ShadowImage(camera, image string) ([]byte, bool)
 }
 
 // ErrNoCamera is returned by Source for an unknown camera (404).
 var ErrNoCamera = errors.New("no such camera")
+
+// ErrNoPart is returned by Source for a part the page does not list (404).
+var ErrNoPart = errors.New("no such part")
 
 // Options shape the page's safety.
 type Options struct {
@@ -158,6 +248,10 @@ func Handler(src Source, opts Options) http.Handler {
 	mux.HandleFunc("GET /api/events/{id}/snapshot.jpg", s.snapshot)
 	mux.HandleFunc("GET /api/parts", s.parts)
 	mux.HandleFunc("GET /api/parts/{id}/map.jpg", s.partMap)
+	mux.HandleFunc("POST /api/parts/{id}/review", s.changes(s.review))
+	mux.HandleFunc("GET /api/cameras/{camera}/model", s.model)
+	mux.HandleFunc("GET /api/cameras/{camera}/shadow/{image}", s.shadowImage)
+	mux.HandleFunc("POST /api/cameras/{camera}/model/{action}", s.changes(s.modelAction))
 	var h http.Handler = guard.HTTP("console", mux)
 	if opts.Password != "" {
 		h = basicAuth(h, opts.Username, opts.Password)
@@ -181,14 +275,18 @@ func writeJSON(w http.ResponseWriter, v any) {
 
 // fail answers an error: 404 for an unknown camera, else status.
 func fail(w http.ResponseWriter, err error, status int) {
-	if errors.Is(err, ErrNoCamera) {
+	if errors.Is(err, ErrNoCamera) || errors.Is(err, ErrNoPart) {
 		status = http.StatusNotFound
 	}
 	http.Error(w, err.Error(), status)
 }
 
 func (s *server) cameras(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, map[string]any{"allow_changes": s.opts.AllowChanges, "cameras": s.src.Cameras()})
+	cams := s.src.Cameras()
+	if cams == nil {
+		cams = []Camera{} // loading: an empty list, not null
+	}
+	writeJSON(w, map[string]any{"allow_changes": s.opts.AllowChanges, "cameras": cams})
 }
 
 // frame is the latest frame as one JPEG.
@@ -358,6 +456,62 @@ func (s *server) saveNormal(w http.ResponseWriter, r *http.Request) {
 	}
 	slog.Info("frame saved as a normal image from the web console", "camera", r.PathValue("camera"), "path", path)
 	writeJSON(w, map[string]string{"path": path})
+}
+
+func (s *server) model(w http.ResponseWriter, r *http.Request) {
+	m, err := s.src.Model(r.PathValue("camera"))
+	if err != nil {
+		fail(w, err, http.StatusInternalServerError)
+		return
+	}
+	writeJSON(w, m)
+}
+
+func (s *server) shadowImage(w http.ResponseWriter, r *http.Request) {
+	jpg, ok := s.src.ShadowImage(r.PathValue("camera"), strings.TrimSuffix(r.PathValue("image"), ".jpg"))
+	writeImage(w, jpg, ok, "no such frame (the console keeps the last disagreements only)")
+}
+
+// modelAction: the body names the candidate, for compare, shadow and
+// promote.
+func (s *server) modelAction(w http.ResponseWriter, r *http.Request) {
+	action := r.PathValue("action")
+	if !slices.Contains(modelActions, action) {
+		http.Error(w, fmt.Sprintf("%q: one of %s", action, strings.Join(modelActions, ", ")), http.StatusNotFound)
+		return
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, 128))
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	camera, candidate := r.PathValue("camera"), strings.TrimSpace(string(body))
+	if err := s.src.ModelAction(camera, action, candidate); err != nil {
+		fail(w, err, http.StatusConflict)
+		return
+	}
+	slog.Info("model action from the web console", "camera", camera, "action", action, "candidate", candidate, "remote", r.RemoteAddr)
+	writeJSON(w, map[string]string{"camera": camera, "action": action, "candidate": candidate})
+}
+
+// review marks an NG part: the body is false_reject or true_defect.
+func (s *server) review(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(io.LimitReader(r.Body, 64))
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	mark := strings.TrimSpace(string(body))
+	if mark != "false_reject" && mark != "true_defect" {
+		http.Error(w, fmt.Sprintf("%q: false_reject or true_defect", mark), http.StatusBadRequest)
+		return
+	}
+	if err := s.src.ReviewPart(r.PathValue("id"), mark); err != nil {
+		fail(w, err, http.StatusConflict)
+		return
+	}
+	slog.Info("part reviewed from the web console", "id", r.PathValue("id"), "mark", mark, "remote", r.RemoteAddr)
+	writeJSON(w, map[string]string{"id": r.PathValue("id"), "review": mark})
 }
 
 func (s *server) events(w http.ResponseWriter, r *http.Request) {

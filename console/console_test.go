@@ -24,6 +24,8 @@ type fakeSource struct {
 	scores    []Score
 	threshold *float64
 	saved     int
+	reviews   map[string]string
+	actions   []string
 }
 
 func (f *fakeSource) Cameras() []Camera {
@@ -70,6 +72,33 @@ func (f *fakeSource) SetThreshold(camera string, t *float64) error {
 }
 
 func (f *fakeSource) SaveNormal(camera string) (string, error) { f.saved++; return "/x.png", nil }
+
+func (f *fakeSource) Model(camera string) (ModelState, error) {
+	if camera != "line1" {
+		return ModelState{}, ErrNoCamera
+	}
+	return ModelState{Live: "line1.tfy", Configured: "line1.tfy"}, nil
+}
+
+func (f *fakeSource) ModelAction(camera, action, candidate string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.actions = append(f.actions, camera+" "+action+" "+candidate)
+	return nil
+}
+
+func (f *fakeSource) ShadowImage(camera, image string) ([]byte, bool) { return nil, false }
+
+func (f *fakeSource) ReviewPart(id, mark string) error {
+	if id != "p2" {
+		return ErrNoPart
+	}
+	if f.reviews == nil {
+		f.reviews = map[string]string{}
+	}
+	f.reviews[id] = mark
+	return nil
+}
 
 func get(t *testing.T, url string, header ...string) (*http.Response, string) {
 	t.Helper()
@@ -159,6 +188,18 @@ func TestPageAndReadOnlyAPI(t *testing.T) {
 	if code, _ := post(t, srv.URL+"/api/cameras/line1/normal", "", true); code != http.StatusForbidden || src.saved != 0 {
 		t.Errorf("save normal on a read-only console: %d, saved %d", code, src.saved)
 	}
+	if code, _ := post(t, srv.URL+"/api/parts/p2/review", "false_reject", true); code != http.StatusForbidden || src.reviews != nil {
+		t.Errorf("review on a read-only console: %d, reviews %v", code, src.reviews)
+	}
+	if code, _ := post(t, srv.URL+"/api/cameras/line1/model/refit", "", true); code != http.StatusForbidden || src.actions != nil {
+		t.Errorf("refit on a read-only console: %d, actions %v", code, src.actions)
+	}
+	if _, body := get(t, srv.URL+"/api/cameras/line1/model"); !strings.Contains(body, `"live":"line1.tfy"`) {
+		t.Errorf("model: %s", body)
+	}
+	if resp, body := get(t, srv.URL+"/favicon.ico"); resp.StatusCode != 200 || !strings.Contains(body, "<svg") {
+		t.Errorf("favicon: %s", resp.Status)
+	}
 }
 
 func TestChangesNeedPermissionAndThePage(t *testing.T) {
@@ -181,6 +222,21 @@ func TestChangesNeedPermissionAndThePage(t *testing.T) {
 	}
 	if code, body := post(t, srv.URL+"/api/cameras/line1/normal", "", true); code != 200 || src.saved != 1 {
 		t.Errorf("save normal: %d %s", code, body)
+	}
+	if code, body := post(t, srv.URL+"/api/parts/p2/review", "true_defect", true); code != 200 || src.reviews["p2"] != "true_defect" {
+		t.Errorf("review true defect: %d %s", code, body)
+	}
+	if code, _ := post(t, srv.URL+"/api/parts/p2/review", "maybe", true); code != http.StatusBadRequest {
+		t.Errorf("review with a bad mark: %d", code)
+	}
+	if code, _ := post(t, srv.URL+"/api/parts/nopart/review", "false_reject", true); code != http.StatusNotFound {
+		t.Errorf("review of an unknown part: %d", code)
+	}
+	if code, body := post(t, srv.URL+"/api/cameras/line1/model/promote", "20261207T010203Z", true); code != 200 || len(src.actions) != 1 || src.actions[0] != "line1 promote 20261207T010203Z" {
+		t.Errorf("promote: %d %s %v", code, body, src.actions)
+	}
+	if code, _ := post(t, srv.URL+"/api/cameras/line1/model/explode", "", true); code != http.StatusNotFound || len(src.actions) != 1 {
+		t.Errorf("an unknown model action: %d", code)
 	}
 }
 

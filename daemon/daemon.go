@@ -41,6 +41,13 @@ type Daemon struct {
 	modbus     *modbus.Server // nil: off
 	opcua      *opcua.Server  // nil: off
 	ngImages   *ngArchive     // nil: off
+	reviews    *reviews       // operators' marks on NG parts
+	choices    *bundleChoices // promoted bundles
+	refit      *refitter      // background refits and comparisons
+	shadows    *shadows       // candidates scoring beside the live bundles
+	// ctx is Run's: reloads started by a promote or a rollback run in it.
+	ctx      context.Context
+	reloadMu sync.Mutex      // one reload at a time
 	// events and parts are the recent ones the web console lists (nil: off).
 	events  *recentLog[console.Event]
 	parts   *recentLog[console.Part]
@@ -106,7 +113,8 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return err
 	}
-	d := &Daemon{configPath: opts.ConfigPath, override: opts.Override, cfg: cfg, started: time.Now()}
+	d := &Daemon{configPath: opts.ConfigPath, override: opts.Override, cfg: cfg, started: time.Now(), ctx: ctx,
+		shadows: &shadows{cams: map[string]*shadow{}}}
 	// From the start: SIGHUP's default action ends the process, and one sent
 	// while the bundles load (a log rotation, an early reload) is a reload
 	// to do once running.
@@ -125,6 +133,17 @@ func Run(ctx context.Context, opts Options) error {
 	if d.ngImages, err = openNGArchive(cfg.NGImagesDirectory(), cfg.NGImages.MaxMB); err != nil {
 		return err
 	}
+	if d.reviews, err = openReviews(cfg); err != nil {
+		return err
+	}
+	if d.choices, err = openBundleChoices(cfg.StateDirectory); err != nil {
+		return err
+	}
+	d.choices.apply(&cfg)
+	d.cfg = cfg
+	d.refit = newRefitter(cfg)
+	defer d.refit.close()
+	defer d.stopShadows()
 	if d.ngImages != nil {
 		defer d.ngImages.close()
 	}
@@ -197,6 +216,9 @@ func Run(ctx context.Context, opts Options) error {
 	d.mu.Unlock()
 	pipe.start(ctx)
 	d.publishControlStates()
+	for _, c := range cfg.Cameras {
+		d.publishModel(c.Name, "start")
+	}
 	notify(sd.SdNotifyReady)
 	slog.Info("transformaly running", "cameras", len(cfg.Cameras), "models", len(pipe.models), "version", models.Version)
 	if opts.Ready != nil {
@@ -232,6 +254,16 @@ func Run(ctx context.Context, opts Options) error {
 // reload builds and warms a new pipeline from the configuration on disk,
 // then swaps it in; on any error the running one stays.
 func (d *Daemon) reload(ctx context.Context) {
+	d.reloadMu.Lock()
+	defer d.reloadMu.Unlock()
+	if err := d.reloadLocked(ctx); err != nil {
+		slog.Error("reload failed; still running the previous configuration", "err", err)
+	}
+}
+
+// reloadLocked is reload with reloadMu held (SIGHUP, a promote or a
+// rollback).
+func (d *Daemon) reloadLocked(ctx context.Context) error {
 	notify("RELOADING=1")
 	defer notify(sd.SdNotifyReady)
 	slog.Info("reloading configuration and bundles", "config", d.configPath)
@@ -241,14 +273,13 @@ func (d *Daemon) reload(ctx context.Context) {
 		err = errors.New("mqtt.broker, state_directory, ng_images, modbus, opcua, metrics and web change only with a restart")
 	}
 	if err != nil {
-		slog.Error("reload refused; still running the previous configuration", "err", err)
-		return
+		return fmt.Errorf("configuration refused: %w", err)
 	}
+	d.choices.apply(&cfg)
 	old := d.current()
 	next, err := buildPipeline(ctx, cfg, d.pub, d.control, old.trackers())
 	if err != nil {
-		slog.Error("reload failed; still running the previous configuration", "err", err)
-		return
+		return err
 	}
 	d.lend(next)
 	old.stop()
@@ -262,12 +293,16 @@ func (d *Daemon) reload(ctx context.Context) {
 	next.start(ctx)
 	d.publishControlStates()
 	slog.Info("reloaded", "cameras", len(cfg.Cameras), "models", len(next.models))
+	return nil
 }
 
 // lend gives a pipeline what outlives it: the Modbus map's results, the NG
 // folder and the console's lists.
 func (d *Daemon) lend(p *pipeline) {
 	p.results, p.ngImages, p.events, p.parts = d.forwardResult, d.ngImages, d.events, d.parts
+	for _, c := range p.cameras {
+		c.shadows = d.shadows
+	}
 }
 
 func notify(state string) {

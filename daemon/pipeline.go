@@ -7,6 +7,7 @@ import (
 	"image"
 	"log/slog"
 	"math"
+	"path/filepath"
 	"slices"
 	"sort"
 	"sync"
@@ -45,6 +46,9 @@ type ScoreMessage struct {
 	// one, from the bundle's calibration (bundles fitted before it lack it).
 	NormalQuantile *float64 `json:"normal_quantile,omitempty"`
 	Error          string   `json:"error,omitempty"`
+	// Bundle is the file name of the bundle that scored the frame (a
+	// promote or a reload may change it).
+	Bundle string `json:"bundle"`
 }
 
 // nonFiniteLogEvery spaces the log lines about non-finite scores and failed
@@ -65,6 +69,7 @@ type cameraRuntime struct {
 	model     *modelRuntime
 	threshold float64
 	tracker   *tracker
+	shadows   *shadows // candidates scoring beside the live bundle (lent)
 
 	processed atomic.Uint64
 	dropped   atomic.Uint64 // replaced while waiting for the detector
@@ -446,7 +451,7 @@ func (p *pipeline) handle(c *cameraRuntime, f capture.Frame, r detector.Result, 
 	}
 	if rate := p.cfg.MQTT.ScoreRate; rate <= 0 || now.Sub(c.lastSent).Seconds() >= 1/rate {
 		c.lastSent = now
-		msg := ScoreMessage{Camera: c.cfg.Name, Frame: f.Seq, Timestamp: f.Time.UTC(), Score: detector.NumberOrNull(r.Score), Threshold: threshold,
+		msg := ScoreMessage{Camera: c.cfg.Name, Frame: f.Seq, Timestamp: f.Time.UTC(), Score: detector.NumberOrNull(r.Score), Threshold: threshold, Bundle: filepath.Base(c.cfg.Model),
 			Anomalous: anomalous, LLPretrained: detector.NumberOrNull(r.LLPretrained), LLStudent: detector.NumberOrNull(r.LLStudent), PatchScore: detector.NumberOrNull(r.PatchScore), InferenceMS: inferMS,
 			LatencyMS: float64(now.Sub(f.Time).Microseconds()) / 1000, Region: region, Error: fault}
 		if c.normalQuantile != nil {

@@ -114,26 +114,7 @@ func TestNonFiniteScoresAreAnomalousAndPublished(t *testing.T) {
 // Frames of a batch the detector fails on are counted per camera (and
 // their buffers given back), not only logged.
 func TestDetectorFailuresAreCounted(t *testing.T) {
-	if err := ort.Init(""); err != nil {
-		t.Fatal(err)
-	}
-	v, err := models.RandomViT(models.Config{Dim: 16, Depth: 2, Heads: 2, Patch: 8, ImageSize: 16}, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info := models.BundleInfo{Format: models.BundleFormat, ImageSize: 16, Blocks: []int{1}, Threshold: 1}
-	info.Teacher.Config = v.Config
-	q := func(in int) models.QuadraticScore {
-		return models.QuadraticScore{In: in, K: 1, W: make([]float32, in), B: make([]float32, 1)}
-	}
-	m, err := models.ScoredDetectorGraph(v, []int{1}, []models.Block{v.Blocks[1]}, models.Scoring{Pretrained: q(16), Student: q(1)}, info, models.FP32)
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "b.tfy")
-	if err := models.WriteBundle(path, m); err != nil {
-		t.Fatal(err)
-	}
+	path := writeTinyBundle(t, 1)
 	det, err := detector.Load(path, detector.RunnerOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -172,4 +153,31 @@ func TestReloadKeepsAnOpenEventsPeak(t *testing.T) {
 	if next.cameras[1].peak != nil {
 		t.Error("a peak frame went to another camera")
 	}
+}
+
+// writeTinyBundle writes a bundle of a 16 px random ViT (2 blocks, one
+// student) whose score is 0 and whose threshold is threshold.
+func writeTinyBundle(t *testing.T, threshold float64) string {
+	t.Helper()
+	if err := ort.Init(""); err != nil {
+		t.Fatal(err)
+	}
+	v, err := models.RandomViT(models.Config{Dim: 16, Depth: 2, Heads: 2, Patch: 8, ImageSize: 16}, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info := models.BundleInfo{Format: models.BundleFormat, ImageSize: 16, Blocks: []int{1}, Threshold: threshold}
+	info.Teacher.Config = v.Config
+	q := func(in int) models.QuadraticScore {
+		return models.QuadraticScore{In: in, K: 1, W: make([]float32, in), B: make([]float32, 1)}
+	}
+	m, err := models.ScoredDetectorGraph(v, []int{1}, []models.Block{v.Blocks[1]}, models.Scoring{Pretrained: q(16), Student: q(1)}, info, models.FP32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "b.tfy")
+	if err := models.WriteBundle(path, m); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }

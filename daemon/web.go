@@ -3,6 +3,7 @@ package daemon
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -238,6 +239,7 @@ func consolePart(id string, r PartResult) console.Part {
 // the frame itself, with its map (frameMap makes it once), while someone
 // watches the live view.
 func (c *cameraRuntime) observeForConsole(now time.Time, f capture.Frame, r detector.Result, anomalous bool, frameMap func() (heatmap.Map, error), threshold float64) {
+	c.shadows.offer(c.cfg.Name, f, r.Score, anomalous)
 	c.scores.add(console.Score{Time: f.Time, Score: r.Score, Pretrained: -r.LLPretrained, Student: -r.LLStudent, Patch: r.PatchScore, Anomalous: anomalous})
 	if !c.liveFrameDue(now, f) {
 		return
@@ -351,7 +353,31 @@ func (w *webSource) Events() []console.Event {
 func (w *webSource) Snapshot(id string) ([]byte, bool) { return w.d.events.image(id) }
 
 func (w *webSource) Parts() []console.Part {
-	return w.d.parts.list(func(p *console.Part, image bool) { p.Map = image })
+	return w.d.parts.list(func(p *console.Part, image bool) {
+		p.Map = image
+		if p.Verdict == VerdictNG {
+			p.Review = w.d.reviews.get(p.Camera, ngImageName(p.TriggerTime, p.PartID))
+		}
+	})
+}
+
+// ReviewPart marks an NG part false reject or true defect: its kept frame
+// goes to the camera's normal images or its true defects.
+func (w *webSource) ReviewPart(id, mark string) error {
+	for _, p := range w.d.parts.list(nil) {
+		if p.ID != id {
+			continue
+		}
+		if p.Verdict != VerdictNG {
+			return fmt.Errorf("part %s of %s is %s: only NG parts are reviewed", p.PartID, p.Camera, p.Verdict)
+		}
+		if err := w.d.reviews.mark(p.Camera, ngImageName(p.TriggerTime, p.PartID), mark); err != nil {
+			return fmt.Errorf("part %s of %s: %w", p.PartID, p.Camera, err)
+		}
+		slog.Info("NG part reviewed on the console", "camera", p.Camera, "part_id", p.PartID, "mark", mark)
+		return nil
+	}
+	return fmt.Errorf("part %q: %w (the console lists the last %d)", id, console.ErrNoPart, partHistory)
 }
 
 func (w *webSource) PartMap(id string) ([]byte, bool) { return w.d.parts.image(id) }

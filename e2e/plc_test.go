@@ -43,8 +43,10 @@ func connectPLC(t testing.TB, port int) (*mb.ModbusClient, func() uint16) {
 
 // A PLC judges 20 parts over Modbus TCP (a real client) on a looping part
 // video with known good and bad parts: 20 results, each with the verdict
-// its part deserves, Result Valid toggling each time, and every NG part's
-// image and map kept in the NG folder.
+// its part deserves, Result Valid toggling each time, every NG part's
+// image and map kept in the NG folder, and two NG parts reviewed on the
+// console (a false reject joins the normal images, a true defect is kept
+// apart and left out by collect --ng-images).
 func TestModbusJudgesTwentyParts(t *testing.T) {
 	f := getDaemonFixture(t)
 	// The loop's parts (six frames each): the fourth is missing, NG.
@@ -89,7 +91,7 @@ cameras:
   - {name: line1, source: %q, model: %q, loop: true, pace: true, threshold: %g, trigger: {deadline: 2s}}
 mqtt: {broker: %s}
 metrics: {address: "off"}
-web: {address: "127.0.0.1:%d"}
+web: {address: "127.0.0.1:%d", allow_changes: true}
 modbus: {address: "127.0.0.1:%d"}
 state_directory: %q
 `, f.loop, f.bundle, threshold, b.url(), webPort, modbusPort, state))
@@ -196,6 +198,19 @@ state_directory: %q
 		// The camera's picture shows between parts too.
 		poll(`document.querySelectorAll("#parts li").length === 20 && [...document.querySelectorAll("#parts li img")].some(i => i.complete && i.naturalWidth > 0) &&
 			document.querySelector("#camera-line1 .live").naturalWidth > 0`, 20*time.Second))
+	// An operator reviews two NG parts: the first a false reject, the
+	// second a true defect.
+	reviewed := value(t, ctx, 10*time.Second, "the NG parts to review", chromedp.Evaluate[[]string](
+		`[...document.querySelectorAll("#parts li")].filter(li => li.querySelector(".review")).slice(0, 2).map(li => li.dataset.part)`))
+	if len(reviewed) != 2 {
+		t.Fatalf("%d NG parts with review buttons on the page, want at least 2", len(reviewed))
+	}
+	for i, mark := range []string{"false-reject", "true-defect"} {
+		sel := fmt.Sprintf(`#parts li[data-part=%q]`, reviewed[i])
+		do(t, ctx, 10*time.Second, "review a part as "+mark,
+			chromedp.Evaluate[chromedp.Void](fmt.Sprintf(`document.querySelector(%q).click()`, sel+" .review ."+mark)),
+			poll(fmt.Sprintf(`document.querySelector(%q)?.textContent.startsWith(%q)`, sel+" .review-state", strings.ReplaceAll(mark, "-", " ")), 10*time.Second))
+	}
 	page := value(t, ctx, 10*time.Second, "screenshot", chromedp.FullScreenshot(80))
 	shot := filepath.Join(t.TempDir(), "console-parts.jpg")
 	os.WriteFile(shot, page, 0o644)
@@ -235,7 +250,14 @@ state_directory: %q
 	if r := runBinary(t, nil, "collect", "--config", cfg, "--ng-images", "--out", normal); r.code != 0 {
 		t.Fatalf("collect --ng-images: %s", r.stderr)
 	}
-	if copied, _ := filepath.Glob(filepath.Join(normal, "line1-ng-*.png")); len(copied) != ng {
-		t.Errorf("collect --ng-images copied %d of %d NG frames", len(copied), ng)
+	if copied, _ := filepath.Glob(filepath.Join(normal, "line1-ng-*.png")); len(copied) != ng-1 {
+		t.Errorf("collect --ng-images copied %d of %d NG frames, want all but the one reviewed as a true defect", len(copied), ng)
+	}
+	// The reviewed frames: the false reject among the camera's normal
+	// images, the true defect among its labelled defects.
+	for folder, want := range map[string]int{filepath.Join(state, "normal_images", "line1"): 1, filepath.Join(state, "true_defects", "line1"): 1} {
+		if got, _ := filepath.Glob(filepath.Join(folder, "*.png")); len(got) != want {
+			t.Errorf("%s holds %v, want %d reviewed frame", folder, got, want)
+		}
 	}
 }

@@ -79,6 +79,9 @@ function newCard(cam) {
   node.querySelector(".tuning").addEventListener("submit", (e) => { e.preventDefault(); change("threshold", input.value); });
   node.querySelector(".threshold-reset").addEventListener("click", () => change("threshold", "reset"));
   node.querySelector(".save-normal").addEventListener("click", () => change("normal", ""));
+  for (const [sel, action] of [[".refit", "refit"], [".cancel-job", "cancel"], [".rollback", "rollback"]]) {
+    node.querySelector(sel).addEventListener("click", () => modelAction(card, action));
+  }
   document.getElementById("cameras").append(node);
   const opt = document.createElement("option");
   opt.value = opt.textContent = cam.name;
@@ -134,7 +137,7 @@ async function refreshCameras() {
   }
   allowChanges = data.allow_changes;
   document.getElementById("mode").textContent = allowChanges ? "changes allowed" : "read-only (web.allow_changes: false)";
-  for (const cam of data.cameras) {
+  for (const cam of data.cameras ?? []) { // none while the daemon loads
     let card = cards.get(cam.name);
     if (!card) { card = newCard(cam); cards.set(cam.name, card); makePlot(card); }
     if (cam.threshold !== card.threshold && document.activeElement !== card.input) card.input.value = fmt(cam.threshold);
@@ -144,7 +147,8 @@ async function refreshCameras() {
     st.className = "state " + cam.state;
     card.node.querySelector(".status").textContent =
       `${cam.bundle} on ${cam.provider} · capture ${cam.capture_fps.toFixed(1)} fps · scored ${cam.scored_fps.toFixed(1)} fps · ` +
-      `threshold ${fmt(cam.threshold)} (bundle ${fmt(cam.bundle_threshold)}) · reconnects ${cam.reconnects} · damaged ${cam.damaged_frames} · events ${cam.events}`;
+      `threshold ${fmt(cam.threshold)} (bundle ${fmt(cam.bundle_threshold)}) · reconnects ${cam.reconnects} · damaged ${cam.damaged_frames} · events ${cam.events}` +
+      (cam.false_rejects || cam.true_defects ? ` · reviewed: ${cam.false_rejects} false rejects, ${cam.true_defects} true defects` : "");
     for (const b of card.node.querySelectorAll(".tuning button")) {
       b.disabled = !allowChanges;
       b.title = allowChanges ? "" : readOnlyReason;
@@ -199,6 +203,36 @@ async function refreshEvents() {
   }));
 }
 
+const reviewLabels = { false_reject: "false reject: joins the normal images", true_defect: "true defect: kept as a labelled defect" };
+
+// reviewControls lets an operator mark an NG part: a false reject's frame
+// joins the camera's normal images for the next fit, a true defect's is
+// kept as a labelled anomalous image.
+function reviewControls(p) {
+  const box = document.createElement("div");
+  box.className = "review";
+  const label = document.createElement("span");
+  label.className = "review-state";
+  label.textContent = p.review ? reviewLabels[p.review] : "not reviewed";
+  box.append(label);
+  for (const [mark, text] of [["false_reject", "False reject"], ["true_defect", "True defect"]]) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = mark.replace("_", "-");
+    b.textContent = text;
+    b.disabled = !allowChanges || p.review === mark;
+    b.title = allowChanges ? "" : readOnlyReason;
+    b.addEventListener("click", async () => {
+      try {
+        await api(`/api/parts/${encodeURIComponent(p.id)}/review`, { method: "POST", body: mark, headers: { "X-Transformaly": "1" } });
+        refreshParts(); refreshCameras();
+      } catch (e) { label.textContent = e.message; }
+    });
+    box.append(b);
+  }
+  return box;
+}
+
 // Triggered cameras' part results, newest first; NG parts with their map.
 async function refreshParts() {
   let parts;
@@ -222,10 +256,114 @@ async function refreshParts() {
     const detail = document.createElement("div");
     detail.textContent = `${new Date(p.trigger_time).toLocaleTimeString()} · score ${fmt(p.score)} (threshold ${fmt(p.threshold)}) · ${fmt(p.latency_ms)} ms` + (p.reason ? ` · ${p.reason}` : "");
     text.append(verdict, what, detail);
+    if (p.verdict === "ng" && p.map) text.append(reviewControls(p));
     li.append(img, text);
     return li;
   }));
 }
+
+// modelAction asks the daemon for a refit, a comparison, a shadow, a
+// promote or a rollback of the camera's bundle.
+async function modelAction(card, action, candidate = "") {
+  const status = card.node.querySelector(".model-status");
+  try {
+    await api(`/api/cameras/${encodeURIComponent(card.name)}/model/${action}`, { method: "POST", body: candidate, headers: { "X-Transformaly": "1" } });
+    status.textContent = `${action} ${candidate}: accepted`;
+    status.dataset.result = "ok";
+  } catch (e) { status.textContent = `${action}: ${e.message}`; status.dataset.result = "refused"; }
+  refreshModel(card);
+  refreshCameras();
+}
+
+const pct = (x) => x == null ? "–" : fmt(100 * x, 3) + "%";
+const base = (p) => p ? p.split("/").pop() : "–";
+
+// figuresTable shows a comparison: each bundle at its own threshold on the
+// same held-out normal images and true defects.
+function figuresTable(cmp) {
+  const t = document.createElement("table");
+  const rows = [
+    ["", "live", "candidate"],
+    ["false alarms (held-out normal)", ...[cmp.live_figures, cmp.candidate_figures].map((f) => `${pct(f.false_alarm_rate)} (promised ${pct(f.expected_false_alarm_rate)})`)],
+    ["detection (true defects)", ...[cmp.live_figures, cmp.candidate_figures].map((f) => pct(f.detection_rate))],
+    ["AUROC", ...[cmp.live_figures, cmp.candidate_figures].map((f) => fmt(f.auroc))],
+    ["images", ...[cmp.live_figures, cmp.candidate_figures].map((f) => `${f.normal_images} normal, ${f.anomalous_images} defects`)],
+  ];
+  for (const [i, r] of rows.entries()) {
+    const tr = t.insertRow();
+    for (const cell of r) {
+      const td = document.createElement(i === 0 ? "th" : "td");
+      td.textContent = cell;
+      tr.append(td);
+    }
+  }
+  return t;
+}
+
+async function refreshModel(card) {
+  let m;
+  try { m = await api(`/api/cameras/${encodeURIComponent(card.name)}/model`); } catch { return; }
+  const node = card.node;
+  node.querySelector(".live-bundle").textContent = base(m.live) + (m.promoted_at ? ` (promoted ${new Date(m.promoted_at).toLocaleString()}; before: ${base(m.previous)})` : "");
+  const running = m.job?.state === "running";
+  const job = node.querySelector(".job");
+  job.hidden = !m.job;
+  if (m.job) {
+    job.querySelector("progress").value = m.job.fraction;
+    job.dataset.state = m.job.state;
+    const left = running && m.job.left_s > 0 ? ` · about ${Math.ceil(m.job.left_s)} s left` : "";
+    job.querySelector(".job-text").textContent = `${m.job.kind} ${m.job.state}` + (m.job.stage ? `: ${m.job.stage}` : "") + left + (m.job.error ? ` · ${m.job.error}` : "");
+  }
+  node.querySelector(".refit").disabled = !allowChanges || running;
+  node.querySelector(".cancel-job").hidden = !running;
+  node.querySelector(".cancel-job").disabled = !allowChanges;
+  const rollback = node.querySelector(".rollback");
+  rollback.hidden = !m.promoted_at;
+  rollback.disabled = !allowChanges || running;
+  for (const b of node.querySelectorAll(".model button")) b.title = allowChanges ? "" : readOnlyReason;
+  const shadow = node.querySelector(".shadow");
+  shadow.hidden = !m.shadow;
+  if (m.shadow) {
+    const s = { ...m.shadow, disagreements: m.shadow.disagreements ?? [] };
+    const p = document.createElement("p");
+    p.className = "agreement";
+    p.textContent = `shadow ${s.candidate}: agrees with the live bundle on ${s.agree} of ${s.frames} frames` +
+      (s.frames ? ` (${pct(s.agree / s.frames)})` : "") + (s.disagreements.length ? "; where they differ:" : "");
+    const imgs = s.disagreements.map((x) => {
+      const img = document.createElement("img");
+      img.src = `/api/cameras/${encodeURIComponent(card.name)}/shadow/${x.image}.jpg`;
+      img.alt = "a frame judged differently";
+      zoomable(img, `${new Date(x.time).toLocaleTimeString()} · live ${x.live_anomalous ? "NG" : "OK"} ${fmt(x.live_score)} · candidate ${fmt(x.candidate_score)}`);
+      return img;
+    });
+    shadow.replaceChildren(p, ...imgs);
+  }
+  node.querySelector(".candidates").replaceChildren(...m.candidates.map((c) => {
+    const li = document.createElement("li");
+    li.dataset.candidate = c.id;
+    const text = document.createElement("div");
+    text.textContent = `candidate ${c.id} · ${c.train_images} images fitted, ${c.holdout_images} held out · threshold ${fmt(c.threshold)}` + (m.live === c.bundle ? " · LIVE" : "");
+    li.append(text);
+    if (c.compare) li.append(figuresTable(c.compare));
+    const actions = document.createElement("div");
+    actions.className = "actions";
+    const shadowing = m.shadow?.candidate === c.id;
+    for (const [cls, label, action] of [["compare", "Compare", "compare"], ["shadow", shadowing ? "Stop shadow" : "Shadow", shadowing ? "unshadow" : "shadow"], ["promote", "Promote", "promote"]]) {
+      const b = document.createElement("button");
+      b.type = "button";
+      b.className = cls;
+      b.textContent = label;
+      b.disabled = !allowChanges || running || (action === "promote" && m.live === c.bundle);
+      b.title = allowChanges ? "" : readOnlyReason;
+      b.addEventListener("click", () => modelAction(card, action, c.id));
+      actions.append(b);
+    }
+    li.append(actions);
+    return li;
+  }));
+}
+
+setInterval(() => { for (const card of cards.values()) refreshModel(card); }, 2000);
 
 document.getElementById("event-filter").addEventListener("change", refreshEvents);
 refreshCameras().then(() => { refreshScores(); refreshEvents(); refreshParts(); });

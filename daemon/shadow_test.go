@@ -1,0 +1,48 @@
+package daemon
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/transformaly/transformaly/capture"
+	"github.com/transformaly/transformaly/console"
+	"github.com/transformaly/transformaly/mqtt/mqtttest"
+)
+
+// A shadow candidate scores the frames offered to it (at most shadowRate a
+// second of capture time) and counts where its verdict and the live one
+// agree, keeping the frames where they do not.
+func TestShadowCountsAgreement(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.StateDirectory = t.TempDir()
+	d := &Daemon{refit: newRefitter(cfg), shadows: &shadows{cams: map[string]*shadow{}}}
+	// The tiny bundle scores 0: with threshold -1 every frame is NG to it.
+	bundle := writeTinyBundle(t, -1)
+	dir := filepath.Join(cfg.StateDirectory, "candidates", "cam", "c1")
+	os.MkdirAll(dir, 0o750)
+	if err := writeCandidate(dir, console.Candidate{ID: "c1", Bundle: bundle, Created: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.startShadow("cam", "c1"); err != nil {
+		t.Fatal(err)
+	}
+	defer d.stopShadows()
+	t0 := time.Now()
+	for i := range 8 { // 4 s of capture time at 2 frames a second: 8 frames offered, every other taken
+		f := capture.Frame{Seq: uint64(i), Time: t0.Add(time.Duration(i) * 250 * time.Millisecond), RGB: make([]byte, 16*16*3), Size: 16}
+		d.shadows.offer("cam", f, 0, i%4 == 0) // live: NG on frames 0 and 4
+		mqtttest.WaitFor(t, fmt.Sprintf("frame %d taken", i), func() bool { return len(d.shadows.cams["cam"].inbox) == 0 })
+		time.Sleep(20 * time.Millisecond)
+	}
+	mqtttest.WaitFor(t, "4 frames scored", func() bool { st := d.shadowState("cam"); return st.Frames == 4 })
+	st := d.shadowState("cam")
+	if st.Agree != 2 || len(st.Disagreements) != 2 {
+		t.Errorf("shadow: %d of %d agree, %d disagreements; want 2 of 4 and 2", st.Agree, st.Frames, len(st.Disagreements))
+	}
+	if _, ok := (&webSource{d: d}).ShadowImage("cam", st.Disagreements[0].Image); !ok {
+		t.Error("no image of a disagreement")
+	}
+}
