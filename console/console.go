@@ -423,13 +423,22 @@ func (s *server) changes(h http.HandlerFunc) http.HandlerFunc {
 	}
 }
 
-func (s *server) threshold(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(io.LimitReader(r.Body, 64))
+// readText reads a change's short body, trimmed; false (answered 400)
+// when it cannot.
+func readText(w http.ResponseWriter, r *http.Request) (string, bool) {
+	body, err := io.ReadAll(io.LimitReader(r.Body, 128))
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
+		return "", false
+	}
+	return strings.TrimSpace(string(body)), true
+}
+
+func (s *server) threshold(w http.ResponseWriter, r *http.Request) {
+	text, ok := readText(w, r)
+	if !ok {
 		return
 	}
-	text := strings.TrimSpace(string(body))
 	var t *float64
 	if !strings.EqualFold(text, "reset") {
 		v, err := strconv.ParseFloat(text, 64)
@@ -480,12 +489,11 @@ func (s *server) modelAction(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, fmt.Sprintf("%q: one of %s", action, strings.Join(modelActions, ", ")), http.StatusNotFound)
 		return
 	}
-	body, err := io.ReadAll(io.LimitReader(r.Body, 128))
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
+	candidate, ok := readText(w, r)
+	if !ok {
 		return
 	}
-	camera, candidate := r.PathValue("camera"), strings.TrimSpace(string(body))
+	camera := r.PathValue("camera")
 	if err := s.src.ModelAction(camera, action, candidate); err != nil {
 		fail(w, err, http.StatusConflict)
 		return
@@ -496,12 +504,10 @@ func (s *server) modelAction(w http.ResponseWriter, r *http.Request) {
 
 // review marks an NG part: the body is false_reject or true_defect.
 func (s *server) review(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(io.LimitReader(r.Body, 64))
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
+	mark, ok := readText(w, r)
+	if !ok {
 		return
 	}
-	mark := strings.TrimSpace(string(body))
 	if mark != "false_reject" && mark != "true_defect" {
 		http.Error(w, fmt.Sprintf("%q: false_reject or true_defect", mark), http.StatusBadRequest)
 		return

@@ -76,6 +76,25 @@ func poll(expression string, limit time.Duration) chromedp.Action[chromedp.Void]
 	return chromedp.Poll[chromedp.Void](expression, chromedp.WithPollingInterval(200*time.Millisecond), chromedp.WithPollingTimeout(limit))
 }
 
+// startConsoleDaemon runs a daemon whose camera line1 plays video in a
+// loop (paced; extraCamera adds keys to it) with the console allowed to
+// change things, and gives the console's URL.
+func startConsoleDaemon(t *testing.T, video, bundle, broker, state, extraCamera string) string {
+	t.Helper()
+	port := freePort(t)
+	startDaemon(t, fmt.Sprintf(`
+cameras:
+  - {name: line1, source: %q, model: %q, loop: true, pace: true%s}
+mqtt: {broker: %s}
+metrics: {address: "127.0.0.1:%d"}
+web: {allow_changes: true}
+state_directory: %q
+`, video, bundle, extraCamera, broker, port, state))
+	return waitForConsole(t, port)
+}
+
+func css(sel string) chromedp.CSS { return chromedp.CSS(sel) }
+
 // pageErrors collects what the browser reports as errors for the test's
 // pages (a resource that failed to load, such as a missing favicon, or an
 // exception), from now until the test ends.
@@ -136,20 +155,9 @@ func TestWebConsoleInChromium(t *testing.T) {
 	b := startMosquitto(t, "")
 	sub := subscribe(t, b.url(), "transformaly/#", "test-sub-console")
 	shots, state := t.TempDir(), t.TempDir()
-	port := freePort(t)
-	startDaemon(t, fmt.Sprintf(`
-cameras:
-  - {name: line1, source: %q, model: %q, loop: true, pace: true}
-mqtt: {broker: %s}
-metrics: {address: "127.0.0.1:%d"}
-web: {allow_changes: true}
-state_directory: %q
-`, f.video, f.bundle, b.url(), port, state))
-	base := waitForConsole(t, port)
-
+	base := startConsoleDaemon(t, f.video, f.bundle, b.url(), state, "")
 	ctx := browser(t)
 	errs := pageErrors(ctx)
-	css := func(sel string) chromedp.CSS { return chromedp.CSS(sel) }
 	do(t, ctx, 30*time.Second, "open the console", chromedp.Navigate(base+"/"), chromedp.WaitVisible(css("#camera-line1 .live")))
 
 	// The camera's own picture by default (the map is an overlay to turn

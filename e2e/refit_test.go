@@ -49,7 +49,7 @@ func TestRefitCompareShadowPromoteRollBack(t *testing.T) {
 	f := getDaemonFixture(t)
 	b := startMosquitto(t, "")
 	sub := subscribe(t, b.url(), "transformaly/#", "test-sub-refit")
-	state, port := t.TempDir(), freePort(t)
+	state := t.TempDir()
 	// The camera's normal images (saved from the console, false rejects)
 	// and its reviewed true defects.
 	if _, err := synth.WriteParts(filepath.Join(state, "normal_images", "line1"), 96, synth.Normal, 50, 21); err != nil {
@@ -60,18 +60,9 @@ func TestRefitCompareShadowPromoteRollBack(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	startDaemon(t, fmt.Sprintf(`
-cameras:
-  - {name: line1, source: %q, model: %q, loop: true, pace: true}
-mqtt: {broker: %s}
-metrics: {address: "127.0.0.1:%d"}
-web: {allow_changes: true}
-state_directory: %q
-`, f.loop, f.bundle, b.url(), port, state))
-	base := waitForConsole(t, port)
+	base := startConsoleDaemon(t, f.loop, f.bundle, b.url(), state, "")
 	ctx := browser(t)
 	errs := pageErrors(ctx)
-	css := func(sel string) chromedp.CSS { return chromedp.CSS(sel) }
 	card := "#camera-line1 "
 	do(t, ctx, 30*time.Second, "open the console's model panel", chromedp.Navigate(base+"/"), chromedp.WaitVisible(css(card+".model summary")),
 		chromedp.Click(css(card+".model summary")), poll(`document.querySelector("#camera-line1 .live-bundle").textContent === "line.tfy"`, 20*time.Second))
@@ -164,7 +155,7 @@ func TestPromoteDuringTriggeredInspection(t *testing.T) {
 	b := startMosquitto(t, "")
 	sub := subscribe(t, b.url(), "transformaly/line1/result", "test-sub-promote")
 	cmd := subscribe(t, b.url(), "nothing/#", "test-promote-sender")
-	state, port := t.TempDir(), freePort(t)
+	state := t.TempDir()
 	// A candidate as a refit leaves it (here the same bundle, copied).
 	dir := filepath.Join(state, "candidates", "line1", "20261207T000000Z")
 	os.MkdirAll(dir, 0o750)
@@ -175,15 +166,7 @@ func TestPromoteDuringTriggeredInspection(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "candidate.tfy"), data, 0o644)
 	os.WriteFile(filepath.Join(dir, "report.json"), []byte(fmt.Sprintf(`{"id": "20261207T000000Z", "bundle": %q, "created": "2026-12-07T00:00:00Z"}`,
 		filepath.Join(dir, "candidate.tfy"))), 0o644)
-	startDaemon(t, fmt.Sprintf(`
-cameras:
-  - {name: line1, source: %q, model: %q, loop: true, pace: true, trigger: {deadline: 2s}}
-mqtt: {broker: %s}
-metrics: {address: "127.0.0.1:%d"}
-web: {allow_changes: true}
-state_directory: %q
-`, f.loop, f.bundle, b.url(), port, state))
-	base := waitForConsole(t, port)
+	base := startConsoleDaemon(t, f.loop, f.bundle, b.url(), state, ", trigger: {deadline: 2s}")
 	// Once a part is judged the camera is Ready.
 	warm := 0
 	eventually(t, "a judged part", 60*time.Second, func() bool {
