@@ -219,6 +219,9 @@ func Start(opts Options, src Source) (*Server, error) {
 	go func() { defer s.wg.Done(); s.sample(ctx) }()
 	s.wg.Add(1)
 	go func() { defer s.wg.Done(); s.sessionsLoop(ctx) }()
+	if len(opts.Users) == 0 && !opts.AllowAnonymous {
+		slog.Warn("OPC UA server without users (opcua.users_file): only clients whose certificate is trusted get in, with it as their identity")
+	}
 	slog.Info("OPC UA server listening", "address", opts.Address, "application_uri", opts.ApplicationURI,
 		"anonymous", opts.AllowAnonymous, "allow_changes", opts.AllowChanges, "users", len(opts.Users))
 	return s, nil
