@@ -235,4 +235,27 @@ func TestPromoteDuringTriggeredInspection(t *testing.T) {
 		}
 	}
 	t.Logf("verdicts across the promote: %v", verdicts)
+
+	// The same loop from the shell: status, then a rollback.
+	status := func() map[string]any {
+		t.Helper()
+		r := runBinary(t, nil, "model", "--url", base, "--camera", "line1", "status")
+		var m map[string]any
+		if err := json.Unmarshal([]byte(r.stdout), &m); r.code != 0 || err != nil {
+			t.Fatalf("model status: %s %v", r.stderr, err)
+		}
+		return m
+	}
+	if m := status(); !strings.HasSuffix(m["live"].(string), "candidate.tfy") || m["previous"] != f.bundle {
+		t.Errorf("status after the promote: live %v, previous %v", m["live"], m["previous"])
+	}
+	if r := runBinary(t, nil, "model", "--url", base, "--camera", "line1", "promote"); r.code == 0 || !strings.Contains(r.stderr, "candidate id") {
+		t.Errorf("promote without a candidate: exit %d, %s", r.code, r.stderr)
+	}
+	if r := runBinary(t, nil, "model", "--url", base, "--camera", "line1", "rollback"); r.code != 0 {
+		t.Fatalf("model rollback: %s", r.stderr)
+	}
+	if m := status(); m["live"] != f.bundle || m["previous"] != nil {
+		t.Errorf("status after the rollback: live %v, previous %v", m["live"], m["previous"])
+	}
 }

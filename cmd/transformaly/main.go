@@ -31,6 +31,7 @@ var commands = []command{
 	{"run", "", "run the daemon: cameras in, scores and anomaly events out over MQTT", runCommand},
 	{"collect", "", "save frames of a configured camera (its crop, rotation and flips applied) as normal images to fit on", collectCommand},
 	{"fit", "", "train the students on normal images and write a detector bundle", fitCommand},
+	{"model", "ACTION [CANDIDATE]", "on a running daemon, through its console's API: show a camera's bundle and candidates (status), refit, cancel, compare, shadow, unshadow, promote or rollback", modelCommand},
 	{"score", "IMAGE|FOLDER|VIDEO...", "score images (folders: every image in them), or every frame of video recordings, with a bundle", scoreCommand},
 	{"eval", "", "measure a bundle's AUROC on labelled normal and anomalous images", evalCommand},
 	{"inspect", "BUNDLE", "print a bundle's metadata", inspectCommand},
