@@ -32,12 +32,13 @@ import (
 // (the standard nodes every client reads) is used as it is.
 
 const (
-	maxConnections     = 128  // connections open at once
-	maxSessions        = 64   // sessions open at once
-	maxPublishRequests = 32   // waiting per session
-	maxSubscriptions   = 64   // per session
-	maxQueued          = 4096 // notifications waiting per subscription; the oldest go first
-	maxPerPublish      = 200  // notifications in one publish response (one chunk: within a client's 64 KiB buffer)
+	maxConnections     = 128              // connections open at once
+	maxSessions        = 64               // sessions open at once
+	activationTimeout  = 30 * time.Second // a session not activated by then is dropped
+	maxPublishRequests = 32               // waiting per session
+	maxSubscriptions   = 64               // per session
+	maxQueued          = 4096             // notifications waiting per subscription; the oldest go first
+	maxPerPublish      = 200              // notifications in one publish response (one chunk: within a client's 64 KiB buffer)
 )
 
 // session is a client's session.
@@ -361,8 +362,25 @@ func randomBytes(n int) []byte {
 
 func (s *Server) createSession(sc *uasc.SecureChannel, cfg *uasc.Config, req *ua.CreateSessionRequest) ua.Response {
 	hdr := req.RequestHeader
-	if cfg.SecurityMode != ua.MessageSecurityModeNone && !bytes.Equal(req.ClientCertificate, cfg.RemoteCertificate) {
-		return fault(hdr, ua.StatusBadCertificateInvalid) // not the certificate the channel was opened with
+	// Sessions are made only for clients that may activate them: no one
+	// else fills the session table.
+	if cfg.SecurityMode == ua.MessageSecurityModeNone {
+		if !s.opts.AllowAnonymous {
+			slog.Warn("OPC UA session refused", "remote", sc.RemoteAddr().String(), "reason", "security policy None (allow_anonymous is off)")
+			return fault(hdr, ua.StatusBadSecurityPolicyRejected)
+		}
+	} else {
+		if !bytes.Equal(req.ClientCertificate, cfg.RemoteCertificate) {
+			return fault(hdr, ua.StatusBadCertificateInvalid) // not the certificate the channel was opened with
+		}
+		if err := s.auth.checkTrusted(cfg.RemoteCertificate); err != nil {
+			code := ua.StatusBadCertificateUntrusted
+			if ref := (*refusal)(nil); errors.As(err, &ref) {
+				code = ref.code
+			}
+			slog.Warn("OPC UA session refused", "remote", sc.RemoteAddr().String(), "reason", err.Error())
+			return fault(hdr, code)
+		}
 	}
 	sig, alg, err := sc.NewSessionSignature(req.ClientCertificate, req.ClientNonce)
 	if err != nil {
@@ -449,7 +467,7 @@ func (s *Server) dropSession(sess *session) {
 func (s *Server) expireSessions() {
 	now := time.Now()
 	for _, sess := range s.sessions {
-		if now.Sub(sess.lastUsed) > sess.timeout {
+		if idle := now.Sub(sess.lastUsed); idle > sess.timeout || !sess.activated && idle > activationTimeout {
 			slog.Info("OPC UA session timed out", "user", sess.user)
 			s.dropSession(sess)
 		}
