@@ -627,3 +627,52 @@ func TestResultsWithinOneIntervalEachArrive(t *testing.T) {
 		t.Errorf("PartId notifications %v, want %v", got, want)
 	}
 }
+
+// A PLC's way to a node: its browse path from Objects (TranslateBrowsePaths)
+// and RegisterNodes; a browse of namespace 0 without subtypes answers (the
+// library's panics on one).
+func TestBrowsePathsAndNamespaceZero(t *testing.T) {
+	s, _ := startServer(t, nil)
+	c := operator(t, s)
+	ctx := context.Background()
+	ns, err := c.FindNamespace(ctx, NamespaceURI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := c.Node(ua.NewNumericNodeID(0, id.ObjectsFolder)).TranslateBrowsePathInNamespaceToNodeID(ctx, ns, "transformaly.Cameras.line1.LastResult.Verdict")
+	if err != nil || !got.Equal(nodeOf(c, "Cameras/line1/LastResult/Verdict")) {
+		t.Errorf("browse path to line1's verdict: %v, %v", got, err)
+	}
+	if _, err := c.Node(ua.NewNumericNodeID(0, id.ObjectsFolder)).TranslateBrowsePathInNamespaceToNodeID(ctx, ns, "transformaly.Cameras.line9"); !errors.Is(err, ua.StatusBadNoMatch) {
+		t.Errorf("browse path to no camera: %v", err)
+	}
+	reg, err := c.RegisterNodes(ctx, &ua.RegisterNodesRequest{NodesToRegister: []*ua.NodeID{nodeOf(c, "Cameras/line1/Ready")}})
+	if err != nil || len(reg.RegisteredNodeIDs) != 1 || read(t, c, reg.RegisteredNodeIDs[0], ua.AttributeIDValue).Value.Value() != true {
+		t.Errorf("registered node: %v, %v", reg, err)
+	}
+	for _, refType := range []uint32{id.Organizes, id.References, id.HasChild} {
+		done := make(chan *ua.BrowseResponse, 1)
+		go func() {
+			resp, err := c.Browse(ctx, &ua.BrowseRequest{NodesToBrowse: []*ua.BrowseDescription{{NodeID: ua.NewNumericNodeID(0, id.ObjectsFolder),
+				BrowseDirection: ua.BrowseDirectionForward, ReferenceTypeID: ua.NewNumericNodeID(0, refType), ResultMask: uint32(ua.BrowseResultMaskAll)}}})
+			if err != nil {
+				t.Errorf("browse of Objects by reference type %d without subtypes: %v", refType, err)
+			}
+			done <- resp
+		}()
+		select {
+		case resp := <-done:
+			var names []string
+			if resp != nil {
+				for _, r := range resp.Results[0].References {
+					names = append(names, r.BrowseName.Name)
+				}
+			}
+			if refType == id.Organizes && !slices.Contains(names, "transformaly") {
+				t.Errorf("Objects organizes %v", names)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("a browse of Objects by reference type %d without subtypes did not answer within 5 s", refType)
+		}
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"slices"
 	"syscall"
@@ -309,6 +310,13 @@ func (s *Server) handle(sc *uasc.SecureChannel, cfg *uasc.Config, reqID uint32, 
 		return s.write(req)
 	case *ua.BrowseRequest:
 		return s.browse(req)
+	case *ua.TranslateBrowsePathsToNodeIDsRequest:
+		return s.translate(req)
+	case *ua.RegisterNodesRequest:
+		// Node ids are cheap to look up as they are: registered as given.
+		return &ua.RegisterNodesResponse{ResponseHeader: responseHeader(req.RequestHeader, ua.StatusOK), RegisteredNodeIDs: req.NodesToRegister}
+	case *ua.UnregisterNodesRequest:
+		return &ua.UnregisterNodesResponse{ResponseHeader: responseHeader(req.RequestHeader, ua.StatusOK)}
 	case *ua.CallRequest:
 		return s.call(req)
 	case *ua.CreateSubscriptionRequest:
@@ -533,15 +541,88 @@ func (s *Server) write(req *ua.WriteRequest) ua.Response {
 func (s *Server) browse(req *ua.BrowseRequest) ua.Response {
 	results := make([]*ua.BrowseResult, len(req.NodesToBrowse))
 	for i, bd := range req.NodesToBrowse {
-		ns, err := s.ns0.Namespace(int(bd.NodeID.Namespace()))
-		if err != nil {
-			results[i] = &ua.BrowseResult{StatusCode: ua.StatusBadNodeIDUnknown}
-			continue
-		}
-		results[i] = ns.Browse(bd)
+		results[i] = s.browseNode(bd)
 	}
 	return &ua.BrowseResponse{ResponseHeader: responseHeader(req.RequestHeader, ua.StatusOK), Results: results,
 		DiagnosticInfos: []*ua.DiagnosticInfo{}}
+}
+
+// browseNode browses a node of any namespace. The library's namespace 0
+// panics on a browse without subtypes of a reference type with HasSubtype
+// among its subtypes (References, say: it deletes past a slice's end): it
+// is asked with subtypes, and the references of other types are left out
+// here.
+func (s *Server) browseNode(bd *ua.BrowseDescription) *ua.BrowseResult {
+	if bd == nil || bd.NodeID == nil {
+		return &ua.BrowseResult{StatusCode: ua.StatusBadNodeIDInvalid}
+	}
+	ns, err := s.ns0.Namespace(int(bd.NodeID.Namespace()))
+	if err != nil {
+		return &ua.BrowseResult{StatusCode: ua.StatusBadNodeIDUnknown}
+	}
+	q := *bd
+	if q.ReferenceTypeID == nil {
+		q.ReferenceTypeID = ua.NewNumericNodeID(0, 0) // all references
+	}
+	exact := !q.IncludeSubtypes && q.ReferenceTypeID.IntID() != 0 && bd.NodeID.Namespace() == 0
+	q.IncludeSubtypes = q.IncludeSubtypes || exact
+	r := ns.Browse(&q)
+	if exact {
+		r.References = slices.DeleteFunc(r.References, func(ref *ua.ReferenceDescription) bool { return !ref.ReferenceTypeID.Equal(q.ReferenceTypeID) })
+	}
+	return r
+}
+
+// translate resolves browse paths (TranslateBrowsePathsToNodeIds, what
+// PLCs' OPC UA clients use to find a node by its names): each element
+// follows the references of its type whose target has its name.
+func (s *Server) translate(req *ua.TranslateBrowsePathsToNodeIDsRequest) ua.Response {
+	results := make([]*ua.BrowsePathResult, len(req.BrowsePaths))
+	for i, p := range req.BrowsePaths {
+		results[i] = s.followPath(p)
+	}
+	return &ua.TranslateBrowsePathsToNodeIDsResponse{ResponseHeader: responseHeader(req.RequestHeader, ua.StatusOK), Results: results,
+		DiagnosticInfos: []*ua.DiagnosticInfo{}}
+}
+
+func (s *Server) followPath(p *ua.BrowsePath) *ua.BrowsePathResult {
+	none := []*ua.BrowsePathTarget{}
+	if p == nil || p.StartingNode == nil || p.RelativePath == nil || len(p.RelativePath.Elements) == 0 {
+		return &ua.BrowsePathResult{StatusCode: ua.StatusBadNothingToDo, Targets: none}
+	}
+	current := []*ua.NodeID{p.StartingNode}
+	for _, el := range p.RelativePath.Elements {
+		if el == nil || el.TargetName == nil || el.TargetName.Name == "" {
+			return &ua.BrowsePathResult{StatusCode: ua.StatusBadBrowseNameInvalid, Targets: none}
+		}
+		dir := ua.BrowseDirectionForward
+		if el.IsInverse {
+			dir = ua.BrowseDirectionInverse
+		}
+		refType := el.ReferenceTypeID
+		if refType == nil {
+			refType = ua.NewNumericNodeID(0, id.HierarchicalReferences)
+		}
+		var next []*ua.NodeID
+		for _, nid := range current {
+			r := s.browseNode(&ua.BrowseDescription{NodeID: nid, BrowseDirection: dir, ReferenceTypeID: refType, IncludeSubtypes: el.IncludeSubtypes,
+				ResultMask: uint32(ua.BrowseResultMaskAll)})
+			for _, ref := range r.References {
+				if ref.BrowseName != nil && ref.NodeID != nil && ref.BrowseName.Name == el.TargetName.Name && ref.BrowseName.NamespaceIndex == el.TargetName.NamespaceIndex {
+					next = append(next, ref.NodeID.NodeID)
+				}
+			}
+		}
+		if len(next) == 0 {
+			return &ua.BrowsePathResult{StatusCode: ua.StatusBadNoMatch, Targets: none}
+		}
+		current = next
+	}
+	targets := make([]*ua.BrowsePathTarget, len(current))
+	for i, nid := range current {
+		targets[i] = &ua.BrowsePathTarget{TargetID: ua.NewExpandedNodeID(nid, "", 0), RemainingPathIndex: math.MaxUint32}
+	}
+	return &ua.BrowsePathResult{StatusCode: ua.StatusOK, Targets: targets}
 }
 
 // call runs the cameras' Trigger methods.
