@@ -49,6 +49,14 @@ type Camera struct {
 	// FalseRejects and TrueDefects count the camera's NG parts reviewed.
 	FalseRejects int `json:"false_rejects"`
 	TrueDefects  int `json:"true_defects"`
+	// RecentOverThreshold is the share of the last RecentFrames scored
+	// frames over the threshold, PromisedRate the share of normal frames
+	// the bundle promised (nil: no calibration), and Drift says the recent
+	// share is above the promise beyond chance.
+	RecentOverThreshold float64  `json:"recent_over_threshold"`
+	RecentFrames        int      `json:"recent_frames"`
+	PromisedRate        *float64 `json:"promised_false_alarm_rate,omitempty"`
+	Drift               bool     `json:"drift"`
 }
 
 // Score is one scored frame.

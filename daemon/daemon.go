@@ -349,6 +349,14 @@ type CameraStats struct {
 	Damaged        uint64 `json:"damaged_frames"`
 	DetectorFailed uint64 `json:"detector_failed_frames"`
 	NonFinite      uint64 `json:"non_finite_scores"`
+	// Drift: the share of the last RecentFrames scored frames (at most
+	// DriftWindow) over the threshold, the share of normal frames the
+	// bundle promised over it, and whether the recent share is above the
+	// promise beyond chance (Drift).
+	RecentOverThreshold float64  `json:"recent_over_threshold"`
+	RecentFrames        int      `json:"recent_frames"`
+	PromisedRate        *float64 `json:"promised_false_alarm_rate,omitempty"`
+	Drift               bool     `json:"drift"`
 }
 
 // Stats is the payload of <prefix>/stats.
@@ -383,14 +391,23 @@ func (d *Daemon) Snapshot(prev map[string]uint64, since time.Duration) (Stats, m
 		counts[c.cfg.Name] = n
 		inf := c.latency.percentiles(0.5, 0.99)
 		lat := c.e2e.percentiles(0.5, 0.99)
+		drift := p.driftOf(c)
 		s.Cameras[c.cfg.Name] = CameraStats{
 			CaptureFPS: st.FPS, ProcessedFPS: float64(n-prev[c.cfg.Name]) / since.Seconds(),
 			Dropped: st.Dropped + c.dropped.Load(), Reconnects: st.Reconnects, State: string(st.State),
 			InferenceP50: nanToZero(inf[0]), InferenceP99: nanToZero(inf[1]), LatencyP50: nanToZero(lat[0]), LatencyP99: nanToZero(lat[1]),
 			Damaged: st.Damaged, DetectorFailed: c.detectorFailed.Load(), NonFinite: c.nonFinite.Load(),
+			RecentOverThreshold: drift.Share, RecentFrames: drift.Frames, PromisedRate: numberOrNil(drift.Promised), Drift: drift.Drifted,
 		}
 	}
 	return s, counts
+}
+
+func numberOrNil(x float64) *float64 {
+	if math.IsNaN(x) {
+		return nil
+	}
+	return &x
 }
 
 func nanToZero(x float64) float64 {

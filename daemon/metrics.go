@@ -29,6 +29,7 @@ type collector struct {
 	online, score, inferP50, inferP99             *prometheus.Desc
 	queue, connected, queueDropped, queueRejected *prometheus.Desc
 	snapshotsDropped                              *prometheus.Desc
+	recentOver, promised, drift                   *prometheus.Desc
 }
 
 func newCollector(d *Daemon) *collector {
@@ -58,11 +59,17 @@ func newCollector(d *Daemon) *collector {
 		connected: prometheus.NewDesc("transformaly_mqtt_connected", "1 while connected to the broker.", nil, nil),
 		snapshotsDropped: prometheus.NewDesc("transformaly_snapshots_dropped_total",
 			"Queued snapshots dropped past mqtt.snapshot_queue_mb while the broker was unreachable (their events stay).", nil, nil),
+		recentOver: prometheus.NewDesc("transformaly_recent_over_threshold_ratio",
+			"Share of the camera's last 500 scored frames over its threshold (defects included).", cam, nil),
+		promised: prometheus.NewDesc("transformaly_promised_false_alarm_ratio",
+			"Share of normal frames the bundle's calibration promised over the threshold in use.", cam, nil),
+		drift: prometheus.NewDesc("transformaly_drift",
+			"1 while the recent share over the threshold is above the promise beyond chance: the normal has moved, or defects abound.", cam, nil),
 	}
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.frames, c.dropped, c.damaged, c.processed, c.reconnects, c.events, c.nonFinite, c.detectorFailed, c.publishSkipped, c.online, c.score, c.inferP50, c.inferP99, c.queue, c.queueDropped, c.queueRejected, c.snapshotsDropped, c.connected} {
+	for _, d := range []*prometheus.Desc{c.frames, c.dropped, c.damaged, c.processed, c.reconnects, c.events, c.nonFinite, c.detectorFailed, c.publishSkipped, c.online, c.score, c.inferP50, c.inferP99, c.queue, c.queueDropped, c.queueRejected, c.snapshotsDropped, c.connected, c.recentOver, c.promised, c.drift} {
 		ch <- d
 	}
 }
@@ -90,6 +97,16 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(c.score, prometheus.GaugeValue, math.Float64frombits(cam.lastScore.Load()), n)
 			ch <- prometheus.MustNewConstMetric(c.inferP50, prometheus.GaugeValue, pct[0], n)
 			ch <- prometheus.MustNewConstMetric(c.inferP99, prometheus.GaugeValue, pct[1], n)
+			d := p.driftOf(cam)
+			drifted := 0.0
+			if d.Drifted {
+				drifted = 1
+			}
+			ch <- prometheus.MustNewConstMetric(c.recentOver, prometheus.GaugeValue, d.Share, n)
+			if !math.IsNaN(d.Promised) {
+				ch <- prometheus.MustNewConstMetric(c.promised, prometheus.GaugeValue, d.Promised, n)
+			}
+			ch <- prometheus.MustNewConstMetric(c.drift, prometheus.GaugeValue, drifted, n)
 		}
 	}
 	connected := 0.0

@@ -76,6 +76,9 @@ type cameraRuntime struct {
 	nonFinite atomic.Uint64 // frames whose score was NaN or infinite
 	// detectorFailed counts frames lost to a detector error on their batch.
 	detectorFailed atomic.Uint64
+	// recent holds the last frames' verdicts, for the share over the
+	// threshold against the promise (drift.go).
+	recent recentVerdicts
 	// normalQuantile reads a score against the bundle's calibration.
 	normalQuantile func(score float64) float64
 	// normalPatchDistance scales anomaly maps and finds regions (NaN for
@@ -426,6 +429,7 @@ func (p *pipeline) handle(c *cameraRuntime, f capture.Frame, r detector.Result, 
 		threshold = t
 	}
 	anomalous := fault != "" || r.Score > threshold
+	c.recent.add(anomalous)
 	// The map is made for every frame only where it gives the frame's
 	// region (a patch feature space); otherwise once, when a part's worst
 	// frame, a live view or a new peak needs it.

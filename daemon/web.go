@@ -320,6 +320,11 @@ func (w *webSource) Cameras() []console.Camera {
 		out = append(out, console.Camera{Name: c.cfg.Name, State: string(st.State), Bundle: filepath.Base(c.cfg.Model), Provider: c.model.det.Provider(),
 			CaptureFPS: st.FPS, ScoredFPS: s.fps, Reconnects: st.Reconnects, Damaged: st.Damaged, Threshold: threshold, BundleThreshold: c.threshold,
 			Detect: w.d.control.Detect(c.cfg.Name), Triggered: c.trig != nil, Events: c.events.Load()})
+		if p := w.d.current(); p != nil {
+			d := p.driftOf(c)
+			last := &out[len(out)-1]
+			last.RecentOverThreshold, last.RecentFrames, last.PromisedRate, last.Drift = d.Share, d.Frames, numberOrNil(d.Promised), d.Drifted
+		}
 	}
 	return out
 }

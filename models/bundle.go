@@ -176,6 +176,11 @@ type Calibration struct {
 	// Tail extrapolates NormalQuantile past the calibration scores (nil in
 	// bundles from before it, or with too few scores to fit one).
 	Tail *ScoreTail `json:"tail,omitempty"`
+	// Unkept, when set, says why the threshold cannot keep the promise of
+	// 1 - ThresholdQuantile false alarms (too few normal images for the
+	// rate) and what would keep it; ExpectedFalseAlarms is then the rate
+	// it gives.
+	Unkept string `json:"promise_unkept,omitempty"`
 }
 
 // ScoreTail is an exponential model of the calibration scores' upper tail
@@ -302,6 +307,12 @@ type TrainingInfo struct {
 	ValLosses   []float64 `json:"val_losses"`   // per block, at its best epoch
 	Seconds     float64   `json:"seconds"`      // the whole fit
 	StepSeconds float64   `json:"step_seconds"` // of which training steps
+	// CalibrationFolds parts of the images were each left out of a
+	// student training of their own, whose students scored them for the
+	// calibration; CrossFitSeconds is what those trainings and the
+	// calibration's patch banks took of Seconds.
+	CalibrationFolds int     `json:"calibration_folds,omitempty"`
+	CrossFitSeconds  float64 `json:"cross_fit_seconds,omitempty"`
 }
 
 // WriteBundle writes a scored detector graph atomically.

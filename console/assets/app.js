@@ -149,6 +149,12 @@ async function refreshCameras() {
       `${cam.bundle} on ${cam.provider} · capture ${cam.capture_fps.toFixed(1)} fps · scored ${cam.scored_fps.toFixed(1)} fps · ` +
       `threshold ${fmt(cam.threshold)} (bundle ${fmt(cam.bundle_threshold)}) · reconnects ${cam.reconnects} · damaged ${cam.damaged_frames} · events ${cam.events}` +
       (cam.false_rejects || cam.true_defects ? ` · reviewed: ${cam.false_rejects} false rejects, ${cam.true_defects} true defects` : "");
+    const drift = card.node.querySelector(".drift");
+    const promised = cam.promised_false_alarm_rate;
+    drift.textContent = `over threshold: ${(100 * cam.recent_over_threshold).toFixed(1)}% of the last ${cam.recent_frames} frames` +
+      (promised == null ? "" : ` (promised for normal parts: ${(100 * promised).toFixed(1)}%)`) +
+      (cam.drift ? " · DRIFT: far more than promised; the normal may have moved (lighting, parts): check, and refit on today's normal parts" : "");
+    drift.className = cam.drift ? "drift drifted" : "drift";
     for (const b of card.node.querySelectorAll(".tuning button")) {
       b.disabled = !allowChanges;
       b.title = allowChanges ? "" : readOnlyReason;
