@@ -96,7 +96,7 @@ type TriggerConfig struct {
 	Deadline *time.Duration `yaml:"deadline"` // default 500ms
 	// ReadyWindow: the camera is Ready while its last frame is at most this
 	// old (default: 3 frame intervals at its measured rate, at least
-	// 300 ms; 1 s until a rate is measured).
+	// 500 ms; 1 s until a rate is measured).
 	ReadyWindow *time.Duration `yaml:"ready_window"`
 }
 

@@ -256,10 +256,17 @@ func Run(ctx context.Context, opts Options) error {
 func (d *Daemon) reload(ctx context.Context) {
 	d.reloadMu.Lock()
 	defer d.reloadMu.Unlock()
-	if err := d.reloadLocked(ctx); err != nil {
+	switch err := d.reloadLocked(ctx); {
+	case errors.Is(err, errConfigRefused):
+		slog.Error("reload refused; still running the previous configuration", "err", err)
+	case err != nil:
 		slog.Error("reload failed; still running the previous configuration", "err", err)
 	}
 }
+
+// errConfigRefused: a reload found the configuration invalid, or changed
+// where only a restart may change it.
+var errConfigRefused = errors.New("configuration refused")
 
 // reloadLocked is reload with reloadMu held (SIGHUP, a promote or a
 // rollback).
@@ -273,7 +280,7 @@ func (d *Daemon) reloadLocked(ctx context.Context) error {
 		err = errors.New("mqtt.broker, state_directory, ng_images, modbus, opcua, metrics and web change only with a restart")
 	}
 	if err != nil {
-		return fmt.Errorf("configuration refused: %w", err)
+		return fmt.Errorf("%w: %w", errConfigRefused, err)
 	}
 	d.choices.apply(&cfg)
 	old := d.current()

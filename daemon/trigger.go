@@ -201,7 +201,7 @@ func (t *triggers) refuse(camera, id string, at time.Time, reason string) string
 // Ready windows: see TriggerConfig.ReadyWindow.
 const (
 	readyIntervals        = 3
-	minReadyWindow        = 300 * time.Millisecond
+	minReadyWindow        = 500 * time.Millisecond
 	unmeasuredReadyWindow = time.Second
 )
 

@@ -320,6 +320,7 @@ func (w *webSource) Cameras() []console.Camera {
 		out = append(out, console.Camera{Name: c.cfg.Name, State: string(st.State), Bundle: filepath.Base(c.cfg.Model), Provider: c.model.det.Provider(),
 			CaptureFPS: st.FPS, ScoredFPS: s.fps, Reconnects: st.Reconnects, Damaged: st.Damaged, Threshold: threshold, BundleThreshold: c.threshold,
 			Detect: w.d.control.Detect(c.cfg.Name), Triggered: c.trig != nil, Events: c.events.Load()})
+		out[len(out)-1].FalseRejects, out[len(out)-1].TrueDefects = w.d.reviews.counts(c.cfg.Name)
 		if p := w.d.current(); p != nil {
 			d := p.driftOf(c)
 			last := &out[len(out)-1]

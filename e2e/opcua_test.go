@@ -9,14 +9,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
 	"math/big"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -25,45 +22,8 @@ import (
 	"github.com/gopcua/opcua/id"
 	"github.com/gopcua/opcua/ua"
 
-	"github.com/transformaly/transformaly/internal/synth"
 	uaserver "github.com/transformaly/transformaly/opcua"
 )
-
-// loopParts is the fixture's looping part video as a line sees it: a
-// threshold between its normal and missing frames (from score on the same
-// file: the verdicts then depend only on which part a trigger caught),
-// and whether a frame shows the missing part.
-func loopParts(t testing.TB, f daemonFixture) (threshold float64, bad func(frame uint64) bool) {
-	t.Helper()
-	// The loop's parts (six frames each): the fourth is missing, NG.
-	kinds := []string{synth.Normal, synth.Normal, synth.Normal, synth.Missing, synth.Normal, synth.Normal}
-	const perPart = 6
-	loopFrames := perPart * len(kinds)
-	bad = func(frame uint64) bool { return kinds[int((frame-1)%uint64(loopFrames))/perPart] == synth.Missing }
-	out, err := exec.Command(binary, "score", "--model", f.bundle, "--json", f.loop).Output()
-	if err != nil {
-		t.Fatalf("score the loop: %v", err)
-	}
-	maxNormal, minBad := math.Inf(-1), math.Inf(1)
-	for l := range strings.SplitSeq(strings.TrimSpace(string(out)), "\n") {
-		var s struct {
-			Frame uint64  `json:"frame"`
-			Score float64 `json:"score"`
-		}
-		if err := json.Unmarshal([]byte(l), &s); err != nil {
-			t.Fatal(err)
-		}
-		if bad(s.Frame) {
-			minBad = min(minBad, s.Score)
-		} else {
-			maxNormal = max(maxNormal, s.Score)
-		}
-	}
-	if !(minBad > maxNormal) {
-		t.Fatalf("the bundle does not separate the missing part (lowest %g) from normal ones (highest %g)", minBad, maxNormal)
-	}
-	return (minBad + maxNormal) / 2, bad
-}
 
 // clientCertificate makes an OPC UA client's application certificate and
 // key (what a SCADA creates on its first start).

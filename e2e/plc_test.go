@@ -9,6 +9,7 @@ import (
 	"math"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -41,29 +42,23 @@ func connectPLC(t testing.TB, port int) (*mb.ModbusClient, func() uint16) {
 	}
 }
 
-// A PLC judges 20 parts over Modbus TCP (a real client) on a looping part
-// video with known good and bad parts: 20 results, each with the verdict
-// its part deserves, Result Valid toggling each time, every NG part's
-// image and map kept in the NG folder, and two NG parts reviewed on the
-// console (a false reject joins the normal images, a true defect is kept
-// apart and left out by collect --ng-images).
-func TestModbusJudgesTwentyParts(t *testing.T) {
-	f := getDaemonFixture(t)
+// loopParts is the fixture's looping part video as a line sees it: a
+// threshold between its normal and missing frames (from score on the same
+// file: the verdicts then depend only on which part a trigger caught),
+// and whether a frame shows the missing part.
+func loopParts(t testing.TB, f daemonFixture) (threshold float64, bad func(frame uint64) bool) {
+	t.Helper()
 	// The loop's parts (six frames each): the fourth is missing, NG.
 	kinds := []string{synth.Normal, synth.Normal, synth.Normal, synth.Missing, synth.Normal, synth.Normal}
 	const perPart = 6
 	loopFrames := perPart * len(kinds)
-	bad := func(frame uint64) bool { return kinds[int((frame-1)%uint64(loopFrames))/perPart] == synth.Missing }
-
-	// The threshold between the loop's normal and missing frames, from
-	// score on the same file: the verdicts then depend only on which part
-	// a trigger caught.
-	r := runBinary(t, nil, "score", "--model", f.bundle, "--json", f.loop)
-	if r.code != 0 {
-		t.Fatalf("score the loop: %s", r.stderr)
+	bad = func(frame uint64) bool { return kinds[int((frame-1)%uint64(loopFrames))/perPart] == synth.Missing }
+	out, err := exec.Command(binary, "score", "--model", f.bundle, "--json", f.loop).Output()
+	if err != nil {
+		t.Fatalf("score the loop: %v", err)
 	}
 	maxNormal, minBad := math.Inf(-1), math.Inf(1)
-	for l := range strings.SplitSeq(strings.TrimSpace(r.stdout), "\n") {
+	for l := range strings.SplitSeq(strings.TrimSpace(string(out)), "\n") {
 		var s struct {
 			Frame uint64  `json:"frame"`
 			Score float64 `json:"score"`
@@ -80,7 +75,18 @@ func TestModbusJudgesTwentyParts(t *testing.T) {
 	if !(minBad > maxNormal) {
 		t.Fatalf("the bundle does not separate the missing part (lowest %g) from normal ones (highest %g)", minBad, maxNormal)
 	}
-	threshold := (minBad + maxNormal) / 2
+	return (minBad + maxNormal) / 2, bad
+}
+
+// A PLC judges 20 parts over Modbus TCP (a real client) on a looping part
+// video with known good and bad parts: 20 results, each with the verdict
+// its part deserves, Result Valid toggling each time, every NG part's
+// image and map kept in the NG folder, and two NG parts reviewed on the
+// console (a false reject joins the normal images, a true defect is kept
+// apart and left out by collect --ng-images).
+func TestModbusJudgesTwentyParts(t *testing.T) {
+	f := getDaemonFixture(t)
+	threshold, bad := loopParts(t, f)
 
 	b := startMosquitto(t, "")
 	sub := subscribe(t, b.url(), "transformaly/line1/result", "test-sub-plc")
@@ -114,6 +120,8 @@ state_directory: %q
 		start := time.Now()
 		part := uint32(1000 + i)
 		before := counter()
+		// The handshake: the PLC waits for Ready before each part.
+		eventually(t, "line1 Ready", 10*time.Second, func() bool { r, _ := plc.ReadDiscreteInput(modbus.InputReady); return r })
 		if err := plc.WriteUint32(modbus.HoldingPartID, part); err != nil {
 			t.Fatal(err)
 		}
@@ -135,6 +143,9 @@ state_directory: %q
 		}
 		eventually(t, fmt.Sprintf("part %d's result over MQTT", part), 5*time.Second, func() bool { return result(fmt.Sprint(part)) != nil })
 		res := result(fmt.Sprint(part))
+		if res["verdict"] == "error" {
+			t.Fatalf("part %d: error (%v)", part, res["reason"])
+		}
 		frame := uint64(res["frame"].(float64))
 		want := "ok"
 		if bad(frame) {
@@ -149,7 +160,7 @@ state_directory: %q
 	if toggles != 20 {
 		t.Errorf("Result Valid toggled %d times for 20 results", toggles)
 	}
-	t.Logf("%d of 20 parts NG (threshold %.4g between normal frames up to %.4g and missing parts from %.4g)", ng, threshold, maxNormal, minBad)
+	t.Logf("%d of 20 parts NG (threshold %.4g, between the loop's normal and missing frames)", ng, threshold)
 	if ng == 0 || ng == 20 {
 		t.Fatalf("%d of 20 parts NG: the triggers did not step through the loop", ng)
 	}
