@@ -129,3 +129,75 @@ func TestScoreFramesIsTheWorstTile(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkTiledFrame: a 1920x1080 frame scored by a ViT-S/16 detector at
+// 224 (students on blocks 2..11, a patch bank of 9,800 entries): resized
+// whole (one image), and cut into tiles of 224 at native resolution (60
+// tiles, one batch). frames/s and tiles a frame; the cut itself is
+// capture's (BenchmarkDecodePreprocess).
+func BenchmarkTiledFrame(b *testing.B) {
+	cfg := benchShapes[0].cfg
+	v, err := models.RandomViT(cfg, 1)
+	if err != nil {
+		b.Fatal(err)
+	}
+	blocks := []int{2, 3, 4, 5, 6, 7, 8, 9, 10, 11}
+	rng := rand.New(rand.NewPCG(1, 1))
+	students := make([]models.Block, len(blocks))
+	for i := range students {
+		students[i] = models.XavierBlock(v.Config, rng)
+	}
+	const bank = 9800
+	scoring := identityScoring(v.Dim, len(blocks))
+	scoring.Patch = &models.PatchScore{Blocks: []int{2}, D: v.Dim, M: bank, Median: 1, Scale: 1, Weight: 1, Bank: make([]float32, bank*v.Dim)}
+	for i := range scoring.Patch.Bank {
+		scoring.Patch.Bank[i] = float32(rng.NormFloat64())
+	}
+	frame := image.Pt(1920, 1080)
+	for _, tiled := range []bool{false, true} {
+		info := models.BundleInfo{Format: models.BundleFormat, ImageSize: v.ImageSize, Blocks: blocks, Threshold: 1}
+		info.Teacher.Config = v.Config
+		info.Patch = &models.PatchInfo{Blocks: []int{2}, FeatureWidth: v.Dim, BankEntries: bank, TermMedian: 1, TermScale: 1, TermWeight: 1, NormalDistance: 1}
+		name := "whole-frame"
+		if tiled {
+			info.Tiling = &models.TilingInfo{Tiling: tiles.Tiling{Size: 224, Overlap: tiles.DefaultOverlap}, CoreOnly: true}
+			name = "tiles-224"
+		}
+		m, err := models.ScoredDetectorGraph(v, blocks, students, scoring, info, models.FP32)
+		if err != nil {
+			b.Fatal(err)
+		}
+		path := filepath.Join(b.TempDir(), "bench.tfy")
+		if err := models.WriteBundle(path, m); err != nil {
+			b.Fatal(err)
+		}
+		d, err := detector.Load(path, detector.RunnerOptions{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		l, err := d.Layout(frame.X, frame.Y)
+		if err != nil {
+			b.Fatal(err)
+		}
+		pixels := make([]byte, len(l.Tiles)*v.ImageSize*v.ImageSize*3)
+		for i := range pixels {
+			pixels[i] = byte(i * 7)
+		}
+		b.Run("ViT-S16-224/1920x1080/"+name, func(b *testing.B) {
+			for range 2 { // ORT plans its memory on the first run, touches it on the second
+				if _, err := d.ScoreFrames(pixels, []image.Point{frame}, 1); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ResetTimer()
+			for range b.N {
+				if _, err := d.ScoreFrames(pixels, []image.Point{frame}, 1); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "frames/s")
+			b.ReportMetric(float64(len(l.Tiles)), "tiles")
+		})
+		d.Close()
+	}
+}

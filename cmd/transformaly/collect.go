@@ -19,6 +19,8 @@ import (
 	"github.com/transformaly/transformaly/daemon"
 	"github.com/transformaly/transformaly/fit"
 	"github.com/transformaly/transformaly/internal/atomicfile"
+	"github.com/transformaly/transformaly/models"
+	"github.com/transformaly/transformaly/tiles"
 )
 
 // collectCommand saves frames of a configured camera for fitting: through
@@ -64,6 +66,12 @@ func collectCommand(fs *pflag.FlagSet) func([]string) error {
 		if err != nil {
 			return fmt.Errorf("camera %s: %w", cam.Name, err)
 		}
+		// Frames for a tiled bundle (when the camera has one already) must
+		// hold a tile: a refit on smaller frames could never score them.
+		var tiling *tiles.Tiling
+		if info, _, err := models.ReadBundle(cam.Model); err == nil && info.Tiling != nil {
+			tiling = &info.Tiling.Tiling
+		}
 		// Files and folders play at their own pace, so --every spaces the
 		// frames over the recording as it would over a live line.
 		if kind, _, _ := capture.ParseKind(capCfg.Source); kind == capture.KindFile || kind == capture.KindFolder {
@@ -91,6 +99,13 @@ func collectCommand(fs *pflag.FlagSet) func([]string) error {
 			if saved == *count || time.Since(last) < *every {
 				f.View.Release()
 				continue
+			}
+			if tiling != nil {
+				if err := tiling.Fits(f.Width, f.Height); err != nil {
+					f.View.Release()
+					cancel()
+					return fmt.Errorf("camera %s: its bundle %s is tiled: %w", cam.Name, cam.Model, err)
+				}
 			}
 			last = time.Now()
 			name := capture.FrameFileName(cam.Name, f.Time, f.Seq, *format)
