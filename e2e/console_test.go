@@ -172,12 +172,15 @@ func TestWebConsoleInChromium(t *testing.T) {
 	if layout["overlay"] != false || layout["share"].(float64) < 0.9 || layout["alike"] != true {
 		t.Errorf("console layout: %v; want the map off by default, one card the width of its column, the threshold to 4 digits", layout)
 	}
-	// The chart keeps the threshold readable beside a spike 40 times it.
+	// The chart keeps the threshold readable beside a spike 40 times it,
+	// and shows scores when most frames are over the threshold.
 	clip := value(t, ctx, 5*time.Second, "the chart's axis", chromedp.Evaluate[[]float64](`(() => {
-		const card = {threshold: 10}; const r = yRange(card, 0, 400); return [r[1], card.clipped];
+		const spike = {threshold: 10, scores: [...Array(99).fill(5), 400]}; const r = yRange(spike, 0, 400);
+		const over = {threshold: 10, scores: Array(100).fill(180)}; const r2 = yRange(over, 170, 190);
+		return [r[1], spike.clipped, r2[1]];
 	})()`))
-	if clip[0] > 40 || clip[1] != 400 {
-		t.Errorf("axis top %g with a threshold of 10 and a spike of 400 (named: %g), want the threshold in view", clip[0], clip[1])
+	if clip[0] > 40 || clip[1] != 400 || clip[2] < 190 {
+		t.Errorf("axis top %g with a threshold of 10 and a spike of 400 (named: %g), want the threshold in view; %g with every score near 180", clip[0], clip[1], clip[2])
 	}
 
 	// The live image changes.

@@ -91,12 +91,16 @@ function newCard(cam) {
 
 // yRange keeps the threshold readable beside large spikes: the axis spans
 // the scores up to twice the threshold's distance from the lowest one
-// above it; higher peaks are cut at the top and named under the chart.
+// above it, or up to the 90th percentile of the scores shown when that is
+// higher (most frames over the threshold stay in view); higher peaks are
+// cut at the top and named under the chart.
 function yRange(card, min, max) {
   const t = card.threshold;
   if (min == null || max == null) return [t - 1, t + 1];
   const lo = Math.min(min, t);
-  const cap = t + 2 * Math.max(t - lo, Math.abs(t) * 0.1, 1e-6);
+  const finite = (card.scores ?? []).filter(Number.isFinite).sort((a, b) => a - b);
+  const p90 = finite.length ? finite[Math.floor(0.9 * (finite.length - 1))] : -Infinity;
+  const cap = Math.max(t + 2 * Math.max(t - lo, Math.abs(t) * 0.1, 1e-6), 1.1 * p90);
   const hi = Math.min(Math.max(max, t), cap);
   card.clipped = max > cap ? max : null;
   const pad = (hi - lo) * 0.05 || 1;
