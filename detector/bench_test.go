@@ -240,7 +240,7 @@ func BenchmarkInt8(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				m, err = models.ScoredDetectorGraphInt8(v, blocks, students, scoring, models.BundleInfo{}, models.Int8Options{Ranges: ranges, WeightBits: detector.Int8WeightBits()})
+				m, err = models.ScoredDetectorGraphInt8(v, blocks, students, scoring, models.BundleInfo{}, models.Int8Options{Ranges: ranges, UnsignedWeights: detector.Int8UnsignedWeights()})
 				if err != nil {
 					b.Fatal(err)
 				}

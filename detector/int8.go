@@ -24,16 +24,10 @@ func Int8Provider(provider string) (string, error) {
 	return "", fmt.Errorf("precision int8 runs on the CPU provider only, not %q (on a GPU use precision fp16; or set the provider to cpu)", provider)
 }
 
-// Int8WeightBits is the weight width the CPU's int8 kernel takes without
-// overflow: 8 with VNNI (vpdpbusd adds its products in int32) or on a
-// CPU that is not x86; 7 on x86 without it, where MLAS's AVX2 kernel adds
-// pairs of uint8 x int8 products with vpmaddubsw in saturating int16 (ONNX
-// Runtime's own quantizer calls this reduce_range).
-func Int8WeightBits() int {
-	if runtime.GOARCH == "amd64" && !cpu.X86.HasAVX512VNNI && !cpu.X86.HasAVXVNNI {
-		return 7
-	}
-	return 8
+// Int8UnsignedWeights says whether this CPU's int8 detector stores its
+// weights as uint8 (models.Int8Options.UnsignedWeights): x86 without VNNI.
+func Int8UnsignedWeights() bool {
+	return runtime.GOARCH == "amd64" && !cpu.X86.HasAVX512VNNI && !cpu.X86.HasAVXVNNI
 }
 
 // int8Model makes a bundle's int8 detector: the float32 detector runs once
@@ -48,7 +42,7 @@ func int8Model(info models.BundleInfo, mf models.ModelFile, opts RunnerOptions) 
 	if err != nil {
 		return nil, scoring, err
 	}
-	m, err := models.ScoredDetectorGraphInt8(v, info.Blocks, students, scoring, info, models.Int8Options{Ranges: ranges, WeightBits: Int8WeightBits()})
+	m, err := models.ScoredDetectorGraphInt8(v, info.Blocks, students, scoring, info, models.Int8Options{Ranges: ranges, UnsignedWeights: Int8UnsignedWeights()})
 	if err != nil {
 		return nil, scoring, err
 	}
@@ -122,10 +116,10 @@ func ProbeImages(size int) []byte {
 
 // logInt8 says what the int8 detector runs on.
 func logInt8(path string) {
-	kernel := "8-bit weights"
-	if Int8WeightBits() == 7 {
-		kernel = "7-bit weights: no VNNI here, and AVX2's int16 pair sums would saturate with 8"
+	weights := "int8 (VNNI or ARM dot products)"
+	if Int8UnsignedWeights() {
+		weights = "uint8 (no VNNI here: AVX2's int8 kernel would saturate)"
 	}
 	slog.Info("int8 detector on the CPU: linear layers in int8 (DynamicQuantizeMatMul), smoothed by activation ranges measured on probe images; the rest float32",
-		"bundle", path, "weights", kernel)
+		"bundle", path, "weights", weights)
 }

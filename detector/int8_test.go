@@ -107,11 +107,11 @@ func partImages(size, n int, seed uint64) []byte {
 // gross kind and a crack: the CLS embedding (cosine, and the cosine of its
 // deviations from the images' float32 mean, which is what the whitened
 // Gaussian sees), the block errors and the patch distances. On this
-// machine (AVX2 without VNNI, 7-bit weights) a plain ViT gave a cosine of
-// 0.9997 (deviations 0.986), block errors within 0.8% and patch distances
-// within 0.2% of their largest; the ViT with outlier channels, LayerScale
-// and registers 0.9997 (deviations 0.985, 0.928 without smoothing), 2.6%
-// and 0.2%.
+// machine (AVX2 without VNNI: uint8 weights) a plain ViT gave a cosine of
+// 0.9998 (deviations 0.992), block errors within 0.8% and patch distances
+// within 0.13% of their largest; the ViT with outlier channels, LayerScale
+// and registers 0.9998 (deviations 0.993; 0.960 without smoothing), 3.5%
+// and 0.16%.
 func TestInt8MatchesFP32(t *testing.T) {
 	for _, outliers := range []bool{false, true} {
 		t.Run(fmt.Sprintf("outliers=%v", outliers), func(t *testing.T) {
@@ -162,8 +162,8 @@ func TestInt8MatchesFP32(t *testing.T) {
 			if outliers {
 				minCos = 0.99
 			}
-			if cos < minCos || dev < 0.97 || blockErr > 0.05 || patchErr > 0.01 {
-				t.Errorf("int8 strays from fp32: cosine %.5f (at least %g), deviations %.4f (0.97), block errors %.3g (0.05), patch distances %.3g (0.01)", cos, minCos, dev, blockErr, patchErr)
+			if cos < minCos || dev < 0.98 || blockErr > 0.06 || patchErr > 0.005 {
+				t.Errorf("int8 strays from fp32: cosine %.5f (at least %g), deviations %.4f (0.98), block errors %.3g (0.06), patch distances %.3g (0.005)", cos, minCos, dev, blockErr, patchErr)
 			}
 			if outliers {
 				// The smoothing is what holds the outlier case: without it the
@@ -172,8 +172,8 @@ func TestInt8MatchesFP32(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				plain := int8Embeddings(t, v, blocks, students, scoring, models.Int8Options{WeightBits: detector.Int8WeightBits()}, images, n)
-				smoothed := int8Embeddings(t, v, blocks, students, scoring, models.Int8Options{Ranges: ranges, WeightBits: detector.Int8WeightBits()}, images, n)
+				plain := int8Embeddings(t, v, blocks, students, scoring, models.Int8Options{UnsignedWeights: detector.Int8UnsignedWeights()}, images, n)
+				smoothed := int8Embeddings(t, v, blocks, students, scoring, models.Int8Options{Ranges: ranges, UnsignedWeights: detector.Int8UnsignedWeights()}, images, n)
 				unsmoothedDev, smoothedDev := centred(wantEmb, plain, v.Dim), centred(wantEmb, smoothed, v.Dim)
 				t.Logf("deviations' cosine without smoothing %.4f, with %.4f", unsmoothedDev, smoothedDev)
 				if !(smoothedDev > unsmoothedDev) {
@@ -214,7 +214,7 @@ func int8Embeddings(t *testing.T, v *models.ViT, blocks []int, students []models
 // float Gemm left but the scoring's; and the weights stored only as int8.
 func TestInt8GraphShape(t *testing.T) {
 	v, blocks, students, scoring := int8Detector(t, false)
-	m, err := models.ScoredDetectorGraphInt8(v, blocks, students, scoring, models.BundleInfo{}, models.Int8Options{WeightBits: 8})
+	m, err := models.ScoredDetectorGraphInt8(v, blocks, students, scoring, models.BundleInfo{}, models.Int8Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
