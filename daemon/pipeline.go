@@ -204,9 +204,14 @@ func buildPipeline(ctx context.Context, cfg Config, pub *mqtt.Publisher, control
 
 // warmUp runs the detector at batch 1 and the max batch, twice each: ORT
 // plans memory on the first run and touches it on the second, and TensorRT
-// builds its engines at the first run of a shape.
+// builds its engines at the first run of a shape. A tiled bundle's batches
+// are frames' tiles: as many as the frames it was fitted on had.
 func warmUp(det *detector.Detector, maxBatch int) error {
-	for _, n := range []int{maxBatch, 1} {
+	perFrame := 1
+	if t := det.Info.Tiling; t != nil {
+		perFrame = max(1, t.TilesPerFrame[1])
+	}
+	for _, n := range []int{maxBatch * perFrame, perFrame} {
 		img := make([]byte, n*det.Size()*det.Size()*3)
 		for range 2 {
 			if _, err := det.Score(img, n, det.Info.Threshold); err != nil {
