@@ -52,7 +52,7 @@ func scoreCommand(fs *pflag.FlagSet) func([]string) error {
 	var model modelFlags
 	var rt runtimeFlags
 	model.register(fs)
-	asJSON := fs.Bool("json", false, "print one JSON object a line: path, score, ll_pretrained, ll_student, patch_score, block_errors, anomalous, threshold (and frame, seconds for videos)")
+	asJSON := fs.Bool("json", false, "print one JSON object a line: path, score, ll_pretrained, ll_student, patch_score, block_errors, anomalous, threshold (and frame, seconds for videos; tiles and worst_tile for tiled bundles)")
 	withEmbedding := fs.Bool("embedding", false, "include the teacher's embedding")
 	heatmaps := fs.String("heatmap", "", "write each image (and each anomalous video frame) with its per-patch anomaly heatmap as DIR/<name>[-<frame>].heatmap.jpg (--json gives each line's file)")
 	heatmapSide := fs.Int("heatmap-size", 1280, "longest side of the heatmap images in pixels (smaller images keep their size)")
@@ -175,6 +175,9 @@ func scoreCommand(fs *pflag.FlagSet) func([]string) error {
 				patch = fmt.Sprintf("\tpatch_score=%.3f", r.PatchScore)
 				if line.Region != nil {
 					patch += fmt.Sprintf("\tregion=%dx%d+%d+%d", line.Region.Width, line.Region.Height, line.Region.X, line.Region.Y)
+				}
+				if r.Tiles > 0 {
+					patch += fmt.Sprintf("\ttiles=%d\tworst_tile=%d", r.Tiles, r.WorstTile)
 				}
 			}
 			_, err = fmt.Printf("%s\tscore=%.3f\t%s\tll_pretrained=%.3f\tll_student=%.3f%s\tblock_errors=%v\n", where, r.Score, verdict, r.LLPretrained, r.LLStudent, patch, r.BlockErrors)
