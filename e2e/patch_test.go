@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"image"
 	"image/png"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -64,6 +65,40 @@ func TestPatchSpaceOnADataset(t *testing.T) {
 	for _, kind := range synth.Defects {
 		if a := rep.Kinds[kind].Auroc; a < 0.99 {
 			t.Errorf("gross defect %s: image AUROC %.3f, want 1", kind, a)
+		}
+	}
+
+	// At int8 (linear layers in int8 on the CPU) the gross defects' AUROC
+	// stays within 0.005 of fp32's; the small defects', where the random
+	// teacher leaves many normal and defective parts close (AUROC 0.65-0.9,
+	// 25 images a kind), within 0.03 (measured here: -0.016 to +0.022).
+	r = runBinary(t, nil, "eval", "--model", bundle, "--dataset", data, "--json", "--compare-precision", "int8")
+	if r.code != 0 {
+		t.Fatal(r.stderr)
+	}
+	var cmp struct {
+		Precision struct {
+			Kinds map[string]struct {
+				FP32 float64  `json:"auroc_fp32"`
+				Int8 *float64 `json:"auroc_int8"`
+				Max  float64  `json:"max_score_difference"`
+			} `json:"kinds"`
+		} `json:"precision_compare"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &cmp); err != nil || len(cmp.Precision.Kinds) != len(rep.Kinds) {
+		t.Fatalf("eval --compare-precision int8 --json: %v\n%s", err, r.stdout)
+	}
+	for kind, k := range cmp.Precision.Kinds {
+		if k.Int8 == nil {
+			t.Fatalf("%s: no auroc_int8: %s", kind, r.stdout)
+		}
+		t.Logf("%s: AUROC %.4f at int8, %.4f at fp32 (scores up to %.3g apart)", kind, *k.Int8, k.FP32, k.Max)
+		tolerance := 0.03
+		if k.FP32 > 0.99 {
+			tolerance = 0.005
+		}
+		if d := *k.Int8 - k.FP32; math.Abs(d) > tolerance {
+			t.Errorf("%s: int8 AUROC %.4f, fp32 %.4f: more than %g apart", kind, *k.Int8, k.FP32, tolerance)
 		}
 	}
 
