@@ -20,6 +20,7 @@ import (
 	"github.com/transformaly/transformaly/detector"
 	"github.com/transformaly/transformaly/internal/atomicfile"
 	"github.com/transformaly/transformaly/models"
+	"github.com/transformaly/transformaly/tiles"
 )
 
 // Options are everything a fit needs.
@@ -44,9 +45,15 @@ type Options struct {
 	PatchBlocks []int
 	NoPatch     bool
 	Coreset     float64
-	Quantile    float64 // of held-out normal scores, for the threshold
-	Threads     int
-	Provider    string // execution provider preference: auto (CUDA, else CPU), cuda or cpu; "" is cpu
+	// Tiling cuts every normal frame into tiles at native resolution, and
+	// the whole method is fitted on tiles (nil: frames resized whole; see
+	// tiled.go). TileEdges counts every patch of a tile for its patch
+	// score, not only those in its core.
+	Tiling    *tiles.Tiling
+	TileEdges bool
+	Quantile  float64 // of held-out normal scores, for the threshold
+	Threads   int
+	Provider  string // execution provider preference: auto (CUDA, else CPU), cuda or cpu; "" is cpu
 	// ProviderLibrary is an execution-provider plugin library (see
 	// detector.RunnerOptions).
 	ProviderLibrary string
@@ -139,6 +146,9 @@ func (o *Options) check() error {
 	case !(o.Whitening > 0 && o.Whitening <= 1):
 		return fmt.Errorf("whitening %g (--whitening): the explained-variance fraction must be in (0, 1]", o.Whitening)
 	}
+	if err := o.checkTiling(); err != nil {
+		return err
+	}
 	if err := detector.CheckProviderOptions(o.CUDAOptions); err != nil {
 		return fmt.Errorf("CUDA options: %w", err)
 	}
@@ -186,7 +196,7 @@ func Run(ctx context.Context, o Options) (models.BundleInfo, error) {
 		return info, fmt.Errorf("fit: no images (png, jpg, jpeg, bmp) under %s", o.NormalDir)
 	}
 	slog.Info("reading normal images", "dir", o.NormalDir, "files", len(paths), "size", o.Teacher.ImageSize)
-	images, failed, err := LoadImages(ctx, paths, o.Teacher.ImageSize, o.memoryBudget(), o.spillDir())
+	images, failed, err := o.loadImages(ctx, paths)
 	if err != nil {
 		return info, err
 	}
@@ -197,10 +207,10 @@ func Run(ctx context.Context, o Options) (models.BundleInfo, error) {
 	if len(failed) > 0 {
 		slog.Warn("some images were skipped", "skipped", len(failed), "kept", images.Len())
 	}
-	if images.Len() < 4 {
-		return info, fmt.Errorf("fit: only %d readable images under %s; need at least 4", images.Len(), o.NormalDir)
+	if images.Frames() < 4 {
+		return info, fmt.Errorf("fit: only %d readable images under %s; need at least 4", images.Frames(), o.NormalDir)
 	}
-	train, val := split(images.Len(), o.ValFraction, o.Seed)
+	train, val := o.splitFrames(images)
 	slog.Info("split", "train", len(train), "validation", len(val))
 
 	state, err := o.startState(images, train)
@@ -498,6 +508,7 @@ func (o *Options) fitScoring(ctx context.Context, images *Images, train, val []i
 			scores[i] += patches.score.Term(patches.imageScores[i])
 		}
 	}
+	scores = images.worstTiles(scores, all) // one a frame
 	sort.Float64s(scores)
 	if need := int(math.Ceil(1 / (1 - o.Quantile))); len(scores) < need {
 		slog.Warn("few normal images for the threshold: its quantile is about their largest score, so it is noisy; check it with `transformaly eval` or add normal images",
@@ -507,6 +518,9 @@ func (o *Options) fitScoring(ctx context.Context, images *Images, train, val []i
 	method := fmt.Sprintf("%d-fold out-of-sample scores of every normal image (Gaussians refitted without each fold; students as trained)", folds)
 	if patches != nil {
 		method += "; patch scores against the bank entries of the other images"
+	}
+	if o.Tiling != nil {
+		method += "; per frame: each normal frame's worst tile"
 	}
 	info = models.BundleInfo{
 		Format: models.BundleFormat, Version: models.Version, Created: time.Now().UTC(),
@@ -527,6 +541,7 @@ func (o *Options) fitScoring(ctx context.Context, images *Images, train, val []i
 	if patches != nil {
 		info.Patch = patches.info
 	}
+	info.Tiling = o.tilingInfo(images, info.Calibration)
 	slog.Info("scoring fitted", "pca_components", len(white.Variances), "explained", white.Explained, "threshold", info.Threshold,
 		"expected_false_alarm_rate", info.Calibration.ExpectedFalseAlarms, "false_alarm_rate_95", fmt.Sprintf("%.4f-%.4f", lo, hi),
 		"calibration_images", len(scores))

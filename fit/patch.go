@@ -92,8 +92,8 @@ func (o *Options) fitPatchSpace(ctx context.Context, images *Images, idx []int, 
 		o.report(Progress{Phase: "patches", Batch: s/o.BatchSize + 1, Batches: (n + o.BatchSize - 1) / o.BatchSize, ValLoss: math.NaN()})
 	}
 	patches := n * g2
-	m := max(1, min(patches, int(math.Round(o.Coreset*float64(patches)))))
-	picked := greedyCoreset(ctx, projectRandomly(feats, d, patchProjection, o.Seed), min(d, patchProjection), m, o.Seed)
+	m := bankEntries(o.Coreset, patches)
+	picked := composedCoreset(ctx, projectRandomly(feats, d, patchProjection, o.Seed), min(d, patchProjection), m, o.Seed)
 	if ctx.Err() != nil {
 		return nil, fmt.Errorf("%w while choosing the patch coreset; training is saved: run again with --resume", ErrInterrupted)
 	}
@@ -101,26 +101,27 @@ func (o *Options) fitPatchSpace(ctx context.Context, images *Images, idx []int, 
 	owner := make([]int, m)
 	for j, p := range picked {
 		bank = append(bank, feats[p*d:(p+1)*d]...)
-		owner[j] = p / g2
+		owner[j] = images.FrameOf(idx[p/g2]) // a frame's tiles share their pixels: left out together
 	}
 	products, closeProducts, err := o.bankProducts(bank, m, d)
 	if err != nil {
 		return nil, err
 	}
-	dist, err := outOfSampleDistances(feats, d, g2, bank, owner, products)
+	group := make([]int, n)
+	for k, i := range idx {
+		group[k] = images.FrameOf(i)
+	}
+	dist, err := outOfSampleDistances(feats, d, g2, bank, owner, group, products)
 	closeProducts()
 	if err != nil {
 		return nil, fmt.Errorf("out-of-sample patch distances: %w", err)
 	}
 	imageScores := make([]float64, n)
 	for i := range n {
-		imageScores[i] = float64(slices.Max(dist[i*g2 : (i+1)*g2]))
+		imageScores[i] = images.patchScore(idx[i], dist[i*g2:(i+1)*g2], v.Grid(), o.TileEdges)
 	}
 	median, scale := spreadAboveMedian(imageScores)
-	all := make([]float64, len(dist))
-	for i, x := range dist {
-		all[i] = float64(x)
-	}
+	all := images.countedDistances(dist, idx, v.Grid(), o.TileEdges)
 	slices.Sort(all)
 	_, weight := spreadAboveMedian(llScores)
 	ps := &models.PatchScore{Blocks: o.PatchBlocks, D: d, M: m, Bank: bank, Median: median, Scale: scale, Weight: weight}
@@ -240,7 +241,16 @@ func greedyCoreset(ctx context.Context, x []float32, k, m int, seed uint64) []in
 // 90% quantile of patch scores came out above that of unseen normal
 // images, and the patch term, scaled by it, cost the small defects 0.07 of
 // AUROC.
-func outOfSampleDistances(feats []float32, d, perImage int, bank []float32, owner []int, products productFunc) ([]float32, error) {
+//
+// owner holds each entry's group and group each image's (nil: each image
+// is its own): images of a group, a frame's tiles, are left out together.
+func outOfSampleDistances(feats []float32, d, perImage int, bank []float32, owner, group []int, products productFunc) ([]float32, error) {
+	groupOf := func(k int) int {
+		if group == nil {
+			return k
+		}
+		return group[k]
+	}
 	m := len(owner)
 	norms := make([]float32, m)
 	for j := range m {
@@ -259,7 +269,7 @@ func outOfSampleDistances(feats []float32, d, perImage int, bank []float32, owne
 		}
 		for r := lo; r < hi; r++ {
 			x2 := dot(feats[r*d:(r+1)*d], feats[r*d:(r+1)*d])
-			img := r / perImage
+			img := groupOf(r / perImage)
 			other, any := float32(math.Inf(1)), float32(math.Inf(1))
 			for j, xm := range prod[(r-lo)*m : (r-lo+1)*m] {
 				dist := x2 - 2*xm + norms[j]
@@ -277,20 +287,20 @@ func outOfSampleDistances(feats []float32, d, perImage int, bank []float32, owne
 	standsFor := map[int][]int{}
 	sq := make([]float32, rows) // their squared norms
 	for r, j := range nearest {
-		if img := owner[j]; img != r/perImage {
+		if img := owner[j]; img != groupOf(r/perImage) {
 			standsFor[img] = append(standsFor[img], r)
 			sq[r] = dot(feats[r*d:(r+1)*d], feats[r*d:(r+1)*d])
 		}
 	}
 	// Per image, one small Sgemm of its patches against those patches.
 	var others, prod []float32
-	for img := range rows / perImage {
-		qs := standsFor[img]
+	for k := range rows / perImage {
+		qs := standsFor[groupOf(k)]
 		others = others[:0]
 		for _, q := range qs {
 			others = append(others, feats[q*d:(q+1)*d]...)
 		}
-		lo := img * perImage
+		lo := k * perImage
 		if len(qs) > 0 {
 			prod = slices.Grow(prod[:0], perImage*len(qs))[:perImage*len(qs)]
 			blas32.Gemm(blas.NoTrans, blas.Trans, 1, blas32.General{Rows: perImage, Cols: d, Stride: d, Data: feats[lo*d : (lo+perImage)*d]},

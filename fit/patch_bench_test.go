@@ -38,7 +38,7 @@ func BenchmarkPatchBank(b *testing.B) {
 					if err != nil {
 						b.Fatal(err)
 					}
-					if _, err := outOfSampleDistances(feats, width, perImage, bank, owner, products); err != nil {
+					if _, err := outOfSampleDistances(feats, width, perImage, bank, owner, nil, products); err != nil {
 						b.Fatal(err)
 					}
 					closeProducts()

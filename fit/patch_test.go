@@ -85,7 +85,7 @@ func TestOutOfSampleDistancesLeaveTheImageOut(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer closeProducts()
-	got, err := outOfSampleDistances(feats, d, per, bank, owner, products)
+	got, err := outOfSampleDistances(feats, d, per, bank, owner, nil, products)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/transformaly/transformaly/fit"
+	"github.com/transformaly/transformaly/tiles"
 )
 
 // parseBlocks reads "2-11", "0,3,5" or "3-5,8" (0-based teacher blocks).
@@ -61,6 +62,8 @@ func fitCommand(fs *pflag.FlagSet) func([]string) error {
 	memoryMB := fs.Int64("max-image-memory-mb", fit.DefaultMemoryBudget>>20, "decoded images, then the teacher's cached activations, kept in memory; beyond this they go to temporary files beside --out")
 	cacheMB := fs.Int64("activation-cache-mb", fit.DefaultActivationCache>>20, "largest cache of the teacher's activations, computed once so that epochs run only the students (CPU training; 0: run the teacher in every step)")
 	patchBlocks := fs.String("patch-blocks", "", "0-based teacher blocks whose patch tokens are the patch feature space (finds small defects and where they are), e.g. 2 or 2,4; \"none\" fits without it (default: one block a quarter of the way in)")
+	tile := fs.Int("tile", 0, "cut every frame into tiles of this many pixels square at native resolution (after the camera's crop and rotation), each resized to the teacher's input, and fit on tiles: small defects a resize of the whole frame would blur away stay several patches wide (0: the whole frame resized); score, eval and the daemon cut frames the same way")
+	tileOverlap := fs.Float64("tile-overlap", tiles.DefaultOverlap, "with --tile: the share of a tile its neighbours overlap at least, in [0, 0.9); each tile's patches count only in its core, the ring its neighbours cover being theirs")
 	coreset := fs.Float64("coreset", fit.DefaultCoreset, "share of the normal images' patches the patch memory bank keeps (greedy coreset): more finds subtler defects, costs memory and scoring time")
 	rt.register(fs)
 	return func(args []string) error {
@@ -80,6 +83,13 @@ func fitCommand(fs *pflag.FlagSet) func([]string) error {
 		}
 		if st, err := os.Stat(*normal); err != nil || !st.IsDir() {
 			return fmt.Errorf("--normal %s: not a readable folder", *normal)
+		}
+		var tiling *tiles.Tiling
+		if *tile != 0 || fs.Changed("tile-overlap") {
+			tiling = &tiles.Tiling{Size: *tile, Overlap: *tileOverlap}
+			if err := tiling.Check(); err != nil {
+				return usageError("--tile, --tile-overlap: %v", err)
+			}
 		}
 		v, err := teacher.load()
 		if err != nil {
@@ -104,7 +114,7 @@ func fitCommand(fs *pflag.FlagSet) func([]string) error {
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
 		info, err := fit.Run(ctx, fit.Options{
-			Teacher: v, TeacherPath: teacher.path, NormalDir: *normal, Blocks: blockList, PatchBlocks: patchList, NoPatch: noPatch, Coreset: *coreset,
+			Teacher: v, TeacherPath: teacher.path, NormalDir: *normal, Blocks: blockList, PatchBlocks: patchList, NoPatch: noPatch, Coreset: *coreset, Tiling: tiling,
 			ValFraction: *valFraction, Epochs: *epochs, Patience: *patience, BatchSize: *batch, LR: *lr, Seed: *seed,
 			Whitening: *whitening, Quantile: *quantile, Threads: rt.threads, Provider: *provider, ProviderLibrary: *providerLibrary, CUDAOptions: *cudaOptions, MemoryBudget: *memoryMB << 20, ActivationCache: activationCache(*cacheMB), Out: *out, Resume: *resume,
 			Progress: progressLogger(),

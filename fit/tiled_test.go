@@ -1,0 +1,172 @@
+package fit
+
+import (
+	"context"
+	"image"
+	"image/png"
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/transformaly/transformaly/internal/synth"
+	"github.com/transformaly/transformaly/tiles"
+)
+
+// TestLoadTiles: frames of three sizes cut into tiles of 64 (the teacher's
+// size, so no resize): every tile is its frame's pixels at its rectangle
+// (read back by Go's own PNG decoder), frames keep their tiles together
+// in folds and in the split, and worstTiles is each frame's maximum.
+func TestLoadTiles(t *testing.T) {
+	dir := t.TempDir()
+	sizes := []image.Point{{200, 130}, {64, 64}, {300, 200}, {150, 100}, {128, 70}}
+	var paths []string
+	for i, s := range sizes {
+		img, _ := synth.Tray(s.X, s.Y, synth.Normal, uint64(i))
+		p := filepath.Join(dir, string(rune('a'+i))+".png")
+		f, err := os.Create(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		png.Encode(f, img)
+		f.Close()
+		paths = append(paths, p)
+	}
+	tl := tiles.Tiling{Size: 64, Overlap: 0.125}
+	im, failed, err := LoadTiles(context.Background(), paths, 64, tl, 1<<30, dir)
+	if err != nil || len(failed) > 0 {
+		t.Fatal(err, failed)
+	}
+	defer im.Close()
+	if im.Frames() != len(sizes) {
+		t.Fatalf("%d frames", im.Frames())
+	}
+	n := 0
+	for f, s := range sizes {
+		l, _ := tl.Layout(s.X, s.Y)
+		src, err := os.Open(paths[f])
+		if err != nil {
+			t.Fatal(err)
+		}
+		img, err := png.Decode(src)
+		src.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k, r := range l.Tiles {
+			i := n + k
+			if im.FrameOf(i) != f || im.tile[i] != k {
+				t.Fatalf("image %d: frame %d tile %d, want %d and %d", i, im.FrameOf(i), im.tile[i], f, k)
+			}
+			got, err := im.Batch([]int{i}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for y := range 64 {
+				for x := range 64 {
+					cr, cg, cb, _ := img.At(r.Min.X+x, r.Min.Y+y).RGBA()
+					o := (y*64 + x) * 3
+					if got[o] != byte(cr>>8) || got[o+1] != byte(cg>>8) || got[o+2] != byte(cb>>8) {
+						t.Fatalf("frame %d tile %d pixel %d,%d: %v, want %d %d %d", f, k, x, y, got[o:o+3], cr>>8, cg>>8, cb>>8)
+					}
+				}
+			}
+		}
+		n += len(l.Tiles)
+	}
+	if im.Len() != n {
+		t.Fatalf("%d tiles, want %d", im.Len(), n)
+	}
+	sameFrame := func(what string, groups [][]int) {
+		t.Helper()
+		seen := map[int]int{}
+		count := 0
+		for g, idx := range groups {
+			for _, i := range idx {
+				if h, ok := seen[im.FrameOf(i)]; ok && h != g {
+					t.Fatalf("%s: frame %d's tiles in parts %d and %d", what, im.FrameOf(i), h, g)
+				}
+				seen[im.FrameOf(i)] = g
+				count++
+			}
+		}
+		if count != im.Len() {
+			t.Fatalf("%s: %d tiles, want %d", what, count, im.Len())
+		}
+	}
+	sameFrame("frames", [][]int{im.ofFrames([]int{0, 2}), im.ofFrames([]int{1, 3, 4})})
+	o := Options{ValFraction: 0.4, Seed: 3}
+	train, val := o.splitFrames(im)
+	sameFrame("split", [][]int{train, val})
+	scores := make([]float64, im.Len())
+	rng := rand.New(rand.NewPCG(1, 1))
+	want := make([]float64, im.Frames())
+	for f := range want {
+		want[f] = math.Inf(-1)
+	}
+	for i := range scores {
+		scores[i] = rng.NormFloat64()
+		want[im.FrameOf(i)] = math.Max(want[im.FrameOf(i)], scores[i])
+	}
+	idx := make([]int, im.Len())
+	for i := range idx {
+		idx[i] = i
+	}
+	if got := im.worstTiles(scores, idx); !slices.Equal(got, want) {
+		t.Fatalf("worst tiles %v, want %v", got, want)
+	}
+	// A frame smaller than a tile is refused by name.
+	if _, _, err := LoadTiles(context.Background(), paths, 64, tiles.Tiling{Size: 100}, 1<<30, dir); err == nil || !strings.Contains(err.Error(), "b.png") {
+		t.Fatalf("a 64 px frame for tiles of 100: %v", err)
+	}
+}
+
+// TestComposedCoreset: the composed coreset picks m distinct rows that
+// cover every row within twice the radius of greedy's own (the bound is a
+// small multiple; on clustered data it is near 1), brute force.
+func TestComposedCoreset(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 5))
+	const k, p, m = 8, 6000, 150
+	centres := make([]float32, 40*k)
+	for i := range centres {
+		centres[i] = float32(4 * rng.NormFloat64())
+	}
+	x := make([]float32, p*k)
+	for i := range p {
+		c := rng.IntN(40)
+		for j := range k {
+			x[i*k+j] = centres[c*k+j] + float32(rng.NormFloat64())
+		}
+	}
+	radius := func(picked []int) float64 {
+		worst := 0.0
+		for i := range p {
+			best := math.Inf(1)
+			for _, c := range picked {
+				d := 0.0
+				for j := range k {
+					v := float64(x[i*k+j] - x[c*k+j])
+					d += v * v
+				}
+				best = math.Min(best, d)
+			}
+			worst = math.Max(worst, best)
+		}
+		return math.Sqrt(worst)
+	}
+	composed := composeCoreset(context.Background(), x, k, m, 1000, 1)
+	if len(composed) != m || len(slices.Compact(slices.Sorted(slices.Values(composed)))) != m {
+		t.Fatalf("%d picks, %d distinct, want %d", len(composed), len(slices.Compact(slices.Sorted(slices.Values(composed)))), m)
+	}
+	rc, rg := radius(composed), radius(greedyCoreset(context.Background(), x, k, m, 1))
+	t.Logf("covering radius: composed %.3f, greedy %.3f", rc, rg)
+	if rc > 2*rg {
+		t.Fatalf("composed coreset covers within %.3f, greedy within %.3f", rc, rg)
+	}
+	if got := bankEntries(0.1, 10*MaxBankEntries); got != MaxBankEntries {
+		t.Fatalf("a 10%% bank of %d patches keeps %d entries", 10*MaxBankEntries, got)
+	}
+}
