@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"sync/atomic"
 
 	"github.com/transformaly/transformaly/models"
 )
@@ -15,6 +16,9 @@ type Detector struct {
 	Path   string
 	runner *Runner
 	host   *models.Scoring // non-nil: scores made on the host (RunnerOptions.ScoreOnHost)
+	// tilesWarned: frames cut into more tiles than the bundle's were have
+	// been logged (once).
+	tilesWarned atomic.Bool
 }
 
 // Result is one image's verdict.

@@ -3,6 +3,7 @@ package detector
 import (
 	"fmt"
 	"image"
+	"log/slog"
 	"math"
 
 	"github.com/transformaly/transformaly/models"
@@ -42,6 +43,10 @@ func (d *Detector) ScoreFrames(pixels []byte, sizes []image.Point, threshold flo
 		}
 		layouts[i] = l
 		n += len(l.Tiles)
+		if fitted := d.Info.Tiling.TilesPerFrame[1]; fitted > 0 && len(l.Tiles) > fitted && d.tilesWarned.CompareAndSwap(false, true) {
+			slog.Warn("frames cut into more tiles than the bundle's normal frames were: each tile is a chance of a false alarm, so such frames raise more than the rate promised per frame (fit on frames of this size)",
+				"bundle", d.Path, "frame", fmt.Sprintf("%dx%d", s.X, s.Y), "tiles", len(l.Tiles), "fitted_tiles_per_frame", fitted)
+		}
 	}
 	perTile, err := d.Score(pixels, n, threshold)
 	if err != nil {
