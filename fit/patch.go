@@ -47,19 +47,22 @@ type patchSpace struct {
 	score *models.PatchScore
 	info  *models.PatchInfo
 	// imageScores is each normal image's out-of-sample patch score: its
-	// largest patch distance to bank entries taken from other images.
+	// largest patch distance to the bank of its calibration fold, chosen
+	// without it.
 	imageScores []float64
+	foldSeconds float64 // what the fold banks took
 }
 
-// fitPatchSpace collects the patch features of the normal images idx,
-// keeps a greedy coreset of them as the memory bank, and scores every
-// image against the entries of the others; llScores are the images'
-// out-of-fold log-likelihood sums, which the patch term is weighed against.
-func (o *Options) fitPatchSpace(ctx context.Context, images *Images, idx []int, llScores []float64) (*patchSpace, error) {
+// fitPatchSpace collects the patch features of every normal image, keeps
+// a greedy coreset of them as the memory bank, and scores each image
+// against a bank chosen the same way without its fold (folds);
+// llScores are the images' out-of-fold log-likelihood sums, which the
+// patch term is weighed against.
+func (o *Options) fitPatchSpace(ctx context.Context, images *Images, folds [][]int, llScores []float64) (*patchSpace, error) {
 	start := time.Now()
 	v := o.Teacher
 	g2, d := v.Grid()*v.Grid(), v.Dim*len(o.PatchBlocks)
-	n := len(idx)
+	n := images.Len()
 	bytes := int64(n) * int64(g2) * int64(d) * 4
 	if bytes > o.memoryBudget() {
 		return nil, fmt.Errorf("patch features of %d images (%d patches of width %d) take %.1f GB, over the memory budget of %.1f GB (--memory-budget): use fewer images or patch blocks, or --patch-blocks none",
@@ -80,7 +83,10 @@ func (o *Options) fitPatchSpace(ctx context.Context, images *Images, idx []int, 
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("%w while computing patch features; training is saved: run again with --resume", ErrInterrupted)
 		}
-		part := idx[s:min(s+o.BatchSize, n)]
+		part := make([]int, 0, o.BatchSize)
+		for i := s; i < min(s+o.BatchSize, n); i++ {
+			part = append(part, i)
+		}
 		if buf, err = images.Batch(part, buf); err != nil {
 			return nil, err
 		}
@@ -91,45 +97,124 @@ func (o *Options) fitPatchSpace(ctx context.Context, images *Images, idx []int, 
 		feats = append(feats, out[0].Data...)
 		o.report(Progress{Phase: "patches", Batch: s/o.BatchSize + 1, Batches: (n + o.BatchSize - 1) / o.BatchSize, ValLoss: math.NaN()})
 	}
+	projected := projectRandomly(feats, d, patchProjection, o.Seed)
+	k := min(d, patchProjection)
 	patches := n * g2
 	m := bankEntries(o.Coreset, patches)
-	picked := composedCoreset(ctx, projectRandomly(feats, d, patchProjection, o.Seed), min(d, patchProjection), m, o.Seed)
+	bank := o.coresetBank(ctx, feats, projected, d, k, m, o.Seed)
 	if ctx.Err() != nil {
 		return nil, fmt.Errorf("%w while choosing the patch coreset; training is saved: run again with --resume", ErrInterrupted)
 	}
-	bank := make([]float32, 0, m*d)
-	owner := make([]int, m)
-	for j, p := range picked {
-		bank = append(bank, feats[p*d:(p+1)*d]...)
-		owner[j] = images.FrameOf(idx[p/g2]) // a frame's tiles share their pixels: left out together
-	}
-	products, closeProducts, err := o.bankProducts(bank, m, d)
-	if err != nil {
-		return nil, err
-	}
-	group := make([]int, n)
-	for k, i := range idx {
-		group[k] = images.FrameOf(i)
-	}
-	dist, err := outOfSampleDistances(feats, d, g2, bank, owner, group, products)
-	closeProducts()
-	if err != nil {
-		return nil, fmt.Errorf("out-of-sample patch distances: %w", err)
+	bankDone := time.Now()
+	// Each fold's images against a bank chosen, as the bundle's, from the
+	// other images' patches (the same share of them): a bank chosen to
+	// cover every image's patches, this one's included, puts an image's
+	// patches nearer than a new part's, even without its own entries.
+	dist := make([]float32, patches)
+	for f, fold := range folds {
+		others := without(allIndices(n), fold)
+		var rowsOf []int
+		for _, i := range others {
+			for p := range g2 {
+				rowsOf = append(rowsOf, i*g2+p)
+			}
+		}
+		fm := bankEntries(o.Coreset, len(rowsOf))
+		foldBank := o.coresetBank(ctx, gatherRows(feats, d, rowsOf), gatherRows(projected, k, rowsOf), d, k, fm, o.Seed+uint64(f)+1)
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("%w while choosing the patch coreset; training is saved: run again with --resume", ErrInterrupted)
+		}
+		var foldRows []int
+		for _, i := range fold {
+			for p := range g2 {
+				foldRows = append(foldRows, i*g2+p)
+			}
+		}
+		fd, err := o.nearestDistances(gatherRows(feats, d, foldRows), foldBank, fm, d)
+		if err != nil {
+			return nil, fmt.Errorf("out-of-sample patch distances: %w", err)
+		}
+		for r, row := range foldRows {
+			dist[row] = fd[r]
+		}
 	}
 	imageScores := make([]float64, n)
 	for i := range n {
-		imageScores[i] = images.patchScore(idx[i], dist[i*g2:(i+1)*g2], v.Grid(), o.TileEdges)
+		imageScores[i] = images.patchScore(i, dist[i*g2:(i+1)*g2], v.Grid(), o.TileEdges)
 	}
 	median, scale := spreadAboveMedian(imageScores)
-	all := images.countedDistances(dist, idx, v.Grid(), o.TileEdges)
+	all := images.countedDistances(dist, nil, v.Grid(), o.TileEdges)
 	slices.Sort(all)
 	_, weight := spreadAboveMedian(llScores)
 	ps := &models.PatchScore{Blocks: o.PatchBlocks, D: d, M: m, Bank: bank, Median: median, Scale: scale, Weight: weight}
 	info := &models.PatchInfo{Blocks: o.PatchBlocks, FeatureWidth: d, BankEntries: m, Coreset: o.Coreset, Patches: patches,
 		TermMedian: median, TermScale: scale, TermWeight: weight, NormalDistance: quantile(all, 0.999)}
 	slog.Info("patch memory bank", "blocks", o.PatchBlocks, "patches", patches, "bank_entries", m, "feature_width", d,
-		"bank_mb", float64(m*d*4)/1e6, "normal_patch_distance_999", info.NormalDistance, "seconds", time.Since(start).Seconds())
-	return &patchSpace{score: ps, info: info, imageScores: imageScores}, nil
+		"bank_mb", float64(m*d*4)/1e6, "normal_patch_distance_999", info.NormalDistance, "seconds", time.Since(start).Seconds(),
+		"calibration_banks_seconds", time.Since(bankDone).Seconds())
+	return &patchSpace{score: ps, info: info, imageScores: imageScores, foldSeconds: time.Since(bankDone).Seconds()}, nil
+}
+
+// coresetBank keeps m of the rows of feats ([P, d]) by greedy coreset on
+// their projections ([P, k]).
+func (o *Options) coresetBank(ctx context.Context, feats, projected []float32, d, k, m int, seed uint64) []float32 {
+	picked := composedCoreset(ctx, projected, k, m, seed)
+	bank := make([]float32, 0, m*d)
+	for _, p := range picked {
+		bank = append(bank, feats[p*d:(p+1)*d]...)
+	}
+	return bank
+}
+
+// nearestDistances is each row of x's ([n, d]) distance to its nearest
+// bank entry ([m, d]).
+func (o *Options) nearestDistances(x, bank []float32, m, d int) ([]float32, error) {
+	products, closeProducts, err := o.bankProducts(bank, m, d)
+	if err != nil {
+		return nil, err
+	}
+	defer closeProducts()
+	norms := make([]float32, m)
+	for j := range m {
+		norms[j] = dot(bank[j*d:(j+1)*d], bank[j*d:(j+1)*d])
+	}
+	rows := len(x) / d
+	out := make([]float32, rows)
+	// About 16M products a run.
+	chunk := max(1, (16<<20)/max(m, 1))
+	for lo := 0; lo < rows; lo += chunk {
+		hi := min(rows, lo+chunk)
+		prod, err := products(x[lo*d:hi*d], hi-lo)
+		if err != nil {
+			return nil, err
+		}
+		for r := lo; r < hi; r++ {
+			x2 := dot(x[r*d:(r+1)*d], x[r*d:(r+1)*d])
+			near := float32(math.Inf(1))
+			for j, xm := range prod[(r-lo)*m : (r-lo+1)*m] {
+				near = min(near, x2-2*xm+norms[j])
+			}
+			out[r] = float32(math.Sqrt(math.Max(0, float64(near))))
+		}
+	}
+	return out, nil
+}
+
+// gatherRows copies the given rows of x ([P, w]).
+func gatherRows(x []float32, w int, rows []int) []float32 {
+	out := make([]float32, 0, len(rows)*w)
+	for _, r := range rows {
+		out = append(out, x[r*w:(r+1)*w]...)
+	}
+	return out
+}
+
+func allIndices(n int) []int {
+	out := make([]int, n)
+	for i := range out {
+		out[i] = i
+	}
+	return out
 }
 
 // projectRandomly maps the rows of feats ([P, d]) to k dimensions by a
@@ -229,92 +314,6 @@ func greedyCoreset(ctx context.Context, x []float32, k, m int, seed uint64) []in
 		}
 	}
 	return picked
-}
-
-// outOfSampleDistances gives each row of feats ([images*perImage, d]) the
-// distance a test image would see if it looked like that row's image: the
-// bank without that image, i.e. without its own entries (which would put
-// its patches at distance 0) but with the patches of other images those
-// entries stood for (the ones nearest to them), which a coreset chosen
-// without the image would have had to cover instead. Leaving out only the
-// image's own entries put its unusual patches far from everything: the
-// 90% quantile of patch scores came out above that of unseen normal
-// images, and the patch term, scaled by it, cost the small defects 0.07 of
-// AUROC.
-//
-// owner holds each entry's group and group each image's (nil: each image
-// is its own): images of a group, a frame's tiles, are left out together.
-func outOfSampleDistances(feats []float32, d, perImage int, bank []float32, owner, group []int, products productFunc) ([]float32, error) {
-	groupOf := func(k int) int {
-		if group == nil {
-			return k
-		}
-		return group[k]
-	}
-	m := len(owner)
-	norms := make([]float32, m)
-	for j := range m {
-		norms[j] = dot(bank[j*d:(j+1)*d], bank[j*d:(j+1)*d])
-	}
-	rows := len(feats) / d
-	out := make([]float32, rows)
-	nearest := make([]int, rows) // each row's nearest entry over the whole bank
-	// Chunks of whole images, about 16M products each.
-	chunk := max(perImage, (16<<20)/max(m, 1)/perImage*perImage)
-	for lo := 0; lo < rows; lo += chunk {
-		hi := min(rows, lo+chunk)
-		prod, err := products(feats[lo*d:hi*d], hi-lo)
-		if err != nil {
-			return nil, err
-		}
-		for r := lo; r < hi; r++ {
-			x2 := dot(feats[r*d:(r+1)*d], feats[r*d:(r+1)*d])
-			img := groupOf(r / perImage)
-			other, any := float32(math.Inf(1)), float32(math.Inf(1))
-			for j, xm := range prod[(r-lo)*m : (r-lo+1)*m] {
-				dist := x2 - 2*xm + norms[j]
-				if dist < any {
-					any, nearest[r] = dist, j
-				}
-				if owner[j] != img && dist < other {
-					other = dist
-				}
-			}
-			out[r] = other
-		}
-	}
-	// The patches of other images that each image's entries stand for.
-	standsFor := map[int][]int{}
-	sq := make([]float32, rows) // their squared norms
-	for r, j := range nearest {
-		if img := owner[j]; img != groupOf(r/perImage) {
-			standsFor[img] = append(standsFor[img], r)
-			sq[r] = dot(feats[r*d:(r+1)*d], feats[r*d:(r+1)*d])
-		}
-	}
-	// Per image, one small Sgemm of its patches against those patches.
-	var others, prod []float32
-	for k := range rows / perImage {
-		qs := standsFor[groupOf(k)]
-		others = others[:0]
-		for _, q := range qs {
-			others = append(others, feats[q*d:(q+1)*d]...)
-		}
-		lo := k * perImage
-		if len(qs) > 0 {
-			prod = slices.Grow(prod[:0], perImage*len(qs))[:perImage*len(qs)]
-			blas32.Gemm(blas.NoTrans, blas.Trans, 1, blas32.General{Rows: perImage, Cols: d, Stride: d, Data: feats[lo*d : (lo+perImage)*d]},
-				blas32.General{Rows: len(qs), Cols: d, Stride: d, Data: others}, 0, blas32.General{Rows: perImage, Cols: len(qs), Stride: len(qs), Data: prod})
-		}
-		for r := lo; r < lo+perImage; r++ {
-			x2 := dot(feats[r*d:(r+1)*d], feats[r*d:(r+1)*d])
-			for k, q := range qs {
-				out[r] = min(out[r], x2-2*prod[(r-lo)*len(qs)+k]+sq[q])
-			}
-			out[r] = float32(math.Sqrt(math.Max(0, float64(out[r]))))
-		}
-	}
-	return out, nil
 }
 
 // productFunc returns the n rows of x ([n, d]) times the bank's entries:

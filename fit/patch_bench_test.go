@@ -11,7 +11,9 @@ import (
 // BenchmarkPatchBank times the patch memory bank's part of a fit for 500
 // images at 224 with patch 16 (98,000 patches, random features of ViT-S
 // and ViT-B width): the random projection and greedy coreset of 1% and 10%,
-// then every image's out-of-sample distances.
+// then every patch's distance to the bank (a calibration fold's banks
+// choose as many from (k-1)/k of the patches, and take these distances
+// for the other 1/k).
 func BenchmarkPatchBank(b *testing.B) {
 	const images, perImage = 500, 196
 	for _, width := range []int{384, 768} {
@@ -28,20 +30,13 @@ func BenchmarkPatchBank(b *testing.B) {
 					picked := greedyCoreset(context.Background(), projectRandomly(feats, width, patchProjection, 1), min(width, patchProjection), m, 1)
 					b.ReportMetric(time.Since(start).Seconds(), "coreset-s")
 					bank := make([]float32, 0, m*width)
-					owner := make([]int, m)
-					for j, p := range picked {
+					for _, p := range picked {
 						bank = append(bank, feats[p*width:(p+1)*width]...)
-						owner[j] = p / perImage
 					}
 					start = time.Now()
-					products, closeProducts, err := (&Options{}).bankProducts(bank, m, width)
-					if err != nil {
+					if _, err := (&Options{}).nearestDistances(feats, bank, m, width); err != nil {
 						b.Fatal(err)
 					}
-					if _, err := outOfSampleDistances(feats, width, perImage, bank, owner, nil, products); err != nil {
-						b.Fatal(err)
-					}
-					closeProducts()
 					b.ReportMetric(time.Since(start).Seconds(), "distances-s")
 				}
 			})

@@ -5,6 +5,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -55,64 +56,63 @@ func TestGreedyCoresetPicksTheFarthest(t *testing.T) {
 	}
 }
 
-// Each patch's out-of-sample distance is to the nearest of: the bank
-// entries of other images, and the patches of other images whose nearest
-// entry belongs to its own image (brute force in float64).
-func TestOutOfSampleDistancesLeaveTheImageOut(t *testing.T) {
+// Each row's distance is to its nearest bank entry (brute force in
+// float64), through the chunks of bank products.
+func TestNearestDistancesAreToTheNearestEntry(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 4))
-	const images, per, d, m = 5, 6, 7, 12
-	feats := make([]float32, images*per*d)
-	for i := range feats {
-		feats[i] = float32(rng.NormFloat64())
+	const rows, d, m = 40, 7, 12
+	x := make([]float32, rows*d)
+	bank := make([]float32, m*d)
+	for i := range x {
+		x[i] = float32(rng.NormFloat64())
 	}
-	var bank []float32
-	owner := make([]int, m)
-	for j := range m { // copies of real patches: each would be at 0 from its own
-		row := rng.IntN(images * per)
-		bank = append(bank, feats[row*d:(row+1)*d]...)
-		owner[j] = row / per
+	for i := range bank {
+		bank[i] = float32(rng.NormFloat64())
 	}
-	sq := func(a, b []float32) float64 {
-		s := 0.0
-		for o := range a {
-			diff := float64(a[o]) - float64(b[o])
-			s += diff * diff
-		}
-		return s
-	}
-	products, closeProducts, err := (&Options{}).bankProducts(bank, m, d)
+	got, err := (&Options{}).nearestDistances(x, bank, m, d)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer closeProducts()
-	got, err := outOfSampleDistances(feats, d, per, bank, owner, nil, products)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for r := range images * per {
-		x := feats[r*d : (r+1)*d]
+	for r := range rows {
 		best := math.Inf(1)
 		for j := range m {
-			if owner[j] != r/per {
-				best = math.Min(best, sq(x, bank[j*d:(j+1)*d]))
+			s := 0.0
+			for o := range d {
+				diff := float64(x[r*d+o]) - float64(bank[j*d+o])
+				s += diff * diff
 			}
-		}
-		for q := range images * per {
-			if q/per == r/per {
-				continue
-			}
-			near, nearOwner := math.Inf(1), -1
-			for j := range m {
-				if s := sq(feats[q*d:(q+1)*d], bank[j*d:(j+1)*d]); s < near {
-					near, nearOwner = s, owner[j]
-				}
-			}
-			if nearOwner == r/per {
-				best = math.Min(best, sq(x, feats[q*d:(q+1)*d]))
-			}
+			best = math.Min(best, s)
 		}
 		if want := math.Sqrt(best); math.Abs(float64(got[r])-want) > 1e-4*(1+want) {
-			t.Errorf("patch %d of image %d: %g, brute force %g", r%per, r/per, got[r], want)
+			t.Errorf("row %d: %g, brute force %g", r, got[r], want)
+		}
+	}
+}
+
+// Calibration folds deal every image to exactly one fold, of sizes that
+// differ by at most one, and without() leaves a fold's images out.
+func TestCalibrationFoldsPartitionTheImages(t *testing.T) {
+	folds := calibrationFolds(23, 3, 7)
+	seen := map[int]int{}
+	for _, f := range folds {
+		if len(f) < 7 || len(f) > 8 {
+			t.Errorf("fold of %d images, want 7 or 8", len(f))
+		}
+		for _, i := range f {
+			seen[i]++
+		}
+		for _, i := range without(allIndices(23), f) {
+			if slices.Contains(f, i) {
+				t.Errorf("without() kept %d of its fold", i)
+			}
+		}
+		if got := len(without(allIndices(23), f)); got != 23-len(f) {
+			t.Errorf("without() kept %d of 23 images, want %d", got, 23-len(f))
+		}
+	}
+	for i := range 23 {
+		if seen[i] != 1 {
+			t.Errorf("image %d in %d folds", i, seen[i])
 		}
 	}
 }

@@ -66,18 +66,7 @@ func (o *Options) startState(images *Images, train []int) (*fitState, error) {
 		if statErr == nil {
 			return nil, fmt.Errorf("fit: %s holds an interrupted fit of %s: pass --resume to continue it, or delete it to start over", path, o.Out)
 		}
-		rng := rand.New(rand.NewPCG(o.Seed, 0x57d))
-		st := &fitState{Fingerprint: fp}
-		for range o.Blocks {
-			st.students = append(st.students, models.XavierBlock(o.Teacher.Config, rng))
-		}
-		st.best = cloneBlocks(st.students, o.Teacher.Config)
-		st.bestVal = make([]float64, len(o.Blocks))
-		for i := range st.bestVal {
-			st.bestVal[i] = -1 // none yet
-		}
-		st.bestEpochs = make([]int, len(o.Blocks))
-		return st, nil
+		return freshState(fp, o.Teacher.Config, len(o.Blocks), rand.New(rand.NewPCG(o.Seed, 0x57d))), nil
 	}
 	if statErr != nil {
 		return nil, fmt.Errorf("fit: --resume given but there is no state to resume (%s): %w", path, statErr)
@@ -91,6 +80,21 @@ func (o *Options) startState(images *Images, train []int) (*fitState, error) {
 	}
 	slog.Info("resuming fit", "finished_epochs", st.epoch, "state", path)
 	return st, nil
+}
+
+// freshState holds untrained students (Xavier-initialised from rng).
+func freshState(fingerprint string, c models.Config, blocks int, rng *rand.Rand) *fitState {
+	st := &fitState{Fingerprint: fingerprint}
+	for range blocks {
+		st.students = append(st.students, models.XavierBlock(c, rng))
+	}
+	st.best = cloneBlocks(st.students, c)
+	st.bestVal = make([]float64, blocks)
+	for i := range st.bestVal {
+		st.bestVal[i] = -1 // none yet
+	}
+	st.bestEpochs = make([]int, blocks)
+	return st
 }
 
 func cloneBlocks(bs []models.Block, c models.Config) []models.Block {

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"os"
 
 	"github.com/spf13/pflag"
@@ -27,10 +28,19 @@ type evalReport struct {
 	// for bundles fitted before calibration was recorded).
 	ExpectedFalseAlarmRate *float64    `json:"expected_false_alarm_rate,omitempty"`
 	ExpectedFalseAlarms95  *[2]float64 `json:"expected_false_alarm_rate_95,omitempty"`
-	DetectionRate          float64     `json:"detection_rate"`
-	NormalImages           int         `json:"normal_images"`
-	AnomalousImages        int         `json:"anomalous_images"`
-	SkippedImages          int         `json:"skipped_images"`
+	// The normal images flagged, the observed rate's exact 95% interval,
+	// and whether it breaches the promise (more than the top of the
+	// promise's interval gives with probability 1%; absent without a
+	// promise). PromiseUnkept is the bundle's own word that its threshold
+	// cannot keep the promise.
+	FalseAlarms      int        `json:"false_alarms"`
+	FalseAlarmRate95 [2]float64 `json:"false_alarm_rate_95"`
+	PromiseBreached  *bool      `json:"promise_breached,omitempty"`
+	PromiseUnkept    string     `json:"promise_unkept,omitempty"`
+	DetectionRate    float64    `json:"detection_rate"`
+	NormalImages     int        `json:"normal_images"`
+	AnomalousImages  int        `json:"anomalous_images"`
+	SkippedImages    int        `json:"skipped_images"`
 	// Precision compares FP16 or INT8 against FP32 (with --compare-precision).
 	Precision *precisionReport `json:"precision_compare,omitempty"`
 }
@@ -142,8 +152,16 @@ func printReport(rep evalReport) {
 	}
 	fmt.Println()
 	fmt.Printf("at threshold %.4g: false alarm rate %.4f, detection rate %.4f\n", rep.Threshold, rep.FalseAlarmRate, rep.DetectionRate)
+	fmt.Printf("false alarms: %d of %d normal images (95%% interval of the rate %.4f-%.4f)\n", rep.FalseAlarms, rep.NormalImages, rep.FalseAlarmRate95[0], rep.FalseAlarmRate95[1])
 	if e := rep.ExpectedFalseAlarmRate; e != nil {
 		fmt.Printf("the bundle's calibration promised a false alarm rate of %.4f (95%% interval %.4f-%.4f) at its threshold\n", *e, rep.ExpectedFalseAlarms95[0], rep.ExpectedFalseAlarms95[1])
+	}
+	if rep.PromiseUnkept != "" {
+		fmt.Printf("the bundle says its threshold cannot keep its promise: %s\n", rep.PromiseUnkept)
+	}
+	if b := rep.PromiseBreached; b != nil && *b {
+		fmt.Printf("BREACH: %d false alarms of %d are more than the promise allows (under 1%% likely at its 95%% upper rate %.4f): these normal images differ from those the bundle was fitted on (new lighting, parts, camera position?); refit on normal images like them, or raise the threshold\n",
+			rep.FalseAlarms, rep.NormalImages, rep.ExpectedFalseAlarms95[1])
 	}
 	if p := rep.Precision; p != nil {
 		precision := models.FP16
@@ -192,8 +210,13 @@ func evaluate(det *detector.Detector, normalDir, anomalousDir string, threshold 
 		rep.AUROCPatch = &a
 	}
 	rep.FalseAlarmRate = fit.FractionAbove(sets[0].all, rep.Threshold)
-	if c := det.Info.Calibration; c.Images > 0 && threshold == det.Info.Threshold {
+	rep.FalseAlarms = int(math.Round(rep.FalseAlarmRate * float64(rep.NormalImages)))
+	c := det.Info.Calibration
+	observed := fit.Observe(rep.FalseAlarms, rep.NormalImages, c.FalseAlarms95)
+	rep.FalseAlarmRate95 = observed.Rate95
+	if c.Images > 0 && threshold == det.Info.Threshold {
 		rep.ExpectedFalseAlarmRate, rep.ExpectedFalseAlarms95 = &c.ExpectedFalseAlarms, &c.FalseAlarms95
+		rep.PromiseBreached, rep.PromiseUnkept = &observed.Breach, c.Unkept
 	}
 	rep.DetectionRate = fit.FractionAbove(sets[1].all, rep.Threshold)
 	return rep, append(sets[0].all, sets[1].all...), nil

@@ -46,7 +46,7 @@ func fitCommand(fs *pflag.FlagSet) func([]string) error {
 	teacher.register(fs)
 	normal := fs.String("normal", "", "folder of normal images (png, jpg, bmp; searched recursively) (required)")
 	out := fs.String("out", "", "bundle file to write, e.g. line3.tfy (required)")
-	valFraction := fs.Float64("val-fraction", 0.1, "share of the normal images held out to pick the best epoch and calibrate the threshold")
+	valFraction := fs.Float64("val-fraction", 0.1, "share of the normal images held out to pick the students' best epoch")
 	blocks := fs.String("blocks", "", "0-based teacher blocks that get a student, e.g. 2-11 (default: all but the first two)")
 	epochs := fs.Int("epochs", 30, "training epochs at most")
 	patience := fs.Int("patience", 5, "stop once no student's held-out loss has improved for this many epochs (0: train all --epochs); each student keeps its best epoch")
@@ -54,7 +54,8 @@ func fitCommand(fs *pflag.FlagSet) func([]string) error {
 	lr := fs.Float64("lr", 1e-4, "Adam learning rate")
 	seed := fs.Uint64("seed", 1, "seed for the split, the student initialisation and the shuffling")
 	whitening := fs.Float64("whitening", 0.9, "PCA explained-variance fraction kept for the embedding's Gaussian")
-	quantile := fs.Float64("threshold-quantile", 0.995, "quantile of held-out normal scores used as the default alert threshold")
+	quantile := fs.Float64("threshold-quantile", 0.995, "the threshold promises at most 1 minus this share of false alarms on normal parts (0.995: 0.5%), calibrated on out-of-sample scores of the normal images (at least 1/(1-q) - 1 of them: 199 for 0.995)")
+	calibrationFolds := fs.Int("calibration-folds", fit.DefaultCalibrationFolds, "parts the normal images are cut into for calibrating the threshold: each part's block errors come from students trained again without it (on the other parts, as many steps as the bundle's students), so the threshold is set on scores no learned part saw, as a new part's; training runs this many times more (patch banks: ten folds, at a fraction of that)")
 	resume := fs.Bool("resume", false, "continue an interrupted fit of the same --out from its last finished epoch")
 	provider := fs.String("provider", "auto", "execution provider for training: auto (CUDA when usable, else CPU, saying why), cuda or cpu")
 	providerLibrary := fs.String("provider-library", "", "execution-provider plugin library, e.g. libonnxruntime_providers_cuda.so of the core library's exact version")
@@ -116,14 +117,14 @@ func fitCommand(fs *pflag.FlagSet) func([]string) error {
 		info, err := fit.Run(ctx, fit.Options{
 			Teacher: v, TeacherPath: teacher.path, NormalDir: *normal, Blocks: blockList, PatchBlocks: patchList, NoPatch: noPatch, Coreset: *coreset, Tiling: tiling,
 			ValFraction: *valFraction, Epochs: *epochs, Patience: *patience, BatchSize: *batch, LR: *lr, Seed: *seed,
-			Whitening: *whitening, Quantile: *quantile, Threads: rt.threads, Provider: *provider, ProviderLibrary: *providerLibrary, CUDAOptions: *cudaOptions, MemoryBudget: *memoryMB << 20, ActivationCache: activationCache(*cacheMB), Out: *out, Resume: *resume,
+			Whitening: *whitening, Quantile: *quantile, CalibrationFolds: *calibrationFolds, Threads: rt.threads, Provider: *provider, ProviderLibrary: *providerLibrary, CUDAOptions: *cudaOptions, MemoryBudget: *memoryMB << 20, ActivationCache: activationCache(*cacheMB), Out: *out, Resume: *resume,
 			Progress: progressLogger(),
 		})
 		if err != nil {
 			return err
 		}
 		slog.Info("bundle written", "path", *out, "threshold", info.Threshold, "train_images", info.Training.TrainImages,
-			"val_images", info.Training.ValImages, "seconds", math.Round(info.Training.Seconds))
+			"val_images", info.Training.ValImages, "seconds", math.Round(info.Training.Seconds), "cross_fit_seconds", math.Round(info.Training.CrossFitSeconds))
 		return nil
 	}
 }
@@ -143,6 +144,8 @@ func progressLogger() func(fit.Progress) {
 	var last time.Time
 	return func(p fit.Progress) {
 		switch {
+		case !math.IsNaN(p.ValLoss) && p.Fold > 0:
+			slog.Info("calibration fold's epoch finished", "fold", fmt.Sprintf("%d/%d", p.Fold, p.Folds), "epoch", fmt.Sprintf("%d/%d", p.Epoch, p.Epochs), "train_loss", p.TrainLoss, "val_loss", p.ValLoss)
 		case !math.IsNaN(p.ValLoss):
 			slog.Info("epoch finished", "epoch", fmt.Sprintf("%d/%d", p.Epoch, p.Epochs), "train_loss", p.TrainLoss, "val_loss", p.ValLoss)
 		case time.Since(last) >= 10*time.Second:
@@ -155,7 +158,11 @@ func progressLogger() func(fit.Progress) {
 				slog.Info("computing features", "batch", fmt.Sprintf("%d/%d", p.Batch, p.Batches))
 				return
 			}
-			slog.Info("training", "epoch", fmt.Sprintf("%d/%d", p.Epoch, p.Epochs), "batch", fmt.Sprintf("%d/%d", p.Batch, p.Batches),
+			what := "training"
+			if p.Fold > 0 {
+				what = fmt.Sprintf("training the students of calibration fold %d/%d", p.Fold, p.Folds)
+			}
+			slog.Info(what, "epoch", fmt.Sprintf("%d/%d", p.Epoch, p.Epochs), "batch", fmt.Sprintf("%d/%d", p.Batch, p.Batches),
 				"images_per_s", math.Round(p.ImagesPerSecond*10)/10, "train_loss", p.TrainLoss, "left", p.Remaining.Round(time.Second))
 		}
 	}
