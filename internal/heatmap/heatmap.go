@@ -25,7 +25,7 @@ const minSide = 256
 type Map struct {
 	Cols, Rows int
 	Values     []float64
-	Lo, Hi float64
+	Lo, Hi     float64
 	// Normal is the value above which a patch is unlike normal ones (for
 	// the region; NaN: only the worst patch makes the region).
 	Normal float64
