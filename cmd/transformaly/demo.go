@@ -96,7 +96,7 @@ func demoCommand(fs *pflag.FlagSet) func([]string) error {
 		os.Remove(fit.StatePath(bundle)) // a demo always starts afresh
 		if _, err := fit.Run(ctx, fit.Options{Teacher: v, TeacherPath: d.teacher, NormalDir: d.normalDir, ValFraction: 0.1,
 			Epochs: *epochs, BatchSize: 16, LR: 1e-4, Seed: 1, Whitening: 0.9, Quantile: 0.995, Threads: rt.threads,
-			Out: bundle, Progress: progressLogger()}); err != nil {
+			Out: bundle, Progress: progressLogger(false)}); err != nil {
 			return err
 		}
 		det, err := detector.Load(bundle, detector.RunnerOptions{Threads: rt.threads})

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"math"
@@ -65,6 +66,7 @@ func fitCommand(fs *pflag.FlagSet) func([]string) error {
 	patchBlocks := fs.String("patch-blocks", "", "0-based teacher blocks whose patch tokens are the patch feature space (finds small defects and where they are), e.g. 2 or 2,4; \"none\" fits without it (default: one block a quarter of the way in)")
 	tile := fs.Int("tile", 0, "cut every frame into tiles of this many pixels square at native resolution (after the camera's crop and rotation), each resized to the teacher's input, and fit on tiles: small defects a resize of the whole frame would blur away stay several patches wide (0: the whole frame resized); score, eval and the daemon cut frames the same way")
 	tileOverlap := fs.Float64("tile-overlap", tiles.DefaultOverlap, "with --tile: the share of a tile its neighbours overlap at least, in [0, 0.9); each tile's patches count only in its core, the ring its neighbours cover being theirs")
+	progressJSON := fs.Bool("progress-json", false, "also write the progress on stdout, one JSON object a line (phase, fold, folds, epoch, epochs, batch, batches, left_s): what the daemon's background refit reads")
 	coreset := fs.Float64("coreset", fit.DefaultCoreset, "share of the normal images' patches the patch memory bank keeps (greedy coreset): more finds subtler defects, costs memory and scoring time")
 	rt.register(fs)
 	return func(args []string) error {
@@ -118,7 +120,7 @@ func fitCommand(fs *pflag.FlagSet) func([]string) error {
 			Teacher: v, TeacherPath: teacher.path, NormalDir: *normal, Blocks: blockList, PatchBlocks: patchList, NoPatch: noPatch, Coreset: *coreset, Tiling: tiling,
 			ValFraction: *valFraction, Epochs: *epochs, Patience: *patience, BatchSize: *batch, LR: *lr, Seed: *seed,
 			Whitening: *whitening, Quantile: *quantile, CalibrationFolds: *calibrationFolds, Threads: rt.threads, Provider: *provider, ProviderLibrary: *providerLibrary, CUDAOptions: *cudaOptions, MemoryBudget: *memoryMB << 20, ActivationCache: activationCache(*cacheMB), Out: *out, Resume: *resume,
-			Progress: progressLogger(),
+			Progress: progressLogger(*progressJSON),
 		})
 		if err != nil {
 			return err
@@ -138,11 +140,29 @@ func activationCache(mb int64) int64 {
 	return mb << 20
 }
 
+// progressLine is one line of fit --progress-json.
+type progressLine struct {
+	Phase   string  `json:"phase"`
+	Fold    int     `json:"fold"`
+	Folds   int     `json:"folds"`
+	Epoch   int     `json:"epoch"`
+	Epochs  int     `json:"epochs"`
+	Batch   int     `json:"batch"`
+	Batches int     `json:"batches"`
+	LeftS   float64 `json:"left_s"`
+}
+
 // progressLogger logs training progress at most every 10 seconds, and every
-// finished epoch.
-func progressLogger() func(fit.Progress) {
-	var last time.Time
+// finished epoch; with asJSON it also writes every step to stdout, at most
+// one a second (see progressLine).
+func progressLogger(asJSON bool) func(fit.Progress) {
+	var last, lastJSON time.Time
 	return func(p fit.Progress) {
+		if asJSON && (time.Since(lastJSON) >= time.Second || !math.IsNaN(p.ValLoss)) {
+			lastJSON = time.Now()
+			json.NewEncoder(os.Stdout).Encode(progressLine{Phase: p.Phase, Fold: p.Fold, Folds: p.Folds, Epoch: p.Epoch, Epochs: p.Epochs,
+				Batch: p.Batch, Batches: p.Batches, LeftS: p.Remaining.Seconds()})
+		}
 		switch {
 		case !math.IsNaN(p.ValLoss) && p.Fold > 0:
 			slog.Info("calibration fold's epoch finished", "fold", fmt.Sprintf("%d/%d", p.Fold, p.Folds), "epoch", fmt.Sprintf("%d/%d", p.Epoch, p.Epochs), "train_loss", p.TrainLoss, "val_loss", p.ValLoss)
