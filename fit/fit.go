@@ -50,6 +50,9 @@ type Options struct {
 	Tiling    *tiles.Tiling
 	TileEdges bool
 	Quantile  float64 // of held-out normal scores, for the threshold
+	// Precision is the one the threshold is calibrated at: fp32 ("") or
+	// int8, for a bundle that will run at int8 on the CPU (int8.go).
+	Precision string
 	// CalibrationFolds is how many parts the normal images are cut into,
 	// each scored for the calibration by students and a patch bank fitted
 	// without it (0: DefaultCalibrationFolds; at least 2).
@@ -156,6 +159,15 @@ func (o *Options) check() error {
 	if err := o.checkTiling(); err != nil {
 		return err
 	}
+	switch o.Precision {
+	case "", models.FP32:
+	case models.INT8:
+		if o.Tiling != nil {
+			return errors.New("precision int8 (--precision): a tiled fit calibrates at fp32 only, for now")
+		}
+	default:
+		return fmt.Errorf("precision %q (--precision): the threshold is calibrated at fp32 or int8", o.Precision)
+	}
 	if err := detector.CheckProviderOptions(o.CUDAOptions); err != nil {
 		return fmt.Errorf("CUDA options: %w", err)
 	}
@@ -186,7 +198,10 @@ func (o *Options) check() error {
 
 // Run fits a detector and writes its bundle to o.Out.
 func Run(ctx context.Context, o Options) (models.BundleInfo, error) {
-	info, _, err := run(ctx, o)
+	info, oos, err := run(ctx, o)
+	if err == nil && o.Precision == models.INT8 {
+		info, err = o.calibrateInt8(ctx, info, oos)
+	}
 	return info, err
 }
 

@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/transformaly/transformaly/fit"
+	"github.com/transformaly/transformaly/models"
 	"github.com/transformaly/transformaly/tiles"
 )
 
@@ -67,6 +68,7 @@ func fitCommand(fs *pflag.FlagSet) func([]string) error {
 	tile := fs.Int("tile", 0, "cut every frame into tiles of this many pixels square at native resolution (after the camera's crop and rotation), each resized to the teacher's input, and fit on tiles: small defects a resize of the whole frame would blur away stay several patches wide (0: the whole frame resized); score, eval and the daemon cut frames the same way")
 	tileOverlap := fs.Float64("tile-overlap", tiles.DefaultOverlap, "with --tile: the share of a tile its neighbours overlap at least, in [0, 0.9); each tile's patches count only in its core, the ring its neighbours cover being theirs")
 	progressJSON := fs.Bool("progress-json", false, "also write the progress on stdout, one JSON object a line (phase, fold, folds, epoch, epochs, batch, batches, left_s): what the daemon's background refit reads")
+	precision := fs.String("precision", models.FP32, "precision the threshold is calibrated at: fp32, or int8 for a bundle that will run with --precision int8 (precision: int8 in the daemon): the normal images are scored at both and the threshold set on int8 scores; the bundle is the same either way")
 	coreset := fs.Float64("coreset", fit.DefaultCoreset, "share of the normal images' patches the patch memory bank keeps (greedy coreset): more finds subtler defects, costs memory and scoring time")
 	rt.register(fs)
 	return func(args []string) error {
@@ -119,7 +121,7 @@ func fitCommand(fs *pflag.FlagSet) func([]string) error {
 		info, err := fit.Run(ctx, fit.Options{
 			Teacher: v, TeacherPath: teacher.path, NormalDir: *normal, Blocks: blockList, PatchBlocks: patchList, NoPatch: noPatch, Coreset: *coreset, Tiling: tiling,
 			ValFraction: *valFraction, Epochs: *epochs, Patience: *patience, BatchSize: *batch, LR: *lr, Seed: *seed,
-			Whitening: *whitening, Quantile: *quantile, CalibrationFolds: *calibrationFolds, Threads: rt.threads, Provider: *provider, ProviderLibrary: *providerLibrary, CUDAOptions: *cudaOptions, MemoryBudget: *memoryMB << 20, ActivationCache: activationCache(*cacheMB), Out: *out, Resume: *resume,
+			Whitening: *whitening, Quantile: *quantile, Precision: *precision, CalibrationFolds: *calibrationFolds, Threads: rt.threads, Provider: *provider, ProviderLibrary: *providerLibrary, CUDAOptions: *cudaOptions, MemoryBudget: *memoryMB << 20, ActivationCache: activationCache(*cacheMB), Out: *out, Resume: *resume,
 			Progress: progressLogger(*progressJSON),
 		})
 		if err != nil {
