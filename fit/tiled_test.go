@@ -2,6 +2,7 @@ package fit
 
 import (
 	"context"
+	"fmt"
 	"image"
 	"image/png"
 	"math"
@@ -168,5 +169,60 @@ func TestComposedCoreset(t *testing.T) {
 	}
 	if got := bankEntries(0.1, 10*MaxBankEntries); got != MaxBankEntries {
 		t.Fatalf("a 10%% bank of %d patches keeps %d entries", 10*MaxBankEntries, got)
+	}
+}
+
+// BenchmarkCoreset: a 10% bank of 134,400 patches (60 frames of 35 tiles
+// of 64 px, patch 8) on clustered features projected to 64: greedy alone
+// and composed (composeCoreset), with each bank's covering radius over
+// every 7th patch (README, tiled bundles).
+func BenchmarkCoreset(b *testing.B) {
+	const k, p, m = 64, 134400, 13440
+	rng := rand.New(rand.NewPCG(1, 1))
+	centres := make([]float32, 200*k)
+	for i := range centres {
+		centres[i] = float32(rng.NormFloat64() * 3)
+	}
+	x := make([]float32, p*k)
+	for i := range p {
+		c, spread := rng.IntN(200), float32(1)
+		if rng.IntN(1000) == 0 { // a rare normal patch
+			spread = 5
+		}
+		for j := range k {
+			x[i*k+j] = centres[c*k+j] + spread*float32(rng.NormFloat64())
+		}
+	}
+	radius := func(picked []int) float64 {
+		worst := 0.0
+		for i := 0; i < p; i += 7 {
+			best := math.Inf(1)
+			for _, c := range picked {
+				d := 0.0
+				for j := range k {
+					v := float64(x[i*k+j] - x[c*k+j])
+					d += v * v
+				}
+				best = math.Min(best, d)
+			}
+			worst = math.Max(worst, best)
+		}
+		return math.Sqrt(worst)
+	}
+	for _, c := range []struct {
+		name   string
+		choose func() []int
+	}{
+		{"greedy", func() []int { return greedyCoreset(context.Background(), x, k, m, 1) }},
+		{"composed", func() []int { return composeCoreset(context.Background(), x, k, m, coresetChunk, 1) }},
+	} {
+		b.Run(fmt.Sprintf("%d-patches-to-%d/%s", p, m, c.name), func(b *testing.B) {
+			var picked []int
+			for range b.N {
+				picked = c.choose()
+			}
+			b.StopTimer()
+			b.ReportMetric(radius(picked), "radius")
+		})
 	}
 }
