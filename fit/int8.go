@@ -12,8 +12,8 @@ import (
 // The threshold at the precision that runs. The int8 detector's scores are
 // the fp32 ones plus a little quantization noise, and noise in the features
 // raises Gaussian scores more often than it lowers them: fitted bundles
-// scored 1,000 unseen normal parts 0.3-1.3 higher on average at int8, up to
-// 19 for one part, against a threshold 25-35 above the normal median
+// scored 1,000 unseen normal parts 0.2-1.4 higher on average at int8, up to
+// 19 for one part, against a threshold 20-33 above the normal median
 // (TestInt8KeepsThePromise). A threshold calibrated at fp32 and used at
 // int8 then flags more normal parts than it promised. A fit at int8 sets it
 // on int8 scores: each normal image's out-of-sample score moved by the

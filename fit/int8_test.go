@@ -18,7 +18,7 @@ import (
 // at most 1% on average and 2% in any fit. Fitted at fp32 instead, the
 // same three bundles' fp32 thresholds gave 0.6%, 0.2% and 1.4% at int8
 // (0.73% on average; 0.0%, 0.2% and 1.1% at fp32), int8 scores being
-// 0.3-1.3 higher on average and up to 19 for one part.
+// 0.2-1.4 higher on average and up to 19 for one part.
 func TestInt8KeepsThePromise(t *testing.T) {
 	if testing.Short() {
 		t.Skip("three fits")
