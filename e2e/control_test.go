@@ -102,7 +102,13 @@ state_directory: %s
 	}
 	burst("transformaly/line1/threshold/set", thresholds...)
 	eventually(t, "50 threshold states", 10*time.Second, func() bool { return len(states("transformaly/line1/threshold/state", from)) >= 50 })
-	if got := states("transformaly/line1/threshold/state", from); strings.Join(got, ",") != strings.Join(thresholds, ",") {
+	got := states("transformaly/line1/threshold/state", from)
+	// Each change publishes both states: the last detect command's
+	// threshold state (the bundle's) may arrive after from was counted.
+	for len(got) > 50 && got[0] != "1" {
+		got = got[1:]
+	}
+	if strings.Join(got, ",") != strings.Join(thresholds, ",") {
 		t.Errorf("thresholds 1..50 published back to back gave the states %v", got)
 	}
 	send("transformaly/line1/detect/set", "on ")
