@@ -370,7 +370,7 @@ func (w *webSource) Parts() []console.Part {
 // ReviewPart marks an NG part false reject or true defect: its kept frame
 // goes to the camera's normal images or its true defects.
 func (w *webSource) ReviewPart(id, mark string) error {
-	for _, p := range w.d.parts.list(nil) {
+	for _, p := range w.Parts() {
 		if p.ID != id {
 			continue
 		}
