@@ -17,7 +17,7 @@ import (
 // TestFalseAlarmRateAsPromised fits four bundles with the default settings
 // on 200 normal synthetic images each and scores 1,000 unseen normal ones:
 // the threshold (promising 0.5% false alarms) must give at most 1% on
-// average and 2% in any fit (cross-fitted: 0.0-0.5%, 0.25% on average).
+// average and 2% in any fit (cross-fitted: 0.0-0.3%, 0.15% on average).
 // Calibrating on the held-out tenth gave 3.9% on average and 8.7% at worst
 // here. Each bundle also watches a video of 510 normal frames
 // (MJPG-compressed, as a camera's): flagged frames at most 1% on average,

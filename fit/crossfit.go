@@ -15,15 +15,14 @@ import (
 )
 
 // DefaultCalibrationFolds is how many parts the normal images are cut into
-// for the students' part of the calibration: each part's block errors come
-// from students trained again without it (on the other parts, for as many
-// steps as the bundle's students), so every learned part of a calibration
-// score has never seen its image, as none has seen a new part on the line.
-// Each fold repeats the training: a fit trains k+1 times. Measured on
+// for the students' part of the calibration: students trained again
+// without each part (on the other parts, for as many steps as the bundle's
+// students) tell how much larger errors are on images a student did not
+// train on (crossFitStudents), so that no calibration score is lighter for
+// parts having learned its image, as none has learned a new part on the
+// line. Each fold repeats the training: a fit trains k+1 times. Measured on
 // varied synthetic parts (TestPromiseHoldsOnVariedParts): 3 and 5 folds
-// kept the promise alike (0.0-0.4% false alarms for 0.5%), 5 taking half
-// as long again; with 3 the fold students learn from two thirds of the
-// images.
+// kept the promise alike, 5 taking half as long again.
 const DefaultCalibrationFolds = 3
 
 func (o *Options) calibrationFolds() int {
@@ -72,16 +71,27 @@ func without(idx, fold []int) []int {
 // crossFitStudents trains, for each fold, students on the training images
 // outside it (each keeping its best epoch on the validation images outside
 // it, as the bundle's students do) and returns every image's block errors
-// [images, blocks] under the students that never saw it. Those errors are
-// what a new normal part's errors look like to the bundle's students (a
-// little larger: fold students learn from fewer images, which errs on the
-// safe side), where the bundle's students' errors on their own training
-// images are smaller than any new part's.
+// [images, blocks] as the bundle's students (students) would err on it had
+// they not trained on it. The bundle's students' errors on their own
+// training images are smaller than on any new part; the fold students
+// measure by how much, block by block: their errors on the training images
+// of their own fold (never seen) over their errors on the same images where
+// those were their training images (the other folds' students). A training
+// image's errors are the bundle's students' times that ratio; a validation
+// image's, which the bundle's students never trained on, are theirs.
 //
-// students are the bundle's: their errors on the validation images (which
-// they were not trained on) set the errors' level (scaleToBundle).
+// The fold students' own errors, used as they are, were not the bundle's
+// students': students still learning differ in level and spread from run
+// to run (other steps, other initialisation) more than the teacher-student
+// Gaussian's width across images (after 4 epochs at 128 px it flagged 20%
+// of new normal parts in TestPatchSpaceFindsSmallDefects). And a ratio per
+// image, not per block, spread the errors wider than new parts' (two
+// students' differences on each image on top of the bundle's students'
+// own): the calibration scores' median came out 3-5 standard errors above
+// unseen parts' in TestPromiseHoldsOnVariedParts.
 func (o *Options) crossFitStudents(ctx context.Context, images *Images, input models.TrainingInput, src batchSource, train, val []int, folds [][]int, students []models.Block) (*mat.Dense, error) {
-	blk := mat.NewDense(images.Len(), len(o.Blocks), nil)
+	all := allIndices(images.Len())
+	perFold := make([]*mat.Dense, len(folds)) // each fold's students' errors on every image
 	for f, fold := range folds {
 		start := time.Now()
 		fTrain, fVal := without(train, fold), without(val, fold)
@@ -110,92 +120,61 @@ func (o *Options) crossFitStudents(ctx context.Context, images *Images, input mo
 		if err != nil {
 			return nil, fmt.Errorf("calibration fold %d: %w", f+1, err)
 		}
-		students := st.best
+		foldStudents := st.best
 		if len(fVal) == 0 {
-			students = tr.Students
+			foldStudents = tr.Students
 		}
-		r, closeRunner, err := o.featureRunner(students, images.Size)
-		if err != nil {
+		if perFold[f], err = o.blockErrors(ctx, images, foldStudents, all); err != nil {
 			return nil, err
-		}
-		_, errs, err := o.features(ctx, r, images, fold)
-		closeRunner()
-		if err != nil {
-			return nil, err
-		}
-		for k, i := range fold {
-			blk.SetRow(i, errs.RawRowView(k))
 		}
 		slog.Info("calibration fold's students trained", "fold", fmt.Sprintf("%d/%d", f+1, len(folds)), "trained_on", len(fTrain),
 			"scored", len(fold), "epochs", st.epoch, "seconds", time.Since(start).Seconds())
 	}
-	alignFolds(blk, folds)
-	if len(val) > 0 {
-		r, closeRunner, err := o.featureRunner(students, images.Size)
-		if err != nil {
-			return nil, err
+	blk, err := o.blockErrors(ctx, images, students, all)
+	if err != nil {
+		return nil, err
+	}
+	foldOf := make([]int, images.Len())
+	for f, fold := range folds {
+		for _, i := range fold {
+			foldOf[i] = f
 		}
-		_, bundleVal, err := o.features(ctx, r, images, val)
-		closeRunner()
-		if err != nil {
-			return nil, err
+	}
+	_, nb := blk.Dims()
+	for b := range nb {
+		out, in := 0.0, 0.0
+		for _, i := range train {
+			n := 0.0
+			for g := range folds {
+				if g != foldOf[i] {
+					n++
+				}
+			}
+			for g := range folds {
+				if g != foldOf[i] {
+					in += perFold[g].At(i, b) / n
+				}
+			}
+			out += perFold[foldOf[i]].At(i, b)
 		}
-		scaleToBundle(blk, val, bundleVal)
+		if !(in > 0 && out > 0) {
+			continue
+		}
+		for _, i := range train {
+			blk.Set(i, b, blk.At(i, b)*out/in)
+		}
 	}
 	return blk, nil
 }
 
-// scaleToBundle scales every image's cross-fitted block errors, block by
-// block, by the ratio of the bundle's students' mean error on the
-// validation images (bundleVal, rows in val's order: images they were not
-// trained on) to the cross-fitted students' on the same images. Students
-// still learning fast differ in level from run to run (other steps, other
-// initialisation), and the teacher-student Gaussian is narrow across
-// images: after 3 epochs at 128 px, the bundle's students' errors on new
-// normal parts lay 170 nats below the fold students' Gaussian, flagging
-// every one.
-func scaleToBundle(blk *mat.Dense, val []int, bundleVal *mat.Dense) {
-	_, nb := blk.Dims()
-	for b := range nb {
-		folded, bundle := 0.0, 0.0
-		for k, i := range val {
-			folded += blk.At(i, b)
-			bundle += bundleVal.At(k, b)
-		}
-		if !(folded > 0 && bundle > 0) {
-			continue
-		}
-		n, _ := blk.Dims()
-		for i := range n {
-			blk.Set(i, b, blk.At(i, b)*bundle/folded)
-		}
+// blockErrors are the students' block errors on the images idx ([len(idx),
+// blocks]).
+func (o *Options) blockErrors(ctx context.Context, images *Images, students []models.Block, idx []int) (*mat.Dense, error) {
+	r, closeRunner, err := o.featureRunner(students, images.Size)
+	if err != nil {
+		return nil, err
 	}
-}
-
-// alignFolds scales each fold's block errors so that their mean over the
-// fold's images is, block by block, the mean over all images. Each fold's
-// students err a little more or less than another's on every image (they
-// learned from other images), where the bundle has one set of students:
-// pooled as they are, the folds' errors spread wider than the bundle's
-// students' errors on new parts (medians of their log-likelihoods 6.7
-// standard errors apart in one fit of TestPromiseHoldsOnVariedParts). The
-// pooled mean stays: fold students, trained on fewer images, err a little
-// more than the bundle's, which errs on the safe side.
-func alignFolds(blk *mat.Dense, folds [][]int) {
-	n, nb := blk.Dims()
-	for b := range nb {
-		all := mat.Sum(blk.ColView(b)) / float64(n)
-		for _, fold := range folds {
-			m := 0.0
-			for _, i := range fold {
-				m += blk.At(i, b) / float64(len(fold))
-			}
-			if !(m > 0) {
-				continue
-			}
-			for _, i := range fold {
-				blk.Set(i, b, blk.At(i, b)*all/m)
-			}
-		}
-	}
+	defer closeRunner()
+	_, errs, err := o.features(ctx, r, images, idx)
+	return errs, err
 }

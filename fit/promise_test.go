@@ -25,7 +25,7 @@ import (
 // percentiles agree within sampling error, pooled over the fits.
 //
 // Measured: 0 of 1,500 flagged; pooled gaps (standard errors) pretrained
-// 0.3 and 0.9, students 2.3 and 0.5, patch 1.8 and 1.3. Before the
+// 0.3 and 0.9, students 2.9 and 1.1, patch 1.8 and 1.3. Before the
 // calibration was cross-fitted (students scoring their own training
 // images, folds' PCA keeping their own number of components) it flagged
 // 0 of 1,500 too, but its medians were 3.2 (pretrained) and 3.3 (students)
