@@ -207,23 +207,7 @@ state_directory: %s
 		av := sub.on("transformaly/line1/availability")
 		return len(av) > 0 && string(av[len(av)-1].Payload) == "online"
 	})
-	results := func() []map[string]any {
-		var out []map[string]any
-		for _, m := range sub.on("transformaly/line1/result") {
-			var r map[string]any
-			json.Unmarshal(m.Payload, &r)
-			out = append(out, r)
-		}
-		return out
-	}
-	find := func(id string) map[string]any {
-		for _, r := range results() {
-			if r["part_id"] == id {
-				return r
-			}
-		}
-		return nil
-	}
+	find := sub.partResult
 	if tok := cmd.client.Publish("transformaly/line1/trigger", 1, false, "part-7"); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
 		t.Fatal(tok.Error())
 	}

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -158,6 +159,19 @@ func subscribe(t testing.TB, brokerURL, filter, clientID string) *subscriber {
 	t.Cleanup(func() { s.client.Disconnect(100) })
 	time.Sleep(100 * time.Millisecond) // let the subscription settle
 	return s
+}
+
+// partResult is the result message of a part on camera line1 (nil: none
+// yet).
+func (s *subscriber) partResult(part string) map[string]any {
+	for _, m := range s.on("transformaly/line1/result") {
+		var r map[string]any
+		json.Unmarshal(m.Payload, &r)
+		if r["part_id"] == part {
+			return r
+		}
+	}
+	return nil
 }
 
 // on returns the messages of one topic so far.

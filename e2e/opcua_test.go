@@ -238,16 +238,7 @@ state_directory: %q
 	if err != nil || len(resp.Results[0].References) != 1 || resp.Results[0].References[0].BrowseName.Name != "line1" {
 		t.Fatalf("cameras browsed: %v %v", resp, err)
 	}
-	mqttResult := func(part string) map[string]any {
-		for _, m := range results.on("transformaly/line1/result") {
-			var r map[string]any
-			json.Unmarshal(m.Payload, &r)
-			if r["part_id"] == part {
-				return r
-			}
-		}
-		return nil
-	}
+	mqttResult := results.partResult
 	w := watchResults(t, c, node)
 	ng := 0
 	judge := func(i int, part string) string {

@@ -102,16 +102,7 @@ modbus: {address: "127.0.0.1:%d"}
 state_directory: %q
 `, f.loop, f.bundle, threshold, b.url(), webPort, modbusPort, state))
 	plc, counter := connectPLC(t, modbusPort)
-	result := func(part string) map[string]any {
-		for _, m := range sub.on("transformaly/line1/result") {
-			var r map[string]any
-			json.Unmarshal(m.Payload, &r)
-			if r["part_id"] == part {
-				return r
-			}
-		}
-		return nil
-	}
+	result := sub.partResult
 	valid, _ := plc.ReadDiscreteInput(modbus.InputResultValid)
 	toggles, ng := 0, 0
 	// Triggers 7 frames (280 ms at 25 fps) apart step through the loop's

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bytes"
-	"encoding/json"
 	"fmt"
 	"image/jpeg"
 	"io"
@@ -128,16 +127,7 @@ state_directory: %s
 		}
 		return r
 	}
-	result := func(id string) map[string]any {
-		for _, m := range sub.on("transformaly/line1/result") {
-			var r map[string]any
-			json.Unmarshal(m.Payload, &r)
-			if r["part_id"] == id {
-				return r
-			}
-		}
-		return nil
-	}
+	result := sub.partResult
 	judge := func(id string) map[string]any {
 		t.Helper()
 		if tok := cmd.client.Publish("transformaly/line1/trigger", 1, false, id); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
