@@ -9,8 +9,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -275,7 +275,9 @@ state_directory: %q
 	}
 	os.WriteFile(filepath.Join(shots, "console-read-only.jpg"), value(t, ctx, 10*time.Second, "screenshot", chromedp.FullScreenshot(80)), 0o644)
 	// The one error expected: the 403 of the test's own refused change.
-	if e := slices.DeleteFunc(errs(), func(e string) bool { return strings.Contains(e, "403") && strings.Contains(e, "/api/cameras/line1/threshold") }); len(e) > 0 {
+	if e := slices.DeleteFunc(errs(), func(e string) bool {
+		return strings.Contains(e, "403") && strings.Contains(e, "/api/cameras/line1/threshold")
+	}); len(e) > 0 {
 		t.Errorf("the browser reported errors: %q", e)
 	}
 	t.Logf("screenshots in %s", shots)
