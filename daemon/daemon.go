@@ -47,7 +47,7 @@ type Daemon struct {
 	shadows    *shadows       // candidates scoring beside the live bundles
 	// ctx is Run's: reloads started by a promote or a rollback run in it.
 	ctx      context.Context
-	reloadMu sync.Mutex      // one reload at a time
+	reloadMu sync.Mutex // one reload at a time
 	// events and parts are the recent ones the web console lists (nil: off).
 	events  *recentLog[console.Event]
 	parts   *recentLog[console.Part]

@@ -396,7 +396,9 @@ func (r *refitter) compare(camera, live, id string) error {
 	return r.start(camera, "comparison", func(ctx context.Context, st *console.RefitState) error {
 		cmp := console.Comparison{Live: live, Normal: filepath.Join(dir, "holdout"), Anomalous: defects, Time: time.Now().UTC()}
 		for i, b := range []string{live, c.Bundle} {
-			r.update(func() { st.Stage, st.Fraction = "scoring with "+[]string{"the live bundle", "the candidate"}[i], float64(i)/2 })
+			r.update(func() {
+				st.Stage, st.Fraction = "scoring with "+[]string{"the live bundle", "the candidate"}[i], float64(i)/2
+			})
 			cmd, err := selfCommand(ctx, "eval", "--model", b, "--normal", cmp.Normal, "--anomalous", defects, "--json")
 			if err != nil {
 				return err

@@ -28,7 +28,7 @@ const (
 // image name -> mark), so they survive restarts, and puts each marked
 // frame where its mark says.
 type reviews struct {
-	path                       string
+	path                      string
 	ngDir, normalDir, trueDir string
 
 	mu    sync.Mutex
