@@ -9,6 +9,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +20,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/transformaly/transformaly/capture"
 	"github.com/transformaly/transformaly/console"
 	"github.com/transformaly/transformaly/internal/atomicfile"
 	"github.com/transformaly/transformaly/internal/ort"
@@ -44,9 +46,6 @@ const (
 	// promise holds (the calibration needs about 2/rate images).
 	minRefitImages = 40
 )
-
-// imageExtensions are what fit reads.
-var imageExtensions = []string{".png", ".jpg", ".jpeg", ".bmp"}
 
 // refitter runs one refit or comparison at a time for the whole daemon:
 // each takes a core.
@@ -165,14 +164,15 @@ func (r *refitter) update(f func()) {
 	f()
 }
 
-// listImages lists the image files under dir, sorted.
+// listImages lists the image files under dir, sorted, as fit and the
+// folder cameras take them (capture.IsImageFile).
 func listImages(dir string) ([]string, error) {
 	var out []string
 	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
-		if !d.IsDir() && slices.Contains(imageExtensions, strings.ToLower(filepath.Ext(p))) {
+		if capture.IsImageFile(p, d) {
 			out = append(out, p)
 		}
 		return nil
@@ -215,7 +215,7 @@ func refitArgs(live string, info models.BundleInfo) ([]string, error) {
 	if info.Tiling != nil {
 		args = append(args, "--tile", strconv.Itoa(info.Tiling.Size), "--tile-overlap", g(info.Tiling.Overlap))
 	}
-	if n := info.Teacher.Normalization; n != nil && n.Rescale > 0.0039 && n.Rescale < 0.00393 { // 1/255: what --mean and --std mean
+	if n := info.Teacher.Normalization; n != nil && math.Abs(n.Rescale-1.0/255) < 1e-9 { // --mean and --std are of x/255
 		args = append(args, "--mean", fmt.Sprintf("%s,%s,%s", g(n.Mean[0]), g(n.Mean[1]), g(n.Mean[2])),
 			"--std", fmt.Sprintf("%s,%s,%s", g(n.Std[0]), g(n.Std[1]), g(n.Std[2])))
 	}
