@@ -107,7 +107,7 @@ func BenchmarkGraphs(b *testing.B) {
 						patches := v.Grid() * v.Grid()
 						bank := int(coreset * 500 * float64(patches))
 						scoring := identityScoring(v.Dim, len(blocks))
-						scoring.Patch = &models.PatchScore{Blocks: []int{2}, D: v.Dim, M: bank, Median: 1, Scale: 1, Weight: 1, Bank: make([]float32, bank*v.Dim)}
+						scoring.Patch = &models.PatchScore{Blocks: []int{2}, D: v.Dim, M: bank, Bank: make([]float32, bank*v.Dim)}
 						for i := range scoring.Patch.Bank {
 							scoring.Patch.Bank[i] = float32(rng.NormFloat64())
 						}
@@ -175,6 +175,18 @@ func identityScoring(dim, blocks int) models.Scoring {
 	return models.Scoring{Pretrained: q(dim), Student: q(blocks)}
 }
 
+// spreadCombination is a combination whose normal scores spread over
+// [-scale, scale] in each space, so that scores of that size move the
+// combined score.
+func spreadCombination(scale float64) models.Combination {
+	normal := make([]float64, 41)
+	for i := range normal {
+		normal[i] = scale * float64(i-20) / 20
+	}
+	n := models.NormalScores{Images: len(normal), Scores: normal, Tail: models.FitScoreTail(normal, 0.25, 5)}
+	return models.Combination{Image: n, Patch: n, ImageWeight: 0.5}
+}
+
 func benchRunner(b *testing.B, r *detector.Runner, batch int, flops float64) {
 	peak := sgemmPeak(b)
 	size := r.Size()
@@ -233,7 +245,7 @@ func BenchmarkInt8(b *testing.B) {
 		}
 		scoring := identityScoring(v.Dim, len(blocks))
 		bank := 500 * v.Grid() * v.Grid() / 100
-		scoring.Patch = &models.PatchScore{Blocks: []int{2}, D: v.Dim, M: bank, Median: 1, Scale: 1, Weight: 1, Bank: make([]float32, bank*v.Dim)}
+		scoring.Patch = &models.PatchScore{Blocks: []int{2}, D: v.Dim, M: bank, Bank: make([]float32, bank*v.Dim)}
 		for i := range scoring.Patch.Bank {
 			scoring.Patch.Bank[i] = float32(rng.NormFloat64())
 		}

@@ -109,7 +109,7 @@ func Load(path string, opts RunnerOptions) (*Detector, error) {
 	}
 	if c := info.Calibration; c.Precision != "" {
 		if runs := EffectivePrecision(r.Provider(), opts.Precision); runs != c.Precision && (runs == models.INT8 || c.Precision == models.INT8) {
-			slog.Warn("the bundle's threshold was set on scores of another precision, and int8 scores run higher than fp32's (on fitted bundles 0.2-1.4 on average, up to 19 for a part, against a threshold 20-33 above the normal median): more false alarms than promised at int8, fewer detections at fp32; fit with --precision set to the one that runs (transformaly inspect: calibration.precision)",
+			slog.Warn("the bundle's threshold was set on scores of another precision, and int8 scores run higher than fp32's (quantization noise in the features raises Gaussian scores more often than it lowers them): more false alarms than promised at int8, fewer detections at fp32; fit with --precision set to the one that runs (transformaly inspect: calibration.precision)",
 				"bundle", path, "calibrated_on", c.Provider+" "+c.Precision, "scoring_on", r.Provider()+" "+runs)
 		} else if runs != c.Precision {
 			slog.Warn("the bundle's threshold was set on scores of another precision: scores move a little (an H200: TF32 2.5e-3, fp16 2e-3 of their spread); check false alarms with transformaly eval",
@@ -206,6 +206,11 @@ func (d *Detector) Score(images []byte, n int, threshold float64) ([]Result, err
 	}
 	if d.host != nil {
 		hostScore(d.host, res)
+	}
+	if p := d.Info.Patch; p != nil {
+		for i := range res {
+			res[i].Score = p.Combination.Score(res[i].Score, res[i].PatchScore)
+		}
 	}
 	for i := range res {
 		// Written so that a NaN score is anomalous too (NaN > t is false):

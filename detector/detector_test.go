@@ -179,14 +179,14 @@ func TestScoresOnTheHostMatchTheGraph(t *testing.T) {
 		}
 		return q
 	}
-	patch := &models.PatchScore{Blocks: []int{0}, D: v.Dim, M: 30, Median: 0.5, Scale: 0.25, Weight: 2}
+	patch := &models.PatchScore{Blocks: []int{0}, D: v.Dim, M: 30}
 	for range patch.M * patch.D {
 		patch.Bank = append(patch.Bank, float32(rng.NormFloat64()))
 	}
 	scoring := models.Scoring{Pretrained: quad(v.Dim, 7), Student: quad(len(blocks), 2), Patch: patch}
 	info := models.BundleInfo{Format: models.BundleFormat, ImageSize: v.ImageSize, Blocks: blocks, Threshold: 1}
 	info.Teacher.Config = v.Config
-	info.Patch = &models.PatchInfo{Blocks: patch.Blocks, FeatureWidth: patch.D, BankEntries: patch.M, TermMedian: patch.Median, TermScale: patch.Scale, TermWeight: patch.Weight}
+	info.Patch = &models.PatchInfo{Blocks: patch.Blocks, FeatureWidth: patch.D, BankEntries: patch.M, Combination: spreadCombination(10)}
 	m, err := models.ScoredDetectorGraph(v, blocks, students, scoring, info, models.FP32)
 	if err != nil {
 		t.Fatal(err)
@@ -223,8 +223,8 @@ func TestScoresOnTheHostMatchTheGraph(t *testing.T) {
 					t.Errorf("%s image %d: %s %g by the graph, %g on the host", precision, i, what, pair[0], pair[1])
 				}
 			}
-			if g.PatchScore != h.PatchScore || h.Score == -(h.LLPretrained+h.LLStudent) && patch.Term(h.PatchScore) != 0 {
-				t.Errorf("%s image %d: patch score %g / %g, or its term left out of %g", precision, i, g.PatchScore, h.PatchScore, h.Score)
+			if want := info.Patch.Combination.Score(-(h.LLPretrained + h.LLStudent), h.PatchScore); g.PatchScore != h.PatchScore || h.Score != want {
+				t.Errorf("%s image %d: patch score %g / %g, score %g, want the combination's %g", precision, i, g.PatchScore, h.PatchScore, h.Score, want)
 			}
 		}
 	}

@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"math"
 
-	"github.com/transformaly/transformaly/models"
 	"github.com/transformaly/transformaly/tiles"
 )
 
@@ -68,7 +67,6 @@ func (d *Detector) ScoreFrames(pixels []byte, sizes []image.Point, threshold flo
 // its score from that, and the frame's from its worst tile.
 func (d *Detector) mergeTiles(l tiles.Layout, res []Result, threshold float64) (Result, error) {
 	t, pi := d.Info.Tiling, d.Info.Patch
-	term := models.PatchScore{Median: pi.TermMedian, Scale: pi.TermScale, Weight: pi.TermWeight}
 	grid := d.Info.Teacher.Config.Grid()
 	dists := make([][]float32, len(res))
 	worst := -1
@@ -84,7 +82,7 @@ func (d *Detector) mergeTiles(l tiles.Layout, res []Result, threshold float64) (
 				}
 			}
 			if !math.IsNaN(r.PatchScore) { // a NaN patch score stays NaN
-				r.Score = -(r.LLPretrained + r.LLStudent) + term.Term(patch)
+				r.Score = pi.Combination.Score(-(r.LLPretrained + r.LLStudent), patch)
 				r.PatchScore = patch
 			}
 		}

@@ -24,7 +24,7 @@ func tiledBundle(t *testing.T, coreOnly bool) string {
 	blocks := []int{1}
 	rng := rand.New(rand.NewPCG(3, 3))
 	students := []models.Block{models.XavierBlock(v.Config, rng)}
-	patch := &models.PatchScore{Blocks: []int{0}, D: v.Dim, M: 20, Median: 0.5, Scale: 0.25, Weight: 2}
+	patch := &models.PatchScore{Blocks: []int{0}, D: v.Dim, M: 20}
 	for range patch.M * patch.D {
 		patch.Bank = append(patch.Bank, float32(rng.NormFloat64()))
 	}
@@ -32,7 +32,7 @@ func tiledBundle(t *testing.T, coreOnly bool) string {
 	scoring.Patch = patch
 	info := models.BundleInfo{Format: models.BundleFormat, ImageSize: v.ImageSize, Blocks: blocks, Threshold: 1}
 	info.Teacher.Config = v.Config
-	info.Patch = &models.PatchInfo{Blocks: patch.Blocks, FeatureWidth: patch.D, BankEntries: patch.M, TermMedian: patch.Median, TermScale: patch.Scale, TermWeight: patch.Weight, NormalDistance: 1}
+	info.Patch = &models.PatchInfo{Blocks: patch.Blocks, FeatureWidth: patch.D, BankEntries: patch.M, Combination: spreadCombination(1), NormalDistance: 1}
 	info.Tiling = &models.TilingInfo{Tiling: tiles.Tiling{Size: 48, Overlap: 0.25}, CoreOnly: coreOnly}
 	m, err := models.ScoredDetectorGraph(v, blocks, students, scoring, info, models.FP32)
 	if err != nil {
@@ -78,7 +78,6 @@ func TestScoreFramesIsTheWorstTile(t *testing.T) {
 			t.Fatal(err)
 		}
 		pi := d.Info.Patch
-		term := models.PatchScore{Median: pi.TermMedian, Scale: pi.TermScale, Weight: pi.TermWeight}
 		at := 0
 		for f, l := range layouts {
 			n := len(l.Tiles)
@@ -88,6 +87,7 @@ func TestScoreFramesIsTheWorstTile(t *testing.T) {
 			}
 			at += n
 			worst, best := -1, math.Inf(-1)
+			maxImage, maxPatch := math.Inf(-1), math.Inf(-1)
 			var dists [][]float32
 			for i, r := range alone {
 				patch := r.PatchScore
@@ -99,12 +99,18 @@ func TestScoreFramesIsTheWorstTile(t *testing.T) {
 						}
 					}
 				}
-				if s := -(r.LLPretrained + r.LLStudent) + term.Term(patch); s > best {
+				if s := pi.Combination.Score(-(r.LLPretrained + r.LLStudent), patch); s > best {
 					worst, best = i, s
 				}
+				maxImage, maxPatch = math.Max(maxImage, -(r.LLPretrained+r.LLStudent)), math.Max(maxPatch, patch)
 				dists = append(dists, r.PatchDistances)
 			}
 			g := got[f]
+			// The worst tile's score is the combination of the frame's
+			// largest scores in each space.
+			if frame := pi.Combination.Score(maxImage, maxPatch); math.Abs(frame-best) > 1e-9*math.Max(1, math.Abs(best)) {
+				t.Errorf("core %v frame %d: worst tile's score %g, the frame's largest scores combined %g", coreOnly, f, best, frame)
+			}
 			if g.Tiles != n || g.WorstTile != worst || math.Abs(g.Score-best) > 1e-4*math.Max(1, math.Abs(best)) {
 				t.Fatalf("core %v frame %d: %d tiles, worst %d, score %g; tiles alone: worst %d, score %g", coreOnly, f, g.Tiles, g.WorstTile, g.Score, worst, best)
 			}
@@ -149,7 +155,7 @@ func BenchmarkTiledFrame(b *testing.B) {
 	}
 	const bank = 9800
 	scoring := identityScoring(v.Dim, len(blocks))
-	scoring.Patch = &models.PatchScore{Blocks: []int{2}, D: v.Dim, M: bank, Median: 1, Scale: 1, Weight: 1, Bank: make([]float32, bank*v.Dim)}
+	scoring.Patch = &models.PatchScore{Blocks: []int{2}, D: v.Dim, M: bank, Bank: make([]float32, bank*v.Dim)}
 	for i := range scoring.Patch.Bank {
 		scoring.Patch.Bank[i] = float32(rng.NormFloat64())
 	}
@@ -157,7 +163,7 @@ func BenchmarkTiledFrame(b *testing.B) {
 	for _, tiled := range []bool{false, true} {
 		info := models.BundleInfo{Format: models.BundleFormat, ImageSize: v.ImageSize, Blocks: blocks, Threshold: 1}
 		info.Teacher.Config = v.Config
-		info.Patch = &models.PatchInfo{Blocks: []int{2}, FeatureWidth: v.Dim, BankEntries: bank, TermMedian: 1, TermScale: 1, TermWeight: 1, NormalDistance: 1}
+		info.Patch = &models.PatchInfo{Blocks: []int{2}, FeatureWidth: v.Dim, BankEntries: bank, Combination: spreadCombination(1), NormalDistance: 1}
 		name := "whole-frame"
 		if tiled {
 			info.Tiling = &models.TilingInfo{Tiling: tiles.Tiling{Size: 224, Overlap: tiles.DefaultOverlap}, CoreOnly: true}

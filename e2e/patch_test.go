@@ -76,10 +76,11 @@ func TestPatchSpaceOnADataset(t *testing.T) {
 		}
 	}
 
-	// At int8 (linear layers in int8 on the CPU) the gross defects' AUROC
-	// stays within 0.005 of fp32's; the small defects', where the random
-	// teacher leaves many normal and defective parts close (AUROC 0.65-0.9,
-	// 25 images a kind), within 0.03 (measured here: -0.016 to +0.022).
+	// At int8 (linear layers in int8 on the CPU) every kind's AUROC stays
+	// within 0.005 of fp32's (measured here: chips -0.0016, one normal and
+	// one chipped part of 25 each swapped; every other kind 1.0 at both).
+	// With the spaces summed (bundle format 2), the Gaussians' int8 noise
+	// moved small defects' AUROC by -0.016 to +0.022.
 	if len(rep.Precision.Kinds) != len(rep.Kinds) {
 		t.Fatalf("eval --compare-precision int8 --json: %d kinds compared of %d\n%s", len(rep.Precision.Kinds), len(rep.Kinds), r.stdout)
 	}
@@ -88,12 +89,8 @@ func TestPatchSpaceOnADataset(t *testing.T) {
 			t.Fatalf("%s: no auroc_int8: %s", kind, r.stdout)
 		}
 		t.Logf("%s: AUROC %.4f at int8, %.4f at fp32 (scores up to %.3g apart)", kind, *k.Int8, k.FP32, k.Max)
-		tolerance := 0.03
-		if k.FP32 > 0.99 {
-			tolerance = 0.005
-		}
-		if d := *k.Int8 - k.FP32; math.Abs(d) > tolerance {
-			t.Errorf("%s: int8 AUROC %.4f, fp32 %.4f: more than %g apart", kind, *k.Int8, k.FP32, tolerance)
+		if d := *k.Int8 - k.FP32; math.Abs(d) > 0.005 {
+			t.Errorf("%s: int8 AUROC %.4f, fp32 %.4f: more than 0.005 apart", kind, *k.Int8, k.FP32)
 		}
 	}
 

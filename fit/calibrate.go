@@ -48,8 +48,8 @@ func Calibrate(scores []float64, q float64, method string) (Calibration, error) 
 	slices.Sort(s)
 	threshold, expected, lo, hi := conformalThreshold(s, q)
 	c := Calibration{Threshold: threshold, Quantiles: map[string]float64{},
-		Calibration: models.Calibration{Method: method, Images: len(s), ExpectedFalseAlarms: expected,
-			FalseAlarms95: [2]float64{lo, hi}, Scores: evenlySpaced(s, 1001), Tail: models.FitScoreTail(s, tailShare, tailMinScores)}}
+		Calibration: models.Calibration{Method: method, NormalScores: normalScores(s), ExpectedFalseAlarms: expected,
+			FalseAlarms95: [2]float64{lo, hi}}}
 	for _, p := range scoreQuantiles {
 		c.Quantiles[strconv.FormatFloat(p, 'f', -1, 64)] = quantile(s, p)
 	}
@@ -74,6 +74,12 @@ const (
 	tailShare     = 0.1
 	tailMinScores = 20
 )
+
+// normalScores keeps sorted out-of-sample scores of normal images, and
+// their tail model, for NormalQuantile and Surprise.
+func normalScores(sorted []float64) models.NormalScores {
+	return models.NormalScores{Images: len(sorted), Scores: evenlySpaced(sorted, 1001), Tail: models.FitScoreTail(sorted, tailShare, tailMinScores)}
+}
 
 // scoreQuantiles are the calibration score quantiles recorded in a bundle.
 var scoreQuantiles = []float64{0.5, 0.9, 0.95, 0.99, 0.995, 0.999}

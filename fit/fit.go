@@ -43,6 +43,10 @@ type Options struct {
 	PatchBlocks []int
 	NoPatch     bool
 	Coreset     float64
+	// ImageWeight is the image-level feature space's share of the
+	// false-alarm rate when combined with the patch space
+	// (models.Combination; 0: DefaultImageWeight).
+	ImageWeight float64
 	// Tiling cuts every normal frame into tiles at native resolution, and
 	// the whole method is fitted on tiles (nil: frames resized whole; see
 	// tiled.go). TileEdges counts every patch of a tile for its patch
@@ -192,6 +196,12 @@ func (o *Options) check() error {
 	}
 	if !(o.Coreset > 0 && o.Coreset <= 1) {
 		return fmt.Errorf("coreset %g (--coreset): the share of patches kept must be in (0, 1]", o.Coreset)
+	}
+	if o.ImageWeight == 0 {
+		o.ImageWeight = DefaultImageWeight
+	}
+	if !(o.ImageWeight > 0 && o.ImageWeight < 1) {
+		return fmt.Errorf("image weight %g (--image-weight): the image-level space's share of the false-alarm rate must be in (0, 1)", o.ImageWeight)
 	}
 	return nil
 }
@@ -553,17 +563,18 @@ func (o *Options) fitScoring(ctx context.Context, images *Images, students []mod
 	for i := range scores {
 		scores[i] = -(llPre[i] + llStu[i])
 	}
+	scores = images.worstTiles(scores, all)
 	oos := &outOfSample{pretrained: llPre, student: llStu, bankFolds: bankFolds}
 	var patches *patchSpace
 	if !o.NoPatch {
-		if patches, err = o.fitPatchSpace(ctx, images, bankFolds, scores); err != nil {
+		if patches, err = o.fitPatchSpace(ctx, images, bankFolds); err != nil {
 			return info, scoring, nil, err
 		}
-		// The patch term of each image's out-of-sample patch score joins
-		// its out-of-fold score: the threshold covers the combined score.
+		// Each frame's out-of-sample scores in both spaces make its
+		// combined score: the threshold covers that.
 		scoring.Patch = patches.score
-		for i := range scores {
-			scores[i] += patches.score.Term(patches.imageScores[i])
+		if patches.info.Combination, scores, err = fitCombination(scores, images.worstTiles(patches.imageScores, all), o.ImageWeight); err != nil {
+			return info, scoring, nil, err
 		}
 		oos.patch, oos.bankSeconds = patches.imageScores, patches.foldSeconds
 	}
@@ -574,7 +585,7 @@ func (o *Options) fitScoring(ctx context.Context, images *Images, students []mod
 	if o.Tiling != nil {
 		method += "; per frame: each normal frame's worst tile"
 	}
-	cal, err := Calibrate(images.worstTiles(scores, all), o.Quantile, method)
+	cal, err := Calibrate(scores, o.Quantile, method)
 	if err != nil {
 		return info, scoring, nil, err
 	}

@@ -12,12 +12,14 @@ import (
 // The threshold at the precision that runs. The int8 detector's scores are
 // the fp32 ones plus a little quantization noise, and noise in the features
 // raises Gaussian scores more often than it lowers them: fitted bundles
-// scored 1,000 unseen normal parts 0.2-1.4 higher on average at int8, up to
-// 19 for one part, against a threshold 20-33 above the normal median
-// (TestInt8KeepsThePromise). A threshold calibrated at fp32 and used at
+// scored 1,000 unseen normal parts' method scores 0.2-1.4 higher on average
+// at int8, up to 19 for one part, against a threshold 20-33 above the
+// normal median (TestInt8KeepsThePromise, before the feature spaces were
+// combined by their surprises). A threshold calibrated at fp32 and used at
 // int8 then flags more normal parts than it promised. A fit at int8 sets it
-// on int8 scores: each normal image's out-of-sample score moved by the
-// difference between its int8 and fp32 scores under the fitted bundle (the
+// on int8 scores: each normal image's out-of-sample score in each feature
+// space moved by the difference between its int8 and fp32 scores there
+// under the fitted bundle, the combination fitted again on those (the
 // out-of-sample parts themselves are gone by then; their weights are close
 // to the bundle's, and the noise is the images' and the weights'
 // rounding, which they share).
@@ -39,7 +41,8 @@ func (o *Options) calibrateInt8(ctx context.Context, info models.BundleInfo, oos
 		return info, fmt.Errorf("calibrate at int8: %d normal images now, %d when fitted (changed during the fit?)", images.Len(), len(oos.pretrained))
 	}
 	slog.Info("calibrating the threshold at int8: scoring the normal images at fp32 and int8", "images", images.Len())
-	var scores [2][]float64
+	// Per precision, each image's method score and patch score.
+	var image, patch [2][]float64
 	for k, precision := range []string{models.FP32, models.INT8} {
 		d, err := detector.Load(o.Out, detector.RunnerOptions{Threads: o.Threads, Provider: "cpu", Precision: precision})
 		if err != nil {
@@ -55,7 +58,7 @@ func (o *Options) calibrateInt8(ctx context.Context, info models.BundleInfo, oos
 			var res []detector.Result
 			if res, err = d.Score(buf, len(idx), info.Threshold); err == nil {
 				for _, r := range res {
-					scores[k] = append(scores[k], r.Score)
+					image[k], patch[k] = append(image[k], -(r.LLPretrained+r.LLStudent)), append(patch[k], r.PatchScore)
 				}
 			}
 			if ctx.Err() != nil {
@@ -67,14 +70,20 @@ func (o *Options) calibrateInt8(ctx context.Context, info models.BundleInfo, oos
 			return info, fmt.Errorf("calibrate at int8: %w", err)
 		}
 	}
-	calib := make([]float64, len(scores[0]))
+	calib := make([]float64, len(image[0]))
 	for i := range calib {
-		calib[i] = -(oos.pretrained[i] + oos.student[i]) + scores[1][i] - scores[0][i]
-		if p := info.Patch; p != nil {
-			calib[i] += models.PatchScore{Median: p.TermMedian, Scale: p.TermScale, Weight: p.TermWeight}.Term(oos.patch[i])
+		calib[i] = -(oos.pretrained[i] + oos.student[i]) + image[1][i] - image[0][i]
+	}
+	if p := info.Patch; p != nil {
+		calibPatch := make([]float64, len(calib))
+		for i := range calibPatch {
+			calibPatch[i] = oos.patch[i] + patch[1][i] - patch[0][i]
+		}
+		if p.Combination, calib, err = fitCombination(calib, calibPatch, p.Combination.ImageWeight); err != nil {
+			return info, fmt.Errorf("calibrate at int8: %w", err)
 		}
 	}
-	cal, err := Calibrate(calib, o.Quantile, info.Calibration.Method+"; at int8: each moved by its int8 score's difference from its fp32 one under the bundle")
+	cal, err := Calibrate(calib, o.Quantile, info.Calibration.Method+"; at int8: each space's score moved by its int8 score's difference from its fp32 one under the bundle")
 	if err != nil {
 		return info, err
 	}

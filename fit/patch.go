@@ -55,10 +55,8 @@ type patchSpace struct {
 
 // fitPatchSpace collects the patch features of every normal image, keeps
 // a greedy coreset of them as the memory bank, and scores each image
-// against a bank chosen the same way without its fold (folds);
-// llScores are the images' out-of-fold log-likelihood sums, which the
-// patch term is weighed against.
-func (o *Options) fitPatchSpace(ctx context.Context, images *Images, folds [][]int, llScores []float64) (*patchSpace, error) {
+// against a bank chosen the same way without its fold (folds).
+func (o *Options) fitPatchSpace(ctx context.Context, images *Images, folds [][]int) (*patchSpace, error) {
 	start := time.Now()
 	v := o.Teacher
 	g2, d := v.Grid()*v.Grid(), v.Dim*len(o.PatchBlocks)
@@ -142,13 +140,11 @@ func (o *Options) fitPatchSpace(ctx context.Context, images *Images, folds [][]i
 	for i := range n {
 		imageScores[i] = images.patchScore(i, dist[i*g2:(i+1)*g2], v.Grid(), o.TileEdges)
 	}
-	median, scale := spreadAboveMedian(imageScores)
 	all := images.countedDistances(dist, nil, v.Grid(), o.TileEdges)
 	slices.Sort(all)
-	_, weight := spreadAboveMedian(llScores)
-	ps := &models.PatchScore{Blocks: o.PatchBlocks, D: d, M: m, Bank: bank, Median: median, Scale: scale, Weight: weight}
+	ps := &models.PatchScore{Blocks: o.PatchBlocks, D: d, M: m, Bank: bank}
 	info := &models.PatchInfo{Blocks: o.PatchBlocks, FeatureWidth: d, BankEntries: m, Coreset: o.Coreset, Patches: patches,
-		TermMedian: median, TermScale: scale, TermWeight: weight, NormalDistance: quantile(all, 0.999)}
+		NormalDistance: quantile(all, 0.999)}
 	slog.Info("patch memory bank", "blocks", o.PatchBlocks, "patches", patches, "bank_entries", m, "feature_width", d,
 		"bank_mb", float64(m*d*4)/1e6, "normal_patch_distance_999", info.NormalDistance, "seconds", time.Since(start).Seconds(),
 		"calibration_banks_seconds", time.Since(bankDone).Seconds())
@@ -234,22 +230,6 @@ func projectRandomly(feats []float32, d, k int, seed uint64) []float32 {
 	blas32.Gemm(blas.NoTrans, blas.NoTrans, 1, blas32.General{Rows: p, Cols: d, Stride: d, Data: feats},
 		blas32.General{Rows: d, Cols: k, Stride: k, Data: proj}, 0, blas32.General{Rows: p, Cols: k, Stride: k, Data: x})
 	return x
-}
-
-// spreadAboveMedian fits an exponential tail from the median to normal
-// images' out-of-sample scores (patch scores, or the log-likelihoods' sum)
-// for the patch term (models.PatchScore.Term). Its scale comes from the
-// bulk, (q90 - q50)/ln 5 (what it is for an exponential tail), not from the
-// mean excess: a few normal images with odd patches made that twice the
-// spread unseen normal images showed, halving the term of every defect.
-func spreadAboveMedian(scores []float64) (from, scale float64) {
-	sorted := slices.Sorted(slices.Values(scores))
-	from = quantile(sorted, 0.5)
-	scale = (quantile(sorted, 0.9) - from) / math.Log(5)
-	if !(scale > 1e-9*math.Max(1, from)) {
-		scale = 1e-9 * math.Max(1, from) // identical images: any rise is an anomaly
-	}
-	return from, scale
 }
 
 // greedyCoreset picks m of the rows of x ([P, k]) by PatchCore's greedy

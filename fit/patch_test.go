@@ -118,16 +118,24 @@ func TestCalibrationFoldsPartitionTheImages(t *testing.T) {
 }
 
 // The patch feature space finds small defects (cracks, chips, stains,
-// holes covering 0.1-2.5% of the image) that the two image-level feature
-// spaces dilute, at 128 px with a random teacher of patch 8, and the
-// combined score keeps the gross defects and the semantic anomaly (a nut
-// where a washer belongs: the Fashion-MNIST kind of anomaly). Measured:
-// without it small defects AUROC 0.52, gross 0.92, semantic 0.66; with it
-// 0.978 (patch score alone 0.99), 1.0 and 1.0. Block 1 of 6 was the best patch block (patch score alone:
-// chips 0.969 against 0.958 for block 0 and 0.938 for block 2).
+// holes covering 0.1-2.5% of the image) that the image-level feature space
+// (the method's score) dilutes, at 128 px with a random teacher of patch 8,
+// and the combined score keeps every kind's evidence: per kind it is as
+// good as the better space alone, small defects, gross ones and the
+// semantic anomaly (a nut where a washer belongs: the Fashion-MNIST kind
+// of anomaly) alike. Both spaces come from the one bundle: the method's
+// score is what a bundle without a patch space scores. Measured (seed 5):
+// the method's score alone finds small defects at AUROC 0.49-0.56 a kind,
+// the semantic anomaly at 0.67; combined, small defects 0.992 (chips
+// 0.969, as the patch score alone), gross and semantic 1.0, each kind
+// within 0.001 of the better space (summed, as bundles of format 2 did:
+// small defects 0.978 against 0.99 for the patch score alone). Detected at
+// the threshold: 34% of small defects, no normal image flagged.
+// Block 1 of 6 was the best patch block (patch score alone: chips 0.969
+// against 0.958 for block 0 and 0.938 for block 2).
 func TestPatchSpaceFindsSmallDefects(t *testing.T) {
 	if testing.Short() {
-		t.Skip("two fits at 128 px")
+		t.Skip("a fit at 128 px")
 	}
 	dir := t.TempDir()
 	data := filepath.Join(dir, "data")
@@ -135,77 +143,66 @@ func TestPatchSpaceFindsSmallDefects(t *testing.T) {
 		t.Fatal(err)
 	}
 	v, _ := models.RandomViT(models.Config{Dim: 96, Depth: 6, Heads: 4, Patch: 8, ImageSize: 128}, 3)
-	var semanticBefore, grossBefore float64
-	for _, noPatch := range []bool{true, false} {
-		out := filepath.Join(dir, "b.tfy")
-		info, err := Run(context.Background(), Options{Teacher: v, NormalDir: filepath.Join(data, "train", "good"), ValFraction: 0.1, Epochs: 4,
-			BatchSize: 16, LR: 1e-4, Seed: 1, Whitening: 0.9, Quantile: 0.995, NoPatch: noPatch, Out: out})
+	out := filepath.Join(dir, "b.tfy")
+	info, err := Run(context.Background(), Options{Teacher: v, NormalDir: filepath.Join(data, "train", "good"), ValFraction: 0.1, Epochs: 4,
+		BatchSize: 16, LR: 1e-4, Seed: 1, Whitening: 0.9, Quantile: 0.995, Out: out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := detector.Load(out, detector.RunnerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	type scores struct{ combined, image, patch []float64 }
+	score := func(kind string) (s scores) {
+		paths, _ := ListImages(filepath.Join(data, "test", kind))
+		im, _, err := LoadImages(context.Background(), paths, 128, 1<<30, dir)
 		if err != nil {
 			t.Fatal(err)
 		}
-		d, err := detector.Load(out, detector.RunnerOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		score := func(kind string) (all, patch []float64) {
-			paths, _ := ListImages(filepath.Join(data, "test", kind))
-			im, _, err := LoadImages(context.Background(), paths, 128, 1<<30, dir)
+		defer im.Close()
+		for b := 0; b < im.Len(); b += 16 {
+			idx := make([]int, 0, 16)
+			for i := b; i < min(b+16, im.Len()); i++ {
+				idx = append(idx, i)
+			}
+			buf, _ := im.Batch(idx, nil)
+			res, err := d.Score(buf, len(idx), info.Threshold)
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer im.Close()
-			for b := 0; b < im.Len(); b += 16 {
-				idx := make([]int, 0, 16)
-				for i := b; i < min(b+16, im.Len()); i++ {
-					idx = append(idx, i)
-				}
-				buf, _ := im.Batch(idx, nil)
-				res, err := d.Score(buf, len(idx), info.Threshold)
-				if err != nil {
-					t.Fatal(err)
-				}
-				for _, r := range res {
-					all, patch = append(all, r.Score), append(patch, r.PatchScore)
-				}
-			}
-			return all, patch
-		}
-		good, goodPatch := score("good")
-		var small []float64
-		for _, kind := range synth.SmallDefects {
-			a, p := score(kind)
-			small = append(small, a...)
-			if noPatch {
-				t.Logf("without the patch space, %s: AUROC %.3f", kind, AUROC(good, a))
-			} else {
-				t.Logf("with the patch space, %s: AUROC %.3f (patch score alone %.3f)", kind, AUROC(good, a), AUROC(goodPatch, p))
+			for _, r := range res {
+				s.combined, s.image, s.patch = append(s.combined, r.Score), append(s.image, -(r.LLPretrained+r.LLStudent)), append(s.patch, r.PatchScore)
 			}
 		}
-		auc := AUROC(good, small)
-		var gross []float64
-		for _, kind := range synth.Defects {
-			a, _ := score(kind)
-			gross = append(gross, a...)
+		return s
+	}
+	good := score("good")
+	var small, gross []float64
+	for _, kind := range append(append([]string{synth.Nut}, synth.SmallDefects...), synth.Defects...) {
+		s := score(kind)
+		combined, image, patch := AUROC(good.combined, s.combined), AUROC(good.image, s.image), AUROC(good.patch, s.patch)
+		t.Logf("%s: AUROC %.3f combined, %.3f the method's score alone, %.3f the patch score alone; detected %.2f at the threshold",
+			kind, combined, image, patch, FractionAbove(s.combined, info.Threshold))
+		// 60 defective and 60 normal images measure an AUROC near 0.9 to
+		// about 0.02 (one standard error).
+		if best := max(image, patch); combined < best-0.02 {
+			t.Errorf("%s: combined AUROC %.3f, the better feature space alone %.3f", kind, combined, best)
 		}
-		nut, _ := score(synth.Nut)
-		semantic := AUROC(good, nut)
-		t.Logf("patch space %v: small defects AUROC %.3f, detected %.2f at the threshold; gross defects AUROC %.3f; semantic (a nut for a washer) %.3f; normal flagged %.3f",
-			!noPatch, auc, FractionAbove(small, info.Threshold), AUROC(good, gross), semantic, FractionAbove(good, info.Threshold))
-		d.Close()
-		if noPatch {
-			semanticBefore, grossBefore = semantic, AUROC(good, gross)
-			continue
+		if slices.Contains(synth.SmallDefects, kind) {
+			small = append(small, s.combined...)
+		} else if kind != synth.Nut {
+			gross = append(gross, s.combined...)
 		}
-		if semantic < semanticBefore-0.01 || AUROC(good, gross) < grossBefore-0.01 {
-			t.Errorf("the patch space made semantic or gross anomalies worse: AUROC %.3f and %.3f, without it %.3f and %.3f",
-				semantic, AUROC(good, gross), semanticBefore, grossBefore)
-		}
-		if auc < 0.95 {
-			t.Errorf("small defects: image AUROC %.3f with the patch space, want at least 0.95", auc)
-		}
-		if a := AUROC(good, gross); a < 0.99 {
-			t.Errorf("gross defects: image AUROC %.3f with the patch space, want about 1", a)
-		}
+	}
+	t.Logf("small defects AUROC %.3f, detected %.2f at the threshold; gross defects AUROC %.3f; normal flagged %.3f",
+		AUROC(good.combined, small), FractionAbove(small, info.Threshold), AUROC(good.combined, gross), FractionAbove(good.combined, info.Threshold))
+	if auc := AUROC(good.combined, small); auc < 0.95 {
+		t.Errorf("small defects: image AUROC %.3f, want at least 0.95", auc)
+	}
+	if auc := AUROC(good.combined, gross); auc < 0.99 {
+		t.Errorf("gross defects: image AUROC %.3f, want about 1", auc)
 	}
 }
 

@@ -27,12 +27,17 @@ const BundleMetadataKey = "transformaly.bundle"
 
 // BundleFormat is bumped when a bundle's meaning or layout changes
 // incompatibly for older readers (2: weights as external data in the same
-// file; this build still reads format 1).
-const BundleFormat = 2
+// file; 3: a patch space's score combined with the method's by
+// PatchInfo.Combination, not in the graph). This build reads formats 1
+// and 2 without a patch space (their graph's score is the method's).
+const BundleFormat = 3
 
 // Scored detector outputs, besides the detector's own.
 const (
-	OutputScore        = "score"         // float32 [N]: -(ll_pretrained + ll_student) + the patch term (PatchScore.Term)
+	// OutputScore is the method's score, -(ll_pretrained + ll_student); a
+	// bundle with a patch space combines it with the patch score
+	// (PatchInfo.Combination) on the host.
+	OutputScore        = "score"         // float32 [N]
 	OutputLLPretrained = "ll_pretrained" // float32 [N]
 	OutputLLStudent    = "ll_student"    // float32 [N]
 )
@@ -96,14 +101,13 @@ func (g *Graph) scoredDetector(v *ViT, blocks []int, students []Block, s Scoring
 	llStu := g.quadraticLL(out.blockErrors, s.Student, "score.student")
 	g.Output(OutputLLPretrained, llPre, Float32, batchDim)
 	g.Output(OutputLLStudent, llStu, Float32, batchDim)
-	score := g.Op("Neg", []string{g.Op("Add", []string{llPre, llStu})})
+	g.Output(OutputScore, g.Op("Neg", []string{g.Op("Add", []string{llPre, llStu})}), Float32, batchDim)
 	if p := s.Patch; p != nil {
-		if err := CheckPatchBlocks(p.Blocks, v.Depth); err != nil || p.D != v.Dim*len(p.Blocks) || len(p.Bank) != p.M*p.D || p.M == 0 || !(p.Scale > 0) || !(p.Weight > 0) {
+		if err := CheckPatchBlocks(p.Blocks, v.Depth); err != nil || p.D != v.Dim*len(p.Blocks) || len(p.Bank) != p.M*p.D || p.M == 0 {
 			return nil, fmt.Errorf("scored detector graph: patch bank of %d x %d for blocks %v (%v)", p.M, p.D, p.Blocks, err)
 		}
-		score = g.Op("Add", []string{score, g.patchOutputs(out.ins, v.Config, p)})
+		g.patchOutputs(out.ins, v.Config, p)
 	}
-	g.Output(OutputScore, score, Float32, batchDim)
 	meta, err := json.Marshal(info)
 	if err != nil {
 		return nil, fmt.Errorf("encode bundle metadata: %w", err)
@@ -160,7 +164,9 @@ type TilingInfo struct {
 // Calibration is how a bundle's threshold was set.
 type Calibration struct {
 	Method string `json:"method"`
-	Images int    `json:"images"` // normal images scored out of sample
+	// NormalScores are the calibration scores: Images normal images scored
+	// out of sample.
+	NormalScores
 	// Provider and Precision are what the calibration scores were computed
 	// on (fit runs strict fp32): scoring elsewhere moves scores a little.
 	Provider  string `json:"provider,omitempty"`
@@ -170,17 +176,23 @@ type Calibration struct {
 	// images, from the order statistics of Images scores.
 	ExpectedFalseAlarms float64    `json:"expected_false_alarm_rate"`
 	FalseAlarms95       [2]float64 `json:"false_alarm_rate_95"`
-	// Scores are the calibration scores, sorted (at most 1,001 evenly
-	// spaced order statistics of the Images), for NormalQuantile.
-	Scores []float64 `json:"scores,omitempty"`
-	// Tail extrapolates NormalQuantile past the calibration scores (nil in
-	// bundles from before it, or with too few scores to fit one).
-	Tail *ScoreTail `json:"tail,omitempty"`
 	// Unkept, when set, says why the threshold cannot keep the promise of
 	// 1 - ThresholdQuantile false alarms (too few normal images for the
 	// rate) and what would keep it; ExpectedFalseAlarms is then the rate
 	// it gives.
 	Unkept string `json:"promise_unkept,omitempty"`
+}
+
+// NormalScores are normal images' out-of-sample scores (a bundle's, or
+// one feature space's), kept to tell how rare a new part's score is.
+type NormalScores struct {
+	Images int `json:"images"` // normal images scored out of sample
+	// Scores are the scores, sorted (at most 1,001 evenly spaced order
+	// statistics of the Images), for NormalQuantile.
+	Scores []float64 `json:"scores,omitempty"`
+	// Tail extrapolates NormalQuantile past the scores (nil in bundles
+	// from before it, or with too few scores to fit one).
+	Tail *ScoreTail `json:"tail,omitempty"`
 }
 
 // ScoreTail is an exponential model of the calibration scores' upper tail
@@ -224,7 +236,7 @@ func FitScoreTail(sorted []float64, share float64, minExceedances int) *ScoreTai
 // score still reads as how rare it is: 0.99997, not the Images/(Images+1)
 // every such score would get). NaN without calibration scores or for a
 // NaN score.
-func (c Calibration) NormalQuantile(score float64) float64 {
+func (c NormalScores) NormalQuantile(score float64) float64 {
 	m := len(c.Scores)
 	if m == 0 || math.IsNaN(score) {
 		return math.NaN()
@@ -254,6 +266,17 @@ func (c Calibration) NormalQuantile(score float64) float64 {
 	return level(i-1) + (score-lo)/(hi-lo)*(level(i)-level(i-1))
 }
 
+// Surprise is -ln of the share of normal parts expected to score above
+// score (1 - NormalQuantile): 0 below every normal score, ln(Images+1) at
+// the largest, and past the tail model's threshold growing linearly, so
+// that a score far past every normal one still ranks by how far.
+func (c NormalScores) Surprise(score float64) float64 {
+	if t := c.Tail; t != nil && score > t.From {
+		return -math.Log(t.Share) + (score-t.From)/t.Scale
+	}
+	return -math.Log1p(-c.NormalQuantile(score))
+}
+
 // RarityText says in words how a score compares with normal parts, from its
 // NormalQuantile q: "above 99.97% of normal parts", with as many digits
 // as it takes to show how rare (the first digit of 1-q that is not 0);
@@ -280,12 +303,9 @@ type PatchInfo struct {
 	BankEntries  int     `json:"bank_entries"`
 	Coreset      float64 `json:"coreset"` // share of the normal images' patches kept
 	Patches      int     `json:"patches"` // normal patches the coreset was chosen from
-	// TermMedian, TermScale and TermWeight set the patch term
-	// (PatchScore.Term): the median of normal images' out-of-sample patch
-	// scores, their spread, and the spread of the log-likelihoods' sum.
-	TermMedian float64 `json:"term_median"`
-	TermScale  float64 `json:"term_scale"`
-	TermWeight float64 `json:"term_weight"`
+	// Combination makes one score of the method's (OutputScore) and the
+	// patch score.
+	Combination Combination `json:"combination"`
 	// NormalDistance is a high quantile (99.9%) of normal patches'
 	// out-of-sample distances: anomaly maps are scaled by it, so a normal
 	// frame shows no hot spot.
@@ -336,9 +356,13 @@ func ReadBundle(path string) (BundleInfo, ModelFile, error) {
 		return info, mf, fmt.Errorf("read bundle %s: metadata: %w", path, err)
 	}
 	// Format 1 differs only in keeping the weights inline, which
-	// ReadModelFile reads as well.
+	// ReadModelFile reads as well; formats 1 and 2 added a patch term to
+	// the graph's score.
 	if info.Format < 1 || info.Format > BundleFormat {
 		return info, mf, fmt.Errorf("read bundle %s: format %d, this build reads formats 1 to %d (fit it again with this version)", path, info.Format, BundleFormat)
+	}
+	if info.Format < 3 && info.Patch != nil {
+		return info, mf, fmt.Errorf("read bundle %s: format %d with a patch feature space, whose score this build makes another way (fit it again with this version, or refit from the console)", path, info.Format)
 	}
 	if err := info.consistentWith(mf); err != nil {
 		return info, mf, fmt.Errorf("read bundle %s: metadata contradicts itself or the graph (edited or damaged?): %w", path, err)
@@ -377,8 +401,11 @@ func (info BundleInfo) consistentWith(mf ModelFile) error {
 		if err := CheckPatchBlocks(p.Blocks, c.Depth); err != nil {
 			return err
 		}
-		if p.FeatureWidth != c.Dim*len(p.Blocks) || p.BankEntries <= 0 || p.BankEntries > 1<<24 || !(p.TermScale > 0) || !(p.TermWeight > 0) {
+		if p.FeatureWidth != c.Dim*len(p.Blocks) || p.BankEntries <= 0 || p.BankEntries > 1<<24 {
 			return fmt.Errorf("patch bank of %d entries of width %d for blocks %v of a teacher %d wide", p.BankEntries, p.FeatureWidth, p.Blocks, c.Dim)
+		}
+		if err := p.Combination.check(); err != nil {
+			return err
 		}
 	}
 	var m onnxpb.ModelProto
@@ -517,7 +544,7 @@ func DecodeBundle(info BundleInfo, mf ModelFile) (*ViT, []Block, Scoring, error)
 		}
 	}
 	if pi := info.Patch; pi != nil {
-		p := &PatchScore{Blocks: pi.Blocks, D: pi.FeatureWidth, M: pi.BankEntries, Median: pi.TermMedian, Scale: pi.TermScale, Weight: pi.TermWeight}
+		p := &PatchScore{Blocks: pi.Blocks, D: pi.FeatureWidth, M: pi.BankEntries}
 		if bankT := r.take("patch.bank_t", p.D, p.M); bankT != nil {
 			p.Bank = make([]float32, p.M*p.D)
 			for i := range p.D {

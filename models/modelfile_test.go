@@ -144,7 +144,7 @@ func TestNormalQuantileCountsTheCalibrationScores(t *testing.T) {
 				kept[i] = all[int(math.Round(float64(i)*float64(n-1)/1000))]
 			}
 		}
-		c := models.Calibration{Images: n, Scores: kept}
+		c := models.NormalScores{Images: n, Scores: kept}
 		for _, s := range []float64{-10, all[0], all[n/3], (all[n/2] + all[n/2+1]) / 2, all[n-1], 10} {
 			counted := float64(sort.SearchFloat64s(all, math.Nextafter(s, math.Inf(1)))) / float64(n+1)
 			tol := 1e-9
@@ -158,7 +158,7 @@ func TestNormalQuantileCountsTheCalibrationScores(t *testing.T) {
 			}
 		}
 	}
-	if q := (models.Calibration{}).NormalQuantile(1); !math.IsNaN(q) {
+	if q := (models.NormalScores{}).NormalQuantile(1); !math.IsNaN(q) {
 		t.Errorf("without calibration scores: %g, want NaN", q)
 	}
 }
@@ -195,7 +195,7 @@ func TestNormalQuantileTailMatchesTheTrueTail(t *testing.T) {
 					scores[i] = x / 2
 				}
 				slices.Sort(scores)
-				c := models.Calibration{Images: n, Scores: scores, Tail: models.FitScoreTail(scores, 0.1, 20)}
+				c := models.NormalScores{Images: n, Scores: scores, Tail: models.FitScoreTail(scores, 0.1, 20)}
 				ratios[d] = (1 - c.NormalQuantile(score)) / p
 			}
 			slices.Sort(ratios)

@@ -2,7 +2,6 @@ package models
 
 import (
 	"fmt"
-	"math"
 	"slices"
 )
 
@@ -28,22 +27,6 @@ type PatchScore struct {
 	Blocks []int     // teacher blocks whose token outputs are the features
 	D, M   int       // feature width (Dim x len(Blocks)), bank entries
 	Bank   []float32 // [M, D] row-major
-	// Term turns the patch score s into the score's third part, on the
-	// footing of the two negative log-likelihoods: Weight max(0, (s -
-	// Median)/Scale). (s - Median)/Scale is the surprise -ln(2 P(S >= s)) of
-	// an exponential tail fitted to normal images' out-of-sample patch
-	// scores from their median (0 for the lower half: a patch score lower
-	// than normal is no sign of an anomaly); Weight is the same spread of
-	// the two log-likelihoods' sum on normal images, so that both feature
-	// spaces, image and patch, vary alike on normal images and an anomaly
-	// in either moves the score alike.
-	Median, Scale, Weight float64
-}
-
-// Term is the patch part of the score for a patch score s, in float64
-// (the graph computes the same in float32).
-func (p PatchScore) Term(s float64) float64 {
-	return p.Weight * math.Max(0, (s-p.Median)/p.Scale)
 }
 
 // CheckPatchBlocks validates the patch blocks against the teacher's depth.
@@ -112,15 +95,13 @@ func (g *Graph) patchDistances(features string, p *PatchScore) string {
 	return g.Op("Sqrt", []string{g.Op("Relu", []string{nearest})})
 }
 
-// patchOutputs adds the patch distances [N, Grid*Grid], the patch score [N]
-// and the patch term [N] (PatchScore.Term) to a detector graph.
-func (g *Graph) patchOutputs(ins []string, c Config, p *PatchScore) (term string) {
+// patchOutputs adds the patch distances [N, Grid*Grid] and the patch score
+// [N] to a detector graph.
+func (g *Graph) patchOutputs(ins []string, c Config, p *PatchScore) {
 	grid2 := int64(c.Grid() * c.Grid())
 	dist := g.Op("Reshape", []string{g.patchDistances(g.patchFeatures(ins, c, p.Blocks), p), g.Shape(-1, grid2)})
-	score := g.Op("ReduceMax", []string{dist}, AttrInts("axes", 1), AttrInt("keepdims", 0))
 	g.Output(OutputPatchDistances, dist, Float32, batchDim, int(grid2))
-	g.Output(OutputPatchScore, score, Float32, batchDim)
-	return g.Op("Relu", []string{g.Op("Mul", []string{g.Op("Sub", []string{score, g.Scalar32(float32(p.Median))}), g.Scalar32(float32(p.Weight / p.Scale))})})
+	g.Output(OutputPatchScore, g.Op("ReduceMax", []string{dist}, AttrInts("axes", 1), AttrInt("keepdims", 0)), Float32, batchDim)
 }
 
 // PatchFeatureGraph emits images -> patch features [N, Grid*Grid, D] of

@@ -69,7 +69,7 @@ func TestPatchFeatureGraphMatchesReference(t *testing.T) {
 
 // The scored detector's patch distances are each patch's distance to its
 // nearest bank entry, brute force in float64 over reference features; the
-// patch score is the largest; the score adds PatchScore.Term of it. The bank
+// patch score is the largest; the graph's score is the method's alone. The bank
 // holds random entries and exact copies of some of image 0's patches (a
 // distance of 0 must come out 0, not NaN).
 func TestPatchDistancesMatchBruteForce(t *testing.T) {
@@ -85,7 +85,7 @@ func TestPatchDistancesMatchBruteForce(t *testing.T) {
 		refs[i] = refPatchFeatures(v.Config, vitref.Forward(v, images[i*size*size*3:(i+1)*size*size*3]), patchBlocks)
 	}
 	d := v.Dim * len(patchBlocks)
-	p := &models.PatchScore{Blocks: patchBlocks, D: d, Median: 1.5, Scale: 0.3, Weight: 1.7}
+	p := &models.PatchScore{Blocks: patchBlocks, D: d}
 	for j := range 40 { // random entries near the features' scale
 		src := refs[1+j%2][rng.IntN(len(refs[1]))]
 		for _, x := range src {
@@ -133,13 +133,13 @@ func TestPatchDistancesMatchBruteForce(t *testing.T) {
 		if math.Abs(float64(got[1][i])-worst) > 1e-3*worst {
 			t.Errorf("image %d: patch score %g, want the largest distance %g", i, got[1][i], worst)
 		}
-		want4 := -(float64(got[2][i]) + float64(got[3][i])) + p.Term(float64(got[1][i]))
+		want4 := -(float64(got[2][i]) + float64(got[3][i]))
 		if math.Abs(float64(got[4][i])-want4) > 1e-4*math.Max(1, math.Abs(want4)) {
-			t.Errorf("image %d: score %g, want -(ll_pretrained + ll_student) + patch term = %g", i, got[4][i], want4)
+			t.Errorf("image %d: score %g, want -(ll_pretrained + ll_student) = %g", i, got[4][i], want4)
 		}
 	}
 	// The bank reads back from the bundle's graph.
-	pi := &models.PatchInfo{Blocks: patchBlocks, FeatureWidth: d, BankEntries: p.M, TermMedian: p.Median, TermScale: p.Scale, TermWeight: p.Weight}
+	pi := &models.PatchInfo{Blocks: patchBlocks, FeatureWidth: d, BankEntries: p.M, Combination: someCombination}
 	info.Patch = pi
 	m, _ := models.ScoredDetectorGraph(v, blocks, students, scoring, info, models.FP32)
 	path := t.TempDir() + "/p.tfy"
@@ -154,6 +154,25 @@ func TestPatchDistancesMatchBruteForce(t *testing.T) {
 	if err != nil || s.Patch == nil || len(s.Patch.Bank) != len(p.Bank) || s.Patch.Bank[d+3] != p.Bank[d+3] || s.Patch.Bank[len(p.Bank)-1] != p.Bank[len(p.Bank)-1] {
 		t.Errorf("patch bank decoded from the bundle: %v", err)
 	}
+	// A format 2 bundle with a patch space added a patch term to its
+	// graph's score, which this build no longer reads: refused, by name.
+	info.Format = 2
+	m, _ = models.ScoredDetectorGraph(v, blocks, students, scoring, info, models.FP32)
+	if err := models.WriteBundle(path, m); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := models.ReadBundle(path); err == nil || !strings.Contains(err.Error(), "format 2 with a patch feature space") || !strings.Contains(err.Error(), "fit it again") {
+		t.Errorf("a format 2 bundle with a patch space: %v", err)
+	}
+	// A combination that could not score is refused.
+	info.Format, pi.Combination.ImageWeight = models.BundleFormat, 1
+	m, _ = models.ScoredDetectorGraph(v, blocks, students, scoring, info, models.FP32)
+	if err := models.WriteBundle(path, m); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := models.ReadBundle(path); err == nil || !strings.Contains(err.Error(), "image weight 1 is not in (0, 1)") {
+		t.Errorf("an image weight of 1: %v", err)
+	}
 }
 
 // Under TensorRT's FP16 kernels only a Pow layer directly followed by a
@@ -166,7 +185,7 @@ func TestSquaresSitBesideTheirReductions(t *testing.T) {
 	blocks := []int{1, 2}
 	rng := rand.New(rand.NewPCG(4, 4))
 	students := []models.Block{models.XavierBlock(v.Config, rng), models.XavierBlock(v.Config, rng)}
-	p := &models.PatchScore{Blocks: []int{0}, D: v.Dim, M: 4, Median: 1, Scale: 1, Weight: 1, Bank: make([]float32, 4*v.Dim)}
+	p := &models.PatchScore{Blocks: []int{0}, D: v.Dim, M: 4, Bank: make([]float32, 4*v.Dim)}
 	scoring := models.Scoring{Pretrained: randomQuadratic(v.Dim, 5, rng), Student: randomQuadratic(2, 2, rng), Patch: p}
 	info := models.BundleInfo{Format: models.BundleFormat, ImageSize: v.ImageSize, Blocks: blocks, Threshold: 1}
 	info.Teacher.Config = v.Config

@@ -28,12 +28,15 @@ const aupROLimit = 0.3
 
 // kindReport is one defect kind's (or all kinds') figures.
 type kindReport struct {
-	Images          int      `json:"images"`
-	AUROC           float64  `json:"auroc"`
-	AUROCPretrained float64  `json:"auroc_pretrained"`
-	AUROCStudent    float64  `json:"auroc_student"`
-	AUROCPatch      *float64 `json:"auroc_patch,omitempty"`
-	DetectionRate   float64  `json:"detection_rate"`
+	Images          int     `json:"images"`
+	AUROC           float64 `json:"auroc"`
+	AUROCPretrained float64 `json:"auroc_pretrained"`
+	AUROCStudent    float64 `json:"auroc_student"`
+	// AUROCImage is the method's score's, -(ll_pretrained + ll_student):
+	// the image-level feature space as the combination takes it.
+	AUROCImage    float64  `json:"auroc_image"`
+	AUROCPatch    *float64 `json:"auroc_patch,omitempty"`
+	DetectionRate float64  `json:"detection_rate"`
 	// Pixel metrics, from the anomaly maps (bundles with a patch feature
 	// space only).
 	PixelAUROC *float64 `json:"pixel_auroc,omitempty"`
@@ -56,8 +59,8 @@ type datasetReport struct {
 
 // scoredSet is the scores (and maps) of one folder of test images.
 type scoredSet struct {
-	all, pre, stu, patch []float64
-	maps                 []fit.PixelMap
+	all, pre, stu, image, patch []float64
+	maps                        []fit.PixelMap
 }
 
 // evaluateDataset scores an MVTec AD layout under dir: test/good and
@@ -103,6 +106,7 @@ func evaluateDataset(det *detector.Detector, dir string, threshold float64, batc
 			return rep, fmt.Errorf("dataset %s, %s: %w", dir, kind, err)
 		}
 		overall.all, overall.pre, overall.stu = append(overall.all, set.all...), append(overall.pre, set.pre...), append(overall.stu, set.stu...)
+		overall.image = append(overall.image, set.image...)
 		overall.patch, overall.maps = append(overall.patch, set.patch...), append(overall.maps, set.maps...)
 	}
 	if rep.Overall, err = kindFigures(good, overall, threshold, det.Info.Patch != nil, withMaps); err != nil {
@@ -114,7 +118,7 @@ func evaluateDataset(det *detector.Detector, dir string, threshold float64, batc
 // kindFigures measures a defect set against the normal one.
 func kindFigures(good, set scoredSet, threshold float64, patch, withMaps bool) (kindReport, error) {
 	k := kindReport{Images: len(set.all), AUROC: fit.AUROC(good.all, set.all), AUROCPretrained: fit.AUROC(good.pre, set.pre),
-		AUROCStudent: fit.AUROC(good.stu, set.stu), DetectionRate: fit.FractionAbove(set.all, threshold)}
+		AUROCStudent: fit.AUROC(good.stu, set.stu), AUROCImage: fit.AUROC(good.image, set.image), DetectionRate: fit.FractionAbove(set.all, threshold)}
 	if patch {
 		a := fit.AUROC(good.patch, set.patch)
 		k.AUROCPatch = &a
@@ -151,6 +155,7 @@ func scoreDatasetFolder(det *detector.Detector, dir, kind string, threshold floa
 	}
 	failed, err := scoreFilesWithViews(det, paths, batch, withMaps, threshold, func(p string, view *capture.View, r detector.Result) error {
 		set.all, set.pre, set.stu, set.patch = append(set.all, r.Score), append(set.pre, -r.LLPretrained), append(set.stu, -r.LLStudent), append(set.patch, r.PatchScore)
+		set.image = append(set.image, -(r.LLPretrained + r.LLStudent))
 		if !withMaps {
 			return nil
 		}
@@ -224,9 +229,9 @@ func printDatasetReport(rep datasetReport) {
 		}
 		return fmt.Sprintf("%.3f", *x)
 	}
-	fmt.Printf("%-14s %6s %8s %8s %8s %8s %9s %8s %8s\n", "kind", "images", "AUROC", "pretr.", "student", "patch", "detected", "pixAUROC", "AUPRO")
+	fmt.Printf("%-14s %6s %8s %8s %8s %8s %8s %9s %8s %8s\n", "kind", "images", "AUROC", "pretr.", "student", "image", "patch", "detected", "pixAUROC", "AUPRO")
 	row := func(name string, k kindReport) {
-		fmt.Printf("%-14s %6d %8.3f %8.3f %8.3f %8s %9.3f %8s %8s\n", name, k.Images, k.AUROC, k.AUROCPretrained, k.AUROCStudent, opt(k.AUROCPatch), k.DetectionRate, opt(k.PixelAUROC), opt(k.AUPRO))
+		fmt.Printf("%-14s %6d %8.3f %8.3f %8.3f %8.3f %8s %9.3f %8s %8s\n", name, k.Images, k.AUROC, k.AUROCPretrained, k.AUROCStudent, k.AUROCImage, opt(k.AUROCPatch), k.DetectionRate, opt(k.PixelAUROC), opt(k.AUPRO))
 	}
 	names := make([]string, 0, len(rep.Kinds))
 	for n := range rep.Kinds {

@@ -10,7 +10,7 @@ import (
 )
 
 func inspectCommand(fs *pflag.FlagSet) func([]string) error {
-	scores := fs.Bool("calibration-scores", false, "also print the calibration scores (up to 1,001 numbers) that normal_quantile is read from")
+	scores := fs.Bool("calibration-scores", false, "also print the calibration scores (up to 1,001 numbers) that normal_quantile is read from, and each feature space's normal scores the combined score is made from (as many)")
 	return func(args []string) error {
 		if len(args) != 1 {
 			return usageError("give exactly one bundle file")
@@ -21,6 +21,9 @@ func inspectCommand(fs *pflag.FlagSet) func([]string) error {
 		}
 		if !*scores {
 			info.Calibration.Scores = nil
+			if p := info.Patch; p != nil {
+				p.Combination.Image.Scores, p.Combination.Patch.Scores = nil, nil
+			}
 		}
 		enc := json.NewEncoder(os.Stdout)
 		enc.SetIndent("", "  ")
