@@ -9,7 +9,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/transformaly/transformaly/detector"
 	"github.com/transformaly/transformaly/internal/synth"
 	"github.com/transformaly/transformaly/models"
 )
@@ -149,32 +148,11 @@ func TestPatchSpaceFindsSmallDefects(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := detector.Load(out, detector.RunnerOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
 	type scores struct{ combined, image, patch []float64 }
 	score := func(kind string) (s scores) {
 		paths, _ := ListImages(filepath.Join(data, "test", kind))
-		im, _, err := LoadImages(context.Background(), paths, 128, 1<<30, dir)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer im.Close()
-		for b := 0; b < im.Len(); b += 16 {
-			idx := make([]int, 0, 16)
-			for i := b; i < min(b+16, im.Len()); i++ {
-				idx = append(idx, i)
-			}
-			buf, _ := im.Batch(idx, nil)
-			res, err := d.Score(buf, len(idx), info.Threshold)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, r := range res {
-				s.combined, s.image, s.patch = append(s.combined, r.Score), append(s.image, -(r.LLPretrained+r.LLStudent)), append(s.patch, r.PatchScore)
-			}
+		for _, r := range scoreFiles(t, out, paths, 128, info.Threshold) {
+			s.combined, s.image, s.patch = append(s.combined, r.Score), append(s.image, -(r.LLPretrained+r.LLStudent)), append(s.patch, r.PatchScore)
 		}
 		return s
 	}
