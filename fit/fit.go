@@ -553,9 +553,10 @@ func (o *Options) fitScoring(ctx context.Context, images *Images, students []mod
 	// 10% held out (20 images of 200: their 99.5% quantile is their
 	// maximum, and they also chose the students' epochs) gave 0.4-8.7%
 	// false alarms on unseen normal images, 3.9% on average, for a
-	// promised 0.5% (TestFalseAlarmRateAsPromised).
-	gaussFolds := min(gaussianFolds, len(all))
-	llPre, llStu, err := o.outOfFoldScores(emb, blkOOF, gaussFolds, len(white.Variances))
+	// promised 0.5% (TestFalseAlarmRateAsPromised). A frame's tiles share
+	// a fold.
+	gaussFolds := min(gaussianFolds, images.Frames())
+	llPre, llStu, err := o.outOfFoldScores(emb, blkOOF, gaussFolds, len(white.Variances), images.FrameOf)
 	if err != nil {
 		return info, scoring, nil, fmt.Errorf("calibrate the threshold: %w", err)
 	}
@@ -628,14 +629,17 @@ const gaussianFolds = 10
 const patchBankFolds = 10
 
 // outOfFoldScores gives every row the log-likelihoods of Gaussians fitted
-// without its fold, keeping components principal components.
-func (o *Options) outOfFoldScores(emb, blk *mat.Dense, k, components int) (llPre, llStu []float64, err error) {
+// without its fold, keeping components principal components. Rows of one
+// frame (frameOf: a tile's frame) share a fold: Gaussians fitted on the
+// other tiles of its own frame, which overlap it and share its part and
+// lighting, scored a tile as more usual than a new frame's tiles.
+func (o *Options) outOfFoldScores(emb, blk *mat.Dense, k, components int, frameOf func(int) int) (llPre, llStu []float64, err error) {
 	n, _ := emb.Dims()
 	llPre, llStu = make([]float64, n), make([]float64, n)
 	for f := range k {
 		var in, out []int
 		for i := range n {
-			if i%k == f {
+			if frameOf(i)%k == f {
 				out = append(out, i)
 			} else {
 				in = append(in, i)

@@ -14,7 +14,9 @@ import (
 	"testing"
 
 	"github.com/transformaly/transformaly/internal/synth"
+	"github.com/transformaly/transformaly/models"
 	"github.com/transformaly/transformaly/tiles"
+	"gonum.org/v1/gonum/mat"
 )
 
 // TestLoadTiles: frames of three sizes cut into tiles of 64 (the teacher's
@@ -225,4 +227,76 @@ func BenchmarkCoreset(b *testing.B) {
 			b.ReportMetric(radius(picked), "radius")
 		})
 	}
+}
+
+// A frame's tiles share their Gaussians' fold: scored out of fold, a frame
+// of 4 identical tiles meets none of its copies in the Gaussians that score
+// it, and scores about as a new frame does; folded tile by tile, the
+// copies in the other folds made it look usual.
+func TestTilesOfAFrameShareTheirGaussianFold(t *testing.T) {
+	v, err := models.RandomViT(models.Config{Dim: 8, Depth: 1, Heads: 2, Patch: 8, ImageSize: 16}, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := Options{Teacher: v, Whitening: 0.99}
+	rng := rand.New(rand.NewPCG(1, 1))
+	const frames, tilesPerFrame = 60, 4
+	frame := func() ([]float64, []float64) {
+		e, b := make([]float64, 8), make([]float64, 2)
+		for i := range e {
+			e[i] = rng.NormFloat64()
+		}
+		for i := range b {
+			b[i] = 1 + 0.1*rng.NormFloat64()
+		}
+		return e, b
+	}
+	emb, blk := mat.NewDense(frames*tilesPerFrame, 8, nil), mat.NewDense(frames*tilesPerFrame, 2, nil)
+	for f := range frames {
+		e, b := frame()
+		for k := range tilesPerFrame {
+			emb.SetRow(f*tilesPerFrame+k, e)
+			blk.SetRow(f*tilesPerFrame+k, b)
+		}
+	}
+	meanScore := func(frameOf func(int) int) float64 {
+		pre, stu, err := o.outOfFoldScores(emb, blk, 10, 0, frameOf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum := 0.0
+		for i := range pre {
+			sum -= (pre[i] + stu[i]) / float64(len(pre))
+		}
+		return sum
+	}
+	byFrame, byTile := meanScore(func(i int) int { return i / tilesPerFrame }), meanScore(func(i int) int { return i })
+	all, _, err := o.fitGaussians(emb, blk, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inSample := 0.0
+	for i := range frames * tilesPerFrame {
+		inSample -= (all.Pretrained.LogLikelihood(row32(emb, i)) + all.Student.LogLikelihood(row32(blk, i))) / float64(frames*tilesPerFrame)
+	}
+	newFrames := 0.0
+	for range 400 {
+		e, b := frame()
+		newFrames -= (all.Pretrained.LogLikelihood(float32s(e)) + all.Student.LogLikelihood(float32s(b))) / 400
+	}
+	// Out of fold, a frame should score as a new frame does, not as the
+	// frames the Gaussians were fitted on.
+	t.Logf("mean score out of fold: frames folded whole %.2f, tiles folded apart %.2f; new frames %.2f, in sample %.2f", byFrame, byTile, newFrames, inSample)
+	gap := newFrames - inSample
+	if byFrame < inSample+0.7*gap || byTile > inSample+0.5*gap {
+		t.Errorf("mean out-of-fold score %.2f with frames folded whole, %.2f tile by tile; new frames %.2f, in sample %.2f", byFrame, byTile, newFrames, inSample)
+	}
+}
+
+func float32s(xs []float64) []float32 {
+	out := make([]float32, len(xs))
+	for i, x := range xs {
+		out[i] = float32(x)
+	}
+	return out
 }
