@@ -107,6 +107,9 @@ func Load(path string, opts RunnerOptions) (*Detector, error) {
 		}
 		slog.Info("likelihoods and scores made on the host in float64 from the graph's features", "bundle", path, "why", why)
 	}
+	if u := info.Calibration.Unkept; u != "" {
+		slog.Warn("the bundle's threshold cannot keep its promise: "+u, "bundle", path)
+	}
 	if c := info.Calibration; c.Precision != "" {
 		if runs := EffectivePrecision(r.Provider(), opts.Precision); runs != c.Precision && (runs == models.INT8 || c.Precision == models.INT8) {
 			slog.Warn("the bundle's threshold was set on scores of another precision, and int8 scores run higher than fp32's (quantization noise in the features raises Gaussian scores more often than it lowers them): more false alarms than promised at int8, fewer detections at fp32; fit with --precision set to the one that runs (transformaly inspect: calibration.precision)",

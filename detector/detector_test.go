@@ -2,6 +2,7 @@ package detector_test
 
 import (
 	"fmt"
+	"log/slog"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -82,6 +83,29 @@ func TestLoadedBundleOutlivesItsFile(t *testing.T) {
 	}
 	if left, _ := filepath.Glob(filepath.Join(os.TempDir(), "transformaly-model-*")); len(left) > 0 {
 		t.Errorf("private copies left behind: %v", left)
+	}
+
+	// A bundle whose threshold cannot keep its promise (fitted on too few
+	// normal images) says so when loaded, as fit did.
+	unkept := info
+	unkept.Calibration.Unkept = "40 normal images cannot keep a promise of 0.5% false alarms"
+	m2, err := models.ScoredDetectorGraph(v, blocks, students, identityScoring(v.Dim, len(blocks)), unkept, models.FP32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := models.WriteBundle(path, m2); err != nil {
+		t.Fatal(err)
+	}
+	var log strings.Builder
+	defer slog.SetDefault(slog.Default())
+	slog.SetDefault(slog.New(slog.NewTextHandler(&log, nil)))
+	unkeptDet, err := detector.Load(path, detector.RunnerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	unkeptDet.Close()
+	if !strings.Contains(log.String(), "level=WARN") || !strings.Contains(log.String(), "cannot keep its promise: 40 normal images") {
+		t.Errorf("loading a bundle whose promise is unkept logged %q", log.String())
 	}
 
 	// A format 1 bundle (weights inline, as the first release wrote them)
