@@ -16,6 +16,7 @@ import (
 	"github.com/transformaly/transformaly/internal/ort"
 	"github.com/transformaly/transformaly/models"
 	"github.com/transformaly/transformaly/mqtt/mqtttest"
+	"github.com/transformaly/transformaly/tiles"
 )
 
 // A batch is not held back for frames that cannot come: with one of two
@@ -159,6 +160,13 @@ func TestReloadKeepsAnOpenEventsPeak(t *testing.T) {
 // student) whose score is 0 and whose threshold is threshold.
 func writeTinyBundle(t *testing.T, threshold float64) string {
 	t.Helper()
+	return writeTinyBundleTiled(t, threshold, nil)
+}
+
+// writeTinyBundleTiled is writeTinyBundle cutting frames into tiles (nil:
+// none), with a patch space of random entries then: it scores 0 too.
+func writeTinyBundleTiled(t *testing.T, threshold float64, tiling *tiles.Tiling) string {
+	t.Helper()
 	if err := ort.Init(""); err != nil {
 		t.Fatal(err)
 	}
@@ -171,7 +179,17 @@ func writeTinyBundle(t *testing.T, threshold float64) string {
 	q := func(in int) models.QuadraticScore {
 		return models.QuadraticScore{In: in, K: 1, W: make([]float32, in), B: make([]float32, 1)}
 	}
-	m, err := models.ScoredDetectorGraph(v, []int{1}, []models.Block{v.Blocks[1]}, models.Scoring{Pretrained: q(16), Student: q(1)}, info, models.FP32)
+	scoring := models.Scoring{Pretrained: q(16), Student: q(1)}
+	if tiling != nil {
+		// One normal score of 0 in each space: every score of 0 or more
+		// combines to 0.
+		normal := models.NormalScores{Images: 1, Scores: []float64{0}}
+		scoring.Patch = &models.PatchScore{Blocks: []int{0}, D: 16, M: 2, Bank: make([]float32, 32)}
+		info.Patch = &models.PatchInfo{Blocks: []int{0}, FeatureWidth: 16, BankEntries: 2, NormalDistance: 1,
+			Combination: models.Combination{Image: normal, Patch: normal, ImageWeight: 0.5}}
+		info.Tiling = &models.TilingInfo{Tiling: *tiling, CoreOnly: true}
+	}
+	m, err := models.ScoredDetectorGraph(v, []int{1}, []models.Block{v.Blocks[1]}, scoring, info, models.FP32)
 	if err != nil {
 		t.Fatal(err)
 	}

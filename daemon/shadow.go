@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"fmt"
+	"image"
 	"log/slog"
 	"strconv"
 	"sync"
@@ -34,14 +35,18 @@ type shadow struct {
 	state  console.ShadowState
 	images map[string][]byte // disagreements' JPEGs by name
 	last   time.Time         // the last frame offered
+	// mismatchLogged: frames the candidate cannot score (another
+	// tiling) have been logged, once (run's goroutine only).
+	mismatchLogged bool
 }
 
 type shadowFrame struct {
-	time      time.Time
-	rgb       []byte
-	size      int
-	liveScore float64
-	liveNG    bool
+	time          time.Time
+	rgb           []byte // a tiled camera's: each tile's, row by row
+	size          int
+	width, height int // the frame's, before it was resized or cut
+	liveScore     float64
+	liveNG        bool
 }
 
 // shadows are the daemon's shadow candidates by camera; they outlive
@@ -60,7 +65,7 @@ func (s *shadows) offer(camera string, f capture.Frame, score float64, anomalous
 	s.mu.Lock()
 	sh := s.cams[camera]
 	s.mu.Unlock()
-	if sh == nil || f.Size != sh.det.Size() || len(f.RGB) != f.Size*f.Size*3 {
+	if sh == nil || f.Size != sh.det.Size() || len(f.RGB) == 0 || len(f.RGB)%(f.Size*f.Size*3) != 0 {
 		return
 	}
 	sh.mu.Lock()
@@ -72,7 +77,7 @@ func (s *shadows) offer(camera string, f capture.Frame, score float64, anomalous
 	if !due {
 		return
 	}
-	frame := shadowFrame{time: f.Time, rgb: append([]byte(nil), f.RGB...), size: f.Size, liveScore: score, liveNG: anomalous}
+	frame := shadowFrame{time: f.Time, rgb: append([]byte(nil), f.RGB...), size: f.Size, width: f.Width, height: f.Height, liveScore: score, liveNG: anomalous}
 	select {
 	case sh.inbox <- frame:
 	default: // the shadow is behind: this frame replaces the waiting one
@@ -91,7 +96,18 @@ func (s *shadows) offer(camera string, f capture.Frame, score float64, anomalous
 func (sh *shadow) run() {
 	defer close(sh.done)
 	for f := range sh.inbox {
-		res, err := sh.det.Score(f.rgb, 1, sh.det.Info.Threshold)
+		// The live bundle's frames come resized whole or cut into its
+		// tiles: a candidate that cuts them otherwise cannot score them.
+		image1 := f.size * f.size * 3
+		if l, err := sh.det.Layout(f.width, f.height); err != nil || len(l.Tiles)*image1 != len(f.rgb) {
+			if !sh.mismatchLogged {
+				sh.mismatchLogged = true
+				slog.Warn("shadow candidate cuts frames otherwise than the live bundle (another tiling): its frames are not shadowed; compare it instead",
+					"candidate", sh.candidate, "frame", fmt.Sprintf("%dx%d", f.width, f.height), "live_images_per_frame", len(f.rgb)/image1, "err", err)
+			}
+			continue
+		}
+		res, err := sh.det.ScoreFrames(f.rgb, []image.Point{{X: f.width, Y: f.height}}, sh.det.Info.Threshold)
 		if err != nil {
 			slog.Warn("shadow candidate failed on a frame", "candidate", sh.candidate, "err", err)
 			continue
@@ -113,11 +129,16 @@ func (sh *shadow) run() {
 			sh.state.Disagreements = sh.state.Disagreements[:shadowDisagreements]
 		}
 		sh.mu.Unlock()
-		bgr := make([]byte, len(f.rgb))
-		for i := 0; i+2 < len(f.rgb); i += 3 {
-			bgr[i], bgr[i+1], bgr[i+2] = f.rgb[i+2], f.rgb[i+1], f.rgb[i]
+		// What the candidate saw: the image, or its worst tile.
+		rgb := f.rgb[r.WorstTile*image1 : (r.WorstTile+1)*image1]
+		bgr := make([]byte, len(rgb))
+		for i := 0; i+2 < len(rgb); i += 3 {
+			bgr[i], bgr[i+1], bgr[i+2] = rgb[i+2], rgb[i+1], rgb[i]
 		}
 		caption := fmt.Sprintf("live %s %.4g, candidate %s %.4g", verdictWord(f.liveNG), f.liveScore, verdictWord(ng), r.Score)
+		if r.Tiles > 0 {
+			caption += fmt.Sprintf(" (tile %d of %d)", r.WorstTile+1, r.Tiles)
+		}
 		if jpg, err := heatmap.FrameJPEG(bgr, f.size, f.size, 320, caption); err == nil {
 			sh.mu.Lock()
 			sh.images[name] = jpg
@@ -143,10 +164,6 @@ func (d *Daemon) startShadow(camera, id string) error {
 	det, err := detector.Load(c.Bundle, detector.RunnerOptions{Threads: 1})
 	if err != nil {
 		return fmt.Errorf("shadow candidate %s: %w", id, err)
-	}
-	if det.Info.Tiling != nil {
-		det.Close()
-		return fmt.Errorf("shadow candidate %s: tiled bundles are not shadowed yet (compare it instead)", id)
 	}
 	d.stopShadow(camera)
 	sh := &shadow{candidate: id, det: det, inbox: make(chan shadowFrame, 1), done: make(chan struct{}), images: map[string][]byte{},
