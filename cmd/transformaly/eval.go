@@ -19,6 +19,9 @@ type evalReport struct {
 	AUROC           float64 `json:"auroc"`
 	AUROCPretrained float64 `json:"auroc_pretrained"`
 	AUROCStudent    float64 `json:"auroc_student"`
+	// AUROCImage is the method's score's, -(ll_pretrained + ll_student):
+	// the image-level feature space as the combination takes it.
+	AUROCImage float64 `json:"auroc_image"`
 	// AUROCPatch is the patch score's alone (bundles with a patch feature
 	// space only).
 	AUROCPatch     *float64 `json:"auroc_patch,omitempty"`
@@ -146,7 +149,7 @@ func evalCommand(fs *pflag.FlagSet) func([]string) error {
 
 func printReport(rep evalReport) {
 	fmt.Printf("images: %d normal, %d anomalous (%d skipped)\n", rep.NormalImages, rep.AnomalousImages, rep.SkippedImages)
-	fmt.Printf("AUROC: %.4f combined, %.4f pretrained feature, %.4f teacher-student feature", rep.AUROC, rep.AUROCPretrained, rep.AUROCStudent)
+	fmt.Printf("AUROC: %.4f combined, %.4f pretrained feature, %.4f teacher-student feature, %.4f their sum (the method's score)", rep.AUROC, rep.AUROCPretrained, rep.AUROCStudent, rep.AUROCImage)
 	if rep.AUROCPatch != nil {
 		fmt.Printf(", %.4f patch feature", *rep.AUROCPatch)
 	}
@@ -205,6 +208,7 @@ func evaluate(det *detector.Detector, normalDir, anomalousDir string, threshold 
 	rep.AUROC = fit.AUROC(sets[0].all, sets[1].all)
 	rep.AUROCPretrained = fit.AUROC(sets[0].pre, sets[1].pre)
 	rep.AUROCStudent = fit.AUROC(sets[0].stu, sets[1].stu)
+	rep.AUROCImage = fit.AUROC(sums(sets[0].pre, sets[0].stu), sums(sets[1].pre, sets[1].stu))
 	if det.Info.Patch != nil {
 		a := fit.AUROC(sets[0].patch, sets[1].patch)
 		rep.AUROCPatch = &a
@@ -220,4 +224,13 @@ func evaluate(det *detector.Detector, normalDir, anomalousDir string, threshold 
 	}
 	rep.DetectionRate = fit.FractionAbove(sets[1].all, rep.Threshold)
 	return rep, append(sets[0].all, sets[1].all...), nil
+}
+
+// sums adds xs and ys element by element.
+func sums(xs, ys []float64) []float64 {
+	out := make([]float64, len(xs))
+	for i := range out {
+		out[i] = xs[i] + ys[i]
+	}
+	return out
 }

@@ -59,8 +59,8 @@ type datasetReport struct {
 
 // scoredSet is the scores (and maps) of one folder of test images.
 type scoredSet struct {
-	all, pre, stu, image, patch []float64
-	maps                        []fit.PixelMap
+	all, pre, stu, patch []float64
+	maps                 []fit.PixelMap
 }
 
 // evaluateDataset scores an MVTec AD layout under dir: test/good and
@@ -106,7 +106,6 @@ func evaluateDataset(det *detector.Detector, dir string, threshold float64, batc
 			return rep, fmt.Errorf("dataset %s, %s: %w", dir, kind, err)
 		}
 		overall.all, overall.pre, overall.stu = append(overall.all, set.all...), append(overall.pre, set.pre...), append(overall.stu, set.stu...)
-		overall.image = append(overall.image, set.image...)
 		overall.patch, overall.maps = append(overall.patch, set.patch...), append(overall.maps, set.maps...)
 	}
 	if rep.Overall, err = kindFigures(good, overall, threshold, det.Info.Patch != nil, withMaps); err != nil {
@@ -118,7 +117,7 @@ func evaluateDataset(det *detector.Detector, dir string, threshold float64, batc
 // kindFigures measures a defect set against the normal one.
 func kindFigures(good, set scoredSet, threshold float64, patch, withMaps bool) (kindReport, error) {
 	k := kindReport{Images: len(set.all), AUROC: fit.AUROC(good.all, set.all), AUROCPretrained: fit.AUROC(good.pre, set.pre),
-		AUROCStudent: fit.AUROC(good.stu, set.stu), AUROCImage: fit.AUROC(good.image, set.image), DetectionRate: fit.FractionAbove(set.all, threshold)}
+		AUROCStudent: fit.AUROC(good.stu, set.stu), AUROCImage: fit.AUROC(sums(good.pre, good.stu), sums(set.pre, set.stu)), DetectionRate: fit.FractionAbove(set.all, threshold)}
 	if patch {
 		a := fit.AUROC(good.patch, set.patch)
 		k.AUROCPatch = &a
@@ -155,7 +154,6 @@ func scoreDatasetFolder(det *detector.Detector, dir, kind string, threshold floa
 	}
 	failed, err := scoreFilesWithViews(det, paths, batch, withMaps, threshold, func(p string, view *capture.View, r detector.Result) error {
 		set.all, set.pre, set.stu, set.patch = append(set.all, r.Score), append(set.pre, -r.LLPretrained), append(set.stu, -r.LLStudent), append(set.patch, r.PatchScore)
-		set.image = append(set.image, -(r.LLPretrained + r.LLStudent))
 		if !withMaps {
 			return nil
 		}
