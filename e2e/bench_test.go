@@ -25,6 +25,7 @@ import (
 
 	"github.com/transformaly/transformaly/internal/synth"
 	"github.com/transformaly/transformaly/modbus"
+	"github.com/transformaly/transformaly/models"
 )
 
 // BenchmarkDaemon runs the built daemon as its own process (file cameras
@@ -102,11 +103,12 @@ func waitForPort(t testing.TB, port int) {
 // camera, one frame a part: the latency includes waiting for the next frame
 // (up to 40 ms). fixture: the e2e bundle (dim 64, 4 blocks, 48 px, with its
 // patch space); vit-s16: a ViT-S/16-shaped teacher at 224 (random weights,
-// fitted briefly: the latency does not depend on what it learned).
+// fitted briefly: the latency does not depend on what it learned), run at
+// fp32 and at int8 in one run.
 func BenchmarkTriggerToCoil(b *testing.B) {
 	b.Run("fixture", func(b *testing.B) {
 		f := getDaemonFixture(b)
-		triggerToCoil(b, f.bundle, f.loop)
+		triggerToCoil(b, f.bundle, f.loop, models.FP32)
 	})
 	b.Run("vit-s16", func(b *testing.B) {
 		dir := b.TempDir()
@@ -125,11 +127,13 @@ func BenchmarkTriggerToCoil(b *testing.B) {
 				b.Fatalf("%v: %v\n%s", args, err, out)
 			}
 		}
-		triggerToCoil(b, bundle, video)
+		for _, precision := range []string{models.FP32, models.INT8} {
+			b.Run(precision, func(b *testing.B) { triggerToCoil(b, bundle, video, precision) })
+		}
 	})
 }
 
-func triggerToCoil(b *testing.B, bundle, video string) {
+func triggerToCoil(b *testing.B, bundle, video, precision string) {
 	for range b.N {
 		modbusPort := freePort(b)
 		d := startDaemon(b, fmt.Sprintf(`
@@ -138,9 +142,9 @@ cameras:
 mqtt: {broker: embedded, embedded_address: "127.0.0.1:%d"}
 metrics: {address: "off"}
 modbus: {address: "127.0.0.1:%d"}
-detector: {max_batch: 1}
+detector: {max_batch: 1, precision: %s}
 state_directory: %q
-`, video, bundle, freePort(b), modbusPort, b.TempDir()))
+`, video, bundle, freePort(b), modbusPort, precision, b.TempDir()))
 		plc, counter := connectPLC(b, modbusPort)
 		var lat []float64
 		for range 50 {
