@@ -17,19 +17,8 @@ import (
 // second of capture time) and counts where its verdict and the live one
 // agree, keeping the frames where they do not.
 func TestShadowCountsAgreement(t *testing.T) {
-	cfg := DefaultConfig()
-	cfg.StateDirectory = t.TempDir()
-	d := &Daemon{refit: newRefitter(cfg), shadows: &shadows{cams: map[string]*shadow{}}}
 	// The tiny bundle scores 0: with threshold -1 every frame is NG to it.
-	bundle := writeTinyBundle(t, -1)
-	dir := filepath.Join(cfg.StateDirectory, "candidates", "cam", "c1")
-	os.MkdirAll(dir, 0o750)
-	if err := writeCandidate(dir, console.Candidate{ID: "c1", Bundle: bundle, Created: time.Now()}); err != nil {
-		t.Fatal(err)
-	}
-	if err := d.startShadow("cam", "c1"); err != nil {
-		t.Fatal(err)
-	}
+	d := shadowDaemon(t, writeTinyBundle(t, -1))
 	defer d.stopShadows()
 	t0 := time.Now()
 	for i := range 8 { // 4 s of capture time at 2 frames a second: 8 frames offered, every other taken
@@ -52,18 +41,7 @@ func TestShadowCountsAgreement(t *testing.T) {
 // the live frame's tiles (its own tiling), and its disagreements keep the
 // worst tile. A frame cut otherwise (here: resized whole) is not scored.
 func TestShadowScoresTiledFrames(t *testing.T) {
-	cfg := DefaultConfig()
-	cfg.StateDirectory = t.TempDir()
-	d := &Daemon{refit: newRefitter(cfg), shadows: &shadows{cams: map[string]*shadow{}}}
-	bundle := writeTinyBundleTiled(t, -1, &tiles.Tiling{Size: 32, Overlap: 0.25}) // scores 0: every frame NG to it
-	dir := filepath.Join(cfg.StateDirectory, "candidates", "cam", "c1")
-	os.MkdirAll(dir, 0o750)
-	if err := writeCandidate(dir, console.Candidate{ID: "c1", Bundle: bundle, Created: time.Now()}); err != nil {
-		t.Fatal(err)
-	}
-	if err := d.startShadow("cam", "c1"); err != nil {
-		t.Fatal(err)
-	}
+	d := shadowDaemon(t, writeTinyBundleTiled(t, -1, &tiles.Tiling{Size: 32, Overlap: 0.25})) // scores 0: every frame NG to it
 	defer d.stopShadows()
 	t0 := time.Now()
 	offer := func(i, images int, liveNG bool) {
@@ -86,4 +64,22 @@ func TestShadowScoresTiledFrames(t *testing.T) {
 	offer(4, 1, false) // the frame resized whole, as an untiled live bundle takes it
 	offer(5, 2, false)
 	mqtttest.WaitFor(t, "the next tiled frame scored", func() bool { return d.shadowState("cam").Frames == 5 })
+}
+
+// shadowDaemon is a daemon of shadows alone, camera cam's candidate c1
+// (bundle) shadowing.
+func shadowDaemon(t *testing.T, bundle string) *Daemon {
+	t.Helper()
+	cfg := DefaultConfig()
+	cfg.StateDirectory = t.TempDir()
+	d := &Daemon{refit: newRefitter(cfg), shadows: &shadows{cams: map[string]*shadow{}}}
+	dir := filepath.Join(cfg.StateDirectory, "candidates", "cam", "c1")
+	os.MkdirAll(dir, 0o750)
+	if err := writeCandidate(dir, console.Candidate{ID: "c1", Bundle: bundle, Created: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.startShadow("cam", "c1"); err != nil {
+		t.Fatal(err)
+	}
+	return d
 }
