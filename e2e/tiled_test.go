@@ -169,6 +169,8 @@ func TestTiledInspection(t *testing.T) {
 		{[]string{"fit", "--teacher", teacher, "--normal", train, "--out", filepath.Join(dir, "x.tfy"), "--tile", "300"}, "smaller than one tile"},
 		{[]string{"fit", "--teacher", teacher, "--normal", train, "--out", filepath.Join(dir, "x.tfy"), "--tile", "64", "--tile-overlap", "0.95"}, "--tile-overlap"},
 		{[]string{"fit", "--teacher", teacher, "--normal", train, "--out", filepath.Join(dir, "x.tfy"), "--tile", "64", "--patch-blocks", "none"}, "--tile needs the patch feature space"},
+		{[]string{"fit", "--teacher", teacher, "--normal", train, "--out", filepath.Join(dir, "x.tfy"), "--patch-blocks", "none", "--image-weight", "0.2"}, "--image-weight shape the patch feature space"},
+		{[]string{"fit", "--teacher", teacher, "--normal", train, "--out", filepath.Join(dir, "x.tfy"), "--image-weight", "1"}, "--image-weight"},
 	} {
 		if r := runBinary(t, nil, c.args...); r.code == 0 || !strings.Contains(r.stderr, c.want) {
 			t.Errorf("%v: exit %d, stderr %q, want %q", c.args, r.code, r.stderr, c.want)

@@ -109,6 +109,9 @@ func fitCommand(fs *pflag.FlagSet) func([]string) error {
 		}
 		var patchList []int
 		noPatch := *patchBlocks == "none"
+		if noPatch && (fs.Changed("coreset") || fs.Changed("image-weight")) {
+			return usageError("--coreset and --image-weight shape the patch feature space, which --patch-blocks none leaves out")
+		}
 		if *patchBlocks != "" && !noPatch {
 			if patchList, err = parseBlocks(*patchBlocks); err != nil {
 				return usageError("--patch-blocks: %v", err)
