@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"image"
 	"image/color"
-	"image/png"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -31,14 +30,7 @@ func writePNG(t *testing.T, path string, size int, seed uint64) []byte {
 			rgb = append(rgb, c.R, c.G, c.B)
 		}
 	}
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if err := png.Encode(f, img); err != nil {
-		t.Fatal(err)
-	}
+	savePNG(t, path, img)
 	return rgb
 }
 

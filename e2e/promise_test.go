@@ -3,7 +3,6 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
-	"image/png"
 	"os"
 	"path/filepath"
 	"strings"
@@ -64,12 +63,7 @@ func TestFitAndEvalSayWhenThePromiseIsNotKept(t *testing.T) {
 	for i := range 150 {
 		img := synth.Part(32, synth.Normal, 8_000+uint64(i))
 		brighten(img, 1.6)
-		f, err := os.Create(filepath.Join(brighter, fmt.Sprintf("%03d.png", i)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		png.Encode(f, img)
-		f.Close()
+		savePNG(t, filepath.Join(brighter, fmt.Sprintf("%03d.png", i)), img)
 	}
 	type report struct {
 		FalseAlarms int        `json:"false_alarms"`

@@ -196,33 +196,15 @@ func LoadImages(ctx context.Context, paths []string, size int, memoryBudget int6
 		return nil, nil, err
 	}
 	im := &Images{Size: size, store: store}
-	ok := make([]bool, len(paths))
-	errs := make([]error, len(paths))
-	var wg sync.WaitGroup
-	next := make(chan int)
-	for range runtime.GOMAXPROCS(0) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				img, _, err := capture.ReadImageRGB(paths[i], size, false)
-				if err == nil {
-					err = store.put(i, img)
-				}
-				errs[i], ok[i] = err, err == nil
-			}
-		}()
-	}
-feed:
-	for i := range paths {
-		select {
-		case next <- i:
-		case <-ctx.Done():
-			break feed
+	ok := make([]bool, len(paths)) // decoded and stored: not every path is reached once ctx ends
+	errs := parallel(ctx, len(paths), func(i int) error {
+		img, _, err := capture.ReadImageRGB(paths[i], size, false)
+		if err == nil {
+			err = store.put(i, img)
 		}
-	}
-	close(next)
-	wg.Wait()
+		ok[i] = err == nil
+		return err
+	})
 	var failed []error
 	for i, p := range paths {
 		if ok[i] {

@@ -145,22 +145,7 @@ func TestComposedCoreset(t *testing.T) {
 			x[i*k+j] = centres[c*k+j] + float32(rng.NormFloat64())
 		}
 	}
-	radius := func(picked []int) float64 {
-		worst := 0.0
-		for i := range p {
-			best := math.Inf(1)
-			for _, c := range picked {
-				d := 0.0
-				for j := range k {
-					v := float64(x[i*k+j] - x[c*k+j])
-					d += v * v
-				}
-				best = math.Min(best, d)
-			}
-			worst = math.Max(worst, best)
-		}
-		return math.Sqrt(worst)
-	}
+	radius := func(picked []int) float64 { return coveringRadius(x, k, 1, picked) }
 	composed := composeCoreset(context.Background(), x, k, m, 1000, 1)
 	if len(composed) != m || len(slices.Compact(slices.Sorted(slices.Values(composed)))) != m {
 		t.Fatalf("%d picks, %d distinct, want %d", len(composed), len(slices.Compact(slices.Sorted(slices.Values(composed)))), m)
@@ -196,22 +181,7 @@ func BenchmarkCoreset(b *testing.B) {
 			x[i*k+j] = centres[c*k+j] + spread*float32(rng.NormFloat64())
 		}
 	}
-	radius := func(picked []int) float64 {
-		worst := 0.0
-		for i := 0; i < p; i += 7 {
-			best := math.Inf(1)
-			for _, c := range picked {
-				d := 0.0
-				for j := range k {
-					v := float64(x[i*k+j] - x[c*k+j])
-					d += v * v
-				}
-				best = math.Min(best, d)
-			}
-			worst = math.Max(worst, best)
-		}
-		return math.Sqrt(worst)
-	}
+	radius := func(picked []int) float64 { return coveringRadius(x, k, 7, picked) }
 	for _, c := range []struct {
 		name   string
 		choose func() []int
@@ -369,4 +339,23 @@ func TestTiledPromiseHoldsPerFrame(t *testing.T) {
 	if sum > 0.10 {
 		t.Errorf("%.1f%% of unseen frames flagged on average, over twice the 5%% promised", 100*sum)
 	}
+}
+
+// coveringRadius is the largest distance from every step-th row of x ([P,
+// k]) to its nearest picked row, brute force.
+func coveringRadius(x []float32, k, step int, picked []int) float64 {
+	worst := 0.0
+	for i := 0; i < len(x)/k; i += step {
+		best := math.Inf(1)
+		for _, c := range picked {
+			d := 0.0
+			for j := range k {
+				v := float64(x[i*k+j] - x[c*k+j])
+				d += v * v
+			}
+			best = math.Min(best, d)
+		}
+		worst = math.Max(worst, best)
+	}
+	return math.Sqrt(worst)
 }
