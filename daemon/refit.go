@@ -210,7 +210,8 @@ func refitArgs(live string, info models.BundleInfo) ([]string, error) {
 	if info.Patch == nil {
 		args = append(args, "--patch-blocks", "none")
 	} else {
-		args = append(args, "--patch-blocks", ints(info.Patch.Blocks), "--coreset", g(info.Patch.Coreset), "--image-weight", g(info.Patch.Combination.ImageWeight))
+		args = append(args, "--patch-blocks", ints(info.Patch.Blocks), "--patch-neighbourhood", strconv.Itoa(info.Patch.Neighbourhood),
+			"--coreset", g(info.Patch.Coreset), "--image-weight", g(info.Patch.Combination.ImageWeight))
 	}
 	if info.Tiling != nil {
 		args = append(args, "--tile", strconv.Itoa(info.Tiling.Size), "--tile-overlap", g(info.Tiling.Overlap))

@@ -43,6 +43,9 @@ type Options struct {
 	PatchBlocks []int
 	NoPatch     bool
 	Coreset     float64
+	// PatchNeighbourhood is the side, in patches, of the square each
+	// patch feature is averaged over (0: DefaultPatchNeighbourhood).
+	PatchNeighbourhood int
 	// ImageWeight is the image-level feature space's share of the
 	// false-alarm rate when combined with the patch space
 	// (models.Combination; 0: DefaultImageWeight).
@@ -190,6 +193,12 @@ func (o *Options) check() error {
 	}
 	if err := models.CheckPatchBlocks(o.PatchBlocks, o.Teacher.Depth); err != nil {
 		return fmt.Errorf("--patch-blocks: %w", err)
+	}
+	if o.PatchNeighbourhood == 0 {
+		o.PatchNeighbourhood = DefaultPatchNeighbourhood(o.Tiling != nil)
+	}
+	if err := models.CheckNeighbourhood(o.PatchNeighbourhood); err != nil {
+		return fmt.Errorf("--patch-neighbourhood: %w", err)
 	}
 	if o.Coreset == 0 {
 		o.Coreset = DefaultCoreset

@@ -28,9 +28,11 @@ const BundleMetadataKey = "transformaly.bundle"
 // BundleFormat is bumped when a bundle's meaning or layout changes
 // incompatibly for older readers (2: weights as external data in the same
 // file; 3: a patch space's score combined with the method's by
-// PatchInfo.Combination, not in the graph). This build reads formats 1
-// and 2 without a patch space (their graph's score is the method's).
-const BundleFormat = 3
+// PatchInfo.Combination, not in the graph; 4: the patch features'
+// neighbourhood recorded, which older builds would take as 3x3). This
+// build reads formats 1 and 2 without a patch space (their graph's score
+// is the method's) and 3.
+const BundleFormat = 4
 
 // Scored detector outputs, besides the detector's own.
 const (
@@ -105,6 +107,9 @@ func (g *Graph) scoredDetector(v *ViT, blocks []int, students []Block, s Scoring
 	if p := s.Patch; p != nil {
 		if err := CheckPatchBlocks(p.Blocks, v.Depth); err != nil || p.D != v.Dim*len(p.Blocks) || len(p.Bank) != p.M*p.D || p.M == 0 {
 			return nil, fmt.Errorf("scored detector graph: patch bank of %d x %d for blocks %v (%v)", p.M, p.D, p.Blocks, err)
+		}
+		if err := CheckNeighbourhood(p.Neighbourhood); err != nil {
+			return nil, fmt.Errorf("scored detector graph: %w", err)
 		}
 		g.patchOutputs(out.ins, v.Config, p)
 	}
@@ -298,11 +303,14 @@ func RarityText(q float64) string {
 // PatchInfo is what a bundle says of its patch feature space; the bank
 // itself is in the graph (patch.bank_t).
 type PatchInfo struct {
-	Blocks       []int   `json:"blocks"`        // teacher blocks of the features
-	FeatureWidth int     `json:"feature_width"` // Dim x len(Blocks)
-	BankEntries  int     `json:"bank_entries"`
-	Coreset      float64 `json:"coreset"` // share of the normal images' patches kept
-	Patches      int     `json:"patches"` // normal patches the coreset was chosen from
+	Blocks       []int `json:"blocks"`        // teacher blocks of the features
+	FeatureWidth int   `json:"feature_width"` // Dim x len(Blocks)
+	// Neighbourhood is the side, in patches, of the square each token is
+	// averaged over (format 3 bundles: 3, unrecorded).
+	Neighbourhood int     `json:"neighbourhood"`
+	BankEntries   int     `json:"bank_entries"`
+	Coreset       float64 `json:"coreset"` // share of the normal images' patches kept
+	Patches       int     `json:"patches"` // normal patches the coreset was chosen from
 	// Combination makes one score of the method's (OutputScore) and the
 	// patch score.
 	Combination Combination `json:"combination"`
@@ -364,6 +372,9 @@ func ReadBundle(path string) (BundleInfo, ModelFile, error) {
 	if info.Format < 3 && info.Patch != nil {
 		return info, mf, fmt.Errorf("read bundle %s: format %d with a patch feature space, whose score this build makes another way (fit it again with this version, or refit from the console)", path, info.Format)
 	}
+	if info.Format == 3 && info.Patch != nil {
+		info.Patch.Neighbourhood = 3 // format 3 averaged every patch feature over 3x3, unrecorded
+	}
 	if err := info.consistentWith(mf); err != nil {
 		return info, mf, fmt.Errorf("read bundle %s: metadata contradicts itself or the graph (edited or damaged?): %w", path, err)
 	}
@@ -403,6 +414,9 @@ func (info BundleInfo) consistentWith(mf ModelFile) error {
 		}
 		if p.FeatureWidth != c.Dim*len(p.Blocks) || p.BankEntries <= 0 || p.BankEntries > 1<<24 {
 			return fmt.Errorf("patch bank of %d entries of width %d for blocks %v of a teacher %d wide", p.BankEntries, p.FeatureWidth, p.Blocks, c.Dim)
+		}
+		if err := CheckNeighbourhood(p.Neighbourhood); err != nil {
+			return err
 		}
 		if err := p.Combination.check(); err != nil {
 			return err
@@ -544,7 +558,7 @@ func DecodeBundle(info BundleInfo, mf ModelFile) (*ViT, []Block, Scoring, error)
 		}
 	}
 	if pi := info.Patch; pi != nil {
-		p := &PatchScore{Blocks: pi.Blocks, D: pi.FeatureWidth, M: pi.BankEntries}
+		p := &PatchScore{Blocks: pi.Blocks, Neighbourhood: pi.Neighbourhood, D: pi.FeatureWidth, M: pi.BankEntries}
 		if bankT := r.take("patch.bank_t", p.D, p.M); bankT != nil {
 			p.Bank = make([]float32, p.M*p.D)
 			for i := range p.D {

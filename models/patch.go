@@ -9,9 +9,10 @@ import (
 // defect a few patches wide barely moves the CLS embedding or a block's
 // mean student error, but its patches lie far from every normal patch.
 // Each patch's feature is the teacher's token output of the chosen blocks,
-// averaged over its 3x3 neighbourhood on the patch grid (local context,
-// and robustness to a patch-sized shift), the blocks' features side by
-// side. A memory bank holds a coreset of the normal images' patch features;
+// averaged over its k x k neighbourhood on the patch grid (PatchCore's
+// 3x3: local context, and robustness to a patch-sized shift; 1: the token
+// alone, which keeps a defect smaller than a patch from being averaged
+// with eight normal neighbours), the blocks' features side by side. A memory bank holds a coreset of the normal images' patch features;
 // a patch's distance is the Euclidean distance to its nearest bank entry,
 // and the image's patch score the largest over its patches.
 
@@ -24,9 +25,12 @@ const (
 
 // PatchScore is the patch feature space of a bundle.
 type PatchScore struct {
-	Blocks []int     // teacher blocks whose token outputs are the features
-	D, M   int       // feature width (Dim x len(Blocks)), bank entries
-	Bank   []float32 // [M, D] row-major
+	Blocks []int // teacher blocks whose token outputs are the features
+	// Neighbourhood is the side, in patches, of the square each token is
+	// averaged over (odd).
+	Neighbourhood int
+	D, M          int       // feature width (Dim x len(Blocks)), bank entries
+	Bank          []float32 // [M, D] row-major
 }
 
 // CheckPatchBlocks validates the patch blocks against the teacher's depth.
@@ -37,20 +41,29 @@ func CheckPatchBlocks(blocks []int, depth int) error {
 	return nil
 }
 
+// CheckNeighbourhood validates the side of a patch feature's
+// neighbourhood: odd, so it centres on the patch, and at most 7.
+func CheckNeighbourhood(k int) error {
+	if k < 1 || k > 7 || k%2 == 0 {
+		return fmt.Errorf("patch neighbourhood %d: want an odd side of 1 to 7 patches", k)
+	}
+	return nil
+}
+
 // patchFeatures turns the teacher's block outputs (ins[b+1], [N*Tokens,
-// Dim]) into float32 patch features [N*Grid*Grid, Dim*len(blocks)]. The 3x3
-// neighbourhood mean (over the neighbours there are at the grid's edge)
+// Dim]) into float32 patch features [N*Grid*Grid, Dim*len(blocks)]. The
+// k x k neighbourhood mean (over the neighbours there are at the grid's edge)
 // and the removal of the class and register tokens are one MatMul by a fixed [Grid^2, Tokens]
 // matrix: 0.3% of a ViT-B forward pass, and no Slice or AveragePool (an
 // AveragePool and Slice version crashed ORT 1.29's CUDA plugin on an H200).
-func (g *Graph) patchFeatures(ins []string, c Config, blocks []int) string {
-	t, grid := c.Tokens(), c.Grid()
+func (g *Graph) patchFeatures(ins []string, c Config, blocks []int, k int) string {
+	t, grid, r := c.Tokens(), c.Grid(), k/2
 	agg := make([]float32, grid*grid*t)
 	for py := range grid {
 		for px := range grid {
 			var neighbours []int
-			for y := max(0, py-1); y <= min(grid-1, py+1); y++ {
-				for x := max(0, px-1); x <= min(grid-1, px+1); x++ {
+			for y := max(0, py-r); y <= min(grid-1, py+r); y++ {
+				for x := max(0, px-r); x <= min(grid-1, px+r); x++ {
 					neighbours = append(neighbours, 1+c.Registers+y*grid+x) // the class token and registers come first
 				}
 			}
@@ -99,23 +112,27 @@ func (g *Graph) patchDistances(features string, p *PatchScore) string {
 // [N] to a detector graph.
 func (g *Graph) patchOutputs(ins []string, c Config, p *PatchScore) {
 	grid2 := int64(c.Grid() * c.Grid())
-	dist := g.Op("Reshape", []string{g.patchDistances(g.patchFeatures(ins, c, p.Blocks), p), g.Shape(-1, grid2)})
+	dist := g.Op("Reshape", []string{g.patchDistances(g.patchFeatures(ins, c, p.Blocks, p.Neighbourhood), p), g.Shape(-1, grid2)})
 	g.Output(OutputPatchDistances, dist, Float32, batchDim, int(grid2))
 	g.Output(OutputPatchScore, g.Op("ReduceMax", []string{dist}, AttrInts("axes", 1), AttrInt("keepdims", 0)), Float32, batchDim)
 }
 
 // PatchFeatureGraph emits images -> patch features [N, Grid*Grid, D] of
-// the given teacher blocks (fit's input for the memory bank); only the
+// the given teacher blocks, each token averaged over its neighbourhood x
+// neighbourhood patches (fit's input for the memory bank); only the
 // teacher's blocks up to the deepest chosen one run.
-func PatchFeatureGraph(v *ViT, blocks []int) ([]byte, error) {
+func PatchFeatureGraph(v *ViT, blocks []int, neighbourhood int) ([]byte, error) {
 	if err := CheckPatchBlocks(blocks, v.Depth); err != nil {
+		return nil, err
+	}
+	if err := CheckNeighbourhood(neighbourhood); err != nil {
 		return nil, err
 	}
 	g := NewGraph()
 	ins := g.teacherPrefix(g.imagesInput(v.Config), v, slices.Max(blocks)+1)
 	grid2 := v.Grid() * v.Grid()
 	d := v.Dim * len(blocks)
-	f := g.Op("Reshape", []string{g.patchFeatures(ins, v.Config, blocks), g.Shape(-1, int64(grid2), int64(d))})
+	f := g.Op("Reshape", []string{g.patchFeatures(ins, v.Config, blocks, neighbourhood), g.Shape(-1, int64(grid2), int64(d))})
 	g.Output(OutputPatchFeatures, f, Float32, batchDim, grid2, d)
 	return g.Model("transformaly_patch_features", map[string]string{"config": v.Describe()})
 }

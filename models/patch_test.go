@@ -11,10 +11,11 @@ import (
 )
 
 // refPatchFeatures is the float64 reference of a patch feature map: each
-// patch's token output of each block, averaged over the 3x3 neighbourhood
-// that exists on the grid, blocks side by side. [Grid*Grid][Dim*len(blocks)]
-func refPatchFeatures(c models.Config, ref vitref.Result, blocks []int) [][]float64 {
-	g, d := c.Grid(), c.Dim
+// patch's token output of each block, averaged over the k x k
+// neighbourhood that exists on the grid, blocks side by side.
+// [Grid*Grid][Dim*len(blocks)]
+func refPatchFeatures(c models.Config, ref vitref.Result, blocks []int, k int) [][]float64 {
+	g, d, r := c.Grid(), c.Dim, k/2
 	out := make([][]float64, g*g)
 	for p := range out {
 		py, px := p/g, p%g
@@ -22,8 +23,8 @@ func refPatchFeatures(c models.Config, ref vitref.Result, blocks []int) [][]floa
 			tokens := ref.BlockIO[b+1]
 			mean := make([]float64, d)
 			n := 0.0
-			for y := max(0, py-1); y <= min(g-1, py+1); y++ {
-				for x := max(0, px-1); x <= min(g-1, px+1); x++ {
+			for y := max(0, py-r); y <= min(g-1, py+r); y++ {
+				for x := max(0, px-r); x <= min(g-1, px+r); x++ {
 					tok := 1 + c.Registers + y*g + x // after the class token and registers
 					for o := range d {
 						mean[o] += tokens[tok*d+o]
@@ -42,8 +43,12 @@ func refPatchFeatures(c models.Config, ref vitref.Result, blocks []int) [][]floa
 
 func TestPatchFeatureGraphMatchesReference(t *testing.T) {
 	v, _ := models.RandomViT(smallConfig, 3)
-	for _, blocks := range [][]int{{1}, {0, 2}} {
-		graph, err := models.PatchFeatureGraph(v, blocks)
+	for _, c := range []struct {
+		blocks []int
+		k      int
+	}{{[]int{1}, 3}, {[]int{0, 2}, 3}, {[]int{1}, 1}, {[]int{2}, 5}} {
+		blocks := c.blocks
+		graph, err := models.PatchFeatureGraph(v, blocks, c.k)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -52,18 +57,23 @@ func TestPatchFeatureGraphMatchesReference(t *testing.T) {
 		got := runGraph(t, graph, images, n, v.ImageSize, models.OutputPatchFeatures)[0]
 		g2, d := v.Grid()*v.Grid(), v.Dim*len(blocks)
 		for img := range n {
-			ref := refPatchFeatures(v.Config, vitref.Forward(v, images[img*v.ImageSize*v.ImageSize*3:(img+1)*v.ImageSize*v.ImageSize*3]), blocks)
+			ref := refPatchFeatures(v.Config, vitref.Forward(v, images[img*v.ImageSize*v.ImageSize*3:(img+1)*v.ImageSize*v.ImageSize*3]), blocks, c.k)
 			var want []float64
 			for _, f := range ref {
 				want = append(want, f...)
 			}
 			if e := relErr(got[img*g2*d:(img+1)*g2*d], want); e > tolerance {
-				t.Errorf("blocks %v, image %d: patch features relative error %.2g", blocks, img, e)
+				t.Errorf("blocks %v, neighbourhood %d, image %d: patch features relative error %.2g", blocks, c.k, img, e)
 			}
 		}
 	}
-	if _, err := models.PatchFeatureGraph(v, []int{3}); err == nil {
+	if _, err := models.PatchFeatureGraph(v, []int{3}, 3); err == nil {
 		t.Error("a patch block past the teacher's depth was accepted")
+	}
+	for _, k := range []int{0, 2, 9} {
+		if _, err := models.PatchFeatureGraph(v, []int{1}, k); err == nil || !strings.Contains(err.Error(), "neighbourhood") {
+			t.Errorf("neighbourhood %d: %v, want it refused", k, err)
+		}
 	}
 }
 
@@ -82,10 +92,10 @@ func TestPatchDistancesMatchBruteForce(t *testing.T) {
 	images := randomImages(n, size, 9)
 	refs := make([][][]float64, n)
 	for i := range n {
-		refs[i] = refPatchFeatures(v.Config, vitref.Forward(v, images[i*size*size*3:(i+1)*size*size*3]), patchBlocks)
+		refs[i] = refPatchFeatures(v.Config, vitref.Forward(v, images[i*size*size*3:(i+1)*size*size*3]), patchBlocks, 1)
 	}
 	d := v.Dim * len(patchBlocks)
-	p := &models.PatchScore{Blocks: patchBlocks, D: d}
+	p := &models.PatchScore{Blocks: patchBlocks, Neighbourhood: 1, D: d}
 	for j := range 40 { // random entries near the features' scale
 		src := refs[1+j%2][rng.IntN(len(refs[1]))]
 		for _, x := range src {
@@ -139,7 +149,7 @@ func TestPatchDistancesMatchBruteForce(t *testing.T) {
 		}
 	}
 	// The bank reads back from the bundle's graph.
-	pi := &models.PatchInfo{Blocks: patchBlocks, FeatureWidth: d, BankEntries: p.M, Combination: someCombination}
+	pi := &models.PatchInfo{Blocks: patchBlocks, Neighbourhood: 1, FeatureWidth: d, BankEntries: p.M, Combination: someCombination}
 	info.Patch = pi
 	m, _ := models.ScoredDetectorGraph(v, blocks, students, scoring, info, models.FP32)
 	path := t.TempDir() + "/p.tfy"
@@ -151,9 +161,32 @@ func TestPatchDistancesMatchBruteForce(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, _, s, err := models.DecodeBundle(back, mf)
-	if err != nil || s.Patch == nil || len(s.Patch.Bank) != len(p.Bank) || s.Patch.Bank[d+3] != p.Bank[d+3] || s.Patch.Bank[len(p.Bank)-1] != p.Bank[len(p.Bank)-1] {
+	if err != nil || s.Patch == nil || len(s.Patch.Bank) != len(p.Bank) || s.Patch.Bank[d+3] != p.Bank[d+3] || s.Patch.Bank[len(p.Bank)-1] != p.Bank[len(p.Bank)-1] || s.Patch.Neighbourhood != 1 {
 		t.Errorf("patch bank decoded from the bundle: %v", err)
 	}
+	// A format 3 bundle averaged its patch features over 3x3 without
+	// recording it: read as 3, whatever the field says.
+	info.Format, pi.Neighbourhood = 3, 0
+	m, _ = models.ScoredDetectorGraph(v, blocks, students, scoring, info, models.FP32)
+	if err := models.WriteBundle(path, m); err != nil {
+		t.Fatal(err)
+	}
+	if back, mf, err = models.ReadBundle(path); err != nil || back.Patch.Neighbourhood != 3 {
+		t.Fatalf("a format 3 bundle: %v, neighbourhood %d, want 3", err, back.Patch.Neighbourhood)
+	}
+	if _, _, s, err = models.DecodeBundle(back, mf); err != nil || s.Patch.Neighbourhood != 3 {
+		t.Errorf("a format 3 bundle decoded: %v", err)
+	}
+	// An unrecorded or even neighbourhood in a newer bundle is refused.
+	info.Format = models.BundleFormat
+	m, _ = models.ScoredDetectorGraph(v, blocks, students, scoring, info, models.FP32)
+	if err := models.WriteBundle(path, m); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := models.ReadBundle(path); err == nil || !strings.Contains(err.Error(), "neighbourhood 0") {
+		t.Errorf("a bundle without its patch neighbourhood: %v", err)
+	}
+	pi.Neighbourhood = 1
 	// A format 2 bundle with a patch space added a patch term to its
 	// graph's score, which this build no longer reads: refused, by name.
 	info.Format = 2
@@ -185,7 +218,7 @@ func TestSquaresSitBesideTheirReductions(t *testing.T) {
 	blocks := []int{1, 2}
 	rng := rand.New(rand.NewPCG(4, 4))
 	students := []models.Block{models.XavierBlock(v.Config, rng), models.XavierBlock(v.Config, rng)}
-	p := &models.PatchScore{Blocks: []int{0}, D: v.Dim, M: 4, Bank: make([]float32, 4*v.Dim)}
+	p := &models.PatchScore{Blocks: []int{0}, Neighbourhood: 3, D: v.Dim, M: 4, Bank: make([]float32, 4*v.Dim)}
 	scoring := models.Scoring{Pretrained: randomQuadratic(v.Dim, 5, rng), Student: randomQuadratic(2, 2, rng), Patch: p}
 	info := models.BundleInfo{Format: models.BundleFormat, ImageSize: v.ImageSize, Blocks: blocks, Threshold: 1}
 	info.Teacher.Config = v.Config

@@ -69,6 +69,7 @@ func fitCommand(fs *pflag.FlagSet) func([]string) error {
 	tileOverlap := fs.Float64("tile-overlap", tiles.DefaultOverlap, "with --tile: the share of a tile its neighbours overlap at least, in [0, 0.9); each tile's patches count only in its core, the ring its neighbours cover being theirs")
 	progressJSON := fs.Bool("progress-json", false, "also write the progress on stdout, one JSON object a line (phase, fold, folds, epoch, epochs, batch, batches, left_s): what the daemon's background refit reads")
 	precision := fs.String("precision", models.FP32, "precision the threshold is calibrated at: fp32, or int8 for a bundle that will run with --precision int8 (precision: int8 in the daemon): the normal images are scored at both and the threshold set on int8 scores; the bundle is the same either way")
+	neighbourhood := fs.Int("patch-neighbourhood", 0, "side, in patches, of the square each patch feature is averaged over: 3 is PatchCore's (context, robust to a patch-sized shift), 1 the token alone (keeps a defect smaller than a patch from being averaged away); odd, 1 to 7 (default: 1 with --tile, else 3)")
 	coreset := fs.Float64("coreset", fit.DefaultCoreset, "share of the normal images' patches the patch memory bank keeps (greedy coreset): more finds subtler defects, costs memory and scoring time")
 	imageWeight := fs.Float64("image-weight", fit.DefaultImageWeight, "with the patch feature space: the image-level space's share of the false-alarm rate, in (0, 1); the score is the stronger evidence of the two spaces, each as -ln of the share of normal parts scoring higher, the image-level one needing ln(1/weight) more and the patch space ln(1/(1-weight)) (more: an anomaly only the image-level space sees, a part of another kind, is found sooner; less: a small defect only the patch space sees)")
 	rt.register(fs)
@@ -109,8 +110,8 @@ func fitCommand(fs *pflag.FlagSet) func([]string) error {
 		}
 		var patchList []int
 		noPatch := *patchBlocks == "none"
-		if noPatch && (fs.Changed("coreset") || fs.Changed("image-weight")) {
-			return usageError("--coreset and --image-weight shape the patch feature space, which --patch-blocks none leaves out")
+		if noPatch && (fs.Changed("coreset") || fs.Changed("image-weight") || fs.Changed("patch-neighbourhood")) {
+			return usageError("--coreset, --image-weight and --patch-neighbourhood shape the patch feature space, which --patch-blocks none leaves out")
 		}
 		if *patchBlocks != "" && !noPatch {
 			if patchList, err = parseBlocks(*patchBlocks); err != nil {
@@ -123,7 +124,7 @@ func fitCommand(fs *pflag.FlagSet) func([]string) error {
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
 		info, err := fit.Run(ctx, fit.Options{
-			Teacher: v, TeacherPath: teacher.path, NormalDir: *normal, Blocks: blockList, PatchBlocks: patchList, NoPatch: noPatch, Coreset: *coreset, ImageWeight: *imageWeight, Tiling: tiling,
+			Teacher: v, TeacherPath: teacher.path, NormalDir: *normal, Blocks: blockList, PatchBlocks: patchList, NoPatch: noPatch, PatchNeighbourhood: *neighbourhood, Coreset: *coreset, ImageWeight: *imageWeight, Tiling: tiling,
 			ValFraction: *valFraction, Epochs: *epochs, Patience: *patience, BatchSize: *batch, LR: *lr, Seed: *seed,
 			Whitening: *whitening, Quantile: *quantile, Precision: *precision, CalibrationFolds: *calibrationFolds, Threads: rt.threads, Provider: *provider, ProviderLibrary: *providerLibrary, CUDAOptions: *cudaOptions, MemoryBudget: *memoryMB << 20, ActivationCache: activationCache(*cacheMB), Out: *out, Resume: *resume,
 			Progress: progressLogger(*progressJSON),
