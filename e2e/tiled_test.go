@@ -93,11 +93,16 @@ func TestTiledInspection(t *testing.T) {
 	if *ft.PixelAUROC < 0.9 || *ft.PixelAUROC < *fw.PixelAUROC+0.1 || *ft.AUPRO < *fw.AUPRO+0.2 {
 		t.Errorf("tiled pixel AUROC %.3f and AUPRO %.3f, whole frame %.3f and %.3f", *ft.PixelAUROC, *ft.AUPRO, *fw.PixelAUROC, *fw.AUPRO)
 	}
-	// The frame's combined score keeps its patch evidence (measured: 0.766
-	// combined, 0.765 the patch space alone; summed, as bundles of format 2
-	// did, 0.55-0.66).
+	// The frame's combined score keeps its patch evidence (measured: 0.853
+	// combined and the patch space alone; summed, as bundles of format 2
+	// did, 0.55-0.66), and the tiles tell frames with a small defect from
+	// normal ones where the whole frame cannot (0.510; with tokens averaged
+	// over 3x3, as format 3 bundles did, the tiles scored 0.766).
 	if ft.AUROC < *ft.AUROCPatch-0.01 {
 		t.Errorf("tiled image AUROC %.3f combined, %.3f the patch space alone", ft.AUROC, *ft.AUROCPatch)
+	}
+	if ft.AUROC < 0.8 || ft.AUROC < fw.AUROC+0.2 {
+		t.Errorf("image AUROC %.3f tiled, %.3f the whole frame", ft.AUROC, fw.AUROC)
 	}
 
 	// score --json: the frame's result from its worst tile, the region on
@@ -135,7 +140,7 @@ func TestTiledInspection(t *testing.T) {
 		}
 	}
 	t.Logf("the region lies on the stain in %d of %d frames", onDefect, len(lines))
-	if onDefect < len(lines)/3 {
+	if onDefect < 2*len(lines)/3 { // measured: 9 of 10
 		t.Errorf("the region lies on the stain in %d of %d frames", onDefect, len(lines))
 	}
 
@@ -169,7 +174,8 @@ func TestTiledInspection(t *testing.T) {
 		{[]string{"fit", "--teacher", teacher, "--normal", train, "--out", filepath.Join(dir, "x.tfy"), "--tile", "300"}, "smaller than one tile"},
 		{[]string{"fit", "--teacher", teacher, "--normal", train, "--out", filepath.Join(dir, "x.tfy"), "--tile", "64", "--tile-overlap", "0.95"}, "--tile-overlap"},
 		{[]string{"fit", "--teacher", teacher, "--normal", train, "--out", filepath.Join(dir, "x.tfy"), "--tile", "64", "--patch-blocks", "none"}, "--tile needs the patch feature space"},
-		{[]string{"fit", "--teacher", teacher, "--normal", train, "--out", filepath.Join(dir, "x.tfy"), "--patch-blocks", "none", "--image-weight", "0.2"}, "--image-weight shape the patch feature space"},
+		{[]string{"fit", "--teacher", teacher, "--normal", train, "--out", filepath.Join(dir, "x.tfy"), "--patch-blocks", "none", "--image-weight", "0.2"}, "shape the patch feature space"},
+		{[]string{"fit", "--teacher", teacher, "--normal", train, "--out", filepath.Join(dir, "x.tfy"), "--patch-neighbourhood", "2"}, "--patch-neighbourhood"},
 		{[]string{"fit", "--teacher", teacher, "--normal", train, "--out", filepath.Join(dir, "x.tfy"), "--image-weight", "1"}, "--image-weight"},
 	} {
 		if r := runBinary(t, nil, c.args...); r.code == 0 || !strings.Contains(r.stderr, c.want) {
@@ -189,10 +195,8 @@ func TestTiledInspection(t *testing.T) {
 // trays like the ones it was fitted on, one with a stain at a known
 // place (700 tiles a frame). A triggered camera judges two parts: their
 // score messages, the events and the part results carry the frame's
-// region in its coordinates (on the stain with a pretrained teacher; this
-// random one finds the stain in 384x256 frames half the time, above, and
-// ranks it among 700 tiles' patches lower), and the console's live view
-// is the whole frame.
+// region in its coordinates, on the stain among the 700 tiles' 44,800
+// patches, and the console's live view is the whole frame.
 func tiledDaemon(t *testing.T, bundle string) {
 	frames := t.TempDir()
 	stainBox := writeMosaic(t, filepath.Join(frames, "frame.png"), synth.Stain, 100)
@@ -232,8 +236,9 @@ state_directory: %s
 			Region  *region
 		}
 		json.Unmarshal(m.Payload, &r)
-		if (r.Verdict != "ok" && r.Verdict != "ng") || r.Frames != 1 || !inFrame(r.Region) {
-			t.Errorf("part result %s: want a verdict and a region in the 1920x1080 frame", m.Payload)
+		if r.Verdict != "ng" || r.Frames != 1 || !inFrame(r.Region) ||
+			!image.Rect(r.Region.X, r.Region.Y, r.Region.X+r.Region.Width, r.Region.Y+r.Region.Height).Overlaps(stainBox) {
+			t.Errorf("part result %s: want ng, the region on the stain at %v", m.Payload, stainBox)
 		}
 		if frameRegion == nil {
 			frameRegion = r.Region
