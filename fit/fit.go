@@ -195,7 +195,7 @@ func (o *Options) check() error {
 		return fmt.Errorf("--patch-blocks: %w", err)
 	}
 	if o.PatchNeighbourhood == 0 {
-		o.PatchNeighbourhood = DefaultPatchNeighbourhood(o.Tiling != nil)
+		o.PatchNeighbourhood = DefaultPatchNeighbourhood(o.Tiling, o.Teacher.ImageSize)
 	}
 	if err := models.CheckNeighbourhood(o.PatchNeighbourhood); err != nil {
 		return fmt.Errorf("--patch-neighbourhood: %w", err)

@@ -18,6 +18,7 @@ import (
 
 	"github.com/transformaly/transformaly/detector"
 	"github.com/transformaly/transformaly/models"
+	"github.com/transformaly/transformaly/tiles"
 )
 
 // DefaultCoreset is the share of the normal images' patches the memory
@@ -38,19 +39,22 @@ func DefaultPatchBlocks(depth int) []int {
 }
 
 // DefaultPatchNeighbourhood is the side, in patches, of the square each
-// patch feature is averaged over: PatchCore's 3x3 for frames resized
-// whole, the token alone for tiles (AnomalyDINO, too, scores ViT patch
-// tokens unpooled). A tile keeps a small defect at native resolution,
-// where it covers a patch or two: averaged with eight normal neighbours it
-// sinks below the spread of a frame's thousands of normal patches.
-// Measured with random teachers (one fit each, image AUROC of small
-// defects, 3x3 against alone): 128 px parts resized whole (200 normal, 60
-// a kind) 0.992 against 0.934 (chips 0.969 against 0.742); tiles of 64 on
+// patch feature is averaged over: the token alone for tiles the teacher
+// sees at native resolution or shrunk (tile >= its input), PatchCore's 3x3
+// for magnified tiles and for frames resized whole (AnomalyDINO, too,
+// scores ViT patch tokens unpooled). A tile at native resolution keeps a
+// small defect to a patch or two: averaged with eight normal neighbours
+// it sank below the largest of a frame's thousands of normal patches.
+// Magnified, the defect spans several patches and the mean keeps it while
+// it quiets the normal ones. Measured with random teachers (one fit each,
+// image AUROC of small defects, 3x3 against alone): tiles of 64 on
 // 384x256 trays (60 frames, 20 a kind) 0.785 against 0.889 (cracks 0.68
-// against 0.965, holes 0.89 against 1.0; chips 0.61 and 0.59), on 800x600
-// trays (40 frames, 10 a kind) 0.744 against 0.965.
-func DefaultPatchNeighbourhood(tiled bool) int {
-	if tiled {
+// against 0.965, holes 0.89 against 1.0), on 800x600 trays (40 frames)
+// 0.734 against 0.866; tiles of 32 magnified 2x 0.941 against 0.891
+// (chips 0.79 against 0.59); 128 px parts resized whole (200 normal, 60
+// a kind) 0.992 against 0.934 (chips 0.969 against 0.742).
+func DefaultPatchNeighbourhood(tiling *tiles.Tiling, imageSize int) int {
+	if tiling != nil && tiling.Size >= imageSize {
 		return 1
 	}
 	return 3
