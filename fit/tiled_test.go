@@ -282,8 +282,8 @@ func float32s(xs []float64) []float32 {
 // on average, so 5.6% over fifteen for 4.9% promised, within the spread
 // of the mean (about 0.8%: a threshold from 60 frames gives a rate whose
 // 95% interval is 1.0-11.5%, and 200 frames measure it to about 1.5%).
-// With tokens averaged 3x3 three fits gave 7.2%, the lean the
-// previous measurement saw.
+// With tokens averaged 3x3, three fits gave 7.2%: the same spread, not a
+// lean.
 func TestTiledPromiseHoldsPerFrame(t *testing.T) {
 	if testing.Short() {
 		t.Skip("three tiled fits")
