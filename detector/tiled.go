@@ -64,7 +64,11 @@ func (d *Detector) ScoreFrames(pixels []byte, sizes []image.Point, threshold flo
 
 // mergeTiles makes a frame's result from its tiles': each tile's patch
 // score from the patches that count (its core, when the bundle says so),
-// its score from that, and the frame's from its worst tile.
+// its score from that, and the frame's from its worst tile. Each feature
+// space's evidence is the frame's strongest: the likelihoods (and the
+// block errors and embedding behind them) are the tile's the image-level
+// space finds most unusual, the patch score the largest, so the frame's
+// score, its worst tile's, is their combination.
 func (d *Detector) mergeTiles(l tiles.Layout, res []Result, threshold float64) (Result, error) {
 	t, pi := d.Info.Tiling, d.Info.Patch
 	grid := d.Info.Teacher.Config.Grid()
@@ -93,9 +97,16 @@ func (d *Detector) mergeTiles(l tiles.Layout, res []Result, threshold float64) (
 	}
 	frame := res[worst]
 	frame.Tiles, frame.WorstTile = len(res), worst
-	frame.PatchScore = res[worst].PatchScore
+	image := worst
 	for i := range res {
 		frame.PatchScore = math.Max(frame.PatchScore, res[i].PatchScore)
+		if -(res[i].LLPretrained + res[i].LLStudent) > -(res[image].LLPretrained + res[image].LLStudent) {
+			image = i
+		}
+	}
+	if frame.Finite() {
+		u := res[image]
+		frame.LLPretrained, frame.LLStudent, frame.BlockErrors, frame.Embedding = u.LLPretrained, u.LLStudent, u.BlockErrors, u.Embedding
 	}
 	var err error
 	frame.PatchDistances, frame.MapCols, frame.MapRows, err = l.Stitch(dists, grid, t.CoreOnly)

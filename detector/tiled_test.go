@@ -15,7 +15,7 @@ import (
 
 // tiledBundle writes a small random bundle with a patch space and a
 // tiling of 48 px tiles (resized to its 32 px input).
-func tiledBundle(t *testing.T, coreOnly bool) string {
+func tiledBundle(t *testing.T, coreOnly bool, c models.Combination) string {
 	t.Helper()
 	v, err := models.RandomViT(models.Config{Dim: 32, Depth: 2, Heads: 2, Patch: 8, ImageSize: 32}, 5)
 	if err != nil {
@@ -32,7 +32,7 @@ func tiledBundle(t *testing.T, coreOnly bool) string {
 	scoring.Patch = patch
 	info := models.BundleInfo{Format: models.BundleFormat, ImageSize: v.ImageSize, Blocks: blocks, Threshold: 1}
 	info.Teacher.Config = v.Config
-	info.Patch = &models.PatchInfo{Blocks: patch.Blocks, Neighbourhood: patch.Neighbourhood, FeatureWidth: patch.D, BankEntries: patch.M, Combination: spreadCombination(1), NormalDistance: 1}
+	info.Patch = &models.PatchInfo{Blocks: patch.Blocks, Neighbourhood: patch.Neighbourhood, FeatureWidth: patch.D, BankEntries: patch.M, Combination: c, NormalDistance: 1}
 	info.Tiling = &models.TilingInfo{Tiling: tiles.Tiling{Size: 48, Overlap: 0.25}, CoreOnly: coreOnly}
 	m, err := models.ScoredDetectorGraph(v, blocks, students, scoring, info, models.FP32)
 	if err != nil {
@@ -50,8 +50,18 @@ func tiledBundle(t *testing.T, coreOnly bool) string {
 // scored alone, its worst tile's (with the patch score of the patches
 // that count), and its map the tiles' maps stitched.
 func TestScoreFramesIsTheWorstTile(t *testing.T) {
-	for _, coreOnly := range []bool{false, true} {
-		d, err := detector.Load(tiledBundle(t, coreOnly), detector.RunnerOptions{})
+	// The method's scores of these tiles are far past the combination's
+	// normal ones, so it sets every score; unless its normal scores are
+	// spread 10^4 wide, when the patch scores set them and the worst tile
+	// may be another than the method's.
+	patchLed := spreadCombination(1)
+	patchLed.Image = spreadCombination(1e4).Image
+	for _, c := range []struct {
+		coreOnly    bool
+		combination models.Combination
+	}{{false, spreadCombination(1)}, {true, spreadCombination(1)}, {true, patchLed}} {
+		coreOnly := c.coreOnly
+		d, err := detector.Load(tiledBundle(t, coreOnly, c.combination), detector.RunnerOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -113,6 +123,12 @@ func TestScoreFramesIsTheWorstTile(t *testing.T) {
 			}
 			if g.Tiles != n || g.WorstTile != worst || math.Abs(g.Score-best) > 1e-4*math.Max(1, math.Abs(best)) {
 				t.Fatalf("core %v frame %d: %d tiles, worst %d, score %g; tiles alone: worst %d, score %g", coreOnly, f, g.Tiles, g.WorstTile, g.Score, worst, best)
+			}
+			// Each space's evidence is the frame's strongest, and the
+			// score their combination.
+			if image := -(g.LLPretrained + g.LLStudent); math.Abs(image-maxImage) > 1e-4*math.Max(1, math.Abs(maxImage)) || math.Abs(g.PatchScore-maxPatch) > 1e-5*math.Max(1, maxPatch) ||
+				math.Abs(pi.Combination.Score(image, g.PatchScore)-g.Score) > 1e-4*math.Max(1, math.Abs(g.Score)) {
+				t.Errorf("core %v frame %d: method's score %g, patch score %g, score %g; tiles alone: largest %g and %g", coreOnly, f, image, g.PatchScore, g.Score, maxImage, maxPatch)
 			}
 			if g.Anomalous != (g.Score > 1) {
 				t.Fatalf("frame %d: anomalous %v at score %g, threshold 1", f, g.Anomalous, g.Score)
