@@ -97,15 +97,15 @@ func (d *Detector) mergeTiles(l tiles.Layout, res []Result, threshold float64) (
 	}
 	frame := res[worst]
 	frame.Tiles, frame.WorstTile = len(res), worst
-	image := worst
+	unusual := worst // the tile the image-level space finds most unusual
 	for i := range res {
 		frame.PatchScore = math.Max(frame.PatchScore, res[i].PatchScore)
-		if -(res[i].LLPretrained + res[i].LLStudent) > -(res[image].LLPretrained + res[image].LLStudent) {
-			image = i
+		if -(res[i].LLPretrained + res[i].LLStudent) > -(res[unusual].LLPretrained + res[unusual].LLStudent) {
+			unusual = i
 		}
 	}
 	if frame.Finite() {
-		u := res[image]
+		u := res[unusual]
 		frame.LLPretrained, frame.LLStudent, frame.BlockErrors, frame.Embedding = u.LLPretrained, u.LLStudent, u.BlockErrors, u.Embedding
 	}
 	var err error
