@@ -11,10 +11,11 @@ import (
 // Each patch's feature is the teacher's token output of the chosen blocks,
 // averaged over its k x k neighbourhood on the patch grid (PatchCore's
 // 3x3: local context, and robustness to a patch-sized shift; 1: the token
-// alone, which keeps a defect smaller than a patch from being averaged
-// with eight normal neighbours), the blocks' features side by side. A memory bank holds a coreset of the normal images' patch features;
-// a patch's distance is the Euclidean distance to its nearest bank entry,
-// and the image's patch score the largest over its patches.
+// alone, which keeps a defect of a patch or two from being averaged with
+// eight normal neighbours), the blocks' features side by side. A memory
+// bank holds a coreset of the normal images' patch features; a patch's
+// distance is the Euclidean distance to its nearest bank entry, and the
+// image's patch score the largest over its patches.
 
 // Patch outputs of the scored detector graph.
 const (
@@ -52,9 +53,9 @@ func CheckNeighbourhood(k int) error {
 
 // patchFeatures turns the teacher's block outputs (ins[b+1], [N*Tokens,
 // Dim]) into float32 patch features [N*Grid*Grid, Dim*len(blocks)]. The
-// k x k neighbourhood mean (over the neighbours there are at the grid's edge)
-// and the removal of the class and register tokens are one MatMul by a fixed [Grid^2, Tokens]
-// matrix: 0.3% of a ViT-B forward pass, and no Slice or AveragePool (an
+// k x k neighbourhood mean (over the neighbours there are at the grid's
+// edge) and the removal of the class and register tokens are one MatMul by
+// a fixed [Grid^2, Tokens] matrix: 0.3% of a ViT-B forward pass, and no Slice or AveragePool (an
 // AveragePool and Slice version crashed ORT 1.29's CUDA plugin on an H200).
 func (g *Graph) patchFeatures(ins []string, c Config, blocks []int, k int) string {
 	t, grid, r := c.Tokens(), c.Grid(), k/2
