@@ -84,6 +84,8 @@ type cameraRuntime struct {
 	// normalPatchDistance scales anomaly maps and finds regions (NaN for
 	// a bundle without a patch feature space).
 	normalPatchDistance float64
+	// grid is the teacher's patches a side, the scale of the maps' blur.
+	grid int
 	// trig judges parts on trigger (nil: the camera judges its stream).
 	trig *triggers
 	// live and scores are what the web console shows.
@@ -173,7 +175,7 @@ func buildPipeline(ctx context.Context, cfg Config, pub *mqtt.Publisher, control
 			capCfg.Tiling = &t.Tiling // frames cut into the bundle's tiles
 		}
 		rt := &cameraRuntime{cfg: cc, model: m, threshold: m.det.Info.Threshold, latency: newWindow(1024), e2e: newWindow(1024),
-			normalQuantile: m.det.Info.Calibration.NormalQuantile, normalPatchDistance: math.NaN()}
+			normalQuantile: m.det.Info.Calibration.NormalQuantile, normalPatchDistance: math.NaN(), grid: m.det.Info.Teacher.Config.Grid()}
 		if pi := m.det.Info.Patch; pi != nil {
 			rt.normalPatchDistance = pi.NormalDistance
 		}
@@ -443,7 +445,7 @@ func (p *pipeline) handle(c *cameraRuntime, f capture.Frame, r detector.Result, 
 	mapped := false
 	frameMap := func() (heatmap.Map, error) {
 		if !mapped {
-			anomaly, mapErr = heatmap.ForResult(r.PatchDistances, r.MapCols, r.MapRows, c.normalPatchDistance, r.TokenErrors, len(r.BlockErrors))
+			anomaly, mapErr = heatmap.ForResult(r.PatchDistances, r.MapCols, r.MapRows, c.grid, c.normalPatchDistance, r.TokenErrors, len(r.BlockErrors))
 			mapped = true
 			if mapErr != nil {
 				slog.Error("anomaly map failed", "camera", c.cfg.Name, "err", mapErr)

@@ -181,7 +181,7 @@ func datasetMap(det *detector.Detector, dir, kind, path string, view *capture.Vi
 	if long := max(w, h); long > maxMapSide {
 		w, h = max(1, w*maxMapSide/long), max(1, h*maxMapSide/long)
 	}
-	anomaly, err := heatmap.FromPatchDistances(r.PatchDistances, r.MapCols, r.MapRows, det.Info.Patch.NormalDistance)
+	anomaly, err := heatmap.FromPatchDistances(r.PatchDistances, r.MapCols, r.MapRows, det.Info.Teacher.Config.Grid(), det.Info.Patch.NormalDistance)
 	if err != nil {
 		return fit.PixelMap{}, err
 	}

@@ -106,7 +106,7 @@ func scoreCommand(fs *pflag.FlagSet) func([]string) error {
 			normalDistance = det.Info.Patch.NormalDistance
 		}
 		emit := func(line scoreLine, view *capture.View, r detector.Result) error {
-			anomaly, err := heatmap.ForResult(r.PatchDistances, r.MapCols, r.MapRows, normalDistance, r.TokenErrors, len(det.Info.Blocks))
+			anomaly, err := heatmap.ForResult(r.PatchDistances, r.MapCols, r.MapRows, det.Info.Teacher.Config.Grid(), normalDistance, r.TokenErrors, len(det.Info.Blocks))
 			if err != nil {
 				return err
 			}

@@ -26,6 +26,10 @@ type Map struct {
 	Cols, Rows int
 	Values     []float64
 	Lo, Hi     float64
+	// Blur is the sigma, in cells, of the Gaussian blur Full applies:
+	// PatchCore's 4 px at a 224 px input, so 4/224 of the model's grid,
+	// whether the map is one input's grid or a tiled frame's stitched one.
+	Blur float64
 	// Normal is the value above which a patch is unlike normal ones (for
 	// the region; NaN: only the worst patch makes the region).
 	Normal float64
@@ -40,16 +44,16 @@ type Map struct {
 // half of it the coldest colour, normal itself a cool blue, twice it the
 // hottest. A normal frame shows no hot spot, unlike a map scaled to its own
 // range, where every frame has one.
-// cols and rows shape a stitched map (0: the model's square grid).
-func FromPatchDistances(dist []float32, cols, rows int, normal float64) (Map, error) {
+// grid is the model's patches a side; cols and rows shape a stitched map
+// (0: the model's square grid).
+func FromPatchDistances(dist []float32, cols, rows, grid int, normal float64) (Map, error) {
 	if cols == 0 && rows == 0 {
-		grid := int(math.Round(math.Sqrt(float64(len(dist)))))
 		cols, rows = grid, grid
 	}
-	if cols*rows != len(dist) || cols <= 0 || rows <= 0 {
-		return Map{}, fmt.Errorf("heatmap: %d patch distances are not a grid of %dx%d", len(dist), cols, rows)
+	if cols*rows != len(dist) || cols <= 0 || rows <= 0 || grid <= 0 {
+		return Map{}, fmt.Errorf("heatmap: %d patch distances are not a grid of %dx%d (the model's %d a side)", len(dist), cols, rows, grid)
 	}
-	m := Map{Cols: cols, Rows: rows, Values: make([]float64, len(dist)), Lo: normal / 2, Hi: 2 * normal, Normal: normal}
+	m := Map{Cols: cols, Rows: rows, Values: make([]float64, len(dist)), Lo: normal / 2, Hi: 2 * normal, Blur: blurCells(grid), Normal: normal}
 	for i, d := range dist {
 		m.Values[i] = float64(d)
 	}
@@ -66,7 +70,7 @@ func FromTokenErrors(tokenErrors []float32, blocks int) (Map, error) {
 	if grid*grid+1 != tokens {
 		return Map{}, fmt.Errorf("heatmap: %d tokens per block is not a square grid plus one", tokens)
 	}
-	m := Map{Cols: grid, Rows: grid, Values: make([]float64, grid*grid), Lo: math.Inf(1), Hi: math.Inf(-1), Normal: math.NaN()}
+	m := Map{Cols: grid, Rows: grid, Values: make([]float64, grid*grid), Lo: math.Inf(1), Hi: math.Inf(-1), Blur: blurCells(grid), Normal: math.NaN()}
 	for i := range m.Values {
 		for b := range blocks {
 			m.Values[i] += float64(tokenErrors[b*tokens+1+i]) / float64(blocks)
@@ -76,13 +80,17 @@ func FromTokenErrors(tokenErrors []float32, blocks int) (Map, error) {
 	return m, nil
 }
 
+// blurCells is PatchCore's blur (sigma 4 px at a 224 px input) in cells of
+// a model grid of grid patches a side.
+func blurCells(grid int) float64 { return 4 * float64(grid) / 224 }
+
 // ForResult is a detector result's map: its patch distances (on a grid
-// of cols x rows, 0 for the model's square one) on the scale of normal
-// (the bundle's normal patch distance) when it has them, else its token
-// errors ([blocks * tokens]).
-func ForResult(patchDistances []float32, cols, rows int, normal float64, tokenErrors []float32, blocks int) (Map, error) {
+// of cols x rows, 0 for the model's square one of grid a side) on the
+// scale of normal (the bundle's normal patch distance) when it has them,
+// else its token errors ([blocks * tokens]).
+func ForResult(patchDistances []float32, cols, rows, grid int, normal float64, tokenErrors []float32, blocks int) (Map, error) {
 	if patchDistances != nil {
-		return FromPatchDistances(patchDistances, cols, rows, normal)
+		return FromPatchDistances(patchDistances, cols, rows, grid, normal)
 	}
 	return FromTokenErrors(tokenErrors, blocks)
 }
@@ -124,8 +132,9 @@ func (m Map) Region(width, height int) image.Rectangle {
 }
 
 // Full is the map at width x height: bilinear upsampling of the patch
-// grid, then a Gaussian blur of sigma 4 pixels per 224 (PatchCore's), in
-// the map's own units (float32, row by row).
+// grid, then a Gaussian blur of Blur cells (PatchCore's 4 px at 224: a
+// tiled frame's map is blurred as each tile's would be, not as a whole
+// frame shrunk to one input), in the map's own units (float32, row by row).
 func (m Map) Full(width, height int) ([]float32, error) {
 	small := make([]float32, len(m.Values))
 	for i, v := range m.Values {
@@ -139,8 +148,10 @@ func (m Map) Full(width, height int) ([]float32, error) {
 	big := gocv.NewMat()
 	defer big.Close()
 	gocv.Resize(grid, &big, image.Pt(width, height), 0, 0, gocv.InterpolationLinear)
-	sigma := 4 * float64(max(width, height)) / 224
-	gocv.GaussianBlur(big, &big, image.Pt(0, 0), sigma, sigma, gocv.BorderReflect101)
+	cell := math.Max(float64(width)/float64(m.Cols), float64(height)/float64(m.Rows))
+	if sigma := m.Blur * cell; sigma > 0 {
+		gocv.GaussianBlur(big, &big, image.Pt(0, 0), sigma, sigma, gocv.BorderReflect101)
+	}
 	out := make([]float32, width*height)
 	data, err := big.DataPtrFloat32()
 	if err != nil {

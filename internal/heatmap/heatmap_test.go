@@ -68,7 +68,7 @@ func TestJPEGPlacesThePatchGridOverTheImage(t *testing.T) {
 // A caption is a dark band along the bottom with light text in it; the
 // rest of the image is as without one.
 func TestJPEGCaption(t *testing.T) {
-	m, _ := heatmap.FromPatchDistances(make([]float32, 16), 0, 0, 1)
+	m, _ := heatmap.FromPatchDistances(make([]float32, 16), 0, 0, 4, 1)
 	img := bytes.Repeat([]byte{128}, 400*300*3)
 	decode := func(caption string) image.Image {
 		jpg, err := heatmap.JPEG(img, 400, 300, m, 1000, caption)
@@ -114,11 +114,11 @@ func TestRegion(t *testing.T) {
 	}
 	dist[3*8+4] = 5 // the worst
 	dist[6*8+0] = 4 // above normal but apart
-	m, _ := heatmap.FromPatchDistances(dist, 0, 0, 2)
+	m, _ := heatmap.FromPatchDistances(dist, 0, 0, 8, 2)
 	if got, want := m.Region(800, 400), image.Rect(300, 100, 500, 250); got != want {
 		t.Errorf("region %v, want %v", got, want)
 	}
-	calm, _ := heatmap.FromPatchDistances(make([]float32, 64), 0, 0, 2)
+	calm, _ := heatmap.FromPatchDistances(make([]float32, 64), 0, 0, 8, 2)
 	calm.Values[9] = 1
 	if got, want := calm.Region(80, 80), image.Rect(10, 10, 20, 20); got != want {
 		t.Errorf("region of a map with nothing above normal: %v, want the worst patch %v", got, want)
@@ -130,7 +130,7 @@ func TestRegion(t *testing.T) {
 func TestFixedScaleShowsNoHotSpotOnNormalFrames(t *testing.T) {
 	img := bytes.Repeat([]byte{128}, 256*256*3)
 	warm := func(dist []float32) int {
-		m, _ := heatmap.FromPatchDistances(dist, 0, 0, 1)
+		m, _ := heatmap.FromPatchDistances(dist, 0, 0, 4, 1)
 		jpg, err := heatmap.JPEG(img, 256, 256, m, 256, "")
 		if err != nil {
 			t.Fatal(err)
@@ -165,7 +165,7 @@ func TestFixedScaleShowsNoHotSpotOnNormalFrames(t *testing.T) {
 func TestFullMap(t *testing.T) {
 	dist := make([]float32, 16)
 	dist[1*4+2] = 4
-	m, _ := heatmap.FromPatchDistances(dist, 0, 0, 1)
+	m, _ := heatmap.FromPatchDistances(dist, 0, 0, 4, 1)
 	full, err := m.Full(200, 100)
 	if err != nil || len(full) != 200*100 {
 		t.Fatalf("%d values, %v", len(full), err)
@@ -207,7 +207,7 @@ func TestWriteTIFF(t *testing.T) {
 func TestRegionOnAStitchedGrid(t *testing.T) {
 	dist := make([]float32, 8*3)
 	dist[1*8+6], dist[1*8+7] = 5, 4 // row 1, columns 6 and 7
-	m, err := heatmap.FromPatchDistances(dist, 8, 3, 1)
+	m, err := heatmap.FromPatchDistances(dist, 8, 3, 4, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -227,7 +227,41 @@ func TestRegionOnAStitchedGrid(t *testing.T) {
 	if x, y := best%800, best/800; x < 600 || x >= 700 || y < 100 || y >= 200 {
 		t.Fatalf("hottest pixel at %d,%d, not in the hot cell", x, y)
 	}
-	if _, err := heatmap.FromPatchDistances(dist, 5, 5, 1); err == nil {
+	if _, err := heatmap.FromPatchDistances(dist, 5, 5, 4, 1); err == nil {
 		t.Fatal("24 values taken as a 5x5 grid")
+	}
+}
+
+// A tiled frame's stitched map is blurred as each tile's map is (PatchCore's
+// 4 px at 224, of the tile), not as the whole frame shrunk to one input: a
+// hot patch spreads over as many frame pixels in a 2x1-tile frame as in
+// one tile. (Blurred at the frame's scale, it covered 1.6 times as many.)
+func TestStitchedMapIsBlurredAtTheTilesScale(t *testing.T) {
+	spot := func(cols, rows, w, h int) int {
+		dist := make([]float32, cols*rows)
+		dist[5*cols+5] = 4
+		m, err := heatmap.FromPatchDistances(dist, cols, rows, 14, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		full, err := m.Full(w, h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		peak := float32(0)
+		for _, v := range full {
+			peak = max(peak, v)
+		}
+		n := 0
+		for _, v := range full {
+			if v > peak/2 {
+				n++
+			}
+		}
+		return n
+	}
+	tile, frame := spot(14, 14, 224, 224), spot(28, 14, 448, 224)
+	if d := frame - tile; d < -tile/20 || d > tile/20 {
+		t.Errorf("a hot patch covers %d pixels of a tiled frame's map, %d of a tile's", frame, tile)
 	}
 }
