@@ -19,8 +19,6 @@ import (
 	"time"
 
 	"gocv.io/x/gocv"
-
-	"github.com/transformaly/transformaly/tiles"
 )
 
 // ImageExtensions are the still-image file types read from folders.
@@ -125,15 +123,16 @@ func bmpSize(data []byte) (w, h int, err error) {
 // more than 2x, where linear interpolation aliases), and with keepView also
 // as it is (see Config.KeepView).
 func ReadImageRGB(path string, size int, keepView bool) ([]byte, *View, error) {
-	rgb, _, view, err := ReadImageInput(path, size, nil, keepView)
+	rgb, _, view, err := ReadImageInput(path, Transform{Size: size, KeepView: keepView})
 	return rgb, view, err
 }
 
-// ReadImageInput reads an image file as a detector's input: resized whole
-// to size x size, or with a tiling cut into tiles each resized so (see
-// preprocessor.Input); with the image's width and height, and with
-// keepView the image as it is.
-func ReadImageInput(path string, size int, tiling *tiles.Tiling, keepView bool) ([]byte, image.Point, *View, error) {
+// ReadImageInput reads an image file as a detector's input, as t makes it
+// of a camera's frame (see preprocessor.Input): cropped to t.ROI if set,
+// then resized whole to t.Size square, or with t.Tiling cut into tiles
+// each resized so; with its width and height after the crop, and with
+// t.KeepView the image as it is.
+func ReadImageInput(path string, t Transform) ([]byte, image.Point, *View, error) {
 	data, err := ReadImageFile(path)
 	if err != nil {
 		return nil, image.Point{}, nil, fmt.Errorf("read image: %w", err)
@@ -146,7 +145,7 @@ func ReadImageInput(path string, size int, tiling *tiles.Tiling, keepView bool) 
 	if err := decodeInto(data, &img); err != nil {
 		return nil, image.Point{}, nil, fmt.Errorf("decode image %s: %w", path, err)
 	}
-	p := newPreprocessor(Transform{Size: size, KeepView: keepView, Tiling: tiling})
+	p := newPreprocessor(t)
 	defer p.Close()
 	out, view, err := p.Input(img)
 	if err != nil {

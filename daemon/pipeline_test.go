@@ -184,8 +184,8 @@ func writeTinyBundleTiled(t *testing.T, threshold float64, tiling *tiles.Tiling)
 		// One normal score of 0 in each space: every score of 0 or more
 		// combines to 0.
 		normal := models.NormalScores{Images: 1, Scores: []float64{0}}
-		scoring.Patch = &models.PatchScore{Blocks: []int{0}, Neighbourhood: 3, D: 16, M: 2, Bank: make([]float32, 32)}
-		info.Patch = &models.PatchInfo{Blocks: []int{0}, Neighbourhood: 3, FeatureWidth: 16, BankEntries: 2, NormalDistance: 1,
+		scoring.Patch = &models.PatchScore{PatchFeatures: models.PatchFeatures{Blocks: []int{0}, Neighbourhood: 3, Pooling: models.PoolMean}, D: 16, M: 2, Bank: make([]float32, 32)}
+		info.Patch = &models.PatchInfo{Blocks: []int{0}, Neighbourhood: 3, Pooling: models.PoolMean, FeatureWidth: 16, BankEntries: 2, NormalDistance: 1,
 			Combination: models.Combination{Image: normal, Patch: normal, ImageWeight: 0.5}}
 		info.Tiling = &models.TilingInfo{Tiling: *tiling, CoreOnly: true}
 	}

@@ -210,7 +210,7 @@ func refitArgs(live string, info models.BundleInfo) ([]string, error) {
 	if info.Patch == nil {
 		args = append(args, "--patch-blocks", "none")
 	} else {
-		args = append(args, "--patch-blocks", ints(info.Patch.Blocks), "--patch-neighbourhood", strconv.Itoa(info.Patch.Neighbourhood),
+		args = append(args, "--patch-blocks", ints(info.Patch.Blocks), "--patch-neighbourhood", strconv.Itoa(info.Patch.Neighbourhood), "--patch-pooling", info.Patch.Pooling,
 			"--coreset", g(info.Patch.Coreset), "--image-weight", g(info.Patch.Combination.ImageWeight))
 	}
 	if info.Tiling != nil {

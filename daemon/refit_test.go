@@ -36,8 +36,8 @@ func TestRefitArgsFollowTheLiveBundle(t *testing.T) {
 	if strings.Contains(got, "--tile") {
 		t.Errorf("an untiled bundle refits tiled: %q", got)
 	}
-	info.Patch = &models.PatchInfo{Blocks: []int{2}, Neighbourhood: 3, Coreset: 0.1, Combination: models.Combination{ImageWeight: 0.2}}
-	if args, _ = refitArgs(live, info); !strings.Contains(strings.Join(args, " "), "--patch-blocks 2 --patch-neighbourhood 3 --coreset 0.1 --image-weight 0.2") {
+	info.Patch = &models.PatchInfo{Blocks: []int{2}, Neighbourhood: 3, Pooling: models.PoolMean, Coreset: 0.1, Combination: models.Combination{ImageWeight: 0.2}}
+	if args, _ = refitArgs(live, info); !strings.Contains(strings.Join(args, " "), "--patch-blocks 2 --patch-neighbourhood 3 --patch-pooling mean --coreset 0.1 --image-weight 0.2") {
 		t.Errorf("patch space flags: %q", args)
 	}
 	info.Teacher.Path = "/nowhere/vit.safetensors"

@@ -107,7 +107,7 @@ func BenchmarkGraphs(b *testing.B) {
 						patches := v.Grid() * v.Grid()
 						bank := int(coreset * 500 * float64(patches))
 						scoring := identityScoring(v.Dim, len(blocks))
-						scoring.Patch = &models.PatchScore{Blocks: []int{2}, Neighbourhood: 3, D: v.Dim, M: bank, Bank: make([]float32, bank*v.Dim)}
+						scoring.Patch = &models.PatchScore{PatchFeatures: models.PatchFeatures{Blocks: []int{2}, Neighbourhood: 3, Pooling: models.PoolMean}, D: v.Dim, M: bank, Bank: make([]float32, bank*v.Dim)}
 						for i := range scoring.Patch.Bank {
 							scoring.Patch.Bank[i] = float32(rng.NormFloat64())
 						}
@@ -245,7 +245,7 @@ func BenchmarkInt8(b *testing.B) {
 		}
 		scoring := identityScoring(v.Dim, len(blocks))
 		bank := 500 * v.Grid() * v.Grid() / 100
-		scoring.Patch = &models.PatchScore{Blocks: []int{2}, Neighbourhood: 3, D: v.Dim, M: bank, Bank: make([]float32, bank*v.Dim)}
+		scoring.Patch = &models.PatchScore{PatchFeatures: models.PatchFeatures{Blocks: []int{2}, Neighbourhood: 3, Pooling: models.PoolMean}, D: v.Dim, M: bank, Bank: make([]float32, bank*v.Dim)}
 		for i := range scoring.Patch.Bank {
 			scoring.Patch.Bank[i] = float32(rng.NormFloat64())
 		}

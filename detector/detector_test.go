@@ -203,14 +203,14 @@ func TestScoresOnTheHostMatchTheGraph(t *testing.T) {
 		}
 		return q
 	}
-	patch := &models.PatchScore{Blocks: []int{0}, Neighbourhood: 3, D: v.Dim, M: 30}
+	patch := &models.PatchScore{PatchFeatures: models.PatchFeatures{Blocks: []int{0}, Neighbourhood: 3, Pooling: models.PoolMean}, D: v.Dim, M: 30}
 	for range patch.M * patch.D {
 		patch.Bank = append(patch.Bank, float32(rng.NormFloat64()))
 	}
 	scoring := models.Scoring{Pretrained: quad(v.Dim, 7), Student: quad(len(blocks), 2), Patch: patch}
 	info := models.BundleInfo{Format: models.BundleFormat, ImageSize: v.ImageSize, Blocks: blocks, Threshold: 1}
 	info.Teacher.Config = v.Config
-	info.Patch = &models.PatchInfo{Blocks: patch.Blocks, Neighbourhood: patch.Neighbourhood, FeatureWidth: patch.D, BankEntries: patch.M, Combination: spreadCombination(10)}
+	info.Patch = &models.PatchInfo{Blocks: patch.Blocks, Neighbourhood: patch.Neighbourhood, Pooling: patch.Pooling, FeatureWidth: patch.D, BankEntries: patch.M, Combination: spreadCombination(10)}
 	m, err := models.ScoredDetectorGraph(v, blocks, students, scoring, info, models.FP32)
 	if err != nil {
 		t.Fatal(err)

@@ -47,7 +47,7 @@ func int8Detector(t testing.TB, outliers bool) (*models.ViT, []int, []models.Blo
 		students = append(students, s)
 	}
 	scoring := identityScoring(v.Dim, len(blocks))
-	patch := &models.PatchScore{Blocks: []int{1}, Neighbourhood: 3, D: v.Dim, M: 300}
+	patch := &models.PatchScore{PatchFeatures: models.PatchFeatures{Blocks: []int{1}, Neighbourhood: 3, Pooling: models.PoolMean}, D: v.Dim, M: 300}
 	for range patch.M * patch.D {
 		patch.Bank = append(patch.Bank, float32(rng.NormFloat64()))
 	}
@@ -119,7 +119,7 @@ func TestInt8MatchesFP32(t *testing.T) {
 			info := models.BundleInfo{Format: models.BundleFormat, ImageSize: v.ImageSize, Blocks: blocks, Threshold: 1}
 			info.Teacher.Config = v.Config
 			p := scoring.Patch
-			info.Patch = &models.PatchInfo{Blocks: p.Blocks, Neighbourhood: p.Neighbourhood, FeatureWidth: p.D, BankEntries: p.M, Combination: spreadCombination(1)}
+			info.Patch = &models.PatchInfo{Blocks: p.Blocks, Neighbourhood: p.Neighbourhood, Pooling: p.Pooling, FeatureWidth: p.D, BankEntries: p.M, Combination: spreadCombination(1)}
 			m, err := models.ScoredDetectorGraph(v, blocks, students, scoring, info, models.FP32)
 			if err != nil {
 				t.Fatal(err)

@@ -63,12 +63,12 @@ func gpuMatchesCPU(t *testing.T, v *models.ViT) {
 	info := models.BundleInfo{Format: models.BundleFormat, ImageSize: v.ImageSize, Blocks: blocks, Threshold: 1}
 	info.Teacher.Config = v.Config
 	scoring := identityScoring(v.Dim, len(blocks))
-	patch := &models.PatchScore{Blocks: []int{1}, Neighbourhood: 3, D: v.Dim, M: 2000}
+	patch := &models.PatchScore{PatchFeatures: models.PatchFeatures{Blocks: []int{1}, Neighbourhood: 3, Pooling: models.PoolMean}, D: v.Dim, M: 2000}
 	for range patch.M * patch.D {
 		patch.Bank = append(patch.Bank, float32(rng.NormFloat64()))
 	}
 	scoring.Patch = patch
-	info.Patch = &models.PatchInfo{Blocks: patch.Blocks, Neighbourhood: patch.Neighbourhood, FeatureWidth: patch.D, BankEntries: patch.M, Combination: spreadCombination(1)}
+	info.Patch = &models.PatchInfo{Blocks: patch.Blocks, Neighbourhood: patch.Neighbourhood, Pooling: patch.Pooling, FeatureWidth: patch.D, BankEntries: patch.M, Combination: spreadCombination(1)}
 	m, err := models.ScoredDetectorGraph(v, blocks, students, scoring, info, models.FP32)
 	if err != nil {
 		t.Fatal(err)
@@ -271,7 +271,7 @@ func TestGPUPatchGraphPrefixes(t *testing.T) {
 	}
 	rng := rand.New(rand.NewPCG(5, 5))
 	scoring := identityScoring(v.Dim, 1)
-	scoring.Patch = &models.PatchScore{Blocks: []int{1}, Neighbourhood: 3, D: v.Dim, M: 500}
+	scoring.Patch = &models.PatchScore{PatchFeatures: models.PatchFeatures{Blocks: []int{1}, Neighbourhood: 3, Pooling: models.PoolMean}, D: v.Dim, M: 500}
 	for range 500 * v.Dim {
 		scoring.Patch.Bank = append(scoring.Patch.Bank, float32(rng.NormFloat64()))
 	}

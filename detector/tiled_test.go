@@ -24,7 +24,7 @@ func tiledBundle(t *testing.T, coreOnly bool, c models.Combination) string {
 	blocks := []int{1}
 	rng := rand.New(rand.NewPCG(3, 3))
 	students := []models.Block{models.XavierBlock(v.Config, rng)}
-	patch := &models.PatchScore{Blocks: []int{0}, Neighbourhood: 3, D: v.Dim, M: 20}
+	patch := &models.PatchScore{PatchFeatures: models.PatchFeatures{Blocks: []int{0}, Neighbourhood: 3, Pooling: models.PoolMean}, D: v.Dim, M: 20}
 	for range patch.M * patch.D {
 		patch.Bank = append(patch.Bank, float32(rng.NormFloat64()))
 	}
@@ -32,7 +32,7 @@ func tiledBundle(t *testing.T, coreOnly bool, c models.Combination) string {
 	scoring.Patch = patch
 	info := models.BundleInfo{Format: models.BundleFormat, ImageSize: v.ImageSize, Blocks: blocks, Threshold: 1}
 	info.Teacher.Config = v.Config
-	info.Patch = &models.PatchInfo{Blocks: patch.Blocks, Neighbourhood: patch.Neighbourhood, FeatureWidth: patch.D, BankEntries: patch.M, Combination: c, NormalDistance: 1}
+	info.Patch = &models.PatchInfo{Blocks: patch.Blocks, Neighbourhood: patch.Neighbourhood, Pooling: patch.Pooling, FeatureWidth: patch.D, BankEntries: patch.M, Combination: c, NormalDistance: 1}
 	info.Tiling = &models.TilingInfo{Tiling: tiles.Tiling{Size: 48, Overlap: 0.25}, CoreOnly: coreOnly}
 	m, err := models.ScoredDetectorGraph(v, blocks, students, scoring, info, models.FP32)
 	if err != nil {
@@ -171,7 +171,7 @@ func BenchmarkTiledFrame(b *testing.B) {
 	}
 	const bank = 9800
 	scoring := identityScoring(v.Dim, len(blocks))
-	scoring.Patch = &models.PatchScore{Blocks: []int{2}, Neighbourhood: 3, D: v.Dim, M: bank, Bank: make([]float32, bank*v.Dim)}
+	scoring.Patch = &models.PatchScore{PatchFeatures: models.PatchFeatures{Blocks: []int{2}, Neighbourhood: 3, Pooling: models.PoolMean}, D: v.Dim, M: bank, Bank: make([]float32, bank*v.Dim)}
 	for i := range scoring.Patch.Bank {
 		scoring.Patch.Bank[i] = float32(rng.NormFloat64())
 	}
@@ -179,10 +179,10 @@ func BenchmarkTiledFrame(b *testing.B) {
 	for _, tiled := range []bool{false, true} {
 		info := models.BundleInfo{Format: models.BundleFormat, ImageSize: v.ImageSize, Blocks: blocks, Threshold: 1}
 		info.Teacher.Config = v.Config
-		info.Patch = &models.PatchInfo{Blocks: []int{2}, Neighbourhood: 3, FeatureWidth: v.Dim, BankEntries: bank, Combination: spreadCombination(1), NormalDistance: 1}
+		info.Patch = &models.PatchInfo{Blocks: []int{2}, Neighbourhood: 3, Pooling: models.PoolMean, FeatureWidth: v.Dim, BankEntries: bank, Combination: spreadCombination(1), NormalDistance: 1}
 		name := "whole-frame"
 		if tiled {
-			info.Tiling = &models.TilingInfo{Tiling: tiles.Tiling{Size: 224, Overlap: tiles.DefaultOverlap}, CoreOnly: true}
+			info.Tiling = &models.TilingInfo{Tiling: tiles.Tiling{Size: 224, Overlap: tiles.DefaultOverlap(v.Grid())}, CoreOnly: true}
 			name = "tiles-224"
 		}
 		m, err := models.ScoredDetectorGraph(v, blocks, students, scoring, info, models.FP32)

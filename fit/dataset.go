@@ -3,6 +3,7 @@ package fit
 import (
 	"context"
 	"fmt"
+	"image"
 	"io/fs"
 	"log/slog"
 	"path/filepath"
@@ -99,10 +100,14 @@ func ListImages(dir string) ([]string, error) {
 // LoadTiles reads every file as LoadImages does, but cuts each into the
 // tiles of tiling (each resized to size): every tile is an image, and the
 // frames they come from are kept. A file smaller than one tile is an
-// error naming it: the bundle could never score such frames.
-func LoadTiles(ctx context.Context, paths []string, size int, tiling tiles.Tiling, memoryBudget int64, spillDir string) (*Images, []error, error) {
+// error naming it: the bundle could never score such frames. With a
+// shift, each frame first loses shift.X columns on the left and shift.Y
+// rows on the top (an axis left shorter than a tile keeps them), so its
+// tiles' patches fall at another phase of the same pixels.
+func LoadTiles(ctx context.Context, paths []string, size int, tiling tiles.Tiling, shift image.Point, memoryBudget int64, spillDir string) (*Images, []error, error) {
 	var layouts []tiles.Layout
 	var framePaths []string
+	var crops []image.Rectangle
 	var failed []error
 	offset := []int{0} // first record of each listed frame
 	for _, p := range paths {
@@ -112,11 +117,22 @@ func LoadTiles(ctx context.Context, paths []string, size int, tiling tiles.Tilin
 			failed = append(failed, err)
 			continue
 		}
+		crop := image.Rectangle{} // the whole frame
+		if shift != (image.Point{}) {
+			crop = image.Rect(shift.X, shift.Y, w, h)
+			if crop.Dx() < tiling.Size {
+				crop.Min.X = 0
+			}
+			if crop.Dy() < tiling.Size {
+				crop.Min.Y = 0
+			}
+			w, h = crop.Dx(), crop.Dy()
+		}
 		l, err := tiling.Layout(w, h)
 		if err != nil {
 			return nil, nil, fmt.Errorf("fit: image %s: %w", p, err)
 		}
-		layouts, framePaths = append(layouts, l), append(framePaths, p)
+		layouts, framePaths, crops = append(layouts, l), append(framePaths, p), append(crops, crop)
 		offset = append(offset, offset[len(offset)-1]+len(l.Tiles))
 	}
 	n := size * size * 3
@@ -126,7 +142,7 @@ func LoadTiles(ctx context.Context, paths []string, size int, tiling tiles.Tilin
 	}
 	im := &Images{Size: size, store: store, frame: []int{}}
 	errs := parallel(ctx, len(framePaths), func(f int) error {
-		rgb, got, _, err := capture.ReadImageInput(framePaths[f], size, &tiling, false)
+		rgb, got, _, err := capture.ReadImageInput(framePaths[f], capture.Transform{ROI: crops[f], Size: size, Tiling: &tiling})
 		if err != nil {
 			return err
 		}

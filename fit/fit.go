@@ -44,8 +44,10 @@ type Options struct {
 	NoPatch     bool
 	Coreset     float64
 	// PatchNeighbourhood is the side, in patches, of the square each
-	// patch feature is averaged over (0: DefaultPatchNeighbourhood).
+	// patch feature pools, and PatchPooling how (models.PoolMean or
+	// PoolConcat); 0 and "": DefaultPatchPooling's.
 	PatchNeighbourhood int
+	PatchPooling       string
 	// ImageWeight is the image-level feature space's share of the
 	// false-alarm rate when combined with the patch space
 	// (models.Combination; 0: DefaultImageWeight).
@@ -194,11 +196,18 @@ func (o *Options) check() error {
 	if err := models.CheckPatchBlocks(o.PatchBlocks, o.Teacher.Depth); err != nil {
 		return fmt.Errorf("--patch-blocks: %w", err)
 	}
+	k, pooling := DefaultPatchPooling(o.Tiling, o.Teacher.ImageSize)
 	if o.PatchNeighbourhood == 0 {
-		o.PatchNeighbourhood = DefaultPatchNeighbourhood(o.Tiling, o.Teacher.ImageSize)
+		o.PatchNeighbourhood = k
 	}
 	if err := models.CheckNeighbourhood(o.PatchNeighbourhood); err != nil {
 		return fmt.Errorf("--patch-neighbourhood: %w", err)
+	}
+	if o.PatchPooling == "" {
+		o.PatchPooling = pooling
+	}
+	if err := models.CheckPooling(o.PatchPooling); err != nil {
+		return fmt.Errorf("--patch-pooling: %w", err)
 	}
 	if o.Coreset == 0 {
 		o.Coreset = DefaultCoreset

@@ -3,6 +3,7 @@ package fit
 import (
 	"context"
 	"fmt"
+	"image"
 	"log/slog"
 	"math"
 	"math/rand/v2"
@@ -38,26 +39,73 @@ func DefaultPatchBlocks(depth int) []int {
 	return []int{max(0, (depth+2)/4-1)}
 }
 
-// DefaultPatchNeighbourhood is the side, in patches, of the square each
-// patch feature is averaged over: the token alone for tiles the teacher
-// sees at native resolution or shrunk (tile >= its input), PatchCore's 3x3
-// for magnified tiles and for frames resized whole (AnomalyDINO, too,
-// scores ViT patch tokens unpooled). A tile at native resolution keeps a
-// small defect to a patch or two: averaged with eight normal neighbours
-// it sank below the largest of a frame's thousands of normal patches.
-// Magnified, the defect spans several patches and the mean keeps it while
-// it quiets the normal ones. Measured with random teachers (one fit each,
-// image AUROC of small defects, 3x3 against alone): tiles of 64 on
-// 384x256 trays (60 frames, 20 a kind) 0.785 against 0.889 (cracks 0.68
-// against 0.965, holes 0.89 against 1.0), on 800x600 trays (40 frames)
-// 0.734 against 0.866; tiles of 32 magnified 2x 0.941 against 0.891
-// (chips 0.79 against 0.59); 128 px parts resized whole (200 normal, 60
-// a kind) 0.992 against 0.934 (chips 0.969 against 0.742).
-func DefaultPatchNeighbourhood(tiling *tiles.Tiling, imageSize int) int {
+// DefaultPatchPooling is the side, in patches, of the square each patch
+// feature pools, and how: for tiles the teacher sees at native resolution
+// or shrunk (tile >= its input), the 3x3 tokens side by side; for
+// magnified tiles and frames resized whole, PatchCore's 3x3 mean.
+//
+// A tile at native resolution keeps a small defect to a patch or two.
+// Averaged with eight normal neighbours, it sank below the largest of a
+// frame's thousands of normal patches, so these tiles took the token
+// alone. But alone, a chip (a bite out of a washer's outer edge) is much
+// like the edge of the washer's hole, and only the arrangement around it
+// tells them apart: concatenated, the neighbourhood keeps that
+// arrangement and the defect's own token undiluted. Magnified, a defect
+// spans several patches and the mean keeps it while it quiets the normal
+// ones.
+//
+// Measured with random teachers, image AUROC of small defects, patch
+// space alone (one fit or scratch scoring each):
+//   - tiles of 64 on 384x256 trays (60 frames, 20 a kind): token alone
+//     0.886 (chips 0.578), 3x3 mean 0.785, 3x3 side by side 0.977 (chips
+//     0.907), projected to 256 wide 0.972;
+//   - on 800x600 trays (40 frames): alone 0.866, mean 0.734, side by side
+//     0.938 (chips 0.752);
+//   - tiles of 32 magnified 2x: mean 0.941 against 0.891 alone;
+//   - 128 px parts resized whole (200 normal, 60 a kind): mean 0.992
+//     against 0.934 alone.
+func DefaultPatchPooling(tiling *tiles.Tiling, imageSize int) (int, string) {
 	if tiling != nil && tiling.Size >= imageSize {
-		return 1
+		return 3, models.PoolConcat
 	}
-	return 3
+	return 3, models.PoolMean
+}
+
+// phaseShifts are the offsets, in frame pixels, at which a tiled fit cuts
+// its frames again for the bank's pool: half a patch right, down, and
+// both. A tile grid is fixed to the frame, and a part's patches fall at
+// whatever phase its place puts them: a bank of the tiles as cut knows
+// each normal detail at the few phases the fit's frames happened to give
+// it. Measured (tiles of 64 on 384x256 trays, 3x3 side by side): 12 of 16
+// normal trays cut at other phases scored above every normal frame with
+// the tiles as cut alone, 8 of 16 with the diagonal shift added, 0 of 16
+// with all three; image AUROC 0.972 -> 0.981. Untiled fits see a part
+// resized whole, whose place moves its patches by fractions of one.
+func (o *Options) phaseShifts() []image.Point {
+	if o.Tiling == nil {
+		return nil
+	}
+	h := max(1, o.Tiling.Size/o.Teacher.Grid()/2)
+	return []image.Point{{h, 0}, {0, h}, {h, h}}
+}
+
+// concatWidth is the width a concatenated patch feature is projected to,
+// tokenWidth wide per patch: random projections keep distances within
+// about 1/sqrt(width) (6% at 256), and twice the token's width keeps the
+// bank's cost at twice the token alone's for wide teachers.
+func concatWidth(tokenWidth int) int {
+	return max(256, 2*tokenWidth)
+}
+
+// patchFeatures is how the fit makes patch features: the concatenation's
+// projection is a seeded random matrix, recorded in the bundle.
+func (o *Options) patchFeatures() models.PatchFeatures {
+	f := models.PatchFeatures{Blocks: o.PatchBlocks, Neighbourhood: o.PatchNeighbourhood, Pooling: o.PatchPooling}
+	raw := f.RawWidth(o.Teacher.Dim)
+	if w := concatWidth(o.Teacher.Dim * len(o.PatchBlocks)); f.Pooling == models.PoolConcat && raw > w {
+		f.Projection = randomMatrix(raw, w, o.Seed)
+	}
+	return f
 }
 
 // patchProjection is the width coreset selection projects features to
@@ -78,18 +126,22 @@ type patchSpace struct {
 
 // fitPatchSpace collects the patch features of every normal image, keeps
 // a greedy coreset of them as the memory bank, and scores each image
-// against a bank chosen the same way without its fold (folds).
+// against a bank chosen the same way without its fold (folds). A tiled
+// fit adds to the pool the tiles of its frames cut at other phases
+// (phaseShifts).
 func (o *Options) fitPatchSpace(ctx context.Context, images *Images, folds [][]int) (*patchSpace, error) {
 	start := time.Now()
 	v := o.Teacher
-	g2, d := v.Grid()*v.Grid(), v.Dim*len(o.PatchBlocks)
+	features := o.patchFeatures()
+	g2, d := v.Grid()*v.Grid(), features.Width(v.Dim)
 	n := images.Len()
-	bytes := int64(n) * int64(g2) * int64(d) * 4
+	shifts := o.phaseShifts()
+	bytes := int64(n) * int64(1+len(shifts)) * int64(g2) * int64(d) * 4
 	if bytes > o.memoryBudget() {
-		return nil, fmt.Errorf("patch features of %d images (%d patches of width %d) take %.1f GB, over the memory budget of %.1f GB (--memory-budget): use fewer images or patch blocks, or --patch-blocks none",
-			n, n*g2, d, float64(bytes)/1e9, float64(o.memoryBudget())/1e9)
+		return nil, fmt.Errorf("patch features of %d images (%d patches of width %d, %d phases) take %.1f GB, over the memory budget of %.1f GB (--memory-budget): use fewer images or patch blocks, or --patch-blocks none",
+			n, n*g2, d, 1+len(shifts), float64(bytes)/1e9, float64(o.memoryBudget())/1e9)
 	}
-	graph, err := models.PatchFeatureGraph(v, o.PatchBlocks, o.PatchNeighbourhood)
+	graph, err := models.PatchFeatureGraph(v, features)
 	if err != nil {
 		return nil, err
 	}
@@ -98,50 +150,88 @@ func (o *Options) fitPatchSpace(ctx context.Context, images *Images, folds [][]i
 		return nil, fmt.Errorf("patch features: %w", err)
 	}
 	defer r.Close()
-	feats := make([]float32, 0, n*g2*d)
-	var buf []byte
-	for s := 0; s < n; s += o.BatchSize {
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("%w while computing patch features; training is saved: run again with --resume", ErrInterrupted)
+	// pool holds the patch features the bank is chosen from, and
+	// poolFrame each row's frame (an index of images' frames): first the
+	// images' own patches, row i*g2+p for image i, then the shifted ones.
+	pool := make([]float32, 0, int64(n)*int64(1+len(shifts))*int64(g2)*int64(d))
+	var poolFrame []int
+	add := func(im *Images, frameOf func(i int) int, phase string) error {
+		var buf []byte
+		for s := 0; s < im.Len(); s += o.BatchSize {
+			if ctx.Err() != nil {
+				return fmt.Errorf("%w while computing patch features; training is saved: run again with --resume", ErrInterrupted)
+			}
+			part := make([]int, 0, o.BatchSize)
+			for i := s; i < min(s+o.BatchSize, im.Len()); i++ {
+				part = append(part, i)
+				for range g2 {
+					poolFrame = append(poolFrame, frameOf(i))
+				}
+			}
+			if buf, err = im.Batch(part, buf); err != nil {
+				return err
+			}
+			out, err := r.Run(buf, len(part))
+			if err != nil {
+				return fmt.Errorf("patch features: %w", err)
+			}
+			pool = append(pool, out[0].Data...)
+			o.report(Progress{Phase: "patches " + phase, Batch: s/o.BatchSize + 1, Batches: (im.Len() + o.BatchSize - 1) / o.BatchSize, ValLoss: math.NaN()})
 		}
-		part := make([]int, 0, o.BatchSize)
-		for i := s; i < min(s+o.BatchSize, n); i++ {
-			part = append(part, i)
+		return nil
+	}
+	if err := add(images, images.FrameOf, "as cut"); err != nil {
+		return nil, err
+	}
+	frameByPath := map[string]int{}
+	for i := range n {
+		frameByPath[images.Paths[i]] = images.FrameOf(i)
+	}
+	for _, shift := range shifts {
+		paths := make([]string, 0, images.Frames())
+		for i := range n {
+			if len(paths) == 0 || paths[len(paths)-1] != images.Paths[i] {
+				paths = append(paths, images.Paths[i])
+			}
 		}
-		if buf, err = images.Batch(part, buf); err != nil {
+		shifted, _, err := LoadTiles(ctx, paths, images.Size, *o.Tiling, shift, o.memoryBudget(), o.spillDir())
+		if err != nil {
+			return nil, fmt.Errorf("tiles shifted by %v: %w", shift, err)
+		}
+		err = add(shifted, func(i int) int { return frameByPath[shifted.Paths[i]] }, fmt.Sprintf("shifted %d,%d px", shift.X, shift.Y))
+		shifted.Close()
+		if err != nil {
 			return nil, err
 		}
-		out, err := r.Run(buf, len(part))
-		if err != nil {
-			return nil, fmt.Errorf("patch features: %w", err)
-		}
-		feats = append(feats, out[0].Data...)
-		o.report(Progress{Phase: "patches", Batch: s/o.BatchSize + 1, Batches: (n + o.BatchSize - 1) / o.BatchSize, ValLoss: math.NaN()})
 	}
-	projected := projectRandomly(feats, d, patchProjection, o.Seed)
+	feats := pool[:n*g2*d] // the images' own patches
+	patches := len(pool) / d
+	projected := projectRandomly(pool, d, patchProjection, o.Seed)
 	k := min(d, patchProjection)
-	patches := n * g2
 	m := bankEntries(o.Coreset, patches)
-	bank := o.coresetBank(ctx, feats, projected, d, k, m, o.Seed)
+	bank := o.coresetBank(ctx, pool, projected, d, k, m, o.Seed)
 	if ctx.Err() != nil {
 		return nil, fmt.Errorf("%w while choosing the patch coreset; training is saved: run again with --resume", ErrInterrupted)
 	}
 	bankDone := time.Now()
 	// Each fold's images against a bank chosen, as the bundle's, from the
-	// other images' patches (the same share of them): a bank chosen to
+	// other frames' patches (the same share of them): a bank chosen to
 	// cover every image's patches, this one's included, puts an image's
 	// patches nearer than a new part's, even without its own entries.
-	dist := make([]float32, patches)
+	dist := make([]float32, n*g2)
 	for f, fold := range folds {
-		others := without(allIndices(n), fold)
+		inFold := map[int]bool{}
+		for _, i := range fold {
+			inFold[images.FrameOf(i)] = true
+		}
 		var rowsOf []int
-		for _, i := range others {
-			for p := range g2 {
-				rowsOf = append(rowsOf, i*g2+p)
+		for row, frame := range poolFrame {
+			if !inFold[frame] {
+				rowsOf = append(rowsOf, row)
 			}
 		}
 		fm := bankEntries(o.Coreset, len(rowsOf))
-		foldBank := o.coresetBank(ctx, gatherRows(feats, d, rowsOf), gatherRows(projected, k, rowsOf), d, k, fm, o.Seed+uint64(f)+1)
+		foldBank := o.coresetBank(ctx, gatherRows(pool, d, rowsOf), gatherRows(projected, k, rowsOf), d, k, fm, o.Seed+uint64(f)+1)
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("%w while choosing the patch coreset; training is saved: run again with --resume", ErrInterrupted)
 		}
@@ -165,10 +255,10 @@ func (o *Options) fitPatchSpace(ctx context.Context, images *Images, folds [][]i
 	}
 	all := images.countedDistances(dist, nil, v.Grid(), o.TileEdges)
 	slices.Sort(all)
-	ps := &models.PatchScore{Blocks: o.PatchBlocks, Neighbourhood: o.PatchNeighbourhood, D: d, M: m, Bank: bank}
-	info := &models.PatchInfo{Blocks: o.PatchBlocks, Neighbourhood: o.PatchNeighbourhood, FeatureWidth: d, BankEntries: m, Coreset: o.Coreset, Patches: patches,
+	ps := &models.PatchScore{PatchFeatures: features, D: d, M: m, Bank: bank}
+	info := &models.PatchInfo{Blocks: o.PatchBlocks, Neighbourhood: o.PatchNeighbourhood, Pooling: o.PatchPooling, FeatureWidth: d, BankEntries: m, Coreset: o.Coreset, Patches: patches,
 		NormalDistance: quantile(all, 0.999)}
-	slog.Info("patch memory bank", "blocks", o.PatchBlocks, "neighbourhood", o.PatchNeighbourhood, "patches", patches, "bank_entries", m, "feature_width", d,
+	slog.Info("patch memory bank", "blocks", o.PatchBlocks, "neighbourhood", o.PatchNeighbourhood, "pooling", o.PatchPooling, "patches", patches, "bank_entries", m, "feature_width", d,
 		"bank_mb", float64(m*d*4)/1e6, "normal_patch_distance_999", info.NormalDistance, "seconds", time.Since(start).Seconds(),
 		"calibration_banks_seconds", time.Since(bankDone).Seconds())
 	return &patchSpace{score: ps, info: info, imageScores: imageScores, foldSeconds: time.Since(bankDone).Seconds()}, nil
@@ -243,16 +333,23 @@ func projectRandomly(feats []float32, d, k int, seed uint64) []float32 {
 	if d <= k {
 		return feats
 	}
-	rng := rand.New(rand.NewPCG(seed, 0x9e37))
-	proj := make([]float32, d*k)
-	for i := range proj {
-		proj[i] = float32(rng.NormFloat64() / math.Sqrt(float64(k)))
-	}
+	proj := randomMatrix(d, k, seed)
 	p := len(feats) / d
 	x := make([]float32, p*k)
 	blas32.Gemm(blas.NoTrans, blas.NoTrans, 1, blas32.General{Rows: p, Cols: d, Stride: d, Data: feats},
 		blas32.General{Rows: d, Cols: k, Stride: k, Data: proj}, 0, blas32.General{Rows: p, Cols: k, Stride: k, Data: x})
 	return x
+}
+
+// randomMatrix is a seeded [in, out] matrix of N(0, 1/out) entries: a
+// projection that keeps lengths and distances on average.
+func randomMatrix(in, out int, seed uint64) []float32 {
+	rng := rand.New(rand.NewPCG(seed, 0x9e37))
+	m := make([]float32, in*out)
+	for i := range m {
+		m[i] = float32(rng.NormFloat64() / math.Sqrt(float64(out)))
+	}
+	return m
 }
 
 // greedyCoreset picks m of the rows of x ([P, k]) by PatchCore's greedy

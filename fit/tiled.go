@@ -3,6 +3,7 @@ package fit
 import (
 	"context"
 	"fmt"
+	"image"
 	"log/slog"
 	"math"
 	"sort"
@@ -24,7 +25,7 @@ func (o *Options) loadImages(ctx context.Context, paths []string) (*Images, []er
 	if o.Tiling == nil {
 		return LoadImages(ctx, paths, o.Teacher.ImageSize, o.memoryBudget(), o.spillDir())
 	}
-	return LoadTiles(ctx, paths, o.Teacher.ImageSize, *o.Tiling, o.memoryBudget(), o.spillDir())
+	return LoadTiles(ctx, paths, o.Teacher.ImageSize, *o.Tiling, image.Point{}, o.memoryBudget(), o.spillDir())
 }
 
 // checkTiling validates the tiling options.

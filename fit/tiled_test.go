@@ -40,7 +40,7 @@ func TestLoadTiles(t *testing.T) {
 		paths = append(paths, p)
 	}
 	tl := tiles.Tiling{Size: 64, Overlap: 0.125}
-	im, failed, err := LoadTiles(context.Background(), paths, 64, tl, 1<<30, dir)
+	im, failed, err := LoadTiles(context.Background(), paths, 64, tl, image.Point{}, 1<<30, dir)
 	if err != nil || len(failed) > 0 {
 		t.Fatal(err, failed)
 	}
@@ -123,7 +123,7 @@ func TestLoadTiles(t *testing.T) {
 		t.Fatalf("worst tiles %v, want %v", got, want)
 	}
 	// A frame smaller than a tile is refused by name.
-	if _, _, err := LoadTiles(context.Background(), paths, 64, tiles.Tiling{Size: 100}, 1<<30, dir); err == nil || !strings.Contains(err.Error(), "b.png") {
+	if _, _, err := LoadTiles(context.Background(), paths, 64, tiles.Tiling{Size: 100}, image.Point{}, 1<<30, dir); err == nil || !strings.Contains(err.Error(), "b.png") {
 		t.Fatalf("a 64 px frame for tiles of 100: %v", err)
 	}
 }
@@ -293,7 +293,7 @@ func TestTiledPromiseHoldsPerFrame(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	unseen, _, err := LoadTiles(context.Background(), unseenPaths, 64, tiling, 1<<30, dir)
+	unseen, _, err := LoadTiles(context.Background(), unseenPaths, 64, tiling, image.Point{}, 1<<30, dir)
 	if err != nil {
 		t.Fatal(err)
 	}

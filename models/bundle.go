@@ -29,10 +29,11 @@ const BundleMetadataKey = "transformaly.bundle"
 // incompatibly for older readers (2: weights as external data in the same
 // file; 3: a patch space's score combined with the method's by
 // PatchInfo.Combination, not in the graph; 4: the patch features'
-// neighbourhood recorded, which older builds would take as 3x3). This
-// build reads formats 1 and 2 without a patch space (their graph's score
-// is the method's) and 3.
-const BundleFormat = 4
+// neighbourhood recorded, which older builds would take as 3x3; 5: the
+// patch features' pooling recorded, which older builds would take as a
+// mean). This build reads formats 1 and 2 without a patch space (their
+// graph's score is the method's), 3 and 4.
+const BundleFormat = 5
 
 // Scored detector outputs, besides the detector's own.
 const (
@@ -105,11 +106,11 @@ func (g *Graph) scoredDetector(v *ViT, blocks []int, students []Block, s Scoring
 	g.Output(OutputLLStudent, llStu, Float32, batchDim)
 	g.Output(OutputScore, g.Op("Neg", []string{g.Op("Add", []string{llPre, llStu})}), Float32, batchDim)
 	if p := s.Patch; p != nil {
-		if err := CheckPatchBlocks(p.Blocks, v.Depth); err != nil || p.D != v.Dim*len(p.Blocks) || len(p.Bank) != p.M*p.D || p.M == 0 {
-			return nil, fmt.Errorf("scored detector graph: patch bank of %d x %d for blocks %v (%v)", p.M, p.D, p.Blocks, err)
-		}
-		if err := CheckNeighbourhood(p.Neighbourhood); err != nil {
+		if err := p.Check(v.Depth, v.Dim); err != nil {
 			return nil, fmt.Errorf("scored detector graph: %w", err)
+		}
+		if p.D != p.Width(v.Dim) || len(p.Bank) != p.M*p.D || p.M == 0 {
+			return nil, fmt.Errorf("scored detector graph: patch bank of %d x %d for %d-wide features", p.M, p.D, p.Width(v.Dim))
 		}
 		g.patchOutputs(out.ins, v.Config, p)
 	}
@@ -303,14 +304,19 @@ func RarityText(q float64) string {
 // PatchInfo is what a bundle says of its patch feature space; the bank
 // itself is in the graph (patch.bank_t).
 type PatchInfo struct {
-	Blocks       []int `json:"blocks"`        // teacher blocks of the features
-	FeatureWidth int   `json:"feature_width"` // Dim x len(Blocks)
-	// Neighbourhood is the side, in patches, of the square each token is
-	// averaged over (format 3 bundles: 3, unrecorded).
-	Neighbourhood int     `json:"neighbourhood"`
-	BankEntries   int     `json:"bank_entries"`
-	Coreset       float64 `json:"coreset"` // share of the normal images' patches kept
-	Patches       int     `json:"patches"` // normal patches the coreset was chosen from
+	Blocks []int `json:"blocks"` // teacher blocks of the features
+	// FeatureWidth is the bank's width: Dim x len(Blocks) for a mean, at
+	// most Neighbourhood^2 times that for a concatenation (projected).
+	FeatureWidth int `json:"feature_width"`
+	// Neighbourhood is the side, in patches, of the square each patch's
+	// feature pools (format 3 bundles: 3, unrecorded).
+	Neighbourhood int `json:"neighbourhood"`
+	// Pooling is how (models.PoolMean or PoolConcat; formats 3 and 4: a
+	// mean, unrecorded).
+	Pooling     string  `json:"pooling"`
+	BankEntries int     `json:"bank_entries"`
+	Coreset     float64 `json:"coreset"` // share of the normal images' patches kept
+	Patches     int     `json:"patches"` // normal patches the coreset was chosen from
 	// Combination makes one score of the method's (OutputScore) and the
 	// patch score.
 	Combination Combination `json:"combination"`
@@ -375,6 +381,9 @@ func ReadBundle(path string) (BundleInfo, ModelFile, error) {
 	if info.Format == 3 && info.Patch != nil {
 		info.Patch.Neighbourhood = 3 // format 3 averaged every patch feature over 3x3, unrecorded
 	}
+	if info.Format <= 4 && info.Patch != nil {
+		info.Patch.Pooling = PoolMean // formats 3 and 4 averaged, unrecorded
+	}
 	if err := info.consistentWith(mf); err != nil {
 		return info, mf, fmt.Errorf("read bundle %s: metadata contradicts itself or the graph (edited or damaged?): %w", path, err)
 	}
@@ -412,11 +421,15 @@ func (info BundleInfo) consistentWith(mf ModelFile) error {
 		if err := CheckPatchBlocks(p.Blocks, c.Depth); err != nil {
 			return err
 		}
-		if p.FeatureWidth != c.Dim*len(p.Blocks) || p.BankEntries <= 0 || p.BankEntries > 1<<24 {
-			return fmt.Errorf("patch bank of %d entries of width %d for blocks %v of a teacher %d wide", p.BankEntries, p.FeatureWidth, p.Blocks, c.Dim)
-		}
 		if err := CheckNeighbourhood(p.Neighbourhood); err != nil {
 			return err
+		}
+		if err := CheckPooling(p.Pooling); err != nil {
+			return err
+		}
+		f := PatchFeatures{Blocks: p.Blocks, Neighbourhood: p.Neighbourhood, Pooling: p.Pooling}
+		if raw := f.RawWidth(c.Dim); p.FeatureWidth <= 0 || p.FeatureWidth > raw || p.Pooling == PoolMean && p.FeatureWidth != raw || p.BankEntries <= 0 || p.BankEntries > 1<<24 {
+			return fmt.Errorf("patch bank of %d entries of width %d for %s pooling of %dx%d patches of blocks %v of a teacher %d wide", p.BankEntries, p.FeatureWidth, p.Pooling, p.Neighbourhood, p.Neighbourhood, p.Blocks, c.Dim)
 		}
 		if err := p.Combination.check(); err != nil {
 			return err
@@ -558,7 +571,10 @@ func DecodeBundle(info BundleInfo, mf ModelFile) (*ViT, []Block, Scoring, error)
 		}
 	}
 	if pi := info.Patch; pi != nil {
-		p := &PatchScore{Blocks: pi.Blocks, Neighbourhood: pi.Neighbourhood, D: pi.FeatureWidth, M: pi.BankEntries}
+		p := &PatchScore{PatchFeatures: PatchFeatures{Blocks: pi.Blocks, Neighbourhood: pi.Neighbourhood, Pooling: pi.Pooling}, D: pi.FeatureWidth, M: pi.BankEntries}
+		if raw := p.RawWidth(info.Teacher.Config.Dim); p.D < raw {
+			p.Projection = r.take("patch.projection", raw, p.D)
+		}
 		if bankT := r.take("patch.bank_t", p.D, p.M); bankT != nil {
 			p.Bank = make([]float32, p.M*p.D)
 			for i := range p.D {

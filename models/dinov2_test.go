@@ -86,7 +86,7 @@ func TestDINOv2MatchesReference(t *testing.T) {
 					t.Fatalf("loaded %s, want %d registers, patch 14", loaded.Describe(), registers)
 				}
 				checkDetectorMatchesReference(t, v, loaded)
-				patchGraph, err := models.PatchFeatureGraph(loaded, []int{1}, 3)
+				patchGraph, err := models.PatchFeatureGraph(loaded, models.PatchFeatures{Blocks: []int{1}, Neighbourhood: 3, Pooling: models.PoolConcat})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -97,10 +97,10 @@ func TestDINOv2MatchesReference(t *testing.T) {
 				g2 := v.Grid() * v.Grid()
 				for img := range n {
 					var want []float64
-					for _, f := range refPatchFeatures(v.Config, vitref.Forward(v, images[img*size*size*3:(img+1)*size*size*3]), []int{1}, 3) {
+					for _, f := range refPatchFeatures(v.Config, vitref.Forward(v, images[img*size*size*3:(img+1)*size*size*3]), models.PatchFeatures{Blocks: []int{1}, Neighbourhood: 3, Pooling: models.PoolConcat}) {
 						want = append(want, f...)
 					}
-					if e := relErr(patches[img*g2*v.Dim:(img+1)*g2*v.Dim], want); e > tolerance {
+					if e := relErr(patches[img*g2*9*v.Dim:(img+1)*g2*9*v.Dim], want); e > tolerance {
 						t.Errorf("image %d: patch features relative error %.2g", img, e)
 					}
 				}

@@ -13,10 +13,16 @@ import (
 	"math"
 )
 
-// DefaultOverlap is the share of a tile its neighbours overlap by default:
-// enough that each tile's outer patches, which see their surroundings cut
-// off and score worst on normal frames, lie in a neighbour's core.
-const DefaultOverlap = 0.125
+// DefaultOverlap is the share of a tile its neighbours overlap by default,
+// for tiles of grid x grid patches: two patches (at least an eighth). Each
+// tile's outer ring of patches, whose neighbourhood the tile's edge cuts
+// off and which scores worst on normal frames, then lies in a neighbour's
+// core, and so does every point of the frame that the ring covers: one
+// patch of overlap left the rings of both neighbours straddling the
+// boundary between their cores, where the stitched map read them.
+func DefaultOverlap(grid int) float64 {
+	return max(0.125, 2/float64(max(1, grid)))
+}
 
 // MaxOverlap bounds the overlap (exclusive): at 0.9 a frame of twice a
 // tile's width is already 11 tiles wide.

@@ -27,7 +27,7 @@ func imageBatches(paths []string, size int, tiling *tiles.Tiling, keepViews bool
 		var sizes []image.Point
 		var views []*capture.View
 		for _, p := range paths[start:min(start+batch, len(paths))] {
-			img, sz, view, err := capture.ReadImageInput(p, size, tiling, keepViews)
+			img, sz, view, err := capture.ReadImageInput(p, capture.Transform{Size: size, Tiling: tiling, KeepView: keepViews})
 			if err != nil {
 				slog.Error("skipping image", "err", err)
 				failed++

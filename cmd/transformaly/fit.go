@@ -66,10 +66,11 @@ func fitCommand(fs *pflag.FlagSet) func([]string) error {
 	cacheMB := fs.Int64("activation-cache-mb", fit.DefaultActivationCache>>20, "largest cache of the teacher's activations, computed once so that epochs run only the students (CPU training; 0: run the teacher in every step)")
 	patchBlocks := fs.String("patch-blocks", "", "0-based teacher blocks whose patch tokens are the patch feature space (finds small defects and where they are), e.g. 2 or 2,4; \"none\" fits without it (default: one block a quarter of the way in)")
 	tile := fs.Int("tile", 0, "cut every frame into tiles of this many pixels square at native resolution (after the camera's crop and rotation), each resized to the teacher's input, and fit on tiles: small defects a resize of the whole frame would blur away stay several patches wide (0: the whole frame resized); score, eval and the daemon cut frames the same way")
-	tileOverlap := fs.Float64("tile-overlap", tiles.DefaultOverlap, "with --tile: the share of a tile its neighbours overlap at least, in [0, 0.9); each tile's patches count only in its core, the ring its neighbours cover being theirs")
+	tileOverlap := fs.Float64("tile-overlap", 0, "with --tile: the share of a tile its neighbours overlap at least, in [0, 0.9); each tile's patches count only in its core, the ring its neighbours cover being theirs (default: two of the teacher's patches, at least 0.125)")
 	progressJSON := fs.Bool("progress-json", false, "also write the progress on stdout, one JSON object a line (phase, fold, folds, epoch, epochs, batch, batches, left_s): what the daemon's background refit reads")
 	precision := fs.String("precision", models.FP32, "precision the threshold is calibrated at: fp32, or int8 for a bundle that will run with --precision int8 (precision: int8 in the daemon): the normal images are scored at both and the threshold set on int8 scores; the bundle is the same either way")
-	neighbourhood := fs.Int("patch-neighbourhood", 0, "side, in patches, of the square each patch feature is averaged over: 3 is PatchCore's (context, robust to a patch-sized shift), 1 the token alone (keeps a defect smaller than a patch from being averaged away); odd, 1 to 7 (default: 1 with a --tile the teacher sees at native resolution or shrunk, 3 for magnified tiles and whole frames)")
+	neighbourhood := fs.Int("patch-neighbourhood", 0, "side, in patches, of the square around each patch that makes its feature (--patch-pooling says how): 3 gives context, 1 is the token alone; odd, 1 to 7 (default 3)")
+	pooling := fs.String("patch-pooling", "", "how a patch's neighbourhood makes its feature: mean (PatchCore's: robust to a patch-sized shift, quiets normal patches, but averages a defect of a patch or two with its normal neighbours) or concat (the tokens side by side, then a fixed random projection to a few hundred wide: keeps the defect's token and how its neighbours are arranged) (default: concat with a --tile the teacher sees at native resolution or shrunk, mean for magnified tiles and whole frames)")
 	coreset := fs.Float64("coreset", fit.DefaultCoreset, "share of the normal images' patches the patch memory bank keeps (greedy coreset): more finds subtler defects, costs memory and scoring time")
 	imageWeight := fs.Float64("image-weight", fit.DefaultImageWeight, "with the patch feature space: the image-level space's share of the false-alarm rate, in (0, 1); the score is the stronger evidence of the two spaces, each as -ln of the share of normal parts scoring higher, the image-level one needing ln(1/weight) more and the patch space ln(1/(1-weight)) (more: an anomaly only the image-level space sees, a part of another kind, is found sooner; less: a small defect only the patch space sees)")
 	rt.register(fs)
@@ -102,6 +103,9 @@ func fitCommand(fs *pflag.FlagSet) func([]string) error {
 		if err != nil {
 			return err
 		}
+		if tiling != nil && !fs.Changed("tile-overlap") {
+			tiling.Overlap = tiles.DefaultOverlap(v.Grid())
+		}
 		var blockList []int
 		if *blocks != "" {
 			if blockList, err = parseBlocks(*blocks); err != nil {
@@ -110,8 +114,8 @@ func fitCommand(fs *pflag.FlagSet) func([]string) error {
 		}
 		var patchList []int
 		noPatch := *patchBlocks == "none"
-		if noPatch && (fs.Changed("coreset") || fs.Changed("image-weight") || fs.Changed("patch-neighbourhood")) {
-			return usageError("--coreset, --image-weight and --patch-neighbourhood shape the patch feature space, which --patch-blocks none leaves out")
+		if noPatch && (fs.Changed("coreset") || fs.Changed("image-weight") || fs.Changed("patch-neighbourhood") || fs.Changed("patch-pooling")) {
+			return usageError("--coreset, --image-weight, --patch-neighbourhood and --patch-pooling shape the patch feature space, which --patch-blocks none leaves out")
 		}
 		if *patchBlocks != "" && !noPatch {
 			if patchList, err = parseBlocks(*patchBlocks); err != nil {
@@ -124,7 +128,7 @@ func fitCommand(fs *pflag.FlagSet) func([]string) error {
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
 		info, err := fit.Run(ctx, fit.Options{
-			Teacher: v, TeacherPath: teacher.path, NormalDir: *normal, Blocks: blockList, PatchBlocks: patchList, NoPatch: noPatch, PatchNeighbourhood: *neighbourhood, Coreset: *coreset, ImageWeight: *imageWeight, Tiling: tiling,
+			Teacher: v, TeacherPath: teacher.path, NormalDir: *normal, Blocks: blockList, PatchBlocks: patchList, NoPatch: noPatch, PatchNeighbourhood: *neighbourhood, PatchPooling: *pooling, Coreset: *coreset, ImageWeight: *imageWeight, Tiling: tiling,
 			ValFraction: *valFraction, Epochs: *epochs, Patience: *patience, BatchSize: *batch, LR: *lr, Seed: *seed,
 			Whitening: *whitening, Quantile: *quantile, Precision: *precision, CalibrationFolds: *calibrationFolds, Threads: rt.threads, Provider: *provider, ProviderLibrary: *providerLibrary, CUDAOptions: *cudaOptions, MemoryBudget: *memoryMB << 20, ActivationCache: activationCache(*cacheMB), Out: *out, Resume: *resume,
 			Progress: progressLogger(*progressJSON),
