@@ -138,8 +138,12 @@ func (o *Options) fitPatchSpace(ctx context.Context, images *Images, folds [][]i
 	shifts := o.phaseShifts()
 	bytes := int64(n) * int64(1+len(shifts)) * int64(g2) * int64(d) * 4
 	if bytes > o.memoryBudget() {
-		return nil, fmt.Errorf("patch features of %d images (%d patches of width %d, %d phases) take %.1f GB, over the memory budget of %.1f GB (--memory-budget): use fewer images or patch blocks, or --patch-blocks none",
-			n, n*g2, d, 1+len(shifts), float64(bytes)/1e9, float64(o.memoryBudget())/1e9)
+		phases := ""
+		if len(shifts) > 0 {
+			phases = fmt.Sprintf(", each cut at %d phases", 1+len(shifts))
+		}
+		return nil, fmt.Errorf("patch features of %d images (%d patches of width %d%s) take %.1f GB, over the memory budget of %.1f GB (--max-image-memory-mb): use fewer images or patch blocks, or --patch-blocks none",
+			n, n*g2, d, phases, float64(bytes)/1e9, float64(o.memoryBudget())/1e9)
 	}
 	graph, err := models.PatchFeatureGraph(v, features)
 	if err != nil {
@@ -209,29 +213,71 @@ func (o *Options) fitPatchSpace(ctx context.Context, images *Images, folds [][]i
 	projected := projectRandomly(pool, d, patchProjection, o.Seed)
 	k := min(d, patchProjection)
 	m := bankEntries(o.Coreset, patches)
-	bank := o.coresetBank(ctx, pool, projected, d, k, m, o.Seed)
+	// poolRows lists the pool's rows of the frames in or out of fold f.
+	poolRows := func(f int, in bool) []int {
+		inFold := map[int]bool{}
+		for _, i := range folds[f] {
+			inFold[images.FrameOf(i)] = true
+		}
+		var rows []int
+		for row, frame := range poolFrame {
+			if inFold[frame] == in {
+				rows = append(rows, row)
+			}
+		}
+		return rows
+	}
+	// The bank, and each fold's bank chosen the same way from the other
+	// frames' patches (the same share of them): a bank chosen to cover
+	// every image's patches, this one's included, puts an image's patches
+	// nearer than a new part's, even without its own entries. Past
+	// composeAbove, the bank is composed of a coreset of each fold's
+	// patches (its share of the entries), and a fold's bank of the other
+	// folds' coresets: one pass over the pool instead of one for the bank
+	// and one for each fold, each over most of the pool (the greedy
+	// coreset costs rows x entries; tiles cut at four phases made that
+	// 16 times what one phase cost).
+	var bankRows []int
+	var foldBankRows func(f int) []int
+	if composed := int64(patches)*int64(m) > composeAbove && len(folds) > 1; composed {
+		picks := make([][]int, len(folds))
+		for f := range folds {
+			rows := poolRows(f, true)
+			mf := max(1, int(math.Round(float64(m)*float64(len(rows))/float64(patches))))
+			for _, r := range composedCoreset(ctx, gatherRows(projected, k, rows), k, mf, o.Seed+uint64(f)+1) {
+				picks[f] = append(picks[f], rows[r])
+			}
+		}
+		union := func(skip int) []int {
+			var rows []int
+			for f, p := range picks {
+				if f != skip {
+					rows = append(rows, p...)
+				}
+			}
+			return rows
+		}
+		bankRows, foldBankRows = union(-1), union
+	} else {
+		bankRows = composedCoreset(ctx, projected, k, m, o.Seed)
+		foldBankRows = func(f int) []int {
+			rows := poolRows(f, false)
+			picked := composedCoreset(ctx, gatherRows(projected, k, rows), k, bankEntries(o.Coreset, len(rows)), o.Seed+uint64(f)+1)
+			for i, p := range picked {
+				picked[i] = rows[p]
+			}
+			return picked
+		}
+	}
 	if ctx.Err() != nil {
 		return nil, fmt.Errorf("%w while choosing the patch coreset; training is saved: run again with --resume", ErrInterrupted)
 	}
+	m = len(bankRows)
+	bank := gatherRows(pool, d, bankRows)
 	bankDone := time.Now()
-	// Each fold's images against a bank chosen, as the bundle's, from the
-	// other frames' patches (the same share of them): a bank chosen to
-	// cover every image's patches, this one's included, puts an image's
-	// patches nearer than a new part's, even without its own entries.
 	dist := make([]float32, n*g2)
 	for f, fold := range folds {
-		inFold := map[int]bool{}
-		for _, i := range fold {
-			inFold[images.FrameOf(i)] = true
-		}
-		var rowsOf []int
-		for row, frame := range poolFrame {
-			if !inFold[frame] {
-				rowsOf = append(rowsOf, row)
-			}
-		}
-		fm := bankEntries(o.Coreset, len(rowsOf))
-		foldBank := o.coresetBank(ctx, gatherRows(pool, d, rowsOf), gatherRows(projected, k, rowsOf), d, k, fm, o.Seed+uint64(f)+1)
+		rows := foldBankRows(f)
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("%w while choosing the patch coreset; training is saved: run again with --resume", ErrInterrupted)
 		}
@@ -241,7 +287,7 @@ func (o *Options) fitPatchSpace(ctx context.Context, images *Images, folds [][]i
 				foldRows = append(foldRows, i*g2+p)
 			}
 		}
-		fd, err := o.nearestDistances(gatherRows(feats, d, foldRows), foldBank, fm, d)
+		fd, err := o.nearestDistances(gatherRows(feats, d, foldRows), gatherRows(pool, d, rows), len(rows), d)
 		if err != nil {
 			return nil, fmt.Errorf("out-of-sample patch distances: %w", err)
 		}
@@ -262,17 +308,6 @@ func (o *Options) fitPatchSpace(ctx context.Context, images *Images, folds [][]i
 		"bank_mb", float64(m*d*4)/1e6, "normal_patch_distance_999", info.NormalDistance, "seconds", time.Since(start).Seconds(),
 		"calibration_banks_seconds", time.Since(bankDone).Seconds())
 	return &patchSpace{score: ps, info: info, imageScores: imageScores, foldSeconds: time.Since(bankDone).Seconds()}, nil
-}
-
-// coresetBank keeps m of the rows of feats ([P, d]) by greedy coreset on
-// their projections ([P, k]).
-func (o *Options) coresetBank(ctx context.Context, feats, projected []float32, d, k, m int, seed uint64) []float32 {
-	picked := composedCoreset(ctx, projected, k, m, seed)
-	bank := make([]float32, 0, m*d)
-	for _, p := range picked {
-		bank = append(bank, feats[p*d:(p+1)*d]...)
-	}
-	return bank
 }
 
 // nearestDistances is each row of x's ([n, d]) distance to its nearest

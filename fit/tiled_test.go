@@ -126,6 +126,47 @@ func TestLoadTiles(t *testing.T) {
 	if _, _, err := LoadTiles(context.Background(), paths, 64, tiles.Tiling{Size: 100}, image.Point{}, 1<<30, dir); err == nil || !strings.Contains(err.Error(), "b.png") {
 		t.Fatalf("a 64 px frame for tiles of 100: %v", err)
 	}
+	// Shifted, a frame's tiles are those of the frame less its first 5
+	// columns and 3 rows, but on an axis that would leave less than a
+	// tile (the 64 px frame's, the 70 px frame's rows).
+	shifted, failed, err := LoadTiles(context.Background(), paths, 64, tl, image.Pt(5, 3), 1<<30, dir)
+	if err != nil || len(failed) > 0 {
+		t.Fatal(err, failed)
+	}
+	defer shifted.Close()
+	n = 0
+	for f, s := range sizes {
+		at := image.Pt(5, 3)
+		if s.X-5 < 64 {
+			at.X = 0
+		}
+		if s.Y-3 < 64 {
+			at.Y = 0
+		}
+		l, _ := tl.Layout(s.X-at.X, s.Y-at.Y)
+		src, _ := os.Open(paths[f])
+		img, err := png.Decode(src)
+		src.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k, r := range l.Tiles {
+			got, err := shifted.Batch([]int{n + k}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, p := range []image.Point{{0, 0}, {63, 0}, {17, 40}, {63, 63}} {
+				cr, _, _, _ := img.At(at.X+r.Min.X+p.X, at.Y+r.Min.Y+p.Y).RGBA()
+				if o := (p.Y*64 + p.X) * 3; got[o] != byte(cr>>8) {
+					t.Fatalf("shifted frame %d tile %d pixel %v: red %d, want %d", f, k, p, got[o], cr>>8)
+				}
+			}
+		}
+		n += len(l.Tiles)
+	}
+	if shifted.Len() != n {
+		t.Fatalf("shifted: %d tiles, want %d", shifted.Len(), n)
+	}
 }
 
 // TestComposedCoreset: the composed coreset picks m distinct rows that
