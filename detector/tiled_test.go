@@ -171,15 +171,23 @@ func BenchmarkTiledFrame(b *testing.B) {
 	}
 	const bank = 9800
 	scoring := identityScoring(v.Dim, len(blocks))
-	scoring.Patch = &models.PatchScore{PatchFeatures: models.PatchFeatures{Blocks: []int{2}, Neighbourhood: 3, Pooling: models.PoolMean}, D: v.Dim, M: bank, Bank: make([]float32, bank*v.Dim)}
-	for i := range scoring.Patch.Bank {
-		scoring.Patch.Bank[i] = float32(rng.NormFloat64())
-	}
 	frame := image.Pt(1920, 1080)
 	for _, tiled := range []bool{false, true} {
+		// fit's defaults: the 3x3 mean for frames resized whole; for tiles
+		// at native resolution, the 3x3 side by side projected to twice
+		// the teacher's width.
+		features, width := models.PatchFeatures{Blocks: []int{2}, Neighbourhood: 3, Pooling: models.PoolMean}, v.Dim
+		if tiled {
+			features.Pooling, width = models.PoolConcat, 2*v.Dim
+			features.Projection = models.RandomProjection(features.RawWidth(v.Dim), width, 1)
+		}
+		scoring.Patch = &models.PatchScore{PatchFeatures: features, D: width, M: bank, Bank: make([]float32, bank*width)}
+		for i := range scoring.Patch.Bank {
+			scoring.Patch.Bank[i] = float32(rng.NormFloat64())
+		}
 		info := models.BundleInfo{Format: models.BundleFormat, ImageSize: v.ImageSize, Blocks: blocks, Threshold: 1}
 		info.Teacher.Config = v.Config
-		info.Patch = &models.PatchInfo{Blocks: []int{2}, Neighbourhood: 3, Pooling: models.PoolMean, FeatureWidth: v.Dim, BankEntries: bank, Combination: spreadCombination(1), NormalDistance: 1}
+		info.Patch = &models.PatchInfo{Blocks: []int{2}, Neighbourhood: 3, Pooling: features.Pooling, FeatureWidth: width, BankEntries: bank, Combination: spreadCombination(1), NormalDistance: 1}
 		name := "whole-frame"
 		if tiled {
 			info.Tiling = &models.TilingInfo{Tiling: tiles.Tiling{Size: 224, Overlap: tiles.DefaultOverlap(v.Grid())}, CoreOnly: true}

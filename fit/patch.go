@@ -103,7 +103,7 @@ func (o *Options) patchFeatures() models.PatchFeatures {
 	f := models.PatchFeatures{Blocks: o.PatchBlocks, Neighbourhood: o.PatchNeighbourhood, Pooling: o.PatchPooling}
 	raw := f.RawWidth(o.Teacher.Dim)
 	if w := concatWidth(o.Teacher.Dim * len(o.PatchBlocks)); f.Pooling == models.PoolConcat && raw > w {
-		f.Projection = randomMatrix(raw, w, o.Seed)
+		f.Projection = models.RandomProjection(raw, w, o.Seed)
 	}
 	return f
 }
@@ -142,7 +142,7 @@ func (o *Options) fitPatchSpace(ctx context.Context, images *Images, folds [][]i
 		if len(shifts) > 0 {
 			phases = fmt.Sprintf(", each cut at %d phases", 1+len(shifts))
 		}
-		return nil, fmt.Errorf("patch features of %d images (%d patches of width %d%s) take %.1f GB, over the memory budget of %.1f GB (--max-image-memory-mb): use fewer images or patch blocks, or --patch-blocks none",
+		return nil, fmt.Errorf("patch features of %d images (%d patches of width %d%s) take %.1f GB, over the memory budget of %.1f GB: raise --max-image-memory-mb if the machine has the memory, or use fewer images or patch blocks, or --patch-blocks none",
 			n, n*g2, d, phases, float64(bytes)/1e9, float64(o.memoryBudget())/1e9)
 	}
 	graph, err := models.PatchFeatureGraph(v, features)
@@ -368,23 +368,12 @@ func projectRandomly(feats []float32, d, k int, seed uint64) []float32 {
 	if d <= k {
 		return feats
 	}
-	proj := randomMatrix(d, k, seed)
+	proj := models.RandomProjection(d, k, seed)
 	p := len(feats) / d
 	x := make([]float32, p*k)
 	blas32.Gemm(blas.NoTrans, blas.NoTrans, 1, blas32.General{Rows: p, Cols: d, Stride: d, Data: feats},
 		blas32.General{Rows: d, Cols: k, Stride: k, Data: proj}, 0, blas32.General{Rows: p, Cols: k, Stride: k, Data: x})
 	return x
-}
-
-// randomMatrix is a seeded [in, out] matrix of N(0, 1/out) entries: a
-// projection that keeps lengths and distances on average.
-func randomMatrix(in, out int, seed uint64) []float32 {
-	rng := rand.New(rand.NewPCG(seed, 0x9e37))
-	m := make([]float32, in*out)
-	for i := range m {
-		m[i] = float32(rng.NormFloat64() / math.Sqrt(float64(out)))
-	}
-	return m
 }
 
 // greedyCoreset picks m of the rows of x ([P, k]) by PatchCore's greedy

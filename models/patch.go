@@ -2,6 +2,8 @@ package models
 
 import (
 	"fmt"
+	"math"
+	"math/rand/v2"
 	"slices"
 )
 
@@ -49,6 +51,18 @@ type PatchFeatures struct {
 	// width] row-major (Johnson-Lindenstrauss: distances kept within a few
 	// per cent, by a width of a few hundred); nil keeps the features whole.
 	Projection []float32
+}
+
+// RandomProjection is a seeded [in, out] matrix of N(0, 1/out) entries:
+// a projection that keeps lengths and distances on average (PoolConcat's,
+// and fit's for choosing coresets).
+func RandomProjection(in, out int, seed uint64) []float32 {
+	rng := rand.New(rand.NewPCG(seed, 0x9e37))
+	m := make([]float32, in*out)
+	for i := range m {
+		m[i] = float32(rng.NormFloat64() / math.Sqrt(float64(out)))
+	}
+	return m
 }
 
 // RawWidth is the width of a patch feature before any projection.

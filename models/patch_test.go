@@ -66,16 +66,6 @@ func refPatchFeatures(c models.Config, ref vitref.Result, f models.PatchFeatures
 	return out
 }
 
-// randomProjection is a [in, out] matrix of N(0, 1/out) entries.
-func randomProjection(in, out int, seed uint64) []float32 {
-	rng := rand.New(rand.NewPCG(seed, 1))
-	w := make([]float32, in*out)
-	for i := range w {
-		w[i] = float32(rng.NormFloat64() / math.Sqrt(float64(out)))
-	}
-	return w
-}
-
 func TestPatchFeatureGraphMatchesReference(t *testing.T) {
 	v, _ := models.RandomViT(smallConfig, 3)
 	mean := func(blocks []int, k int) models.PatchFeatures {
@@ -84,7 +74,7 @@ func TestPatchFeatureGraphMatchesReference(t *testing.T) {
 	concat := func(blocks []int, k int, width int) models.PatchFeatures {
 		f := models.PatchFeatures{Blocks: blocks, Neighbourhood: k, Pooling: models.PoolConcat}
 		if width > 0 {
-			f.Projection = randomProjection(f.RawWidth(v.Dim), width, uint64(k))
+			f.Projection = models.RandomProjection(f.RawWidth(v.Dim), width, uint64(k))
 		}
 		return f
 	}
@@ -210,7 +200,7 @@ func TestPatchDistancesMatchBruteForce(t *testing.T) {
 	p, scoring, info := check(models.PatchFeatures{Blocks: patchBlocks, Neighbourhood: 1, Pooling: models.PoolMean})
 	d := p.D
 	concat := models.PatchFeatures{Blocks: patchBlocks, Neighbourhood: 3, Pooling: models.PoolConcat}
-	concat.Projection = randomProjection(concat.RawWidth(v.Dim), 40, 8)
+	concat.Projection = models.RandomProjection(concat.RawWidth(v.Dim), 40, 8)
 	pc, sc, ic := check(concat)
 	// A concatenation's projection reads back from the bundle's graph.
 	ic.Patch = &models.PatchInfo{Blocks: patchBlocks, Neighbourhood: 3, Pooling: models.PoolConcat, FeatureWidth: pc.D, BankEntries: pc.M, Combination: someCombination}
