@@ -188,16 +188,14 @@ func (o *Options) fitPatchSpace(ctx context.Context, images *Images, folds [][]i
 		return nil, err
 	}
 	frameByPath := map[string]int{}
+	var paths []string // the frames', in order
 	for i := range n {
+		if _, seen := frameByPath[images.Paths[i]]; !seen {
+			paths = append(paths, images.Paths[i])
+		}
 		frameByPath[images.Paths[i]] = images.FrameOf(i)
 	}
 	for _, shift := range shifts {
-		paths := make([]string, 0, images.Frames())
-		for i := range n {
-			if len(paths) == 0 || paths[len(paths)-1] != images.Paths[i] {
-				paths = append(paths, images.Paths[i])
-			}
-		}
 		shifted, _, err := LoadTiles(ctx, paths, images.Size, *o.Tiling, shift, o.memoryBudget(), o.spillDir())
 		if err != nil {
 			return nil, fmt.Errorf("tiles shifted by %v: %w", shift, err)

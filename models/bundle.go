@@ -418,16 +418,10 @@ func (info BundleInfo) consistentWith(mf ModelFile) error {
 		}
 	}
 	if p := info.Patch; p != nil {
-		if err := CheckPatchBlocks(p.Blocks, c.Depth); err != nil {
-			return err
-		}
-		if err := CheckNeighbourhood(p.Neighbourhood); err != nil {
-			return err
-		}
-		if err := CheckPooling(p.Pooling); err != nil {
-			return err
-		}
 		f := PatchFeatures{Blocks: p.Blocks, Neighbourhood: p.Neighbourhood, Pooling: p.Pooling}
+		if err := f.Check(c.Depth, c.Dim); err != nil {
+			return err
+		}
 		if raw := f.RawWidth(c.Dim); p.FeatureWidth <= 0 || p.FeatureWidth > raw || p.Pooling == PoolMean && p.FeatureWidth != raw || p.BankEntries <= 0 || p.BankEntries > 1<<24 {
 			return fmt.Errorf("patch bank of %d entries of width %d for %s pooling of %dx%d patches of blocks %v of a teacher %d wide", p.BankEntries, p.FeatureWidth, p.Pooling, p.Neighbourhood, p.Neighbourhood, p.Blocks, c.Dim)
 		}
